@@ -1,0 +1,19 @@
+//! Differentiable ops. One file per op: its forward, its backward and the
+//! index formulas, side by side. Each op computes its value now and records a
+//! backward closure on the tape.
+
+pub mod batch_norm;
+pub mod conv;
+pub mod linear;
+pub mod loss;
+pub mod pool;
+pub mod relu;
+pub mod shape;
+
+pub use batch_norm::batch_norm2d;
+pub use conv::{conv2d, ConvConfig};
+pub use linear::linear;
+pub use loss::cross_entropy;
+pub use pool::{global_avg_pool, max_pool2x2};
+pub use relu::relu;
+pub use shape::{add, flatten, mul, shortcut_option_a};
