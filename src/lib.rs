@@ -10,14 +10,22 @@
 //! - [`kernels`]: plain loops over slices; naive oracles beside fast versions
 //! - [`ops`]: differentiable ops, forward and backward side by side
 //! - [`nn`]: layers that own parameters (Conv2d, BatchNorm2d, Linear) and the models
+//! - [`data`]: the CIFAR-10 binary format
+//! - [`train`]: checkpoints
 //! - [`gradcheck`]: the finite-difference checker
+//! - [`benchmark`]: timing helpers for `sbfnet bench`
 
 pub mod autograd;
+pub mod benchmark;
+pub mod data;
+pub mod error;
 pub mod gradcheck;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Mode, ParamId, ParamStore, Tape, Var};
+pub use error::{Error, Result};
 pub use tensor::Tensor;

@@ -1,5 +1,10 @@
-//! The `sbfnet` command.
+//! The `sbfnet` command: see `sbfnet --help`.
+
+mod cli;
 
 fn main() {
-    println!("sbfnet {}: see README.md", env!("CARGO_PKG_VERSION"));
+    if let Err(error) = cli::run() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,44 @@
+//! Benchmark helpers shared by `sbfnet bench` and the criterion benches:
+//! timing with a steady state, and what the build runs on.
+
+use std::time::Instant;
+
+/// This machine's FP32 peak per core (2 FMA pipes × 8 lanes × 2 flops × ~3.65 GHz),
+/// measured with ../shared/bench/fma_peak.c: about 117 GFLOP/s.
+pub const PEAK_GFLOPS_PER_CORE: f64 = 117.0;
+
+/// The vector instructions this binary was compiled to use.
+pub fn instruction_set() -> &'static str {
+    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+        "AVX2+FMA (f32x8 runs as one 256-bit register)"
+    } else if cfg!(target_feature = "avx") {
+        "AVX without FMA"
+    } else if cfg!(target_feature = "sse2") {
+        "SSE2 only (f32x8 runs as two 128-bit halves: build with .cargo/config.toml)"
+    } else {
+        "no x86 SIMD"
+    }
+}
+
+/// Median seconds per call of `f`, after `warmup` calls, over `reps` repetitions
+/// that each last at least `min_seconds`.
+pub fn median_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_seconds: f64) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let start = Instant::now();
+    f();
+    let one = start.elapsed().as_secs_f64().max(1e-9);
+    let calls = ((min_seconds / one).ceil() as usize).clamp(1, 1000);
+    let mut samples: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}

@@ -1,0 +1,3 @@
+//! Data: the CIFAR-10 binary format.
+
+pub mod cifar;

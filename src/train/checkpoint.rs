@@ -1,0 +1,315 @@
+//! Checkpoints: named tensors plus text metadata, written atomically and
+//! verified on load.
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//!   magic      8 bytes  "SBFNETCK"
+//!   version    u32      FORMAT_VERSION
+//!   model      u32 length + UTF-8   model description, e.g. "resnet20 dense"
+//!   metadata   u32 count, then per entry: u32 length + UTF-8 key, u32 length + UTF-8 value
+//!   tensors    u32 count, then per tensor: u32 length + UTF-8 name, u32 rank,
+//!              rank × u64 dims, prod(dims) × f32
+//!   checksum   u64      FNV-1a 64 of every byte before it
+//! ```
+//! Writing goes to a temporary file in the same folder, is flushed to disk,
+//! then renamed over the target, so a crash leaves either the old file or
+//! the new one, never half of one.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use byteorder::{ByteOrder, LittleEndian};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"SBFNETCK";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a checkpoint holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checkpoint {
+    /// Describes the architecture; loading into another model is refused.
+    pub model: String,
+    /// Free-form key/value pairs (epoch, step, RNG state, schedule, ...).
+    pub metadata: Vec<(String, String)>,
+    /// Named tensors (parameters, buffers, optimiser state).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Checkpoint {
+    /// The metadata value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Serialises to bytes (checksum included).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        push_u32(&mut out, FORMAT_VERSION);
+        push_str(&mut out, &self.model);
+        push_u32(&mut out, self.metadata.len() as u32);
+        for (k, v) in &self.metadata {
+            push_str(&mut out, k);
+            push_str(&mut out, v);
+        }
+        push_u32(&mut out, self.tensors.len() as u32);
+        for (name, t) in &self.tensors {
+            push_str(&mut out, name);
+            push_u32(&mut out, t.shape.len() as u32);
+            for &d in &t.shape {
+                out.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            for &v in &t.data {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let sum = fnv1a64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Parses bytes written by [`Checkpoint::to_bytes`]. `path` names the file in errors.
+    /// Never allocates more than the input's size: every length is checked against
+    /// the bytes that remain before anything is reserved.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+        let bad = |msg: String| Error::file(path, msg);
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(bad("not an sbfnet checkpoint (bad magic bytes)".into()));
+        }
+        if bytes.len() < MAGIC.len() + 4 + 8 {
+            return Err(bad(format!("truncated checkpoint ({} bytes)", bytes.len())));
+        }
+        let version = LittleEndian::read_u32(&bytes[8..12]);
+        if version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "checkpoint format version {version}, but this sbfnet reads version {FORMAT_VERSION}"
+            )));
+        }
+        let (body, stored) = bytes.split_at(bytes.len() - 8);
+        if fnv1a64(body) != LittleEndian::read_u64(stored) {
+            return Err(bad(
+                "checksum mismatch: the checkpoint is truncated or corrupted".into()
+            ));
+        }
+        let mut reader = Reader { bytes: body, at: 12 };
+        let result = (|| -> std::result::Result<Checkpoint, String> {
+            let model = reader.string("model description")?;
+            let mut metadata = Vec::new();
+            for _ in 0..reader.count("metadata count", 8)? {
+                metadata.push((reader.string("metadata key")?, reader.string("metadata value")?));
+            }
+            let mut tensors = Vec::new();
+            for _ in 0..reader.count("tensor count", 8)? {
+                let name = reader.string("tensor name")?;
+                let rank = reader.count("tensor rank", 8)?;
+                let mut shape = Vec::with_capacity(rank);
+                let mut elements: u64 = 1;
+                for _ in 0..rank {
+                    let d = reader.u64(&name)?;
+                    elements = elements
+                        .checked_mul(d)
+                        .ok_or(format!("tensor {name}: shape overflows"))?;
+                    shape.push(d as usize);
+                }
+                let raw = reader.take(elements.saturating_mul(4), &name)?;
+                let data = raw.chunks_exact(4).map(LittleEndian::read_f32).collect();
+                tensors.push((name, Tensor { shape, data }));
+            }
+            if reader.at != body.len() {
+                return Err(format!(
+                    "{} unexpected bytes after the last tensor",
+                    body.len() - reader.at
+                ));
+            }
+            Ok(Checkpoint {
+                model,
+                metadata,
+                tensors,
+            })
+        })();
+        result.map_err(|m| bad(format!("malformed checkpoint: {m}")))
+    }
+
+    /// Writes atomically: temporary file, flush to disk, rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomically(path, &self.to_bytes())
+    }
+
+    /// Reads and verifies a checkpoint.
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "cannot read checkpoint", e))?;
+        Checkpoint::from_bytes(&bytes, path)
+    }
+
+    /// Refuses a checkpoint of another model.
+    pub fn expect_model(&self, expected: &str, path: &Path) -> Result<()> {
+        if self.model != expected {
+            return Err(Error::file(
+                path,
+                format!(
+                    "checkpoint is of model \"{}\", but this run uses \"{expected}\"",
+                    self.model
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::file(path, "not a file path"))?
+        .to_string_lossy();
+    let temporary: PathBuf = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, path)?;
+        // Make the rename itself durable.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        Error::io(path, "cannot write", e)
+    })
+}
+
+/// FNV-1a, 64 bit: a small, dependency-free checksum that catches truncation and bit flips.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+fn push_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    push_u32(out, s.len() as u32);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A cursor that refuses to read (or reserve) past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64, what: &str) -> std::result::Result<&'a [u8], String> {
+        let left = (self.bytes.len() - self.at) as u64;
+        if n > left {
+            return Err(format!("{what}: needs {n} bytes but only {left} remain"));
+        }
+        let slice = &self.bytes[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(slice)
+    }
+
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        Ok(LittleEndian::read_u32(self.take(4, what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        Ok(LittleEndian::read_u64(self.take(8, what)?))
+    }
+
+    /// A count of items each at least `min_item_bytes` long (bounded by what remains).
+    fn count(&mut self, what: &str, min_item_bytes: u64) -> std::result::Result<usize, String> {
+        let n = self.u32(what)? as u64;
+        let left = (self.bytes.len() - self.at) as u64;
+        if n.saturating_mul(min_item_bytes) > left {
+            return Err(format!("{what} {n} does not fit in the {left} bytes that remain"));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+        let n = self.u32(what)? as u64;
+        let raw = self.take(n, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            model: "resnet20 dense".into(),
+            metadata: vec![("epoch".into(), "3".into())],
+            tensors: vec![
+                (
+                    "conv.weight".into(),
+                    Tensor::from_vec(&[2, 1, 1, 2], vec![1.0, -2.0, 3.5, f32::MIN_POSITIVE]),
+                ),
+                ("empty".into(), Tensor::zeros(&[0])),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let c = sample();
+        assert_eq!(Checkpoint::from_bytes(&c.to_bytes(), Path::new("c")).unwrap(), c);
+    }
+
+    #[test]
+    fn truncated_corrupted_wrong_version_and_wrong_model_are_refused() {
+        let bytes = sample().to_bytes();
+        let p = Path::new("run/last.ckpt");
+        let err = |b: &[u8]| Checkpoint::from_bytes(b, p).unwrap_err().to_string();
+        assert!(err(&bytes[..bytes.len() - 5]).contains("checksum mismatch"));
+        assert!(err(&bytes[..10]).contains("truncated"));
+        let mut flipped = bytes.clone();
+        flipped[40] ^= 1;
+        assert!(err(&flipped).contains("checksum mismatch"));
+        let mut version = bytes.clone();
+        version[8] = 9;
+        assert!(err(&version).contains("version 9"));
+        assert!(err(b"PK\x03\x04 not a checkpoint").contains("bad magic"));
+        let wrong = sample().expect_model("vgg16 dense", p).unwrap_err().to_string();
+        assert!(
+            wrong.starts_with("run/last.ckpt: checkpoint is of model \"resnet20 dense\""),
+            "{wrong}"
+        );
+    }
+
+    #[test]
+    fn atomic_save_replaces_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.ckpt");
+        sample().save(&path).unwrap();
+        let mut second = sample();
+        second.metadata[0].1 = "4".into();
+        second.save(&path).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap().get("epoch"), Some("4"));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! Training: checkpoints.
+
+pub mod checkpoint;
