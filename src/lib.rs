@@ -12,6 +12,7 @@
 //! - [`nn`]: layers that own parameters (Conv2d, BatchNorm2d, Linear) and the models
 //! - [`data`]: the CIFAR-10 binary format
 //! - [`train`]: checkpoints
+//! - [`prune`]: generalised pruning (saliency, the ramp, template selection)
 //! - [`gradcheck`]: the finite-difference checker
 //! - [`benchmark`]: timing helpers for `sbfnet bench`
 
@@ -23,6 +24,7 @@ pub mod gradcheck;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
+pub mod prune;
 pub mod tensor;
 pub mod train;
 
