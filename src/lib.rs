@@ -5,15 +5,15 @@
 //! Transformations" (Miles & Mikolajczyk, arXiv 2110.12844).
 //!
 //! Module map (dependencies point downward):
-//! - [`tensor`]: shape + contiguous `Vec<f32>` (NCHW)
-//! - [`autograd`]: the tape and the parameter store
-//! - [`kernels`]: plain loops over slices; naive oracles beside fast versions
-//! - [`ops`]: differentiable ops, forward and backward side by side
-//! - [`nn`]: layers that own parameters (Conv2d, BatchNorm2d, Linear) and the models
-//! - [`data`]: the CIFAR-10 binary format
-//! - [`train`]: checkpoints
-//! - [`gradcheck`]: the finite-difference checker
-//! - [`benchmark`]: timing helpers for `sbfnet bench`
+//! - [`tensor`] — shape + contiguous `Vec<f32>` (NCHW)
+//! - [`autograd`] — the tape and the parameter store
+//! - [`kernels`] — plain loops over slices; naive oracles beside fast versions
+//! - [`ops`] — differentiable ops, forward and backward side by side
+//! - [`nn`] — layers that own parameters (Conv2d, BatchNorm2d, Linear) and the models
+//! - [`data`] — the CIFAR-10 binary format
+//! - [`train`] — checkpoints
+//! - [`gradcheck`] — the finite-difference checker
+//! - [`benchmark`] — timing helpers for `sbfnet bench`
 
 pub mod autograd;
 pub mod benchmark;

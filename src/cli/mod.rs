@@ -3,8 +3,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod download;
+
 #[derive(Parser)]
-#[command(name = "sbfnet", version, about = "Train CIFAR-10 CNNs with SBF layers (templates + cheap spatial transformations) on the CPU")]
+#[command(
+    name = "sbfnet",
+    version,
+    about = "Train CIFAR-10 CNNs with SBF layers (templates + cheap spatial transformations) on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +20,8 @@ struct Cli {
 enum Command {
     /// Print what this build runs on (instruction set, threads).
     System,
+    /// Download the CIFAR-10 binary set (MD5-verified) into a data folder.
+    Download(download::DownloadArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -23,5 +31,6 @@ pub fn run() -> sbfnet::Result<()> {
             println!("threads: {}", rayon::current_num_threads());
             Ok(())
         }
+        Command::Download(args) => download::run(args),
     }
 }
