@@ -318,10 +318,12 @@ fn an_existing_incomplete_folder_is_reported_and_left_untouched() {
 fn the_download_command_reports_success_and_failure_in_one_line() {
     let dir = fresh_dir("command");
     let bytes = archive(&complete_files());
+    // A data folder that does not exist yet: a failed run must not leave it behind either.
+    let data = dir.join("data");
     let run = |url: &str, md5: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_sbfnet"))
             .args(["download", "--quiet", "--dir"])
-            .arg(&dir)
+            .arg(&data)
             .args(["--url", url, "--md5", md5])
             .output()
             .unwrap()
@@ -333,7 +335,7 @@ fn the_download_command_reports_success_and_failure_in_one_line() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.starts_with(&format!("error: {url}: MD5")), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert_eq!(entries(&dir), Vec::<String>::new());
+    assert!(!data.exists(), "the failed run left {}", data.display());
 
     let (url, server) = serve(Reply::Whole(bytes.clone()));
     let done = run(&url, &md5_hex(&bytes));
@@ -346,5 +348,6 @@ fn the_download_command_reports_success_and_failure_in_one_line() {
     );
     let again = run("http://127.0.0.1:9/unused", "0");
     assert!(String::from_utf8_lossy(&again.stdout).contains("already in"));
+    assert_eq!(entries(&data), vec![FOLDER_NAME.to_string()]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -55,9 +55,24 @@ pub fn download_cifar10(url: &str, md5_hex: &str, dest_dir: &Path, progress: boo
         })?;
         return Ok(target);
     }
+    let created = !dest_dir.exists();
     std::fs::create_dir_all(dest_dir).map_err(|e| Error::io(dest_dir, "cannot create the data folder", e))?;
     remove_stale_temporaries(dest_dir);
+    let result = download_into(url, md5_hex, dest_dir, &target, progress);
+    if result.is_err() && created {
+        // Leave the file system as it was: remove the data folder this run made (if still empty).
+        let _ = std::fs::remove_dir(dest_dir);
+    }
+    result
+}
 
+fn download_into(
+    url: &str,
+    md5_hex: &str,
+    dest_dir: &Path,
+    target: &Path,
+    progress: bool,
+) -> Result<PathBuf> {
     let work = TemporaryFolder::create(dest_dir.join(format!("{TEMPORARY_PREFIX}{}", std::process::id())))?;
     let archive = work.path.join(ARCHIVE_NAME);
     let received_md5 = fetch(url, &archive, progress)?;
@@ -77,10 +92,10 @@ pub fn download_cifar10(url: &str, md5_hex: &str, dest_dir: &Path, progress: boo
     check_records(&unpacked).map_err(in_archive)?;
     // A directory rename never replaces a non-empty directory, so a copy that appeared meanwhile
     // (another run) is left as it is.
-    std::fs::rename(&unpacked, &target)
-        .map_err(|e| Error::io(&target, "cannot move the verified download into place", e))?;
+    std::fs::rename(&unpacked, target)
+        .map_err(|e| Error::io(target, "cannot move the verified download into place", e))?;
     drop(work);
-    Ok(target)
+    Ok(target.to_path_buf())
 }
 
 /// Checks that `dir` holds the five training batches and the test batch, each a non-empty whole
@@ -318,6 +333,16 @@ mod tests {
     use super::*;
 
     /// The test suite of RFC 1321, appendix A.5.
+    /// The templates are parsed at run time; the download tests run without a bar.
+    #[test]
+    fn progress_bar_templates_parse() {
+        for total in [Some(1000), None] {
+            let bar = progress_bar(true, total);
+            bar.set_position(500);
+            bar.finish_and_clear();
+        }
+    }
+
     #[test]
     fn md5_matches_rfc_1321_test_vectors() {
         let vectors = [
