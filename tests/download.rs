@@ -181,7 +181,7 @@ fn downloads_verifies_unpacks_and_leaves_only_the_folder() {
     let files = complete_files();
     let bytes = archive(&files);
     // A temporary folder of a killed run (a pid no process can have) is cleaned up.
-    let stale = dir.join(".cifar-10-batches-bin.download-4294967295");
+    let stale = dir.join(".cifar-10-batches-bin.download-4294967295-0");
     std::fs::create_dir_all(stale.join(FOLDER_NAME)).unwrap();
     let (url, server) = serve(Reply::Whole(bytes.clone()));
     let folder = download_cifar10(&url, &md5_hex(&bytes).to_uppercase(), &dir.join("."), false).unwrap();

@@ -5,9 +5,9 @@
 //! [`crate::data::cifar`]. All of it happens in a temporary folder beside the target:
 //!
 //! ```text
-//!   <dest>/.cifar-10-batches-bin.download-<pid>/cifar-10-binary.tar.gz     the archive, streamed
-//!   <dest>/.cifar-10-batches-bin.download-<pid>/cifar-10-batches-bin/      unpacked, then checked
-//!   <dest>/cifar-10-batches-bin/                                           renamed here when complete
+//!   <dest>/.cifar-10-batches-bin.download-<pid>-<n>/cifar-10-binary.tar.gz   the archive, streamed
+//!   <dest>/.cifar-10-batches-bin.download-<pid>-<n>/cifar-10-batches-bin/    unpacked, then checked
+//!   <dest>/cifar-10-batches-bin/                                             renamed here when complete
 //! ```
 //!
 //! A run that fails removes its temporary folder, so it never leaves a half-written data folder, and a
@@ -21,6 +21,7 @@ use md5::{Digest, Md5};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The official binary archive (163 MB), as fetched by torchvision's `CIFAR10(download=True)`.
@@ -73,7 +74,14 @@ fn download_into(
     target: &Path,
     progress: bool,
 ) -> Result<PathBuf> {
-    let work = TemporaryFolder::create(dest_dir.join(format!("{TEMPORARY_PREFIX}{}", std::process::id())))?;
+    // <pid>-<n>: unique among processes and among downloads within this process.
+    static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "{TEMPORARY_PREFIX}{}-{}",
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed)
+    );
+    let work = TemporaryFolder::create(dest_dir.join(name))?;
     let archive = work.path.join(ARCHIVE_NAME);
     let received_md5 = fetch(url, &archive, progress)?;
     if !received_md5.eq_ignore_ascii_case(md5_hex) {
@@ -288,6 +296,7 @@ fn remove_stale_temporaries(dest_dir: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(TEMPORARY_PREFIX))
+            .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
