@@ -99,9 +99,16 @@ fn download_into(
     let unpacked = work.path.join(FOLDER_NAME);
     check_records(&unpacked).map_err(in_archive)?;
     // A directory rename never replaces a non-empty directory, so a copy that appeared meanwhile
-    // (another run) is left as it is.
-    std::fs::rename(&unpacked, target)
-        .map_err(|e| Error::io(target, "cannot move the verified download into place", e))?;
+    // (another run) is left as it is, and used if it is complete.
+    if let Err(e) = std::fs::rename(&unpacked, target) {
+        if check_folder(target).is_err() {
+            return Err(Error::io(
+                target,
+                "cannot move the verified download into place",
+                e,
+            ));
+        }
+    }
     drop(work);
     Ok(target.to_path_buf())
 }
