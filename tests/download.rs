@@ -351,3 +351,31 @@ fn the_download_command_reports_success_and_failure_in_one_line() {
     assert_eq!(entries(&data), vec![FOLDER_NAME.to_string()]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn two_concurrent_downloads_into_one_folder_both_succeed_and_leave_one_copy() {
+    let dir = fresh_dir("concurrent");
+    let bytes = archive(&complete_files());
+    let md5 = md5_hex(&bytes);
+    let downloads: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, server) = serve(Reply::Whole(bytes.clone()));
+            let (dir, md5) = (dir.clone(), md5.clone());
+            (
+                std::thread::spawn(move || download_cifar10(&url, &md5, &dir, false)),
+                server,
+            )
+        })
+        .collect();
+    for (download, server) in downloads {
+        assert_eq!(download.join().unwrap().unwrap(), dir.join(FOLDER_NAME));
+        // A run that found the other's finished copy never connects: its server stops by itself.
+        assert!(server.join().unwrap() <= 1);
+    }
+    assert_eq!(entries(&dir), vec![FOLDER_NAME.to_string()]);
+    assert_eq!(
+        cifar::load_test_set(&dir.join(FOLDER_NAME)).unwrap().labels,
+        vec![5, 6]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
