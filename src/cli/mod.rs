@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod download;
+
 #[derive(Parser)]
 #[command(
     name = "sbfnet",
@@ -18,6 +20,8 @@ struct Cli {
 enum Command {
     /// Print what this build runs on (instruction set, threads).
     System,
+    /// Download the CIFAR-10 binary set (MD5-verified) into a data folder.
+    Download(download::DownloadArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -27,5 +31,6 @@ pub fn run() -> sbfnet::Result<()> {
             println!("threads: {}", rayon::current_num_threads());
             Ok(())
         }
+        Command::Download(args) => download::run(args),
     }
 }

@@ -1,3 +1,4 @@
-//! Data: the CIFAR-10 binary format.
+//! Data: the CIFAR-10 binary format, and downloading it.
 
 pub mod cifar;
+pub mod download;

@@ -109,17 +109,18 @@ impl Checkpoint {
             let mut tensors = Vec::new();
             for _ in 0..reader.count("tensor count", 8)? {
                 let name = reader.string("tensor name")?;
+                // The name comes from the file: quoted and shortened, so errors stay one line.
+                let tensor = format!("tensor {}", quoted(&name));
                 let rank = reader.count("tensor rank", 8)?;
                 let mut shape = Vec::with_capacity(rank);
                 let mut elements: u64 = 1;
                 for _ in 0..rank {
-                    let d = reader.u64(&name)?;
-                    elements = elements
-                        .checked_mul(d)
-                        .ok_or(format!("tensor {name}: shape overflows"))?;
-                    shape.push(d as usize);
+                    let d = reader.u64(&tensor)?;
+                    let overflow = || format!("{tensor}: shape overflows");
+                    elements = elements.checked_mul(d).ok_or_else(overflow)?;
+                    shape.push(usize::try_from(d).map_err(|_| overflow())?);
                 }
-                let raw = reader.take(elements.saturating_mul(4), &name)?;
+                let raw = reader.take(elements.saturating_mul(4), &tensor)?;
                 let data = raw.chunks_exact(4).map(LittleEndian::read_f32).collect();
                 tensors.push((name, Tensor { shape, data }));
             }
@@ -197,6 +198,14 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// A name read from a file as it appears in an error message: quoted, with control characters
+/// escaped (so the message stays on one line), and cut after 40 characters.
+fn quoted(name: &str) -> String {
+    let short: String = name.chars().take(40).collect();
+    let cut = if short.len() < name.len() { "…" } else { "" };
+    format!("{short:?}{cut}")
 }
 
 fn push_u32(out: &mut Vec<u8>, v: u32) {
@@ -292,6 +301,31 @@ mod tests {
         assert!(
             wrong.starts_with("run/last.ckpt: checkpoint is of model \"resnet20 dense\""),
             "{wrong}"
+        );
+    }
+
+    /// Found by tests/fuzz_parsers.rs: a tensor name holding a newline made a two-line error.
+    #[test]
+    fn errors_quote_tensor_names_from_the_file_on_one_line() {
+        let checkpoint = Checkpoint {
+            model: "m".into(),
+            metadata: vec![],
+            tensors: vec![("line\nbreak".repeat(10), Tensor::zeros(&[2, 3]))],
+        };
+        let mut bytes = checkpoint.to_bytes();
+        // The first dimension (after magic, version, model, counts, name, rank) set to u64::MAX.
+        let first_dim = 12 + 4 + 1 + 4 + 4 + 4 + 100 + 4;
+        bytes[first_dim..first_dim + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let body = bytes.len() - 8;
+        let sum = fnv1a64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        let err = Checkpoint::from_bytes(&bytes, Path::new("x.ckpt"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "x.ckpt: malformed checkpoint: tensor \"line\\nbreakline\\nbreakline\\nbreakline\\nbreak\"…: \
+             shape overflows"
         );
     }
 
