@@ -73,7 +73,7 @@ pub fn parse_records(bytes: &[u8], path: &Path) -> Result<Cifar10> {
             "the file is empty (expected 3073-byte CIFAR-10 records)",
         ));
     }
-    if bytes.len() % RECORD_BYTES != 0 {
+    if !bytes.len().is_multiple_of(RECORD_BYTES) {
         return Err(Error::file(
             path,
             format!(
