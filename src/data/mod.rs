@@ -1,4 +1,6 @@
-//! Data: the CIFAR-10 binary format, and augmented, normalised batches.
+//! Data: the CIFAR-10 binary format, augmented and normalised batches, and
+//! small generated sets for tests.
 
 pub mod augment;
 pub mod cifar;
+pub mod synthetic;
