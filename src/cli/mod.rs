@@ -1,6 +1,10 @@
 //! Command-line parsing (clap) and one module per subcommand. The command line
 //! only parses and validates settings; the work is done by the library.
 
+mod eval;
+mod info;
+mod train;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,6 +22,12 @@ struct Cli {
 enum Command {
     /// Print what this build runs on (instruction set, threads).
     System,
+    /// Train a model on CIFAR-10 (or resume a run): progress bar, metrics.csv, learning curve, checkpoints.
+    Train(Box<train::TrainArgs>),
+    /// Test accuracy, loss and per-class accuracy of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// A model's layers with their parameters and MACs.
+    Info(info::InfoArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -27,5 +37,8 @@ pub fn run() -> sbfnet::Result<()> {
             println!("threads: {}", rayon::current_num_threads());
             Ok(())
         }
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Info(args) => info::run(args),
     }
 }

@@ -126,12 +126,6 @@ impl TrainConfig {
                 self.label_smoothing
             ));
         }
-        if self.warmup_epochs >= self.epochs && self.schedule != ScheduleKind::OneCycle {
-            return fail(format!(
-                "--warmup-epochs {} leaves no epoch after the warm-up of a {}-epoch run",
-                self.warmup_epochs, self.epochs
-            ));
-        }
         if !(0.0..=180.0).contains(&self.augmentation.rotation_degrees) {
             return fail(format!(
                 "--rotate must be in [0, 180] degrees, got {}",
