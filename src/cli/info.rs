@@ -3,7 +3,6 @@
 use clap::Args;
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::ParamStore;
-use sbfnet::nn::ModelSpec;
 use sbfnet::Result;
 
 #[derive(Args, Debug)]
@@ -11,10 +10,13 @@ pub struct InfoArgs {
     /// resnet20|resnet32|resnet44|resnet56|resnet110|vgg16 (any resnet6n+2; -w<k> sets the width)
     #[arg(long, default_value = "resnet20")]
     pub model: String,
+    /// Which convolutions are dense or SBF (as for `sbfnet train`)
+    #[arg(long, default_value = "dense")]
+    pub convs: String,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let spec = ModelSpec::parse_name(&args.model)?;
+    let spec = super::train::model_spec(&args.model, &args.convs)?;
     let mut store = ParamStore::default();
     let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
     let table = model.layer_table(&store);

@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
-use sbfnet::nn::ModelSpec;
+use sbfnet::nn::{ConvPlan, ModelSpec};
 use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::metrics::{self, MetricsRow};
 use sbfnet::train::{ScheduleKind, TrainConfig, Trainer};
@@ -26,6 +26,10 @@ pub struct TrainArgs {
     /// resnet20|resnet32|resnet44|resnet56|resnet110|vgg16 (any resnet6n+2; -w<k> sets the width) [default: resnet20]
     #[arg(long)]
     pub model: Option<String>,
+    /// Which convolutions are dense or SBF, e.g. "dense" (the stem stays dense unless the plan
+    /// starts with first=<kind>,) [default: dense]
+    #[arg(long)]
+    pub convs: Option<String>,
     /// Epochs of the whole run [default: 50]
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -93,6 +97,14 @@ pub fn data_folder(flag: Option<&Path>) -> PathBuf {
     } else {
         PathBuf::from("data/cifar-10-batches-bin")
     }
+}
+
+/// The model named `name` with the conv plan `convs` (e.g. "dense").
+pub fn model_spec(name: &str, convs: &str) -> Result<ModelSpec> {
+    let mut spec = ModelSpec::parse_name(name)?;
+    spec.convs = ConvPlan::parse(convs)
+        .ok_or_else(|| Error::msg(format!("unknown --convs \"{convs}\" (expected dense)")))?;
+    Ok(spec)
 }
 
 /// The first `limit` images of `set` (all when `limit` is None); refuses a limit of 0.
@@ -315,9 +327,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let resumed = match &args.resume {
         Some(path) => {
             let checkpoint = Checkpoint::load(path)?;
-            if let Some(model) = &args.model {
-                let spec = ModelSpec::parse_name(model)?;
-                checkpoint.expect_model(&spec.description(), path)?;
+            if args.model.is_some() || args.convs.is_some() {
+                let saved = ModelSpec::parse_description(&checkpoint.model)
+                    .map_err(|e| Error::file(path, e.message))?;
+                let name = args.model.clone().unwrap_or(saved.name());
+                let convs = args.convs.clone().unwrap_or(saved.convs.describe());
+                checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
             }
             let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
             check_resume_flags(&args, &saved, threads, path)?;
@@ -331,7 +346,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             saved.clone(),
         ),
         None => {
-            let spec = ModelSpec::parse_name(args.model.as_deref().unwrap_or("resnet20"))?;
+            let spec = model_spec(
+                args.model.as_deref().unwrap_or("resnet20"),
+                args.convs.as_deref().unwrap_or("dense"),
+            )?;
             let config = fresh_config(&args, threads)?;
             // Everything that does not depend on the data's size.
             config.validate(usize::MAX)?;

@@ -188,6 +188,54 @@ impl Model {
         self.spec.description()
     }
 
+    /// Every convolution slot with its name (e.g. `stage2.block0.conv1`), in forward order.
+    pub fn conv_layers(&self) -> Vec<(String, &ConvLayer)> {
+        match &self.network {
+            Network::ResNet(net) => {
+                let mut layers = vec![("conv1".to_string(), &net.stem)];
+                for block in net.stages.iter().flatten() {
+                    layers.push((format!("{}.conv1", block.name), &block.conv1));
+                    layers.push((format!("{}.conv2", block.name), &block.conv2));
+                }
+                layers
+            }
+            Network::Vgg(net) => net
+                .features
+                .iter()
+                .filter_map(|layer| match layer {
+                    VggLayer::Conv { conv, .. } => Some(conv),
+                    VggLayer::Pool => None,
+                })
+                .enumerate()
+                .map(|(i, conv)| (format!("features.conv{}", i + 1), conv))
+                .collect(),
+        }
+    }
+
+    /// [`Model::conv_layers`], mutable: e.g. to replace a dense layer by an SBF layer in place.
+    pub fn conv_layers_mut(&mut self) -> Vec<(String, &mut ConvLayer)> {
+        match &mut self.network {
+            Network::ResNet(net) => {
+                let mut layers = vec![("conv1".to_string(), &mut net.stem)];
+                for block in net.stages.iter_mut().flatten() {
+                    layers.push((format!("{}.conv1", block.name), &mut block.conv1));
+                    layers.push((format!("{}.conv2", block.name), &mut block.conv2));
+                }
+                layers
+            }
+            Network::Vgg(net) => net
+                .features
+                .iter_mut()
+                .filter_map(|layer| match layer {
+                    VggLayer::Conv { conv, .. } => Some(conv),
+                    VggLayer::Pool => None,
+                })
+                .enumerate()
+                .map(|(i, conv)| (format!("features.conv{}", i + 1), conv))
+                .collect(),
+        }
+    }
+
     /// Every convolution and linear layer with its output shape, parameters and
     /// MACs for one 32×32 image, then one row with all batch-norm layers
     /// together. The params column sums to `store.num_scalars()`.
@@ -357,6 +405,29 @@ mod tests {
             let logits = model.forward(&mut tape, x);
             assert_eq!(tape.value(logits).shape, vec![2, 10], "{name}");
             assert!(tape.value(logits).all_finite());
+        }
+    }
+
+    #[test]
+    fn conv_layers_are_listed_in_forward_order_with_their_parameter_names() {
+        for (name, count) in [("resnet20", 19), ("vgg16-w8", 13)] {
+            let (mut model, store) = built(name);
+            let layers = model.conv_layers();
+            assert_eq!(layers.len(), count, "{name}");
+            for (layer_name, layer) in &layers {
+                let weight = store
+                    .params
+                    .iter()
+                    .find(|p| p.name == format!("{layer_name}.weight"));
+                assert_eq!(
+                    weight.map(|p| p.value.len()),
+                    Some(layer.param_count(&store)),
+                    "{layer_name}"
+                );
+            }
+            let table = model.layer_table(&store);
+            assert!(layers.iter().zip(&table).all(|((n, _), row)| *n == row.name));
+            assert_eq!(model.conv_layers_mut().len(), count);
         }
     }
 
