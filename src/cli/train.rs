@@ -450,7 +450,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         });
         bar.finish_and_clear();
         let started = Instant::now();
-        let evaluation = trainer.evaluate(&test, 256);
+        let evaluation = trainer.evaluate(&test, config.batch_size.max(128));
         trainer.elapsed_seconds += started.elapsed().as_secs_f64();
         let best = evaluation.accuracy > trainer.best_test_accuracy;
         if best {

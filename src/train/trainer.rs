@@ -605,38 +605,35 @@ pub fn load_model(checkpoint: &Checkpoint, path: &Path) -> Result<(Model, ParamS
 }
 
 /// Loss, accuracy and per-class accuracy on `set` in evaluation mode (running
-/// BN statistics, no augmentation); batches run in parallel.
+/// BN statistics, no augmentation). Batches of `batch_size` images are taken
+/// in order; each is split into one shard per rayon thread, evaluated in
+/// parallel, so at most `batch_size` images' activations are alive at once.
 pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: usize) -> Evaluation {
     let indices: Vec<usize> = (0..set.len()).collect();
-    // Per batch: (loss sum, [correct per class], [images per class]).
-    let per_batch: Vec<(f64, [usize; NUM_CLASSES], [usize; NUM_CLASSES])> = indices
-        .par_chunks(batch_size.max(1))
-        .map(|chunk| {
-            let (x, labels) = make_batch(set, chunk, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
-            let mut tape = Tape::new(store, Mode::Eval);
-            let input = tape.input(x);
-            let logits = model.forward(&mut tape, input);
-            let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.0);
-            let mut correct = [0; NUM_CLASSES];
-            let mut seen = [0; NUM_CLASSES];
-            for (p, &t) in predictions(tape.value(logits)).iter().zip(&labels) {
-                seen[t] += 1;
-                correct[t] += usize::from(*p == t);
-            }
-            (
-                tape.value(loss).data[0] as f64 * chunk.len() as f64,
-                correct,
-                seen,
-            )
-        })
-        .collect();
-    let mut loss_sum = 0.0;
+    let threads = rayon::current_num_threads();
+    let mut loss_sum = 0.0f64;
     let (mut correct, mut seen) = ([0usize; NUM_CLASSES], [0usize; NUM_CLASSES]);
-    for (l, c, s) in per_batch {
-        loss_sum += l;
-        for k in 0..NUM_CLASSES {
-            correct[k] += c[k];
-            seen[k] += s[k];
+    for batch in indices.chunks(batch_size.max(1)) {
+        let shard_size = batch.len().div_ceil(threads);
+        // Per shard: (loss sum, predictions and labels).
+        let shards: Vec<(f64, Vec<usize>, Vec<usize>)> = batch
+            .par_chunks(shard_size)
+            .map(|shard| {
+                let (x, labels) = make_batch(set, shard, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+                let mut tape = Tape::new(store, Mode::Eval);
+                let input = tape.input(x);
+                let logits = model.forward(&mut tape, input);
+                let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.0);
+                let loss_sum = tape.value(loss).data[0] as f64 * shard.len() as f64;
+                (loss_sum, predictions(tape.value(logits)), labels)
+            })
+            .collect();
+        for (shard_loss, predicted, labels) in shards {
+            loss_sum += shard_loss;
+            for (&p, &t) in predicted.iter().zip(&labels) {
+                seen[t] += 1;
+                correct[t] += usize::from(p == t);
+            }
         }
     }
     let images = set.len();
@@ -646,5 +643,76 @@ pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: us
         accuracy: correct.iter().sum::<usize>() as f32 / images.max(1) as f32,
         per_class_accuracy: std::array::from_fn(|k| correct[k] as f32 / seen[k] as f32),
         per_class_images: seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::synthetic_set;
+
+    #[test]
+    fn evaluation_counts_every_image_once_and_does_not_depend_on_the_batch_size() {
+        let set = synthetic_set(37, 10, 3);
+        let mut store = ParamStore::default();
+        let model = ModelSpec::parse_name("resnet8-w2")
+            .unwrap()
+            .build(&mut store, &mut StdRng::seed_from_u64(1));
+        let a = evaluate(&model, &store, &set, 5);
+        let b = evaluate(&model, &store, &set, 64);
+        assert_eq!(a.images, 37);
+        assert_eq!(a.per_class_images.iter().sum::<usize>(), 37);
+        assert_eq!((a.accuracy, a.per_class_images), (b.accuracy, b.per_class_images));
+        assert!((a.loss - b.loss).abs() < 1e-5 * a.loss);
+        // Accuracy by hand from the logits of one tape over the whole set.
+        let (x, labels) = make_batch(
+            &set,
+            &(0..37).collect::<Vec<_>>(),
+            &Augmentation::NONE,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let input = tape.input(x);
+        let logits = model.forward(&mut tape, input);
+        let right = predictions(tape.value(logits))
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        assert_eq!(a.accuracy, right as f32 / 37.0);
+    }
+
+    #[test]
+    fn predictions_pick_the_first_largest_logit() {
+        let logits = Tensor::from_vec(&[3, 3], vec![0.1, 0.9, 0.3, 2.0, 2.0, 1.0, -1.0, -3.0, -0.5]);
+        assert_eq!(predictions(&logits), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn config_metadata_round_trips_and_bad_settings_are_named() {
+        let mut config = TrainConfig::recipe();
+        config.label_smoothing = 0.1;
+        config.augmentation.rotation_degrees = 7.5;
+        config.shards = 3;
+        let checkpoint = Checkpoint {
+            metadata: config.to_metadata(),
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            TrainConfig::from_checkpoint(&checkpoint, Path::new("c")).unwrap(),
+            config
+        );
+        let mut broken = checkpoint.clone();
+        broken.metadata.retain(|(k, _)| k != "momentum");
+        let err = TrainConfig::from_checkpoint(&broken, Path::new("c.ckpt"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "c.ckpt: checkpoint lacks the training setting \"momentum\"");
+        let mut bad = TrainConfig::recipe();
+        bad.learning_rate = -1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--lr"));
+        bad = TrainConfig::recipe();
+        bad.sgd.momentum = 1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--momentum"));
     }
 }
