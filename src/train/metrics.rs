@@ -3,7 +3,7 @@
 //! The PNG has two panels drawn with plain pixel loops (no plotting crate):
 //! left the loss, right the accuracy (0 to 100 %), against the epoch;
 //! blue = training set, orange = test set; light grid lines at quarters of
-//! each axis range.
+//! each axis range; labels in a 3×5 pixel font.
 
 use crate::error::{Error, Result};
 use crate::train::checkpoint::write_atomically;
@@ -92,7 +92,10 @@ pub fn read_csv(path: &Path) -> Result<Vec<MetricsRow>> {
 
 const WIDTH: u32 = 800;
 const HEIGHT: u32 = 320;
-const MARGIN: i64 = 30;
+/// Space left of each panel (for the y labels) and above/below it (titles, x labels).
+const MARGIN_LEFT: i64 = 48;
+const MARGIN_RIGHT: i64 = 16;
+const MARGIN_Y: i64 = 30;
 const TRAIN_COLOUR: Rgb<u8> = Rgb([31, 119, 180]);
 const TEST_COLOUR: Rgb<u8> = Rgb([255, 127, 14]);
 const AXIS_COLOUR: Rgb<u8> = Rgb([0, 0, 0]);
@@ -189,6 +192,76 @@ fn draw_panel(image: &mut RgbImage, panel: &Panel, series: &[Series]) {
     }
 }
 
+/// 3×5 glyphs, one row of 3 bits per line (most significant bit = left column).
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        '0' | 'O' => [0b111, 0b101, 0b101, 0b101, 0b111],
+        '1' => [0b010, 0b110, 0b010, 0b010, 0b111],
+        '2' => [0b111, 0b001, 0b111, 0b100, 0b111],
+        '3' => [0b111, 0b001, 0b111, 0b001, 0b111],
+        '4' => [0b101, 0b101, 0b111, 0b001, 0b001],
+        '5' | 'S' => [0b111, 0b100, 0b111, 0b001, 0b111],
+        '6' => [0b111, 0b100, 0b111, 0b101, 0b111],
+        '7' => [0b111, 0b001, 0b001, 0b001, 0b001],
+        '8' => [0b111, 0b101, 0b111, 0b101, 0b111],
+        '9' => [0b111, 0b101, 0b111, 0b001, 0b111],
+        '.' => [0b000, 0b000, 0b000, 0b000, 0b010],
+        '%' => [0b101, 0b001, 0b010, 0b100, 0b101],
+        'A' => [0b010, 0b101, 0b111, 0b101, 0b101],
+        'C' => [0b111, 0b100, 0b100, 0b100, 0b111],
+        'E' => [0b111, 0b100, 0b111, 0b100, 0b111],
+        'H' => [0b101, 0b101, 0b111, 0b101, 0b101],
+        'I' => [0b111, 0b010, 0b010, 0b010, 0b111],
+        'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
+        'N' => [0b110, 0b101, 0b101, 0b101, 0b101],
+        'P' => [0b111, 0b101, 0b111, 0b100, 0b100],
+        'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
+        'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
+        'Y' => [0b101, 0b101, 0b010, 0b010, 0b010],
+        _ => [0; 5], // space and anything else
+    }
+}
+
+/// Text scaled ×2 (6×10 pixels a character, 8 apart) with its top-left corner at (x, y).
+fn text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) {
+    for (i, c) in text.chars().enumerate() {
+        for (row, bits) in glyph(c.to_ascii_uppercase()).iter().enumerate() {
+            for column in 0..3 {
+                if bits >> (2 - column) & 1 == 1 {
+                    for (dx, dy) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        put(
+                            image,
+                            x + 8 * i as i64 + 2 * column + dx,
+                            y + 2 * row as i64 + dy,
+                            colour,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pixel width of `text` drawn by [`text`].
+fn text_width(text: &str) -> i64 {
+    8 * text.chars().count() as i64 - 2
+}
+
+/// The loss panel (left) and the accuracy panel (right) for `last_epoch` epochs and losses up to `max_loss`.
+fn panels(last_epoch: f64, max_loss: f64) -> [Panel; 2] {
+    let half = WIDTH as i64 / 2;
+    let panel = |index: i64, y_range| Panel {
+        left: index * half + MARGIN_LEFT,
+        top: MARGIN_Y,
+        width: half - MARGIN_LEFT - MARGIN_RIGHT,
+        height: HEIGHT as i64 - 2 * MARGIN_Y,
+        x_range: (0.0, last_epoch),
+        y_range,
+    };
+    [panel(0, (0.0, max_loss)), panel(1, (0.0, 1.0))]
+}
+
 /// The learning-curve image of `rows` (loss left, accuracy right).
 pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
     let mut image = RgbImage::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
@@ -198,24 +271,16 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
         .flat_map(|r| [r.train_loss, r.test_loss])
         .filter(|v| v.is_finite());
     let max_loss = finite_losses.fold(0.0f32, f32::max).max(1e-3) as f64 * 1.05;
-    let panel_width = WIDTH as i64 / 2 - 2 * MARGIN;
-    let panel = |index: i64, y_range| Panel {
-        left: MARGIN + index * (WIDTH as i64 / 2),
-        top: MARGIN,
-        width: panel_width,
-        height: HEIGHT as i64 - 2 * MARGIN,
-        x_range: (0.0, last_epoch),
-        y_range,
-    };
     let series = |f: fn(&MetricsRow) -> f32| -> Vec<(f64, f64)> {
         rows.iter()
             .filter(|r| f(r).is_finite())
             .map(|r| (r.epoch as f64, f(r) as f64))
             .collect()
     };
+    let [loss_panel, accuracy_panel] = panels(last_epoch, max_loss);
     draw_panel(
         &mut image,
-        &panel(0, (0.0, max_loss)),
+        &loss_panel,
         &[
             (series(|r| r.train_loss), TRAIN_COLOUR),
             (series(|r| r.test_loss), TEST_COLOUR),
@@ -223,11 +288,51 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
     );
     draw_panel(
         &mut image,
-        &panel(1, (0.0, 1.0)),
+        &accuracy_panel,
         &[
             (series(|r| r.train_accuracy), TRAIN_COLOUR),
             (series(|r| r.test_accuracy), TEST_COLOUR),
         ],
+    );
+    // Labels: title, y range, last epoch, legend.
+    for (panel, title, top_label) in [
+        (&loss_panel, "LOSS", format!("{max_loss:.2}")),
+        (&accuracy_panel, "ACCURACY %", "100".to_string()),
+    ] {
+        let bottom = panel.top + panel.height;
+        text(&mut image, panel.left, panel.top - 20, title, AXIS_COLOUR);
+        text(
+            &mut image,
+            panel.left - 8 - text_width(&top_label),
+            panel.top - 4,
+            &top_label,
+            AXIS_COLOUR,
+        );
+        text(&mut image, panel.left - 14, bottom - 4, "0", AXIS_COLOUR);
+        let epochs = format!("{}", last_epoch as usize);
+        text(
+            &mut image,
+            panel.left + panel.width - text_width(&epochs) / 2,
+            bottom + 10,
+            &epochs,
+            AXIS_COLOUR,
+        );
+        text(
+            &mut image,
+            panel.left + panel.width / 2 - text_width("EPOCH") / 2,
+            bottom + 10,
+            "EPOCH",
+            AXIS_COLOUR,
+        );
+    }
+    let legend_x = loss_panel.left + loss_panel.width - text_width("TRAIN TEST");
+    text(&mut image, legend_x, loss_panel.top - 20, "TRAIN", TRAIN_COLOUR);
+    text(
+        &mut image,
+        legend_x + 48,
+        loss_panel.top - 20,
+        "TEST",
+        TEST_COLOUR,
     );
     image
 }
@@ -291,10 +396,16 @@ mod tests {
         for colour in [TRAIN_COLOUR, TEST_COLOUR] {
             assert!(count(colour, true) > 100 && count(colour, false) > 100);
         }
-        // The accuracy panel: the last training point (0.6) is drawn 60 % up the panel.
-        let panel_height = (HEIGHT as i64 - 2 * MARGIN) as f64;
-        let y = (MARGIN as f64 + panel_height * 0.4).round() as u32;
-        let x = WIDTH / 2 + MARGIN as u32 + (WIDTH / 2 - 2 * MARGIN as u32);
-        assert_eq!(*image.get_pixel(x, y), TRAIN_COLOUR);
+        // The accuracy panel: the last training point (epoch 3, 0.6) is drawn 60 % up the panel
+        // and the last test point (0.54) below it.
+        let [_, accuracy] = panels(3.0, 2.2 * 1.05);
+        let (x, y) = accuracy.pixel(3.0, 0.6);
+        assert_eq!(
+            y,
+            accuracy.top + accuracy.height - (0.6 * accuracy.height as f64).round() as i64
+        );
+        assert_eq!(*image.get_pixel(x as u32 - 1, y as u32), TRAIN_COLOUR);
+        let (x, y) = accuracy.pixel(3.0, 0.54);
+        assert_eq!(*image.get_pixel(x as u32 - 1, y as u32), TEST_COLOUR);
     }
 }
