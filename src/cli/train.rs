@@ -407,7 +407,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.shards
     );
     println!(
-        "{} epochs, batch {}, lr {} {} (warm-up {} epochs), momentum {}{}, weight decay {}, label smoothing {}, \
+        "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \
          augmentation {}, seed {}",
         config.epochs,
         config.batch_size,
@@ -434,6 +434,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
         .map_err(|e| Error::msg(format!("progress bar: {e}")))?
         .progress_chars("=> ");
+    let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
     while trainer.epoch < config.epochs {
         let steps = config.steps_per_epoch(train.len());
         let bar = ProgressBar::new(steps as u64).with_style(style.clone());
@@ -474,7 +475,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         metrics::write_csv(&csv_path, &rows)?;
         metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
         println!(
-            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{}  {:.0} img/s  {:.0}s",
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{}  {:.0} img/s  \
+             {:.0}s  (run ETA {:.0}s)",
             result.epoch,
             config.epochs,
             result.learning_rate,
@@ -484,7 +486,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             100.0 * evaluation.accuracy,
             if best { " (best)" } else { "" },
             result.images_per_second,
-            trainer.elapsed_seconds
+            trainer.elapsed_seconds,
+            session_started.elapsed().as_secs_f64() / (trainer.epoch - first_epoch) as f64
+                * (config.epochs - trainer.epoch) as f64
         );
     }
     println!(
