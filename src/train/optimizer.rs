@@ -12,6 +12,10 @@
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Values per parallel task of the update.
+const CHUNK: usize = 1 << 14;
 
 /// Hyper-parameters of [`Sgd`] (the learning rate comes from the schedule, step by step).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,18 +60,21 @@ impl Sgd {
         );
         for (param, velocity) in store.params.iter_mut().zip(&mut self.velocity) {
             let decay = if param.decay { weight_decay } else { 0.0 };
-            for ((w, &g), v) in param
+            // Chunks of the parameter in parallel; the same arithmetic for every element.
+            param
                 .value
                 .data
-                .iter_mut()
-                .zip(&param.grad.data)
-                .zip(&mut velocity.data)
-            {
-                let g = g + decay * *w;
-                *v = momentum * *v + g;
-                let update = if nesterov { g + momentum * *v } else { *v };
-                *w -= learning_rate * update;
-            }
+                .par_chunks_mut(CHUNK)
+                .zip(param.grad.data.par_chunks(CHUNK))
+                .zip(velocity.data.par_chunks_mut(CHUNK))
+                .for_each(|((weights, grads), velocities)| {
+                    for ((w, &g), v) in weights.iter_mut().zip(grads).zip(velocities) {
+                        let g = g + decay * *w;
+                        *v = momentum * *v + g;
+                        let update = if nesterov { g + momentum * *v } else { *v };
+                        *w -= learning_rate * update;
+                    }
+                });
         }
     }
 

@@ -276,6 +276,9 @@ pub fn predictions(logits: &Tensor) -> Vec<usize> {
         .collect()
 }
 
+/// Values per parallel task when summing shard gradients.
+const REDUCTION_CHUNK: usize = 1 << 14;
+
 /// What one shard returns: its share of the loss (n_s/B · mean loss), its correct count, its BN statistics.
 struct ShardResult {
     weighted_loss: f32,
@@ -339,13 +342,24 @@ pub fn data_parallel_gradients(
             }
         })
         .collect();
-    // Sum the shards' gradients into the store, in shard order.
-    store.params.par_iter_mut().enumerate().for_each(|(p, param)| {
-        param.grad.data.copy_from_slice(&worker_gradients[0][p].data);
-        for gradients in &worker_gradients[1..] {
-            param.grad.add_assign(&gradients[p]);
-        }
-    });
+    // Sum the shards' gradients into the store, in shard order, in parallel
+    // over chunks of each parameter (a few VGG weights hold most of the values).
+    for (p, param) in store.params.iter_mut().enumerate() {
+        param
+            .grad
+            .data
+            .par_chunks_mut(REDUCTION_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, sum)| {
+                let range = chunk * REDUCTION_CHUNK..chunk * REDUCTION_CHUNK + sum.len();
+                sum.copy_from_slice(&worker_gradients[0][p].data[range.clone()]);
+                for gradients in &worker_gradients[1..] {
+                    for (total, g) in sum.iter_mut().zip(&gradients[p].data[range.clone()]) {
+                        *total += g;
+                    }
+                }
+            });
+    }
     let loss = results.iter().map(|r| r.weighted_loss).sum();
     let correct = results.iter().map(|r| r.correct).sum();
     let statistics = results.into_iter().flat_map(|r| r.statistics).collect();
