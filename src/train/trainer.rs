@@ -529,13 +529,13 @@ impl Trainer {
         let spec =
             ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?;
         let config = TrainConfig::from_checkpoint(checkpoint, path)?;
-        let number = |key: &str| -> Result<f64> {
+        fn number<T: std::str::FromStr>(checkpoint: &Checkpoint, path: &Path, key: &str) -> Result<T> {
             checkpoint
                 .get(key)
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| Error::file(path, format!("checkpoint lacks a valid \"{key}\"")))
-        };
-        let saved_images = number("train_images")? as usize;
+        }
+        let saved_images: usize = number(checkpoint, path, "train_images")?;
         if saved_images != train_images {
             return Err(Error::file(
                 path,
@@ -553,10 +553,10 @@ impl Trainer {
             .optimizer
             .import(store, |name| checkpoint.tensor(name))
             .map_err(|e| Error::file(path, e.message))?;
-        trainer.epoch = number("epoch")? as usize;
-        trainer.step = number("step")? as usize;
-        trainer.best_test_accuracy = number("best_test_accuracy")? as f32;
-        trainer.elapsed_seconds = number("elapsed_seconds")?;
+        trainer.epoch = number(checkpoint, path, "epoch")?;
+        trainer.step = number(checkpoint, path, "step")?;
+        trainer.best_test_accuracy = number(checkpoint, path, "best_test_accuracy")?;
+        trainer.elapsed_seconds = number(checkpoint, path, "elapsed_seconds")?;
         Ok(trainer)
     }
 
