@@ -138,6 +138,23 @@ fn train_one_epoch_then_resume_and_evaluate() {
         "{stdout}"
     );
     assert!(stdout.contains("(20 images"), "{stdout}");
+
+    // A diverging run stops with one line and saves nothing of the bad epoch.
+    let diverged = root.join("diverged");
+    let output = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &["--lr", "1e30", "--epochs", "1", "--out", s(&diverged)],
+        ]
+        .concat(),
+    );
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("training diverged"),
+        "{stderr}"
+    );
+    assert!(!diverged.join("last.ckpt").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -450,6 +450,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ));
         });
         bar.finish_and_clear();
+        if !result.loss.is_finite() {
+            // Keep the last good checkpoint: nothing of this epoch is saved.
+            return Err(Error::msg(format!(
+                "training diverged: the loss is {} in epoch {}; the last good checkpoint is kept \
+                 (try a lower --lr or more --warmup-epochs)",
+                result.loss, result.epoch
+            )));
+        }
         let started = Instant::now();
         let evaluation = trainer.evaluate(&test, config.batch_size.max(128));
         trainer.elapsed_seconds += started.elapsed().as_secs_f64();
