@@ -86,18 +86,10 @@ fn train_one_epoch_then_resume_and_evaluate() {
 
     // A finished run resumes to "already finished"; a contradicting flag is refused.
     let last = out.join("last.ckpt");
-    let output = sbfnet(&[
-        "train",
-        "--resume",
-        s(&last),
-        "--data",
-        s(&data),
-        "--train-limit",
-        "32",
-        "--test-limit",
-        "16",
-    ]);
+    // (The image counts come from the checkpoint: no --train-limit needed.)
+    let output = sbfnet(&["train", "--resume", s(&last), "--data", s(&data)]);
     let (stdout, stderr) = text(&output);
+    assert!(stdout.contains("(32 training, 16 test images)"), "{stdout}");
     assert!(
         output.status.success() && stdout.contains("already finished all 2 epochs"),
         "{stdout}\n{stderr}"

@@ -83,6 +83,9 @@ pub struct TrainArgs {
     pub test_limit: Option<usize>,
 }
 
+/// Checkpoint metadata: the number of test images the run evaluates on.
+const TEST_IMAGES_KEY: &str = "test_images";
+
 /// The data folder: --data, else $SBFNET_DATA, else the first of the usual places that exists.
 pub fn data_folder(flag: Option<&Path>) -> PathBuf {
     if let Some(path) = flag {
@@ -367,14 +370,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .build_global()
         .map_err(|e| Error::msg(format!("cannot start {threads} threads: {e}")))?;
 
-    // 2. Data.
+    // 2. Data. A resumed run uses the image counts it was started with unless told otherwise.
+    let saved_count = |key: &str| -> Option<usize> {
+        let (_, checkpoint, _) = resumed.as_ref()?;
+        checkpoint.get(key)?.parse().ok()
+    };
+    let train_limit = args.train_limit.or_else(|| saved_count("train_images"));
+    let test_limit = args.test_limit.or_else(|| saved_count(TEST_IMAGES_KEY));
     let data = data_folder(args.data.as_deref());
-    let train = limited(
-        cifar::load_training_set(&data)?,
-        args.train_limit,
-        "--train-limit",
-    )?;
-    let test = limited(cifar::load_test_set(&data)?, args.test_limit, "--test-limit")?;
+    let train = limited(cifar::load_training_set(&data)?, train_limit, "--train-limit")?;
+    let test = limited(cifar::load_test_set(&data)?, test_limit, "--test-limit")?;
 
     // 3. The trainer, fresh or resumed.
     let mut trainer = match &resumed {
@@ -475,7 +480,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             images_per_second: result.images_per_second,
             elapsed_seconds: trainer.elapsed_seconds,
         });
-        let checkpoint = trainer.to_checkpoint();
+        let mut checkpoint = trainer.to_checkpoint();
+        checkpoint
+            .metadata
+            .push((TEST_IMAGES_KEY.into(), test.len().to_string()));
         if best {
             checkpoint.save(&out.join("best.ckpt"))?;
         }
