@@ -10,8 +10,8 @@
 //! - [`kernels`] — plain loops over slices; naive oracles beside fast versions
 //! - [`ops`] — differentiable ops, forward and backward side by side
 //! - [`nn`] — layers that own parameters (Conv2d, BatchNorm2d, Linear) and the models
-//! - [`data`] — the CIFAR-10 binary format
-//! - [`train`] — checkpoints
+//! - [`data`] — the CIFAR-10 binary format, download, augmentation
+//! - [`train`] — the data-parallel trainer, SGD, learning-rate schedules, checkpoints
 //! - [`prune`] — generalised pruning (saliency, the ramp, template selection)
 //! - [`gradcheck`] — the finite-difference checker
 //! - [`benchmark`] — timing helpers for `sbfnet bench`

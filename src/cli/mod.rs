@@ -1,9 +1,12 @@
 //! Command-line parsing (clap) and one module per subcommand. The command line
 //! only parses and validates settings; the work is done by the library.
 
-use clap::{Parser, Subcommand};
-
 mod download;
+mod eval;
+mod info;
+mod train;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +25,12 @@ enum Command {
     System,
     /// Download the CIFAR-10 binary set (MD5-verified) into a data folder.
     Download(download::DownloadArgs),
+    /// Train a model on CIFAR-10 (or resume a run): progress bar, metrics.csv, learning curve, checkpoints.
+    Train(Box<train::TrainArgs>),
+    /// Test accuracy, loss and per-class accuracy of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// A model's layers with their parameters and MACs.
+    Info(info::InfoArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -32,5 +41,8 @@ pub fn run() -> sbfnet::Result<()> {
             Ok(())
         }
         Command::Download(args) => download::run(args),
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Info(args) => info::run(args),
     }
 }

@@ -2,8 +2,14 @@
 
 pub mod batch_norm2d;
 pub mod conv2d;
+pub mod conv_layer;
 pub mod linear;
+pub mod model;
+pub mod resnet;
+pub mod vgg;
 
 pub use batch_norm2d::BatchNorm2d;
 pub use conv2d::Conv2d;
+pub use conv_layer::{ConvKind, ConvLayer, ConvPlan};
 pub use linear::Linear;
+pub use model::{LayerRow, Model, ModelSpec};

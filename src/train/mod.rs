@@ -1,3 +1,14 @@
-//! Training: checkpoints.
+//! Training: the data-parallel trainer, SGD, learning-rate schedules,
+//! per-epoch metrics and learning curves, checkpoints.
 
 pub mod checkpoint;
+pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+pub mod trainer;
+
+pub use optimizer::{Sgd, SgdConfig};
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{
+    evaluate, load_model, EpochResult, Evaluation, Progress, StepResult, TrainConfig, Trainer,
+};

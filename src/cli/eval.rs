@@ -1,0 +1,60 @@
+//! `sbfnet eval`: test accuracy, loss and per-class accuracy of a checkpoint.
+
+use super::train::{data_folder, limited};
+use clap::Args;
+use sbfnet::data::cifar::{self, CLASS_NAMES};
+use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::{evaluate, load_model};
+use sbfnet::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (e.g. runs/x/best.ckpt)
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// CIFAR-10 binary folder [default: as for `sbfnet train`]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Images per evaluation batch
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Evaluate on the first N test images only
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(Error::msg("--batch-size must be at least 1"));
+    }
+    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let (model, store) = load_model(&checkpoint, &args.checkpoint)?;
+    let data = data_folder(args.data.as_deref());
+    let test = limited(cifar::load_test_set(&data)?, args.test_limit, "--test-limit")?;
+    let evaluation = evaluate(&model, &store, &test, args.batch_size);
+    let epoch = checkpoint.get("epoch").unwrap_or("?");
+    println!(
+        "{} after epoch {epoch}: {}",
+        model.description(),
+        args.checkpoint.display()
+    );
+    println!(
+        "test accuracy {:.2}%  loss {:.4}  ({} images of {})",
+        100.0 * evaluation.accuracy,
+        evaluation.loss,
+        evaluation.images,
+        data.display()
+    );
+    println!("{:<12} {:>8} {:>7}", "class", "accuracy", "images");
+    for (k, name) in CLASS_NAMES.iter().enumerate() {
+        let images = evaluation.per_class_images[k];
+        let accuracy = if images > 0 {
+            format!("{:.2}%", 100.0 * evaluation.per_class_accuracy[k])
+        } else {
+            "-".into()
+        };
+        println!("{name:<12} {accuracy:>8} {images:>7}");
+    }
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! `sbfnet train`: train a model on CIFAR-10, or resume a run.
+//!
+//! Every setting is checked before any data is read. A fresh run refuses an
+//! output folder that already holds a checkpoint (pass --resume, or another
+//! --out); a resumed run takes every training setting from its checkpoint and
+//! refuses flags that contradict it (so the run continues bit for bit).
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sbfnet::data::augment::Augmentation;
+use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
+use sbfnet::nn::{ConvPlan, ModelSpec};
+use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::metrics::{self, MetricsRow};
+use sbfnet::train::{ScheduleKind, TrainConfig, Trainer};
+use sbfnet::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// CIFAR-10 binary folder [default: $SBFNET_DATA, else ../shared/data/cifar-10-batches-bin,
+    /// else ./data/cifar-10-batches-bin]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// resnet20|resnet32|resnet44|resnet56|resnet110|vgg16 (any resnet6n+2; -w<k> sets the width) [default: resnet20]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Which convolutions are dense or SBF, e.g. "dense" (the stem stays dense unless the plan
+    /// starts with first=<kind>,) [default: dense]
+    #[arg(long)]
+    pub convs: Option<String>,
+    /// Epochs of the whole run [default: 50]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per optimisation step [default: 128]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate [default: 0.1]
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// SGD momentum [default: 0.9]
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Nesterov momentum: --nesterov, --nesterov true|false [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub nesterov: Option<bool>,
+    /// Weight decay of conv and linear weights (not BN, not biases) [default: 5e-4]
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// cosine|step|onecycle [default: cosine]
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Epochs of linear learning-rate warm-up [default: 2]
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Label smoothing ε [default: 0]
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
+    /// Training augmentation: crop+flip, crop, flip or none [default: crop+flip]
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
+    #[arg(long)]
+    pub rotate: Option<f32>,
+    /// Worker threads; each batch is split into this many shards [default: all cores]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the initialisation, shuffling and augmentation [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output folder [default: runs/<model>-<UTC time>; when resuming: the checkpoint's folder]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (e.g. runs/x/last.ckpt)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Train on the first N training images only (quick runs)
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N test images only (quick runs)
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+}
+
+/// Checkpoint metadata: the number of test images the run evaluates on.
+const TEST_IMAGES_KEY: &str = "test_images";
+
+/// The data folder: --data, else $SBFNET_DATA, else the first of the usual places that exists.
+pub fn data_folder(flag: Option<&Path>) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    if let Some(path) = std::env::var_os("SBFNET_DATA") {
+        return PathBuf::from(path);
+    }
+    let shared = PathBuf::from("../shared/data/cifar-10-batches-bin");
+    if shared.is_dir() {
+        shared
+    } else {
+        PathBuf::from("data/cifar-10-batches-bin")
+    }
+}
+
+/// The model named `name` with the conv plan `convs` (e.g. "dense").
+pub fn model_spec(name: &str, convs: &str) -> Result<ModelSpec> {
+    let mut spec = ModelSpec::parse_name(name)?;
+    spec.convs = ConvPlan::parse(convs)
+        .ok_or_else(|| Error::msg(format!("unknown --convs \"{convs}\" (expected dense)")))?;
+    Ok(spec)
+}
+
+/// The first `limit` images of `set` (all when `limit` is None); refuses a limit of 0.
+pub fn limited(mut set: Cifar10, limit: Option<usize>, flag: &str) -> Result<Cifar10> {
+    if let Some(n) = limit {
+        if n == 0 {
+            return Err(Error::msg(format!("{flag} must be at least 1")));
+        }
+        let n = n.min(set.len());
+        set.images.truncate(n * IMAGE_BYTES);
+        set.labels.truncate(n);
+    }
+    Ok(set)
+}
+
+/// The settings of a fresh run: the recipe, changed by the flags given.
+fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
+    let mut config = TrainConfig::recipe();
+    config.shards = threads;
+    if let Some(v) = args.epochs {
+        config.epochs = v;
+    }
+    if let Some(v) = args.batch_size {
+        config.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        config.learning_rate = v;
+    }
+    if let Some(v) = args.momentum {
+        config.sgd.momentum = v;
+    }
+    if let Some(v) = args.nesterov {
+        config.sgd.nesterov = v;
+    }
+    if let Some(v) = args.weight_decay {
+        config.sgd.weight_decay = v;
+    }
+    if let Some(v) = &args.schedule {
+        config.schedule = ScheduleKind::parse(v).ok_or_else(|| {
+            Error::msg(format!(
+                "unknown --schedule \"{v}\" (expected cosine, step or onecycle)"
+            ))
+        })?;
+    }
+    if let Some(v) = args.warmup_epochs {
+        config.warmup_epochs = v;
+    }
+    if let Some(v) = args.label_smoothing {
+        config.label_smoothing = v;
+    }
+    if let Some(v) = &args.augment {
+        config.augmentation = Augmentation::parse(v)
+            .filter(|a| a.rotation_degrees == 0.0)
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "unknown --augment \"{v}\" (expected crop+flip, crop, flip or none)"
+                ))
+            })?;
+    }
+    if let Some(v) = args.rotate {
+        config.augmentation.rotation_degrees = v;
+    }
+    if let Some(v) = args.seed {
+        config.seed = v;
+    }
+    Ok(config)
+}
+
+/// A resumed run keeps its settings: a flag that contradicts the checkpoint is refused.
+fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, path: &Path) -> Result<()> {
+    let given = fresh_config(args, threads)?;
+    let mut conflicts = Vec::new();
+    let mut check = |flag: &str, set: bool, wanted: String, kept: String| {
+        if set && wanted != kept {
+            conflicts.push(format!("{flag} {wanted} (the run uses {kept})"));
+        }
+    };
+    check(
+        "--epochs",
+        args.epochs.is_some(),
+        given.epochs.to_string(),
+        saved.epochs.to_string(),
+    );
+    check(
+        "--batch-size",
+        args.batch_size.is_some(),
+        given.batch_size.to_string(),
+        saved.batch_size.to_string(),
+    );
+    check(
+        "--lr",
+        args.lr.is_some(),
+        given.learning_rate.to_string(),
+        saved.learning_rate.to_string(),
+    );
+    check(
+        "--momentum",
+        args.momentum.is_some(),
+        given.sgd.momentum.to_string(),
+        saved.sgd.momentum.to_string(),
+    );
+    check(
+        "--nesterov",
+        args.nesterov.is_some(),
+        given.sgd.nesterov.to_string(),
+        saved.sgd.nesterov.to_string(),
+    );
+    let (wd, saved_wd) = (given.sgd.weight_decay, saved.sgd.weight_decay);
+    check(
+        "--weight-decay",
+        args.weight_decay.is_some(),
+        wd.to_string(),
+        saved_wd.to_string(),
+    );
+    let (schedule, saved_schedule) = (given.schedule.name(), saved.schedule.name());
+    check(
+        "--schedule",
+        args.schedule.is_some(),
+        schedule.into(),
+        saved_schedule.into(),
+    );
+    let warmup = given.warmup_epochs.to_string();
+    check(
+        "--warmup-epochs",
+        args.warmup_epochs.is_some(),
+        warmup,
+        saved.warmup_epochs.to_string(),
+    );
+    let smoothing = given.label_smoothing.to_string();
+    check(
+        "--label-smoothing",
+        args.label_smoothing.is_some(),
+        smoothing,
+        saved.label_smoothing.to_string(),
+    );
+    let augment_given = args.augment.is_some() || args.rotate.is_some();
+    let augmentation = given.augmentation.describe();
+    check(
+        "--augment/--rotate",
+        augment_given,
+        augmentation,
+        saved.augmentation.describe(),
+    );
+    check(
+        "--seed",
+        args.seed.is_some(),
+        given.seed.to_string(),
+        saved.seed.to_string(),
+    );
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::file(
+            path,
+            format!(
+                "a resumed run keeps the settings of its checkpoint; drop {}",
+                conflicts.join(", ")
+            ),
+        ))
+    }
+}
+
+/// "runs/<model>-<YYYYmmdd-HHMMSS>" in UTC.
+fn default_out_folder(model: &str) -> PathBuf {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    PathBuf::from("runs").join(format!(
+        "{model}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    ))
+}
+
+/// Checks that the output folder can be made (a folder given with --out must
+/// have an existing parent) and that a fresh run would not overwrite an earlier run.
+fn check_out_folder(out: &Path, given: bool, resuming: bool) -> Result<()> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if given && !parent.is_dir() {
+        return Err(Error::file(
+            out,
+            format!("the output folder's parent {} does not exist", parent.display()),
+        ));
+    }
+    if out.exists() && !out.is_dir() {
+        return Err(Error::file(out, "the output path exists and is not a folder"));
+    }
+    if !resuming && out.join("last.ckpt").exists() {
+        return Err(Error::file(
+            out,
+            "already holds a run (last.ckpt): pass --resume <folder>/last.ckpt to continue it, or another --out",
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    // 1. Settings, all checked before any data is read.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        return Err(Error::msg("--threads must be at least 1"));
+    }
+    let resumed = match &args.resume {
+        Some(path) => {
+            let checkpoint = Checkpoint::load(path)?;
+            if args.model.is_some() || args.convs.is_some() {
+                let saved = ModelSpec::parse_description(&checkpoint.model)
+                    .map_err(|e| Error::file(path, e.message))?;
+                let name = args.model.clone().unwrap_or(saved.name());
+                let convs = args.convs.clone().unwrap_or(saved.convs.describe());
+                checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
+            }
+            let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
+            check_resume_flags(&args, &saved, threads, path)?;
+            Some((path.clone(), checkpoint, saved))
+        }
+        None => None,
+    };
+    let (spec, config) = match &resumed {
+        Some((path, checkpoint, saved)) => (
+            ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?,
+            saved.clone(),
+        ),
+        None => {
+            let spec = model_spec(
+                args.model.as_deref().unwrap_or("resnet20"),
+                args.convs.as_deref().unwrap_or("dense"),
+            )?;
+            let config = fresh_config(&args, threads)?;
+            // Everything that does not depend on the data's size.
+            config.validate(usize::MAX)?;
+            (spec, config)
+        }
+    };
+    let out = match (&args.out, &resumed) {
+        (Some(out), _) => out.clone(),
+        (None, Some((path, ..))) => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        (None, None) => default_out_folder(&spec.name()),
+    };
+    check_out_folder(&out, args.out.is_some(), resumed.is_some())?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::msg(format!("cannot start {threads} threads: {e}")))?;
+
+    // 2. Data. A resumed run uses the image counts it was started with unless told otherwise.
+    let saved_count = |key: &str| -> Option<usize> {
+        let (_, checkpoint, _) = resumed.as_ref()?;
+        checkpoint.get(key)?.parse().ok()
+    };
+    let train_limit = args.train_limit.or_else(|| saved_count("train_images"));
+    let test_limit = args.test_limit.or_else(|| saved_count(TEST_IMAGES_KEY));
+    let data = data_folder(args.data.as_deref());
+    let train = limited(cifar::load_training_set(&data)?, train_limit, "--train-limit")?;
+    let test = limited(cifar::load_test_set(&data)?, test_limit, "--test-limit")?;
+
+    // 3. The trainer, fresh or resumed.
+    let mut trainer = match &resumed {
+        Some((path, checkpoint, _)) => Trainer::from_checkpoint(checkpoint, path, train.len())?,
+        None => Trainer::new(&spec, config.clone(), train.len())?,
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
+    let csv_path = out.join("metrics.csv");
+    let mut rows: Vec<MetricsRow> = if resumed.is_some() && csv_path.exists() {
+        metrics::read_csv(&csv_path)?
+            .into_iter()
+            .filter(|r| r.epoch <= trainer.epoch)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let table = trainer.model.layer_table(&trainer.store);
+    let macs: usize = table.iter().map(|r| r.macs).sum();
+    println!(
+        "{}: {} parameters, {:.1} M MACs per image",
+        trainer.model.description(),
+        trainer.store.num_scalars(),
+        macs as f64 / 1e6
+    );
+    println!(
+        "data {} ({} training, {} test images), {threads} threads, {} shards per batch",
+        data.display(),
+        train.len(),
+        test.len(),
+        config.shards
+    );
+    println!(
+        "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \
+         augmentation {}, seed {}",
+        config.epochs,
+        config.batch_size,
+        config.learning_rate,
+        config.schedule.name(),
+        config.warmup_epochs,
+        config.sgd.momentum,
+        if config.sgd.nesterov { " (Nesterov)" } else { "" },
+        config.sgd.weight_decay,
+        config.label_smoothing,
+        config.augmentation.describe(),
+        config.seed
+    );
+    println!("output {}", out.display());
+    if trainer.epoch >= config.epochs {
+        println!("the run already finished all {} epochs", config.epochs);
+        return Ok(());
+    }
+    if trainer.epoch > 0 {
+        println!("resuming after epoch {} (step {})", trainer.epoch, trainer.step);
+    }
+
+    // 4. The epochs.
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+        .map_err(|e| Error::msg(format!("progress bar: {e}")))?
+        .progress_chars("=> ");
+    let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
+    while trainer.epoch < config.epochs {
+        let steps = config.steps_per_epoch(train.len());
+        let bar = ProgressBar::new(steps as u64).with_style(style.clone());
+        bar.set_prefix(format!("epoch {}/{}", trainer.epoch + 1, config.epochs));
+        let result = trainer.train_epoch(&train, |p| {
+            bar.set_position(p.step as u64);
+            bar.set_message(format!(
+                "loss {:.3} acc {:.1}% {:.0} img/s lr {:.4}",
+                p.loss,
+                100.0 * p.accuracy,
+                p.images_per_second,
+                p.learning_rate
+            ));
+        });
+        bar.finish_and_clear();
+        if !result.loss.is_finite() {
+            // Keep the last good checkpoint: nothing of this epoch is saved.
+            return Err(Error::msg(format!(
+                "training diverged: the loss is {} in epoch {}; the last good checkpoint is kept \
+                 (try a lower --lr or more --warmup-epochs)",
+                result.loss, result.epoch
+            )));
+        }
+        let started = Instant::now();
+        let evaluation = trainer.evaluate(&test, config.batch_size.max(128));
+        trainer.elapsed_seconds += started.elapsed().as_secs_f64();
+        let best = evaluation.accuracy > trainer.best_test_accuracy;
+        if best {
+            trainer.best_test_accuracy = evaluation.accuracy;
+        }
+        rows.push(MetricsRow {
+            epoch: result.epoch,
+            learning_rate: result.learning_rate,
+            train_loss: result.loss,
+            train_accuracy: result.accuracy,
+            test_loss: evaluation.loss,
+            test_accuracy: evaluation.accuracy,
+            images_per_second: result.images_per_second,
+            elapsed_seconds: trainer.elapsed_seconds,
+        });
+        let mut checkpoint = trainer.to_checkpoint();
+        checkpoint
+            .metadata
+            .push((TEST_IMAGES_KEY.into(), test.len().to_string()));
+        if best {
+            checkpoint.save(&out.join("best.ckpt"))?;
+        }
+        checkpoint.save(&out.join("last.ckpt"))?;
+        metrics::write_csv(&csv_path, &rows)?;
+        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
+        println!(
+            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{}  {:.0} img/s  \
+             {:.0}s  (run ETA {:.0}s)",
+            result.epoch,
+            config.epochs,
+            result.learning_rate,
+            result.loss,
+            100.0 * result.accuracy,
+            evaluation.loss,
+            100.0 * evaluation.accuracy,
+            if best { " (best)" } else { "" },
+            result.images_per_second,
+            trainer.elapsed_seconds,
+            session_started.elapsed().as_secs_f64() / (trainer.epoch - first_epoch) as f64
+                * (config.epochs - trainer.epoch) as f64
+        );
+    }
+    println!(
+        "done: best test accuracy {:.2}%; checkpoints, metrics.csv and learning_curve.png in {}",
+        100.0 * trainer.best_test_accuracy,
+        out.display()
+    );
+    Ok(())
+}

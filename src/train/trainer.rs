@@ -1,0 +1,732 @@
+//! The data-parallel trainer.
+//!
+//! One optimisation step on a mini-batch of B images:
+//! ```text
+//!   split the batch into S shards of ⌊B/S⌋ or ⌈B/S⌉ images (S = `TrainConfig::shards`)
+//!   in parallel, shard s (n_s images) on its own Tape, all reading the same &ParamStore:
+//!       loss_s = mean cross-entropy over the shard
+//!       backward seeded with n_s/B, so   ∂(n_s/B · loss_s)/∂w  is this shard's share
+//!   ∂L/∂w = Σ_s ∂(n_s/B · loss_s)/∂w      (summed in shard order: deterministic)
+//!         = gradient of the mean loss over the whole batch
+//!   one SGD step with the learning rate of this iteration
+//!   fold every shard's batch-norm statistics into the running statistics
+//! ```
+//! Batch norm normalises each shard with that shard's own batch statistics
+//! (as PyTorch's DataParallel / DDP without SyncBatchNorm do), so with BN the
+//! gradient depends on S. The running statistics are merged exactly over the
+//! shards by [`ParamStore::apply_batch_statistics`]. S is saved in checkpoints,
+//! so a resumed run splits its batches exactly as the original did.
+//!
+//! Shards run as rayon tasks; the kernels inside them may use rayon too
+//! (work stealing balances both levels). Set the number of threads with
+//! `rayon::ThreadPoolBuilder` (the command line's `--threads`).
+//!
+//! Randomness: the model is initialised from `seed`; every epoch's shuffle and
+//! augmentation come from an RNG derived from (seed, epoch) alone, so resuming
+//! from a checkpoint written at the end of an epoch repeats the run bit for bit.
+
+use super::optimizer::{Sgd, SgdConfig};
+use super::schedule::{Schedule, ScheduleKind};
+use crate::autograd::{BatchStatistics, Mode, ParamStore, Tape, Var};
+use crate::data::augment::{make_batch, make_batch_into, Augmentation};
+use crate::data::cifar::{Cifar10, NUM_CLASSES};
+use crate::error::{Error, Result};
+use crate::nn::{Model, ModelSpec};
+use crate::ops;
+use crate::tensor::Tensor;
+use crate::train::checkpoint::Checkpoint;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use std::path::Path;
+use std::time::Instant;
+
+/// Every setting of a training run (saved in checkpoints).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Shards each batch is split into (one rayon task each); the command line sets it to --threads.
+    pub shards: usize,
+    /// Peak learning rate.
+    pub learning_rate: f32,
+    pub sgd: SgdConfig,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: usize,
+    pub label_smoothing: f32,
+    pub augmentation: Augmentation,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The default recipe: 50 epochs, batch 128, SGD with Nesterov momentum 0.9,
+    /// weight decay 5e-4, learning rate 0.1 with 2 warm-up epochs then cosine to 0, crop + flip.
+    pub fn recipe() -> TrainConfig {
+        TrainConfig {
+            epochs: 50,
+            batch_size: 128,
+            shards: 1,
+            learning_rate: 0.1,
+            sgd: SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 2,
+            label_smoothing: 0.0,
+            augmentation: Augmentation::CROP_FLIP,
+            seed: 0,
+        }
+    }
+
+    /// Refuses impossible settings with one line that names the setting.
+    pub fn validate(&self, train_images: usize) -> Result<()> {
+        let fail = |m: String| Err(Error::msg(m));
+        if self.epochs == 0 {
+            return fail("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return fail("--batch-size must be at least 1".into());
+        }
+        if self.shards == 0 {
+            return fail("--threads must be at least 1".into());
+        }
+        if self.batch_size < self.shards {
+            return fail(format!(
+                "--batch-size {} is smaller than --threads {}: every thread needs at least one image",
+                self.batch_size, self.shards
+            ));
+        }
+        if self.batch_size > train_images {
+            return fail(format!(
+                "--batch-size {} is larger than the {train_images} training images",
+                self.batch_size
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return fail(format!(
+                "--lr must be a positive number, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) {
+            return fail(format!("--momentum must be in [0, 1), got {}", self.sgd.momentum));
+        }
+        if !(self.sgd.weight_decay >= 0.0 && self.sgd.weight_decay.is_finite()) {
+            return fail(format!(
+                "--weight-decay must be ≥ 0, got {}",
+                self.sgd.weight_decay
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return fail(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..=180.0).contains(&self.augmentation.rotation_degrees) {
+            return fail(format!(
+                "--rotate must be in [0, 180] degrees, got {}",
+                self.augmentation.rotation_degrees
+            ));
+        }
+        Ok(())
+    }
+
+    /// Iterations per epoch: the last incomplete batch of each (reshuffled) epoch is dropped.
+    pub fn steps_per_epoch(&self, train_images: usize) -> usize {
+        train_images / self.batch_size
+    }
+
+    /// The per-iteration learning-rate schedule of the whole run.
+    pub fn schedule_for(&self, train_images: usize) -> Schedule {
+        let steps = self.steps_per_epoch(train_images);
+        Schedule {
+            kind: self.schedule,
+            base: self.learning_rate,
+            warmup_steps: self.warmup_epochs * steps,
+            total_steps: self.epochs * steps,
+        }
+    }
+
+    /// Key/value pairs for a checkpoint (floats in Rust's shortest round-trip form).
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        [
+            ("epochs", self.epochs.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("shards", self.shards.to_string()),
+            ("learning_rate", self.learning_rate.to_string()),
+            ("momentum", self.sgd.momentum.to_string()),
+            ("nesterov", self.sgd.nesterov.to_string()),
+            ("weight_decay", self.sgd.weight_decay.to_string()),
+            ("schedule", self.schedule.name().to_string()),
+            ("warmup_epochs", self.warmup_epochs.to_string()),
+            ("label_smoothing", self.label_smoothing.to_string()),
+            ("augmentation", self.augmentation.describe()),
+            ("seed", self.seed.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Reads [`TrainConfig::to_metadata`]'s pairs back; `path` names the checkpoint in errors.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, path: &Path) -> Result<TrainConfig> {
+        fn field<T: std::str::FromStr>(checkpoint: &Checkpoint, path: &Path, key: &str) -> Result<T> {
+            let text = checkpoint.get(key).ok_or_else(|| {
+                Error::file(path, format!("checkpoint lacks the training setting \"{key}\""))
+            })?;
+            text.parse().map_err(|_| {
+                Error::file(
+                    path,
+                    format!("checkpoint setting {key} = \"{text}\" is not valid"),
+                )
+            })
+        }
+        macro_rules! field {
+            ($key:expr) => {
+                field(checkpoint, path, $key)?
+            };
+        }
+        let schedule_text: String = field!("schedule");
+        let augmentation_text: String = field!("augmentation");
+        Ok(TrainConfig {
+            epochs: field!("epochs"),
+            batch_size: field!("batch_size"),
+            shards: field!("shards"),
+            learning_rate: field!("learning_rate"),
+            sgd: SgdConfig {
+                momentum: field!("momentum"),
+                nesterov: field!("nesterov"),
+                weight_decay: field!("weight_decay"),
+            },
+            schedule: ScheduleKind::parse(&schedule_text)
+                .ok_or_else(|| Error::file(path, format!("unknown schedule \"{schedule_text}\"")))?,
+            warmup_epochs: field!("warmup_epochs"),
+            label_smoothing: field!("label_smoothing"),
+            augmentation: Augmentation::parse(&augmentation_text)
+                .ok_or_else(|| Error::file(path, format!("unknown augmentation \"{augmentation_text}\"")))?,
+            seed: field!("seed"),
+        })
+    }
+}
+
+/// The RNG of epoch `epoch` (shuffle and augmentation): a function of (seed, epoch) only.
+pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// What one optimisation step measured (on the training batch, in training mode).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResult {
+    /// Mean loss over the batch.
+    pub loss: f32,
+    /// Images whose largest logit is their label.
+    pub correct: usize,
+    pub images: usize,
+    pub learning_rate: f32,
+}
+
+/// Progress within an epoch, handed to the caller after every step.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Steps done in this epoch, 1..=steps.
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss and accuracy over the epoch so far.
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images_per_second: f32,
+    pub learning_rate: f32,
+}
+
+/// One epoch's training figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochResult {
+    /// 1-based number of the epoch just finished.
+    pub epoch: usize,
+    /// Learning rate of the epoch's last step.
+    pub learning_rate: f32,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images_per_second: f32,
+    pub seconds: f64,
+}
+
+/// Accuracy and loss on a set, in evaluation mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub images: usize,
+    pub loss: f32,
+    pub accuracy: f32,
+    /// Accuracy of each class (NaN for a class with no image).
+    pub per_class_accuracy: [f32; NUM_CLASSES],
+    pub per_class_images: [usize; NUM_CLASSES],
+}
+
+/// Index of the largest value of each row of logits [N, K].
+pub fn predictions(logits: &Tensor) -> Vec<usize> {
+    let classes = logits.dim(1);
+    logits
+        .data
+        .chunks(classes)
+        .map(|row| (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best }))
+        .collect()
+}
+
+/// Values per parallel task when summing shard gradients.
+const REDUCTION_CHUNK: usize = 1 << 14;
+
+/// What one shard returns: its share of the loss (n_s/B · mean loss), its correct count, its BN statistics.
+struct ShardResult {
+    weighted_loss: f32,
+    correct: usize,
+    statistics: Vec<BatchStatistics>,
+}
+
+/// The gradient of the mean loss over the batch `x` [B, 3, 32, 32], computed
+/// on `worker_gradients.len()` shards in parallel and written into
+/// `store`'s gradients (overwriting them). `worker_gradients[s]` is shard s's
+/// reusable buffer, one tensor per parameter. Returns (mean loss, correct
+/// count, batch statistics of every shard in shard order).
+pub fn data_parallel_gradients(
+    store: &mut ParamStore,
+    worker_gradients: &mut [Vec<Tensor>],
+    x: &Tensor,
+    labels: &[usize],
+    label_smoothing: f32,
+    forward: impl Fn(&mut Tape, Var) -> Var + Sync,
+) -> (f32, usize, Vec<BatchStatistics>) {
+    let batch = labels.len();
+    let shards = worker_gradients.len();
+    assert!(
+        shards >= 1 && batch >= shards,
+        "data_parallel_gradients: {batch} images cannot be split into {shards} shards"
+    );
+    let image_len = x.len() / batch;
+    // Shard s holds images start(s)..start(s + 1): sizes differ by at most one.
+    let start = |s: usize| s * batch / shards;
+    let shared: &ParamStore = store;
+    let results: Vec<ShardResult> = worker_gradients
+        .par_iter_mut()
+        .enumerate()
+        .map(|(s, gradients)| {
+            let (first, end) = (start(s), start(s + 1));
+            let mut shape = x.shape.clone();
+            shape[0] = end - first;
+            let shard = Tensor::from_vec(&shape, x.data[first * image_len..end * image_len].to_vec());
+            let mut tape = Tape::new(shared, Mode::Train);
+            let input = tape.input(shard);
+            let logits = forward(&mut tape, input);
+            let loss = ops::cross_entropy(&mut tape, logits, &labels[first..end], label_smoothing);
+            let share = (end - first) as f32 / batch as f32;
+            let correct = predictions(tape.value(logits))
+                .iter()
+                .zip(&labels[first..end])
+                .filter(|(p, t)| p == t)
+                .count();
+            let weighted_loss = share * tape.value(loss).data[0];
+            tape.backward_with(loss, Tensor::full(&[1], share));
+            for g in gradients.iter_mut() {
+                g.data.fill(0.0);
+            }
+            for (id, g) in tape.param_gradients() {
+                gradients[id.0].add_assign(g);
+            }
+            ShardResult {
+                weighted_loss,
+                correct,
+                statistics: tape.batch_statistics().to_vec(),
+            }
+        })
+        .collect();
+    // Sum the shards' gradients into the store, in shard order, in parallel
+    // over chunks of each parameter (a few VGG weights hold most of the values).
+    for (p, param) in store.params.iter_mut().enumerate() {
+        param
+            .grad
+            .data
+            .par_chunks_mut(REDUCTION_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, sum)| {
+                let range = chunk * REDUCTION_CHUNK..chunk * REDUCTION_CHUNK + sum.len();
+                sum.copy_from_slice(&worker_gradients[0][p].data[range.clone()]);
+                for gradients in &worker_gradients[1..] {
+                    for (total, g) in sum.iter_mut().zip(&gradients[p].data[range.clone()]) {
+                        *total += g;
+                    }
+                }
+            });
+    }
+    let loss = results.iter().map(|r| r.weighted_loss).sum();
+    let correct = results.iter().map(|r| r.correct).sum();
+    let statistics = results.into_iter().flat_map(|r| r.statistics).collect();
+    (loss, correct, statistics)
+}
+
+/// A model, its parameters, its optimiser and where the run stands.
+pub struct Trainer {
+    pub model: Model,
+    pub store: ParamStore,
+    pub optimizer: Sgd,
+    pub config: TrainConfig,
+    pub schedule: Schedule,
+    /// Training images per epoch (fixes the schedule; checked on resume).
+    pub train_images: usize,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Iterations completed.
+    pub step: usize,
+    /// Best test accuracy seen at the end of an epoch (0 before the first).
+    pub best_test_accuracy: f32,
+    /// Seconds spent training and evaluating so far, over every resumed session.
+    pub elapsed_seconds: f64,
+    /// Per-shard gradient buffers, [shards][parameters], reused across steps.
+    worker_gradients: Vec<Vec<Tensor>>,
+    /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
+    batch: Tensor,
+    labels: Vec<usize>,
+}
+
+impl Trainer {
+    /// A fresh run: the model initialised from `config.seed`.
+    pub fn new(spec: &ModelSpec, config: TrainConfig, train_images: usize) -> Result<Trainer> {
+        config.validate(train_images)?;
+        let mut store = ParamStore::default();
+        let model = spec.build(&mut store, &mut StdRng::seed_from_u64(config.seed));
+        let optimizer = Sgd::new(config.sgd, &store);
+        let worker_gradients = (0..config.shards)
+            .map(|_| {
+                store
+                    .params
+                    .iter()
+                    .map(|p| Tensor::zeros(&p.value.shape))
+                    .collect()
+            })
+            .collect();
+        Ok(Trainer {
+            model,
+            schedule: config.schedule_for(train_images),
+            optimizer,
+            store,
+            config,
+            train_images,
+            epoch: 0,
+            step: 0,
+            best_test_accuracy: 0.0,
+            elapsed_seconds: 0.0,
+            worker_gradients,
+            batch: Tensor::zeros(&[0]),
+            labels: Vec::new(),
+        })
+    }
+
+    /// One optimisation step on the batch `x` [B, 3, 32, 32] with `labels` [B].
+    pub fn train_step(&mut self, x: &Tensor, labels: &[usize]) -> StepResult {
+        let learning_rate = self.schedule.learning_rate(self.step);
+        let model = &self.model;
+        let (loss, correct, statistics) = data_parallel_gradients(
+            &mut self.store,
+            &mut self.worker_gradients,
+            x,
+            labels,
+            self.config.label_smoothing,
+            |tape, input| model.forward(tape, input),
+        );
+        self.optimizer.step(&mut self.store, learning_rate);
+        self.store.apply_batch_statistics(&statistics);
+        self.step += 1;
+        StepResult {
+            loss,
+            correct,
+            images: labels.len(),
+            learning_rate,
+        }
+    }
+
+    /// Trains one epoch on `set` (which must hold `train_images` images),
+    /// calling `progress` after every step.
+    pub fn train_epoch(&mut self, set: &Cifar10, mut progress: impl FnMut(&Progress)) -> EpochResult {
+        assert_eq!(
+            set.len(),
+            self.train_images,
+            "train_epoch: the set holds {} images, the run was set up for {}",
+            set.len(),
+            self.train_images
+        );
+        let started = Instant::now();
+        let mut rng = epoch_rng(self.config.seed, self.epoch);
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        order.shuffle(&mut rng);
+        let steps = self.config.steps_per_epoch(set.len());
+        let (mut loss_sum, mut correct, mut images) = (0.0f64, 0usize, 0usize);
+        let mut learning_rate = 0.0;
+        let mut batch = std::mem::replace(&mut self.batch, Tensor::zeros(&[0]));
+        let mut labels = std::mem::take(&mut self.labels);
+        for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
+            make_batch_into(
+                set,
+                indices,
+                &self.config.augmentation,
+                &mut rng,
+                &mut batch,
+                &mut labels,
+            );
+            let result = self.train_step(&batch, &labels);
+            loss_sum += result.loss as f64 * result.images as f64;
+            correct += result.correct;
+            images += result.images;
+            learning_rate = result.learning_rate;
+            progress(&Progress {
+                step: index + 1,
+                steps,
+                loss: (loss_sum / images as f64) as f32,
+                accuracy: correct as f32 / images as f32,
+                images_per_second: images as f32 / started.elapsed().as_secs_f32().max(1e-9),
+                learning_rate,
+            });
+        }
+        (self.batch, self.labels) = (batch, labels);
+        self.epoch += 1;
+        let seconds = started.elapsed().as_secs_f64();
+        self.elapsed_seconds += seconds;
+        EpochResult {
+            epoch: self.epoch,
+            learning_rate,
+            loss: (loss_sum / images.max(1) as f64) as f32,
+            accuracy: correct as f32 / images.max(1) as f32,
+            images_per_second: (images as f64 / seconds.max(1e-9)) as f32,
+            seconds,
+        }
+    }
+
+    /// Saves parameters, buffers, optimiser state, settings and position.
+    pub fn to_checkpoint(&self) -> Checkpoint {
+        let mut metadata = self.config.to_metadata();
+        for (key, value) in [
+            ("epoch", self.epoch.to_string()),
+            ("step", self.step.to_string()),
+            ("train_images", self.train_images.to_string()),
+            ("best_test_accuracy", self.best_test_accuracy.to_string()),
+            ("elapsed_seconds", self.elapsed_seconds.to_string()),
+        ] {
+            metadata.push((key.to_string(), value));
+        }
+        let mut tensors = model_tensors(&self.store);
+        tensors.extend(self.optimizer.export(&self.store));
+        Checkpoint {
+            model: self.model.description(),
+            metadata,
+            tensors,
+        }
+    }
+
+    /// Continues a run from `checkpoint` (read from `path`, which names it in
+    /// errors). `train_images` must match the saved run's.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, path: &Path, train_images: usize) -> Result<Trainer> {
+        let spec =
+            ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?;
+        let config = TrainConfig::from_checkpoint(checkpoint, path)?;
+        fn number<T: std::str::FromStr>(checkpoint: &Checkpoint, path: &Path, key: &str) -> Result<T> {
+            checkpoint
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::file(path, format!("checkpoint lacks a valid \"{key}\"")))
+        }
+        let saved_images: usize = number(checkpoint, path, "train_images")?;
+        if saved_images != train_images {
+            return Err(Error::file(
+                path,
+                format!(
+                    "the checkpoint's run trained on {saved_images} images per epoch, this one has {train_images} \
+                     (use the same data and --train-limit to resume)"
+                ),
+            ));
+        }
+        let mut trainer =
+            Trainer::new(&spec, config, train_images).map_err(|e| Error::file(path, e.message))?;
+        load_model_tensors(&mut trainer.store, checkpoint, path)?;
+        let store = &trainer.store;
+        trainer
+            .optimizer
+            .import(store, |name| checkpoint.tensor(name))
+            .map_err(|e| Error::file(path, e.message))?;
+        trainer.epoch = number(checkpoint, path, "epoch")?;
+        trainer.step = number(checkpoint, path, "step")?;
+        trainer.best_test_accuracy = number(checkpoint, path, "best_test_accuracy")?;
+        trainer.elapsed_seconds = number(checkpoint, path, "elapsed_seconds")?;
+        Ok(trainer)
+    }
+
+    /// Test-set evaluation of the current parameters.
+    pub fn evaluate(&self, set: &Cifar10, batch_size: usize) -> Evaluation {
+        evaluate(&self.model, &self.store, set, batch_size)
+    }
+}
+
+/// Parameters (`param.<name>`) and buffers (`buffer.<name>`) as named tensors.
+pub fn model_tensors(store: &ParamStore) -> Vec<(String, Tensor)> {
+    let params = store
+        .params
+        .iter()
+        .map(|p| (format!("param.{}", p.name), p.value.clone()));
+    let buffers = store
+        .buffers
+        .iter()
+        .map(|b| (format!("buffer.{}", b.name), b.value.clone()));
+    params.chain(buffers).collect()
+}
+
+/// Copies parameters and buffers saved by [`model_tensors`] into `store`.
+pub fn load_model_tensors(store: &mut ParamStore, checkpoint: &Checkpoint, path: &Path) -> Result<()> {
+    let targets = store
+        .params
+        .iter_mut()
+        .map(|p| (format!("param.{}", p.name), &mut p.value))
+        .chain(
+            store
+                .buffers
+                .iter_mut()
+                .map(|b| (format!("buffer.{}", b.name), &mut b.value)),
+        );
+    for (name, target) in targets {
+        let saved = checkpoint
+            .tensor(&name)
+            .ok_or_else(|| Error::file(path, format!("checkpoint lacks tensor {name}")))?;
+        if saved.shape != target.shape {
+            return Err(Error::file(
+                path,
+                format!(
+                    "checkpoint's {name} has shape {:?}, the model needs {:?}",
+                    saved.shape, target.shape
+                ),
+            ));
+        }
+        target.data.copy_from_slice(&saved.data);
+    }
+    Ok(())
+}
+
+/// Rebuilds the model a checkpoint describes and loads its parameters and buffers.
+pub fn load_model(checkpoint: &Checkpoint, path: &Path) -> Result<(Model, ParamStore)> {
+    let spec = ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?;
+    let mut store = ParamStore::default();
+    let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    load_model_tensors(&mut store, checkpoint, path)?;
+    Ok((model, store))
+}
+
+/// Loss, accuracy and per-class accuracy on `set` in evaluation mode (running
+/// BN statistics, no augmentation). Batches of `batch_size` images are taken
+/// in order; each is split into one shard per rayon thread, evaluated in
+/// parallel, so at most `batch_size` images' activations are alive at once.
+pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: usize) -> Evaluation {
+    let indices: Vec<usize> = (0..set.len()).collect();
+    let threads = rayon::current_num_threads();
+    let mut loss_sum = 0.0f64;
+    let (mut correct, mut seen) = ([0usize; NUM_CLASSES], [0usize; NUM_CLASSES]);
+    for batch in indices.chunks(batch_size.max(1)) {
+        let shard_size = batch.len().div_ceil(threads);
+        // Per shard: (loss sum, predictions and labels).
+        let shards: Vec<(f64, Vec<usize>, Vec<usize>)> = batch
+            .par_chunks(shard_size)
+            .map(|shard| {
+                let (x, labels) = make_batch(set, shard, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+                let mut tape = Tape::new(store, Mode::Eval);
+                let input = tape.input(x);
+                let logits = model.forward(&mut tape, input);
+                let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.0);
+                let loss_sum = tape.value(loss).data[0] as f64 * shard.len() as f64;
+                (loss_sum, predictions(tape.value(logits)), labels)
+            })
+            .collect();
+        for (shard_loss, predicted, labels) in shards {
+            loss_sum += shard_loss;
+            for (&p, &t) in predicted.iter().zip(&labels) {
+                seen[t] += 1;
+                correct[t] += usize::from(p == t);
+            }
+        }
+    }
+    let images = set.len();
+    Evaluation {
+        images,
+        loss: (loss_sum / images.max(1) as f64) as f32,
+        accuracy: correct.iter().sum::<usize>() as f32 / images.max(1) as f32,
+        per_class_accuracy: std::array::from_fn(|k| correct[k] as f32 / seen[k] as f32),
+        per_class_images: seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::synthetic_set;
+
+    #[test]
+    fn evaluation_counts_every_image_once_and_does_not_depend_on_the_batch_size() {
+        let set = synthetic_set(37, 10, 3);
+        let mut store = ParamStore::default();
+        let model = ModelSpec::parse_name("resnet8-w2")
+            .unwrap()
+            .build(&mut store, &mut StdRng::seed_from_u64(1));
+        let a = evaluate(&model, &store, &set, 5);
+        let b = evaluate(&model, &store, &set, 64);
+        assert_eq!(a.images, 37);
+        assert_eq!(a.per_class_images.iter().sum::<usize>(), 37);
+        assert_eq!((a.accuracy, a.per_class_images), (b.accuracy, b.per_class_images));
+        assert!((a.loss - b.loss).abs() < 1e-5 * a.loss);
+        // Accuracy by hand from the logits of one tape over the whole set.
+        let (x, labels) = make_batch(
+            &set,
+            &(0..37).collect::<Vec<_>>(),
+            &Augmentation::NONE,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let input = tape.input(x);
+        let logits = model.forward(&mut tape, input);
+        let right = predictions(tape.value(logits))
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        assert_eq!(a.accuracy, right as f32 / 37.0);
+    }
+
+    #[test]
+    fn predictions_pick_the_first_largest_logit() {
+        let logits = Tensor::from_vec(&[3, 3], vec![0.1, 0.9, 0.3, 2.0, 2.0, 1.0, -1.0, -3.0, -0.5]);
+        assert_eq!(predictions(&logits), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn config_metadata_round_trips_and_bad_settings_are_named() {
+        let mut config = TrainConfig::recipe();
+        config.label_smoothing = 0.1;
+        config.augmentation.rotation_degrees = 7.5;
+        config.shards = 3;
+        let checkpoint = Checkpoint {
+            metadata: config.to_metadata(),
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            TrainConfig::from_checkpoint(&checkpoint, Path::new("c")).unwrap(),
+            config
+        );
+        let mut broken = checkpoint.clone();
+        broken.metadata.retain(|(k, _)| k != "momentum");
+        let err = TrainConfig::from_checkpoint(&broken, Path::new("c.ckpt"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "c.ckpt: checkpoint lacks the training setting \"momentum\"");
+        let mut bad = TrainConfig::recipe();
+        bad.learning_rate = -1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--lr"));
+        bad = TrainConfig::recipe();
+        bad.sgd.momentum = 1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--momentum"));
+    }
+}

@@ -1,0 +1,197 @@
+//! The `sbfnet` binary end to end on a generated CIFAR-format folder:
+//! train one short epoch, resume, evaluate, print a layer table, and refuse
+//! impossible settings with one line before doing any work.
+
+use sbfnet::data::synthetic::{synthetic_set, write_cifar_folder};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sbfnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sbfnet"))
+        .args(args)
+        .env_remove("SBFNET_DATA")
+        .output()
+        .expect("the sbfnet binary runs")
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> (PathBuf, PathBuf) {
+    let root = std::env::temp_dir().join(format!("sbfnet-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("cifar");
+    write_cifar_folder(&data, &synthetic_set(40, 4, 1), &synthetic_set(20, 4, 2)).unwrap();
+    (root, data)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_one_epoch_then_resume_and_evaluate() {
+    let (root, data) = fixture("train");
+    let out = root.join("run");
+    let common = [
+        "--data",
+        s(&data),
+        "--model",
+        "resnet8-w2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+    ];
+    let output = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &[
+                "--epochs",
+                "2",
+                "--train-limit",
+                "32",
+                "--test-limit",
+                "16",
+                "--out",
+                s(&out),
+            ],
+        ]
+        .concat(),
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "train failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("epoch   1/2") && stdout.contains("epoch   2/2"),
+        "{stdout}"
+    );
+    for file in ["metrics.csv", "learning_curve.png", "last.ckpt", "best.ckpt"] {
+        assert!(out.join(file).is_file(), "{file} missing in {}", out.display());
+    }
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,elapsed_s"
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[2].starts_with("2,"), "{csv}");
+    let png = image::open(out.join("learning_curve.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+
+    // A finished run resumes to "already finished"; a contradicting flag is refused.
+    let last = out.join("last.ckpt");
+    // (The image counts come from the checkpoint: no --train-limit needed.)
+    let output = sbfnet(&["train", "--resume", s(&last), "--data", s(&data)]);
+    let (stdout, stderr) = text(&output);
+    assert!(stdout.contains("(32 training, 16 test images)"), "{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("already finished all 2 epochs"),
+        "{stdout}\n{stderr}"
+    );
+    let output = sbfnet(&["train", "--resume", s(&last), "--data", s(&data), "--lr", "0.5"]);
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("drop --lr 0.5 (the run uses 0.1)"),
+        "{stderr}"
+    );
+    let output = sbfnet(&["train", "--resume", s(&last), "--model", "resnet20"]);
+    let (_, stderr) = text(&output);
+    assert!(
+        stderr.contains("checkpoint is of model \"resnet8-w2 dense\""),
+        "{stderr}"
+    );
+    // A fresh run into the same folder would overwrite it: refused.
+    let output = sbfnet(&[&["train"][..], &common, &["--out", s(&out)]].concat());
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("already holds a run"),
+        "{stderr}"
+    );
+
+    let output = sbfnet(&[
+        "eval",
+        "--checkpoint",
+        s(&out.join("best.ckpt")),
+        "--data",
+        s(&data),
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("resnet8-w2 dense")
+            && stdout.contains("test accuracy")
+            && stdout.contains("airplane"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(20 images"), "{stdout}");
+
+    // A diverging run stops with one line and saves nothing of the bad epoch.
+    let diverged = root.join("diverged");
+    let output = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &["--lr", "1e30", "--epochs", "1", "--out", s(&diverged)],
+        ]
+        .concat(),
+    );
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("training diverged"),
+        "{stderr}"
+    );
+    assert!(!diverged.join("last.ckpt").exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn info_prints_the_layer_table() {
+    let output = sbfnet(&["info", "--model", "resnet20"]);
+    let (stdout, _) = text(&output);
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("stage3.block2.conv2") && stdout.contains("269722") && stdout.contains("40551040"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn impossible_settings_are_refused_with_one_line() {
+    let (root, data) = fixture("refuse");
+    let out = root.join("never");
+    let d = s(&data);
+    for (args, message) in [
+        (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
+        (vec!["--epochs", "0"], "--epochs must be at least 1"),
+        (
+            vec!["--batch-size", "2", "--threads", "4"],
+            "smaller than --threads 4",
+        ),
+        (vec!["--model", "resnet19"], "6n + 2"),
+        (vec!["--model", "alexnet"], "unknown model \"alexnet\""),
+        (vec!["--schedule", "linear"], "unknown --schedule \"linear\""),
+        (vec!["--convs", "sparse"], "unknown --convs \"sparse\""),
+        (vec!["--batch-size", "64"], "larger than the 40 training images"),
+    ] {
+        let output = sbfnet(&[&["train", "--data", d, "--out", s(&out)][..], &args].concat());
+        let (_, stderr) = text(&output);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} created the output folder");
+    }
+    let missing_parent = root.join("no/such/run");
+    let output = sbfnet(&["train", "--data", d, "--out", s(&missing_parent)]);
+    let (_, stderr) = text(&output);
+    assert!(
+        stderr.contains("parent") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

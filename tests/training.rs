@@ -1,0 +1,273 @@
+//! The trainer on tiny generated data: data-parallel gradients, exact resume
+//! from a checkpoint, and a short run that learns.
+
+use rand::{rngs::StdRng, SeedableRng};
+use sbfnet::autograd::{Mode, ParamStore, Tape, Var};
+use sbfnet::data::augment::Augmentation;
+use sbfnet::data::synthetic::synthetic_set;
+use sbfnet::nn::{Conv2d, Linear, ModelSpec};
+use sbfnet::ops::{self, ConvConfig};
+use sbfnet::tensor::max_scaled_difference;
+use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::trainer::{data_parallel_gradients, load_model_tensors};
+use sbfnet::train::{ScheduleKind, SgdConfig, TrainConfig, Trainer};
+use sbfnet::Tensor;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sbfnet-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny net without batch norm: conv(3→4, stride 2) → ReLU → conv(4→6) → ReLU → global pool → linear(6→10).
+struct NoBatchNorm {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc: Linear,
+}
+
+impl NoBatchNorm {
+    fn forward(&self, tape: &mut Tape, x: Var) -> Var {
+        let h = self.conv1.forward(tape, x);
+        let h = ops::relu(tape, h);
+        let h = self.conv2.forward(tape, h);
+        let h = ops::relu(tape, h);
+        let h = ops::global_avg_pool(tape, h);
+        self.fc.forward(tape, h)
+    }
+}
+
+fn gradients_with_shards(
+    shards: usize,
+    store: &mut ParamStore,
+    net: &NoBatchNorm,
+    x: &Tensor,
+    labels: &[usize],
+) -> Vec<Tensor> {
+    let mut workers: Vec<Vec<Tensor>> = (0..shards)
+        .map(|_| {
+            store
+                .params
+                .iter()
+                .map(|p| Tensor::zeros(&p.value.shape))
+                .collect()
+        })
+        .collect();
+    data_parallel_gradients(store, &mut workers, x, labels, 0.1, |t, v| net.forward(t, v));
+    store.params.iter().map(|p| p.grad.clone()).collect()
+}
+
+#[test]
+fn data_parallel_gradient_equals_the_single_worker_gradient() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut store = ParamStore::default();
+    let net = NoBatchNorm {
+        conv1: Conv2d::new(
+            &mut store,
+            "conv1",
+            3,
+            4,
+            3,
+            ConvConfig {
+                stride: 2,
+                padding: 1,
+            },
+            true,
+            &mut rng,
+        ),
+        conv2: Conv2d::new(
+            &mut store,
+            "conv2",
+            4,
+            6,
+            3,
+            ConvConfig {
+                stride: 1,
+                padding: 1,
+            },
+            true,
+            &mut rng,
+        ),
+        fc: Linear::new(&mut store, "fc", 6, 10, &mut rng),
+    };
+    let x = Tensor::normal(&[7, 3, 9, 8], 1.0, &mut rng);
+    let labels = [0, 3, 9, 3, 1, 7, 2];
+    // One tape over the whole batch: the reference gradient of the mean loss.
+    let reference: Vec<Tensor> = {
+        let mut tape = Tape::new(&store, Mode::Train);
+        let input = tape.input(x.clone());
+        let logits = net.forward(&mut tape, input);
+        let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.1);
+        tape.backward(loss);
+        let mut sum = store.clone();
+        sum.zero_grads();
+        sum.accumulate_gradients(&tape);
+        sum.params.iter().map(|p| p.grad.clone()).collect()
+    };
+    for shards in [1, 2, 3, 7] {
+        let grads = gradients_with_shards(shards, &mut store, &net, &x, &labels);
+        for (p, (g, r)) in grads.iter().zip(&reference).enumerate() {
+            let scale = r.max_abs();
+            let d = max_scaled_difference(&g.data, &r.data, 1e-5, 1e-5 * scale);
+            assert!(d <= 1.0, "{shards} shards, parameter {p}: scaled difference {d}");
+        }
+    }
+}
+
+fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        shards,
+        learning_rate: 0.05,
+        sgd: SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
+        schedule: ScheduleKind::Cosine,
+        warmup_epochs: 1,
+        label_smoothing: 0.0,
+        augmentation: Augmentation {
+            crop: true,
+            flip: true,
+            rotation_degrees: 5.0,
+        },
+        seed: 42,
+    }
+}
+
+/// Running statistics of the first batch norm see the same per-image inputs
+/// however the batch is sharded, so they must agree after a step.
+#[test]
+fn sharded_batch_norm_statistics_merge_to_the_whole_batch() {
+    let set = synthetic_set(32, 4, 3);
+    let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+    let mut config = tiny_config(1, 1);
+    config.warmup_epochs = 0;
+    config.augmentation = Augmentation::NONE;
+    config.batch_size = 32;
+    let (x, labels) = sbfnet::data::augment::make_batch(
+        &set,
+        &(0..32).collect::<Vec<_>>(),
+        &Augmentation::NONE,
+        &mut StdRng::seed_from_u64(0),
+    );
+    let mut running = Vec::new();
+    for shards in [1, 4] {
+        config.shards = shards;
+        let mut trainer = Trainer::new(&spec, config.clone(), 32).unwrap();
+        trainer.train_step(&x, &labels);
+        running.push(trainer.store.buffers[0].value.clone()); // bn1.running_mean
+        running.push(trainer.store.buffers[1].value.clone()); // bn1.running_var
+    }
+    assert_eq!(trainer_buffer_name(&spec), "bn1.running_mean");
+    for k in 0..2 {
+        let d = max_scaled_difference(&running[2 + k].data, &running[k].data, 1e-5, 1e-6);
+        assert!(d <= 1.0, "buffer {k}: {d}");
+    }
+}
+
+fn trainer_buffer_name(spec: &ModelSpec) -> String {
+    let mut store = ParamStore::default();
+    spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    store.buffers[0].name.clone()
+}
+
+#[test]
+fn resuming_from_a_checkpoint_repeats_training_bit_for_bit() {
+    let set = synthetic_set(48, 4, 5);
+    let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+    let config = tiny_config(2, 2);
+
+    let mut straight = Trainer::new(&spec, config.clone(), set.len()).unwrap();
+    straight.train_epoch(&set, |_| {});
+    straight.train_epoch(&set, |_| {});
+
+    let mut first = Trainer::new(&spec, config, set.len()).unwrap();
+    first.train_epoch(&set, |_| {});
+    let dir = temp_dir("resume");
+    let path = dir.join("last.ckpt");
+    first.to_checkpoint().save(&path).unwrap();
+    drop(first);
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    let mut resumed = Trainer::from_checkpoint(&checkpoint, &path, set.len()).unwrap();
+    assert_eq!((resumed.epoch, resumed.step), (1, 3));
+    resumed.train_epoch(&set, |_| {});
+
+    for (a, b) in straight.store.params.iter().zip(&resumed.store.params) {
+        assert_eq!(a.value, b.value, "parameter {} differs after resume", a.name);
+    }
+    for (a, b) in straight.store.buffers.iter().zip(&resumed.store.buffers) {
+        assert_eq!(a.value, b.value, "buffer {} differs after resume", a.name);
+    }
+    assert_eq!(straight.optimizer.velocity, resumed.optimizer.velocity);
+    assert_eq!(straight.step, resumed.step);
+
+    // Another model's checkpoint is refused with a message naming the file and both models.
+    let err = checkpoint
+        .expect_model("resnet8-w4 dense", &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("last.ckpt") && err.contains("resnet8-w2 dense") && err.contains("resnet8-w4 dense"),
+        "{err}"
+    );
+    let mut other = ParamStore::default();
+    ModelSpec::parse_name("resnet8-w4")
+        .unwrap()
+        .build(&mut other, &mut StdRng::seed_from_u64(0));
+    let err = load_model_tensors(&mut other, &checkpoint, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("last.ckpt") && err.contains("param.conv1.weight has shape"),
+        "{err}"
+    );
+    // So is a run on a different number of images.
+    let err = Trainer::from_checkpoint(&checkpoint, &path, 40)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("48 images per epoch"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_epochs_on_generated_data_lower_the_loss() {
+    let (train, test) = (synthetic_set(256, 4, 7), synthetic_set(64, 4, 8));
+    let spec = ModelSpec::parse_name("resnet8-w4").unwrap();
+    let mut config = tiny_config(2, 2);
+    config.batch_size = 32;
+    config.learning_rate = 0.1;
+    config.warmup_epochs = 0;
+    let mut trainer = Trainer::new(&spec, config, train.len()).unwrap();
+    let before = trainer.evaluate(&test, 64);
+    let mut steps_seen = 0;
+    let first = trainer.train_epoch(&train, |p| steps_seen = p.step);
+    assert_eq!(steps_seen, 8);
+    let second = trainer.train_epoch(&train, |_| {});
+    let after = trainer.evaluate(&test, 64);
+    eprintln!(
+        "train loss {} -> {}, test loss {} -> {}, test accuracy {} -> {}",
+        first.loss, second.loss, before.loss, after.loss, before.accuracy, after.accuracy
+    );
+    assert!(
+        second.loss < first.loss,
+        "training loss rose: {} -> {}",
+        first.loss,
+        second.loss
+    );
+    assert!(
+        after.loss < before.loss,
+        "test loss rose: {} -> {}",
+        before.loss,
+        after.loss
+    );
+    assert!(
+        after.accuracy > 0.5,
+        "4 colour classes should be learned, test accuracy {}",
+        after.accuracy
+    );
+    assert_eq!(after.per_class_images.iter().sum::<usize>(), 64);
+}
