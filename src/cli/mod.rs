@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "sbfnet",
@@ -18,6 +20,8 @@ struct Cli {
 enum Command {
     /// Print what this build runs on (instruction set, threads).
     System,
+    /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -27,5 +31,6 @@ pub fn run() -> sbfnet::Result<()> {
             println!("threads: {}", rayon::current_num_threads());
             Ok(())
         }
+        Command::Bench(args) => bench::run(args),
     }
 }

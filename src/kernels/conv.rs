@@ -27,8 +27,10 @@
 //! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n,f,oh,ow] · B[(c,kh,kw),(oh,ow)],
 //! a reduction over pixels, 8 pixels per lane, with the same B as forward.
 //!
-//! Threads (rayon): forward and input gradient split over (image, block of
-//! output rows of the product): disjoint slices of the output, so no locks.
+//! Threads (rayon): forward and input gradient split over images (and, when
+//! the batch is smaller than twice the threads, over blocks of output rows of
+//! the product too): disjoint slices of the output, so no locks. Each task
+//! pads its own image into a thread-local buffer that stays in L2.
 //! The weight gradient reduces over the batch: each thread sums a chunk of
 //! images into its own partial dW, and the partials are added at the end.
 //!
@@ -73,8 +75,8 @@ fn with_workspace<R>(
 /// The two register tilings compiled: ROWS × VECTORS 8-lane accumulators.
 #[derive(Clone, Copy, Debug)]
 enum Tiling {
-    Rows4Vectors3,
     Rows6Vectors2,
+    Rows2Vectors6,
 }
 
 /// The tiling that wastes the fewest padded multiply-adds for `rows` rows of
@@ -83,10 +85,11 @@ fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
     let padded = |tile_rows: usize, tile_vectors: usize| {
         rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
     };
-    if padded(6, 2) < padded(4, 3) {
+    // 6 × 2 when it wastes at most as much: it loads less per multiply-add.
+    if padded(6, 2) <= padded(2, 6) {
         Tiling::Rows6Vectors2
     } else {
-        Tiling::Rows4Vectors3
+        Tiling::Rows2Vectors6
     }
 }
 
@@ -225,11 +228,15 @@ impl PhaseSplitImage {
                     image[start..start + len].copy_from_slice(&x_row[..len]);
                     continue;
                 }
-                for (iw, &value) in x_row.iter().enumerate() {
-                    let (phase_col, j) = ((iw + padding) % stride, (iw + padding) / stride);
-                    if j < self.cols {
-                        let plane = (c * stride + phase_row) * stride + phase_col;
-                        image[plane * self.plane_len() + i * self.cols + j] = value;
+                // Phase pw holds the columns iw = j·s + pw − p, from the first j with iw ≥ 0.
+                for phase_col in 0..stride {
+                    let plane = (c * stride + phase_row) * stride + phase_col;
+                    let row = &mut image[plane * self.plane_len() + i * self.cols..][..self.cols];
+                    let first_j = padding.saturating_sub(phase_col).div_ceil(stride);
+                    let first_iw = first_j * stride + phase_col - padding;
+                    let columns = x_row.iter().skip(first_iw).step_by(stride);
+                    for (destination, &value) in row.iter_mut().skip(first_j).zip(columns) {
+                        *destination = value;
                     }
                 }
             }
@@ -247,7 +254,7 @@ pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f
     }
     let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
     match choose_tiling(shape.out_channels, vectors) {
-        Tiling::Rows4Vectors3 => forward_tiled::<4, 3>(shape, input, weight, output),
+        Tiling::Rows2Vectors6 => forward_tiled::<2, 6>(shape, input, weight, output),
         Tiling::Rows6Vectors2 => forward_tiled::<6, 2>(shape, input, weight, output),
     }
 }
@@ -265,47 +272,53 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize>(
     let pixels = h_out * w_out;
     let panels = shape.out_channels.div_ceil(ROWS);
     let packed_len = panels * depth * ROWS;
-    let images_len = shape.batch * image.image_len();
     let slots = vector_slots(0..h_out, 0..w_out);
-    with_workspace(
-        &CALL_WORKSPACE,
-        packed_len + images_len + SOURCE_SLACK,
-        |workspace| {
-            // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]
-            let (packed, images) = workspace.split_at_mut(packed_len);
-            pack_row_panels::<ROWS>(shape.out_channels, depth, |f, k| weight[f * depth + k], packed);
-            // images: [N][C][s][s][rows][cols], then SOURCE_SLACK zeros
-            let (padded, slack) = images.split_at_mut(images_len);
-            slack.fill(0.0);
-            padded
-                .par_chunks_mut(image.image_len())
-                .zip(input.par_chunks(shape.in_channels * shape.in_height * shape.in_width))
-                .for_each(|(image_n, x_n)| image.fill(x_n, image_n));
-            let (packed, images) = (&*packed, &*images);
-            output
-                .par_chunks_mut(shape.out_channels * pixels)
-                .enumerate()
-                .for_each(|(n, y_n)| {
-                    let source = GatherMatrix::new(&images[n * image.image_len()..], &offsets);
-                    y_n.par_chunks_mut(ROWS * pixels)
-                        .enumerate()
-                        .for_each(|(panel, y_panel)| {
-                            let a = &packed[panel * depth * ROWS..][..depth * ROWS];
-                            let rows = y_panel.len() / pixels;
-                            for group in slots.chunks(VECTORS) {
-                                let bases = group_bases::<VECTORS>(group, image.row_stride());
-                                let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
-                                for (v, slot) in group.iter().enumerate() {
-                                    for r in 0..rows {
-                                        let start = r * pixels + slot.row * w_out + slot.col;
-                                        store_lanes(y_panel, start, tile[r][v], slot.lanes);
+    let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
+    let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
+    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
+        // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]
+        pack_row_panels::<ROWS>(shape.out_channels, depth, |f, k| weight[f * depth + k], packed);
+        let packed = &*packed;
+        output
+            .par_chunks_mut(shape.out_channels * pixels)
+            .zip(input.par_chunks(x_image_len))
+            .for_each(|(y_n, x_n)| {
+                y_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                    .enumerate()
+                    .for_each(|(task, y_task)| {
+                        // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
+                        with_workspace(&TASK_WORKSPACE, image.image_len() + SOURCE_SLACK, |source| {
+                            let (padded, slack) = source.split_at_mut(image.image_len());
+                            slack.fill(0.0);
+                            image.fill(x_n, padded);
+                            let source = GatherMatrix::new(source, &offsets);
+                            for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let a = &packed[panel * depth * ROWS..][..depth * ROWS];
+                                let rows = y_panel.len() / pixels;
+                                for group in slots.chunks(VECTORS) {
+                                    let bases = group_bases::<VECTORS>(group, image.row_stride());
+                                    let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                    for (v, slot) in group.iter().enumerate() {
+                                        for r in 0..rows {
+                                            let start = r * pixels + slot.row * w_out + slot.col;
+                                            store_lanes(y_panel, start, tile[r][v], slot.lanes);
+                                        }
                                     }
                                 }
                             }
                         });
-                });
-        },
-    );
+                    });
+            });
+    });
+}
+
+/// Tasks per image: one when the batch alone keeps every thread busy (twice
+/// over, for balance), otherwise the image's row panels are split too.
+fn tasks_per_image(batch: usize, panels: usize) -> usize {
+    (2 * rayon::current_num_threads())
+        .div_ceil(batch)
+        .clamp(1, panels)
 }
 
 /// Output gradient dy[n] [F, Ho, Wo] zero-padded by T − 1 rows/columns before
@@ -471,7 +484,7 @@ pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_i
         .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(LANES))
         .sum();
     match choose_tiling(shape.in_channels, vectors) {
-        Tiling::Rows4Vectors3 => input_grad_tiled::<4, 3>(shape, &phases, grad_output, weight, grad_input),
+        Tiling::Rows2Vectors6 => input_grad_tiled::<2, 6>(shape, &phases, grad_output, weight, grad_input),
         Tiling::Rows6Vectors2 => input_grad_tiled::<6, 2>(shape, &phases, grad_output, weight, grad_input),
     }
 }
@@ -501,80 +514,89 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
             )
         })
         .collect();
-    let images_len = shape.batch * padded.image_len();
-    with_workspace(
-        &CALL_WORKSPACE,
-        packed_len + images_len + SOURCE_SLACK,
-        |workspace| {
-            // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]
-            let (packed, images) = workspace.split_at_mut(packed_len);
-            for (phase, (_, _, start)) in phases.iter().zip(&plans) {
-                let depth = phase.depth(shape);
-                pack_row_panels::<ROWS>(
-                    shape.in_channels,
-                    depth,
-                    |c, k| phase.weight_element(shape, weight, c, k),
-                    &mut packed[*start..*start + panels * depth * ROWS],
-                );
-            }
-            // images: [N][F][rows][cols] padded dy, then SOURCE_SLACK zeros
-            let (padded_images, slack) = images.split_at_mut(images_len);
-            slack.fill(0.0);
-            padded_images
-                .par_chunks_mut(padded.image_len())
-                .zip(grad_output.par_chunks(shape.out_channels * shape.out_height() * shape.out_width()))
-                .for_each(|(image_n, dy_n)| padded.fill(dy_n, image_n));
-            let (packed, images) = (&*packed, &*images);
-            grad_input
-                .par_chunks_mut(shape.in_channels * pixels)
-                .enumerate()
-                .for_each(|(n, dx_n)| {
-                    let image_n = &images[n * padded.image_len()..];
-                    dx_n.par_chunks_mut(ROWS * pixels)
-                        .enumerate()
-                        .for_each(|(panel, dx_panel)| {
-                            let rows = dx_panel.len() / pixels;
-                            for (phase, (offsets, slots, start)) in phases.iter().zip(&plans) {
-                                let depth = offsets.len();
-                                let a = &packed[start + panel * depth * ROWS..][..depth * ROWS];
-                                let source = GatherMatrix::new(image_n, offsets);
-                                for group in slots.chunks(VECTORS) {
-                                    let bases = group_bases::<VECTORS>(group, padded.cols);
-                                    let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
-                                    for (v, slot) in group.iter().enumerate() {
-                                        // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
-                                        let ih = slot.row * shape.stride + phase.row_phase - shape.padding;
-                                        let iw = slot.col * shape.stride + phase.col_phase - shape.padding;
-                                        for r in 0..rows {
-                                            let start = r * pixels + ih * width + iw;
-                                            add_lanes(dx_panel, start, shape.stride, tile[r][v], slot.lanes);
+    let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
+    let dy_image_len = shape.out_channels * shape.out_height() * shape.out_width();
+    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
+        // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]
+        for (phase, (_, _, start)) in phases.iter().zip(&plans) {
+            let depth = phase.depth(shape);
+            pack_row_panels::<ROWS>(
+                shape.in_channels,
+                depth,
+                |c, k| phase.weight_element(shape, weight, c, k),
+                &mut packed[*start..*start + panels * depth * ROWS],
+            );
+        }
+        let packed = &*packed;
+        grad_input
+            .par_chunks_mut(shape.in_channels * pixels)
+            .zip(grad_output.par_chunks(dy_image_len))
+            .for_each(|(dx_n, dy_n)| {
+                dx_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                    .enumerate()
+                    .for_each(|(task, dx_task)| {
+                        // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
+                        with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
+                            let (padded_dy, slack) = source.split_at_mut(padded.image_len());
+                            slack.fill(0.0);
+                            padded.fill(dy_n, padded_dy);
+                            let source = &*source;
+                            for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let rows = dx_panel.len() / pixels;
+                                for (phase, (offsets, slots, start)) in phases.iter().zip(&plans) {
+                                    let depth = offsets.len();
+                                    let a = &packed[start + panel * depth * ROWS..][..depth * ROWS];
+                                    let source = GatherMatrix::new(source, offsets);
+                                    for group in slots.chunks(VECTORS) {
+                                        let bases = group_bases::<VECTORS>(group, padded.cols);
+                                        let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                        for (v, slot) in group.iter().enumerate() {
+                                            // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                            let ih =
+                                                slot.row * shape.stride + phase.row_phase - shape.padding;
+                                            let iw =
+                                                slot.col * shape.stride + phase.col_phase - shape.padding;
+                                            for r in 0..rows {
+                                                let start = r * pixels + ih * width + iw;
+                                                add_lanes(
+                                                    dx_panel,
+                                                    start,
+                                                    shape.stride,
+                                                    tile[r][v],
+                                                    slot.lanes,
+                                                );
+                                            }
                                         }
                                     }
                                 }
                             }
                         });
-                });
-        },
-    );
+                    });
+            });
+    });
 }
 
 /// Images whose padded copies one weight-gradient task keeps at once (about
 /// 384 KiB: inside the 1 MiB L2), so short reductions (8×8 maps) still run long.
 const WEIGHT_GRAD_GROUP_FLOATS: usize = 96 * 1024;
 
+/// Floats one weight-gradient tile call may stream over (24 KiB of the 32 KiB L1).
+const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
+
 /// `grad_weight += ∂L/∂w`; see [`super::conv_naive::weight_grad`]:
 ///
 ///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
 ///
-/// Tiles of 4 output channels × 3 taps, 8 pixels per lane; each thread sums a
+/// Tiles of 2 output channels × 6 taps, 8 pixels per lane; each thread sums a
 /// chunk of the batch into its own partial dW, then the partials are added.
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    const ROWS: usize = 4;
-    const COLS: usize = 3;
+    const ROWS: usize = 2;
+    const COLS: usize = 6;
     let image = PhaseSplitImage::new(shape);
     let offsets = image.tap_offsets();
     let depth = offsets.len(); // C·K²
@@ -591,7 +613,12 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     let chunks = rayon::current_num_threads().clamp(1, shape.batch);
     let images_per_chunk = shape.batch.div_ceil(chunks);
     let chunks = shape.batch.div_ceil(images_per_chunk);
-    let group = (WEIGHT_GRAD_GROUP_FLOATS / per_image).clamp(1, images_per_chunk);
+    // One tile call reads 2 planes of dy and about 1 channel of the image per
+    // grouped image: keep that inside L1, and the group's images inside L2.
+    let tile_floats = ROWS * h_out * dy_row + shape.stride * shape.stride * image.plane_len();
+    let group = (WEIGHT_GRAD_TILE_FLOATS / tile_floats)
+        .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
+        .clamp(1, images_per_chunk);
     let weight_len = grad_weight.len();
     let slots = vector_slots(0..h_out, 0..w_out);
 

@@ -8,8 +8,10 @@
 //! floats (the conv kernels arrange this by padding and phase-splitting images).
 //! So no im2col matrix is ever built.
 //!
-//! Register budget (AVX2: 16 × 256-bit): a ROWS × VECTORS tile of 8-lane
-//! accumulators with ROWS · VECTORS = 12, plus one broadcast and VECTORS loads.
+//! Register budget (AVX2: 16 × 256-bit): a tile of 12 8-lane accumulators,
+//! plus the short side of the tile held in registers and one streamed
+//! operand (12 + 2 + 1 = 15). Tiles of 4 × 3 (12 + 3 + 1 = 16 registers)
+//! spilled and ran at half speed, so the tiles are 6 × 2 and 2 × 6.
 
 use wide::f32x8;
 
@@ -76,19 +78,34 @@ pub fn gemm_tile<const ROWS: usize, const VECTORS: usize>(
     let mut tile = [[f32x8::ZERO; VECTORS]; ROWS];
     let a = a.as_ptr();
     let source = b.source.as_ptr();
-    let mut columns = [f32x8::ZERO; VECTORS];
     for k in 0..depth {
         // SAFETY: k < depth = offsets.len(); a holds depth·ROWS floats; every
         // base + offset + 8 ≤ source.len() (checked above with max_offset).
         unsafe {
             let offset = *b.offsets.get_unchecked(k);
-            for v in 0..VECTORS {
-                columns[v] = load(source.add(bases[v] + offset));
-            }
-            for r in 0..ROWS {
-                let a_value = f32x8::splat(*a.add(k * ROWS + r));
+            if ROWS > VECTORS {
+                // Tall tile: keep the VECTORS columns, stream the broadcasts.
+                let mut columns = [f32x8::ZERO; VECTORS];
                 for v in 0..VECTORS {
-                    tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
+                    columns[v] = load(source.add(bases[v] + offset));
+                }
+                for r in 0..ROWS {
+                    let a_value = f32x8::splat(*a.add(k * ROWS + r));
+                    for v in 0..VECTORS {
+                        tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
+                    }
+                }
+            } else {
+                // Wide tile: keep the ROWS broadcasts, stream the columns.
+                let mut a_values = [f32x8::ZERO; ROWS];
+                for r in 0..ROWS {
+                    a_values[r] = f32x8::splat(*a.add(k * ROWS + r));
+                }
+                for v in 0..VECTORS {
+                    let column = load(source.add(bases[v] + offset));
+                    for r in 0..ROWS {
+                        tile[r][v] = a_values[r].mul_add(column, tile[r][v]);
+                    }
                 }
             }
         }
@@ -184,9 +201,8 @@ pub fn dot_tile<const ROWS: usize, const COLS: usize>(
 #[inline(always)]
 pub fn add_lanes(destination: &mut [f32], start: usize, step: usize, values: f32x8, lanes: usize) {
     if step == 1 && lanes == LANES {
-        let slot = &mut destination[start..start + LANES];
-        let sum = f32x8::from(<[f32; LANES]>::try_from(&*slot).unwrap()) + values;
-        slot.copy_from_slice(sum.as_array_ref());
+        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
+        *slot = *(f32x8::from(*slot) + values).as_array_ref();
     } else {
         let values = values.as_array_ref();
         for i in 0..lanes {
@@ -198,7 +214,15 @@ pub fn add_lanes(destination: &mut [f32], start: usize, step: usize, values: f32
 /// `destination[start .. start + lanes] = values[.. lanes]`.
 #[inline(always)]
 pub fn store_lanes(destination: &mut [f32], start: usize, values: f32x8, lanes: usize) {
-    destination[start..start + lanes].copy_from_slice(&values.as_array_ref()[..lanes]);
+    let values = values.as_array_ref();
+    if lanes == LANES {
+        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
+        *slot = *values;
+    } else {
+        for i in 0..lanes {
+            destination[start + i] = values[i];
+        }
+    }
 }
 
 #[cfg(test)]
