@@ -219,9 +219,7 @@ pub fn store_lanes(destination: &mut [f32], start: usize, values: f32x8, lanes: 
         let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
         *slot = *values;
     } else {
-        for i in 0..lanes {
-            destination[start + i] = values[i];
-        }
+        destination[start..start + lanes].copy_from_slice(&values[..lanes]);
     }
 }
 
