@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+pub mod conv;
+
 /// This machine's FP32 peak per core (2 FMA pipes × 8 lanes × 2 flops × ~3.65 GHz),
 /// measured with ../shared/bench/fma_peak.c: about 117 GFLOP/s.
 pub const PEAK_GFLOPS_PER_CORE: f64 = 117.0;
@@ -37,6 +39,42 @@ pub fn median_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_secon
                 f();
             }
             start.elapsed().as_secs_f64() / calls as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+/// CPU seconds run so far by all threads of this process (Linux:
+/// /proc/self/task/*/schedstat, nanoseconds). On a shared machine this, unlike
+/// wall time, does not count the time other processes held the cores; with
+/// one worker thread it is the kernel's own time. None where unavailable.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let mut nanoseconds = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        nanoseconds += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(nanoseconds as f64 * 1e-9)
+}
+
+/// Like [`median_seconds`], in process CPU seconds per call ([`process_cpu_seconds`]).
+pub fn median_cpu_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_seconds: f64) -> f64 {
+    let cpu = || process_cpu_seconds().unwrap_or(0.0);
+    for _ in 0..warmup {
+        f();
+    }
+    let start = cpu();
+    f();
+    let one = (cpu() - start).max(1e-6);
+    let calls = ((min_seconds / one).ceil() as usize).clamp(1, 1000);
+    let mut samples: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let start = cpu();
+            for _ in 0..calls {
+                f();
+            }
+            (cpu() - start) / calls as f64
         })
         .collect();
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -8,6 +8,8 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "sbfnet",
@@ -31,6 +33,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// A model's layers with their parameters and MACs.
     Info(info::InfoArgs),
+    /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -44,5 +48,6 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

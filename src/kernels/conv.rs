@@ -1,19 +1,707 @@
 //! The dense convolution the ops call: the fast path (SIMD + threads).
-//! Each function has the same contract as its twin in `conv_naive`.
+//! Each function has the same contract as its twin in `conv_naive` (the
+//! oracle): `forward` overwrites, `input_grad` and `weight_grad` accumulate.
+//!
+//! Shapes: x [N, C, H, W], w [F, C, K, K], y [N, F, Ho, Wo], stride s, padding p.
+//!
+//! All three passes are matrix products computed by the register-tiled FMA
+//! microkernels of `kernels::microkernel`, without an im2col matrix.
+//!
+//! Forward: y[n] [F, Ho·Wo] = w [F, C·K²] · B, with B[(c,kh,kw), (oh,ow)] =
+//! x[n, c, oh·s+kh−p, ow·s+kw−p] read straight from a zero-padded,
+//! phase-split copy of the image (`PhaseSplitImage`), where that element sits
+//! at `base(oh, ow) + offset(c, kh, kw)` and 8 neighbouring ow are 8
+//! neighbouring floats.
+//!
+//! Input gradient: each input pixel gathers from the output gradient. Split
+//! the input pixels by their phase (r, q) = ((ih+p) mod s, (iw+p) mod s) and
+//! let (I, J) = ((ih+p) div s, (iw+p) div s); only the taps kh = r + s·t,
+//! kw = q + s·u reach them, from output pixel (I − t, J − u):
+//!
+//!   dx[n,c,ih,iw] += Σ_f Σ_t Σ_u  dy[n, f, I−t, J−u] · w[f, c, r+s·t, q+s·u]
+//!
+//! For every phase this is again A · B with A[c, (f,t,u)] = w[f,c,r+s·t,q+s·u]
+//! and B read from a zero-padded copy of dy. No FLOP is spent on the zeros a
+//! strided transpose-convolution would insert.
+//!
+//! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n,f,oh,ow] · B[(c,kh,kw),(oh,ow)],
+//! a reduction over pixels, 8 pixels per lane, with the same B as forward.
+//!
+//! Threads (rayon): forward and input gradient split over images (and, when
+//! the batch is smaller than twice the threads, over blocks of output rows of
+//! the product too): disjoint slices of the output, so no locks. Each task
+//! pads its own image into a thread-local buffer that stays in L2.
+//! The weight gradient reduces over the batch: each thread sums a chunk of
+//! images into its own partial dW, and the partials are added at the end.
+//!
+//! Memory: the padded copies and packed weights live in thread-local buffers
+//! that grow and are kept between calls (fresh pages are expensive here).
 
-use super::{conv_naive, ConvShape};
+use std::cell::Cell;
+use std::thread::LocalKey;
 
-/// `output = conv(input, weight)`; see [`conv_naive::forward`].
+use rayon::prelude::*;
+
+use super::microkernel::{
+    add_lanes, dot_tile, gemm_tile, store_lanes, GatherMatrix, PixelPairs, LANES, SOURCE_SLACK,
+};
+use super::ConvShape;
+
+thread_local! {
+    /// Buffers of one kernel call on the calling thread (padded batch, packed weights, partial sums).
+    static CALL_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Buffers of one parallel task on a worker thread (padded images of a group).
+    static TASK_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `work` on the first `len` floats of a thread-local buffer that grows
+/// and is kept for the next call. The contents are stale: `work` must write
+/// what it reads. (The buffer is taken out while in use, so a nested call on
+/// the same thread gets a fresh one instead of a double borrow.)
+fn with_workspace<R>(
+    slot: &'static LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    work: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = slot.take();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let result = work(&mut buffer[..len]);
+    slot.set(buffer);
+    result
+}
+
+/// The two register tilings compiled: ROWS × VECTORS 8-lane accumulators.
+#[derive(Clone, Copy, Debug)]
+enum Tiling {
+    Rows6Vectors2,
+    Rows2Vectors6,
+}
+
+/// The tiling that wastes the fewest padded multiply-adds for `rows` rows of
+/// the product and `vectors` 8-pixel vectors.
+fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
+    let padded = |tile_rows: usize, tile_vectors: usize| {
+        rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
+    };
+    // 6 × 2 when it wastes at most as much: it loads less per multiply-add.
+    if padded(6, 2) <= padded(2, 6) {
+        Tiling::Rows6Vectors2
+    } else {
+        Tiling::Rows2Vectors6
+    }
+}
+
+/// 8 neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).
+#[derive(Clone, Copy, Debug)]
+struct VectorSlot {
+    row: usize,
+    col: usize,
+    lanes: usize,
+}
+
+/// The vectors covering rows × cols, row by row, 8 columns at a time.
+fn vector_slots(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Vec<VectorSlot> {
+    let mut slots = Vec::new();
+    for row in rows {
+        for col in cols.clone().step_by(LANES) {
+            slots.push(VectorSlot {
+                row,
+                col,
+                lanes: LANES.min(cols.end - col),
+            });
+        }
+    }
+    slots
+}
+
+/// `bases[v]` for a group of up to VECTORS slots; missing ones repeat the last
+/// (computed and thrown away).
+fn group_bases<const VECTORS: usize>(group: &[VectorSlot], row_stride: usize) -> [usize; VECTORS] {
+    std::array::from_fn(|v| {
+        let slot = group[v.min(group.len() - 1)];
+        slot.row * row_stride + slot.col
+    })
+}
+
+/// Packs rows of a row-major matrix m [rows, depth] into panels of ROWS rows,
+/// k-major: packed[panel][k][r] = m[panel·ROWS + r, k] (0 past the last row).
+fn pack_row_panels<const ROWS: usize>(
+    rows: usize,
+    depth: usize,
+    element: impl Fn(usize, usize) -> f32,
+    packed: &mut [f32],
+) {
+    for (panel, panel_data) in packed.chunks_mut(depth * ROWS).enumerate() {
+        for k in 0..depth {
+            for r in 0..ROWS {
+                let row = panel * ROWS + r;
+                panel_data[k * ROWS + r] = if row < rows { element(row, k) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
+/// every tap of a strided convolution reads neighbouring floats for
+/// neighbouring outputs:
+///
+///   image[c][ph][pw][i][j] = x[n, c, i·s + ph − p, j·s + pw − p]   (0 outside x)
+///
+/// Tap (c, kh, kw) of output (oh, ow) is then image[c][kh mod s][kw mod s]
+/// [oh + kh div s][ow + kw div s] = `base(oh, ow) + tap_offset(c, kh, kw)`.
+#[derive(Clone, Copy, Debug)]
+struct PhaseSplitImage {
+    shape: ConvShape,
+    /// Rows i of one phase plane: Ho + (K−1) div s.
+    rows: usize,
+    /// Columns j of one phase plane: Wo + (K−1) div s.
+    cols: usize,
+}
+
+impl PhaseSplitImage {
+    fn new(shape: &ConvShape) -> Self {
+        let reach = (shape.kernel - 1) / shape.stride;
+        PhaseSplitImage {
+            shape: *shape,
+            rows: shape.out_height() + reach,
+            cols: shape.out_width() + reach,
+        }
+    }
+
+    fn plane_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Floats of one image: C · s² planes.
+    fn image_len(&self) -> usize {
+        self.shape.in_channels * self.shape.stride * self.shape.stride * self.plane_len()
+    }
+
+    /// offset(c, kh, kw) for k = (c·K + kh)·K + kw, the column order of w [F, C·K²].
+    fn tap_offsets(&self) -> Vec<usize> {
+        let ConvShape {
+            in_channels,
+            kernel,
+            stride,
+            ..
+        } = self.shape;
+        let mut offsets = Vec::with_capacity(in_channels * kernel * kernel);
+        for c in 0..in_channels {
+            for kh in 0..kernel {
+                for kw in 0..kernel {
+                    let plane = (c * stride + kh % stride) * stride + kw % stride;
+                    offsets.push(plane * self.plane_len() + (kh / stride) * self.cols + kw / stride);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// base(oh, ow) for the first of 8 neighbouring outputs.
+    fn row_stride(&self) -> usize {
+        self.cols
+    }
+
+    /// Writes image = padded, phase-split x_image [C, H, W].
+    fn fill(&self, x_image: &[f32], image: &mut [f32]) {
+        let ConvShape {
+            in_channels,
+            in_height,
+            in_width,
+            stride,
+            padding,
+            ..
+        } = self.shape;
+        image.fill(0.0);
+        for c in 0..in_channels {
+            for ih in 0..in_height {
+                let x_row = &x_image[(c * in_height + ih) * in_width..][..in_width];
+                let (phase_row, i) = ((ih + padding) % stride, (ih + padding) / stride);
+                if i >= self.rows {
+                    continue;
+                }
+                if stride == 1 {
+                    let start = (c * self.rows + i) * self.cols + padding;
+                    let len = in_width.min(self.cols.saturating_sub(padding));
+                    image[start..start + len].copy_from_slice(&x_row[..len]);
+                    continue;
+                }
+                // Phase pw holds the columns iw = j·s + pw − p, from the first j with iw ≥ 0.
+                for phase_col in 0..stride {
+                    let plane = (c * stride + phase_row) * stride + phase_col;
+                    let row = &mut image[plane * self.plane_len() + i * self.cols..][..self.cols];
+                    let first_j = padding.saturating_sub(phase_col).div_ceil(stride);
+                    let first_iw = first_j * stride + phase_col - padding;
+                    let columns = x_row.iter().skip(first_iw).step_by(stride);
+                    for (destination, &value) in row.iter_mut().skip(first_j).zip(columns) {
+                        *destination = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `output = conv(input, weight)`; see [`super::conv_naive::forward`].
+///
+///   y[n, f, oh, ow] = Σ_(c,kh,kw) w[f, c, kh, kw] · image_n[base(oh,ow) + offset(c,kh,kw)]
 pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
-    conv_naive::forward(shape, input, weight, output)
+    shape.check_buffers(input.len(), weight.len(), output.len());
+    if output.is_empty() {
+        return;
+    }
+    let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
+    match choose_tiling(shape.out_channels, vectors) {
+        Tiling::Rows2Vectors6 => forward_tiled::<2, 6>(shape, input, weight, output),
+        Tiling::Rows6Vectors2 => forward_tiled::<6, 2>(shape, input, weight, output),
+    }
 }
 
-/// `grad_input += ∂L/∂x`; see [`conv_naive::input_grad`].
+fn forward_tiled<const ROWS: usize, const VECTORS: usize>(
+    shape: &ConvShape,
+    input: &[f32],
+    weight: &[f32],
+    output: &mut [f32],
+) {
+    let image = PhaseSplitImage::new(shape);
+    let offsets = image.tap_offsets();
+    let depth = offsets.len(); // C·K²
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let pixels = h_out * w_out;
+    let panels = shape.out_channels.div_ceil(ROWS);
+    let packed_len = panels * depth * ROWS;
+    let slots = vector_slots(0..h_out, 0..w_out);
+    let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
+    let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
+    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
+        // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]
+        pack_row_panels::<ROWS>(shape.out_channels, depth, |f, k| weight[f * depth + k], packed);
+        let packed = &*packed;
+        output
+            .par_chunks_mut(shape.out_channels * pixels)
+            .zip(input.par_chunks(x_image_len))
+            .for_each(|(y_n, x_n)| {
+                y_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                    .enumerate()
+                    .for_each(|(task, y_task)| {
+                        // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
+                        with_workspace(&TASK_WORKSPACE, image.image_len() + SOURCE_SLACK, |source| {
+                            let (padded, slack) = source.split_at_mut(image.image_len());
+                            slack.fill(0.0);
+                            image.fill(x_n, padded);
+                            let source = GatherMatrix::new(source, &offsets);
+                            for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let a = &packed[panel * depth * ROWS..][..depth * ROWS];
+                                let rows = y_panel.len() / pixels;
+                                for group in slots.chunks(VECTORS) {
+                                    let bases = group_bases::<VECTORS>(group, image.row_stride());
+                                    let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                    for (v, slot) in group.iter().enumerate() {
+                                        for r in 0..rows {
+                                            let start = r * pixels + slot.row * w_out + slot.col;
+                                            store_lanes(y_panel, start, tile[r][v], slot.lanes);
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    });
+            });
+    });
+}
+
+/// Tasks per image: one when the batch alone keeps every thread busy (twice
+/// over, for balance), otherwise the image's row panels are split too.
+fn tasks_per_image(batch: usize, panels: usize) -> usize {
+    (2 * rayon::current_num_threads())
+        .div_ceil(batch)
+        .clamp(1, panels)
+}
+
+/// Output gradient dy[n] [F, Ho, Wo] zero-padded by T − 1 rows/columns before
+/// (T = ⌈K/s⌉ taps per phase at most) and enough after, so that every input
+/// pixel reads its T × T window of output pixels at unit stride:
+///
+///   image[f][i][j] = dy[n, f, i − (T−1), j − (T−1)]   (0 outside dy)
+#[derive(Clone, Copy, Debug)]
+struct PaddedGradOutput {
+    shape: ConvShape,
+    border: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl PaddedGradOutput {
+    fn new(shape: &ConvShape) -> Self {
+        let taps = (shape.kernel - 1) / shape.stride + 1;
+        let last_row = (shape.in_height - 1 + shape.padding) / shape.stride;
+        let last_col = (shape.in_width - 1 + shape.padding) / shape.stride;
+        PaddedGradOutput {
+            shape: *shape,
+            border: taps - 1,
+            rows: last_row + taps,
+            cols: last_col + taps,
+        }
+    }
+
+    fn plane_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn image_len(&self) -> usize {
+        self.shape.out_channels * self.plane_len()
+    }
+
+    fn fill(&self, dy_image: &[f32], image: &mut [f32]) {
+        let (h_out, w_out) = (self.shape.out_height(), self.shape.out_width());
+        image.fill(0.0);
+        for f in 0..self.shape.out_channels {
+            for oh in 0..h_out.min(self.rows - self.border) {
+                let len = w_out.min(self.cols - self.border);
+                let start = f * self.plane_len() + (oh + self.border) * self.cols + self.border;
+                image[start..start + len].copy_from_slice(&dy_image[(f * h_out + oh) * w_out..][..len]);
+            }
+        }
+    }
+}
+
+/// The input pixels of one phase (r, q) of the input gradient:
+/// ih = I·s + r − p, iw = J·s + q − p, reached by the taps kh = r + s·t
+/// (t < row_taps) and kw = q + s·u (u < col_taps).
+#[derive(Clone, Debug)]
+struct InputPhase {
+    row_phase: usize,
+    col_phase: usize,
+    row_taps: usize,
+    col_taps: usize,
+    /// I of the phase's pixels.
+    rows: std::ops::Range<usize>,
+    /// J of the phase's pixels.
+    cols: std::ops::Range<usize>,
+}
+
+impl InputPhase {
+    /// Every phase that receives gradient (s > K leaves some pixels untouched).
+    fn all(shape: &ConvShape) -> Vec<InputPhase> {
+        let ConvShape {
+            kernel,
+            stride,
+            padding,
+            ..
+        } = *shape;
+        // Taps ≡ phase (mod s) below K, and the I with 0 ≤ I·s + phase − p < size.
+        let taps = |phase: usize| {
+            if phase < kernel {
+                (kernel - 1 - phase) / stride + 1
+            } else {
+                0
+            }
+        };
+        let range = |phase: usize, size: usize| {
+            let first = padding.saturating_sub(phase).div_ceil(stride);
+            let end = if size + padding > phase {
+                (size - 1 + padding - phase) / stride + 1
+            } else {
+                0
+            };
+            first..end.max(first)
+        };
+        let mut phases = Vec::new();
+        for row_phase in 0..stride {
+            for col_phase in 0..stride {
+                let phase = InputPhase {
+                    row_phase,
+                    col_phase,
+                    row_taps: taps(row_phase),
+                    col_taps: taps(col_phase),
+                    rows: range(row_phase, shape.in_height),
+                    cols: range(col_phase, shape.in_width),
+                };
+                if phase.row_taps > 0
+                    && phase.col_taps > 0
+                    && !phase.rows.is_empty()
+                    && !phase.cols.is_empty()
+                {
+                    phases.push(phase);
+                }
+            }
+        }
+        phases
+    }
+
+    /// Reduction length F · row_taps · col_taps.
+    fn depth(&self, shape: &ConvShape) -> usize {
+        shape.out_channels * self.row_taps * self.col_taps
+    }
+
+    /// offset(f, t, u) of dy[f, I−t, J−u] from base(I, J) = I·cols + J.
+    fn tap_offsets(&self, padded: &PaddedGradOutput) -> Vec<usize> {
+        let mut offsets = Vec::with_capacity(self.depth(&padded.shape));
+        for f in 0..padded.shape.out_channels {
+            for t in 0..self.row_taps {
+                for u in 0..self.col_taps {
+                    offsets
+                        .push(f * padded.plane_len() + (padded.border - t) * padded.cols + padded.border - u);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// A[c, (f,t,u)] = w[f, c, r + s·t, q + s·u], the order of `tap_offsets`.
+    fn weight_element(&self, shape: &ConvShape, weight: &[f32], c: usize, k: usize) -> f32 {
+        let ConvShape {
+            in_channels,
+            kernel,
+            stride,
+            ..
+        } = *shape;
+        let (f, t, u) = (
+            k / (self.row_taps * self.col_taps),
+            (k / self.col_taps) % self.row_taps,
+            k % self.col_taps,
+        );
+        let (kh, kw) = (self.row_phase + stride * t, self.col_phase + stride * u);
+        weight[((f * in_channels + c) * kernel + kh) * kernel + kw]
+    }
+}
+
+/// `grad_input += ∂L/∂x`; see [`super::conv_naive::input_grad`] and the module
+/// comment for the phase split:
+///
+///   dx[n,c,ih,iw] += Σ_(f,t,u) w[f, c, r+s·t, q+s·u] · dy_padded_n[base(I,J) + offset(f,t,u)]
 pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_input: &mut [f32]) {
-    conv_naive::input_grad(shape, grad_output, weight, grad_input)
+    shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
+    if grad_input.is_empty() || grad_output.is_empty() {
+        return;
+    }
+    let phases = InputPhase::all(shape);
+    let vectors: usize = phases
+        .iter()
+        .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(LANES))
+        .sum();
+    match choose_tiling(shape.in_channels, vectors) {
+        Tiling::Rows2Vectors6 => input_grad_tiled::<2, 6>(shape, &phases, grad_output, weight, grad_input),
+        Tiling::Rows6Vectors2 => input_grad_tiled::<6, 2>(shape, &phases, grad_output, weight, grad_input),
+    }
 }
 
-/// `grad_weight += ∂L/∂w`; see [`conv_naive::weight_grad`].
+fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
+    shape: &ConvShape,
+    phases: &[InputPhase],
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    let padded = PaddedGradOutput::new(shape);
+    let (height, width) = (shape.in_height, shape.in_width);
+    let pixels = height * width;
+    let panels = shape.in_channels.div_ceil(ROWS);
+    // Per phase: its tap offsets, its vector slots and where its packed A starts.
+    let mut packed_len = 0;
+    let plans: Vec<(Vec<usize>, Vec<VectorSlot>, usize)> = phases
+        .iter()
+        .map(|phase| {
+            let start = packed_len;
+            packed_len += panels * phase.depth(shape) * ROWS;
+            (
+                phase.tap_offsets(&padded),
+                vector_slots(phase.rows.clone(), phase.cols.clone()),
+                start,
+            )
+        })
+        .collect();
+    let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
+    let dy_image_len = shape.out_channels * shape.out_height() * shape.out_width();
+    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
+        // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]
+        for (phase, (_, _, start)) in phases.iter().zip(&plans) {
+            let depth = phase.depth(shape);
+            pack_row_panels::<ROWS>(
+                shape.in_channels,
+                depth,
+                |c, k| phase.weight_element(shape, weight, c, k),
+                &mut packed[*start..*start + panels * depth * ROWS],
+            );
+        }
+        let packed = &*packed;
+        grad_input
+            .par_chunks_mut(shape.in_channels * pixels)
+            .zip(grad_output.par_chunks(dy_image_len))
+            .for_each(|(dx_n, dy_n)| {
+                dx_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                    .enumerate()
+                    .for_each(|(task, dx_task)| {
+                        // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
+                        with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
+                            let (padded_dy, slack) = source.split_at_mut(padded.image_len());
+                            slack.fill(0.0);
+                            padded.fill(dy_n, padded_dy);
+                            let source = &*source;
+                            for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let rows = dx_panel.len() / pixels;
+                                for (phase, (offsets, slots, start)) in phases.iter().zip(&plans) {
+                                    let depth = offsets.len();
+                                    let a = &packed[start + panel * depth * ROWS..][..depth * ROWS];
+                                    let source = GatherMatrix::new(source, offsets);
+                                    for group in slots.chunks(VECTORS) {
+                                        let bases = group_bases::<VECTORS>(group, padded.cols);
+                                        let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                        for (v, slot) in group.iter().enumerate() {
+                                            // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                            let ih =
+                                                slot.row * shape.stride + phase.row_phase - shape.padding;
+                                            let iw =
+                                                slot.col * shape.stride + phase.col_phase - shape.padding;
+                                            for r in 0..rows {
+                                                let start = r * pixels + ih * width + iw;
+                                                add_lanes(
+                                                    dx_panel,
+                                                    start,
+                                                    shape.stride,
+                                                    tile[r][v],
+                                                    slot.lanes,
+                                                );
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    });
+            });
+    });
+}
+
+/// Images whose padded copies one weight-gradient task keeps at once (about
+/// 384 KiB: inside the 1 MiB L2), so short reductions (8×8 maps) still run long.
+const WEIGHT_GRAD_GROUP_FLOATS: usize = 96 * 1024;
+
+/// Floats one weight-gradient tile call may stream over (24 KiB of the 32 KiB L1).
+const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
+
+/// `grad_weight += ∂L/∂w`; see [`super::conv_naive::weight_grad`]:
+///
+///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
+///
+/// Tiles of 2 output channels × 6 taps, 8 pixels per lane; each thread sums a
+/// chunk of the batch into its own partial dW, then the partials are added.
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
-    conv_naive::weight_grad(shape, input, grad_output, grad_weight)
+    shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
+    if grad_weight.is_empty() || grad_output.is_empty() {
+        return;
+    }
+    const ROWS: usize = 2;
+    const COLS: usize = 6;
+    let image = PhaseSplitImage::new(shape);
+    let offsets = image.tap_offsets();
+    let depth = offsets.len(); // C·K²
+    let out_channels = shape.out_channels;
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let input_image_len = shape.in_channels * shape.in_height * shape.in_width;
+    // dy rows are read 8 pixels at a time: rows whose width is not a multiple
+    // of 8 are copied with zero lanes after their end.
+    let dy_row = w_out.next_multiple_of(LANES);
+    let copy_dy = dy_row != w_out;
+    let dy_image_len = out_channels * h_out * dy_row;
+    let per_image = image.image_len() + if copy_dy { dy_image_len } else { 0 };
+
+    let chunks = rayon::current_num_threads().clamp(1, shape.batch);
+    let images_per_chunk = shape.batch.div_ceil(chunks);
+    let chunks = shape.batch.div_ceil(images_per_chunk);
+    // One tile call reads 2 planes of dy and about 1 channel of the image per
+    // grouped image: keep that inside L1, and the group's images inside L2.
+    let tile_floats = ROWS * h_out * dy_row + shape.stride * shape.stride * image.plane_len();
+    let group = (WEIGHT_GRAD_TILE_FLOATS / tile_floats)
+        .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
+        .clamp(1, images_per_chunk);
+    let weight_len = grad_weight.len();
+    let slots = vector_slots(0..h_out, 0..w_out);
+
+    with_workspace(&CALL_WORKSPACE, chunks * weight_len, |partials| {
+        partials
+            .par_chunks_mut(weight_len)
+            .enumerate()
+            .for_each(|(chunk, partial)| {
+                partial.fill(0.0);
+                let first = chunk * images_per_chunk;
+                let end = shape.batch.min(first + images_per_chunk);
+                let sources_len = group * image.image_len() + SOURCE_SLACK;
+                with_workspace(&TASK_WORKSPACE, sources_len + group * dy_image_len, |task| {
+                    let (sources, dy_copies) = task.split_at_mut(sources_len);
+                    let mut pairs = PixelPairs::new();
+                    for group_first in (first..end).step_by(group) {
+                        let group_end = end.min(group_first + group);
+                        // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
+                        sources[(group_end - group_first) * image.image_len()..].fill(0.0);
+                        for n in group_first..group_end {
+                            let g = n - group_first;
+                            image.fill(
+                                &input[n * input_image_len..][..input_image_len],
+                                &mut sources[g * image.image_len()..][..image.image_len()],
+                            );
+                            if copy_dy {
+                                // dy_copies: [group][F][Ho][dy_row]
+                                let copy = &mut dy_copies[g * dy_image_len..][..dy_image_len];
+                                copy.fill(0.0);
+                                for (row, dy_row_values) in grad_output[n * out_channels * h_out * w_out..]
+                                    .chunks(w_out)
+                                    .take(out_channels * h_out)
+                                    .enumerate()
+                                {
+                                    copy[row * dy_row..][..w_out].copy_from_slice(dy_row_values);
+                                }
+                            }
+                        }
+                        // (dy, source) index pairs of every 8-pixel vector of the group
+                        let (dy, dy_channel_stride, dy_image_stride, dy_first) = if copy_dy {
+                            (&*dy_copies, h_out * dy_row, dy_image_len, 0)
+                        } else {
+                            (
+                                grad_output,
+                                h_out * w_out,
+                                out_channels * h_out * w_out,
+                                group_first,
+                            )
+                        };
+                        pairs.clear();
+                        for g in 0..group_end - group_first {
+                            for slot in &slots {
+                                pairs.push(
+                                    (dy_first + g) * dy_image_stride + slot.row * dy_row + slot.col,
+                                    g * image.image_len() + slot.row * image.row_stride() + slot.col,
+                                );
+                            }
+                        }
+                        let sources = &*sources;
+                        for f_first in (0..out_channels).step_by(ROWS) {
+                            let rows = ROWS.min(out_channels - f_first);
+                            let row_starts: [usize; ROWS] =
+                                std::array::from_fn(|r| (f_first + r.min(rows - 1)) * dy_channel_stride);
+                            for k_first in (0..depth).step_by(COLS) {
+                                let cols = COLS.min(depth - k_first);
+                                let taps: [usize; COLS] =
+                                    std::array::from_fn(|j| offsets[k_first + j.min(cols - 1)]);
+                                let tile = dot_tile::<ROWS, COLS>(dy, &row_starts, sources, &taps, &pairs);
+                                for r in 0..rows {
+                                    for j in 0..cols {
+                                        partial[(f_first + r) * depth + k_first + j] +=
+                                            tile[r][j].reduce_add();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            });
+        for partial in partials.chunks(weight_len) {
+            for (gradient, value) in grad_weight.iter_mut().zip(partial) {
+                *gradient += value;
+            }
+        }
+    });
 }

@@ -8,6 +8,7 @@
 
 pub mod conv;
 pub mod conv_naive;
+pub mod microkernel;
 
 /// The geometry of a dense 2-d convolution (NCHW, square K×K kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

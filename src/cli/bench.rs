@@ -1,0 +1,79 @@
+//! `sbfnet bench`: the convolution kernels per shape and pass, in GFLOP/s and
+//! fraction of FP32 peak, optionally beside PyTorch's figures
+//! (`--torch-json` from ../shared/bench/torch_ref.py).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sbfnet::benchmark::{self, conv};
+use sbfnet::{Error, Result};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Rayon threads; a list (1,2) runs the whole table once per count.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    threads: Vec<usize>,
+    /// Batch sizes of the benchmarked convolutions.
+    #[arg(long, value_delimiter = ',', default_value = "128,8")]
+    batch: Vec<usize>,
+    /// JSON written by ../shared/bench/torch_ref.py: print PyTorch's GFLOP/s and our ratio.
+    #[arg(long)]
+    torch_json: Option<PathBuf>,
+    /// Minimum seconds of one timed repetition.
+    #[arg(long, default_value_t = 0.1)]
+    min_seconds: f64,
+    /// Time in process CPU seconds ÷ threads instead of wall time: for tuning
+    /// on a machine shared with other jobs (not comparable with PyTorch's wall times).
+    #[arg(long)]
+    cpu_time: bool,
+    /// Skip the single-thread f32x8 FMA throughput check.
+    #[arg(long)]
+    no_fma_check: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.threads.contains(&0) || args.batch.contains(&0) {
+        return Err(Error::msg("bench: --threads and --batch must be at least 1"));
+    }
+    let torch = match &args.torch_json {
+        Some(path) => conv::read_torch_json(path)?,
+        None => Vec::new(),
+    };
+    println!("instruction set: {}", benchmark::instruction_set());
+    if !args.no_fma_check {
+        println!(
+            "f32x8 FMA throughput, 1 thread: {:.1} GFLOP/s (peak {:.0})",
+            conv::fma_throughput_gflops(),
+            benchmark::PEAK_GFLOPS_PER_CORE
+        );
+    }
+    let shapes = conv::network_shapes(&args.batch);
+    for &threads in &args.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::msg(format!("bench: cannot start {threads} threads: {e}")))?;
+        let reference = torch.iter().find(|figures| figures.threads == threads);
+        if args.torch_json.is_some() && reference.is_none() {
+            println!("(no PyTorch run with {threads} threads in the JSON)");
+        }
+        println!();
+        pool.install(|| {
+            let clock = if args.cpu_time {
+                conv::Clock::CpuPerThread
+            } else {
+                conv::Clock::Wall
+            };
+            conv::run(
+                &shapes,
+                threads,
+                reference,
+                args.min_seconds,
+                clock,
+                &mut std::io::stdout(),
+            )
+        })
+        .map_err(|e| Error::msg(format!("bench: writing the table: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Register-blocked FMA microkernels shared by the fast convolution kernels
+//! (`kernels::conv`). Each computes one small tile of a matrix product whose
+//! accumulators stay in the 16 AVX2 registers for the whole reduction.
+//!
+//! Both read the "B" operand straight out of a prepared source buffer through
+//! a table of offsets ("implicit GEMM"): column j of B starts at `bases[j]`,
+//! row k is `offsets[k]` further, and 8 neighbouring columns are 8 neighbouring
+//! floats (the conv kernels arrange this by padding and phase-splitting images).
+//! So no im2col matrix is ever built.
+//!
+//! Register budget (AVX2: 16 × 256-bit): a tile of 12 8-lane accumulators,
+//! plus the short side of the tile held in registers and one streamed
+//! operand (12 + 2 + 1 = 15). Tiles of 4 × 3 (12 + 3 + 1 = 16 registers)
+//! spilled and ran at half speed, so the tiles are 6 × 2 and 2 × 6.
+
+use wide::f32x8;
+
+/// Lanes of one vector: neighbouring output pixels (or reduction pixels).
+pub const LANES: usize = 8;
+
+/// Zeroed floats kept after the last image of a source buffer, so that the
+/// unused lanes of a vector that overhangs the last row stay inside the buffer.
+pub const SOURCE_SLACK: usize = 2 * LANES;
+
+/// B[k, j .. j+8] = source[j + offsets[k] .. j + offsets[k] + 8]: a matrix read
+/// out of `source` through a table of per-row offsets.
+pub struct GatherMatrix<'a> {
+    source: &'a [f32],
+    offsets: &'a [usize],
+    max_offset: usize,
+}
+
+impl<'a> GatherMatrix<'a> {
+    pub fn new(source: &'a [f32], offsets: &'a [usize]) -> Self {
+        let max_offset = offsets.iter().copied().max().unwrap_or(0);
+        GatherMatrix {
+            source,
+            offsets,
+            max_offset,
+        }
+    }
+
+    /// Rows of B: the length of the reduction.
+    pub fn depth(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// Unaligned 8-float load.
+///
+/// # Safety
+/// `pointer .. pointer + 8` must be readable.
+#[inline(always)]
+unsafe fn load(pointer: *const f32) -> f32x8 {
+    (pointer as *const f32x8).read_unaligned()
+}
+
+/// One register tile of C = A · B (forward pass and input gradient):
+///
+///   tile[r][v] = Σ_k  a[k·ROWS + r] · B[k, bases[v] .. bases[v] + 8]
+///
+/// `a` is one packed panel of A (ROWS rows interleaved, k-major); each
+/// `bases[v]` selects 8 neighbouring columns of B.
+#[inline(always)]
+pub fn gemm_tile<const ROWS: usize, const VECTORS: usize>(
+    a: &[f32],
+    b: &GatherMatrix,
+    bases: &[usize; VECTORS],
+) -> [[f32x8; VECTORS]; ROWS] {
+    let depth = b.depth();
+    assert!(a.len() >= depth * ROWS, "gemm_tile: packed panel too short");
+    for &base in bases {
+        assert!(
+            base + b.max_offset + LANES <= b.source.len(),
+            "gemm_tile: column out of the source"
+        );
+    }
+    let mut tile = [[f32x8::ZERO; VECTORS]; ROWS];
+    let a = a.as_ptr();
+    let source = b.source.as_ptr();
+    for k in 0..depth {
+        // SAFETY: k < depth = offsets.len(); a holds depth·ROWS floats; every
+        // base + offset + 8 ≤ source.len() (checked above with max_offset).
+        unsafe {
+            let offset = *b.offsets.get_unchecked(k);
+            if ROWS > VECTORS {
+                // Tall tile: keep the VECTORS columns, stream the broadcasts.
+                let mut columns = [f32x8::ZERO; VECTORS];
+                for v in 0..VECTORS {
+                    columns[v] = load(source.add(bases[v] + offset));
+                }
+                for r in 0..ROWS {
+                    let a_value = f32x8::splat(*a.add(k * ROWS + r));
+                    for v in 0..VECTORS {
+                        tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
+                    }
+                }
+            } else {
+                // Wide tile: keep the ROWS broadcasts, stream the columns.
+                let mut a_values = [f32x8::ZERO; ROWS];
+                for r in 0..ROWS {
+                    a_values[r] = f32x8::splat(*a.add(k * ROWS + r));
+                }
+                for v in 0..VECTORS {
+                    let column = load(source.add(bases[v] + offset));
+                    for r in 0..ROWS {
+                        tile[r][v] = a_values[r].mul_add(column, tile[r][v]);
+                    }
+                }
+            }
+        }
+    }
+    tile
+}
+
+/// Pixel pairs of a reduction over pixels: (index into the output gradient,
+/// index into the source image), with their maxima kept for one bounds check.
+pub struct PixelPairs {
+    pairs: Vec<(usize, usize)>,
+    max_grad: usize,
+    max_source: usize,
+}
+
+impl PixelPairs {
+    pub fn new() -> Self {
+        PixelPairs {
+            pairs: Vec::new(),
+            max_grad: 0,
+            max_source: 0,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.pairs.clear();
+        self.max_grad = 0;
+        self.max_source = 0;
+    }
+
+    pub fn push(&mut self, grad_index: usize, source_index: usize) {
+        self.pairs.push((grad_index, source_index));
+        self.max_grad = self.max_grad.max(grad_index);
+        self.max_source = self.max_source.max(source_index);
+    }
+}
+
+impl Default for PixelPairs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One register tile of the weight gradient dW = dY · Bᵀ, a reduction over
+/// pixels, 8 pixels per lane:
+///
+///   tile[r][j] = Σ_(g, s) in pairs  grad[g + row_starts[r] .. +8] ⊙ source[s + tap_offsets[j] .. +8]
+///
+/// (lane-wise; the caller sums the 8 lanes once at the end).
+#[inline(always)]
+pub fn dot_tile<const ROWS: usize, const COLS: usize>(
+    grad: &[f32],
+    row_starts: &[usize; ROWS],
+    source: &[f32],
+    tap_offsets: &[usize; COLS],
+    pairs: &PixelPairs,
+) -> [[f32x8; COLS]; ROWS] {
+    if pairs.pairs.is_empty() {
+        return [[f32x8::ZERO; COLS]; ROWS];
+    }
+    let max_row = row_starts.iter().copied().max().unwrap_or(0);
+    let max_tap = tap_offsets.iter().copied().max().unwrap_or(0);
+    assert!(
+        pairs.max_grad + max_row + LANES <= grad.len(),
+        "dot_tile: gradient out of range"
+    );
+    assert!(
+        pairs.max_source + max_tap + LANES <= source.len(),
+        "dot_tile: source out of range"
+    );
+    let mut tile = [[f32x8::ZERO; COLS]; ROWS];
+    let grad = grad.as_ptr();
+    let source = source.as_ptr();
+    let mut rows = [f32x8::ZERO; ROWS];
+    for &(grad_index, source_index) in &pairs.pairs {
+        // SAFETY: every index + start + 8 is within its buffer (checked above).
+        unsafe {
+            for r in 0..ROWS {
+                rows[r] = load(grad.add(grad_index + row_starts[r]));
+            }
+            for j in 0..COLS {
+                let column = load(source.add(source_index + tap_offsets[j]));
+                for r in 0..ROWS {
+                    tile[r][j] = rows[r].mul_add(column, tile[r][j]);
+                }
+            }
+        }
+    }
+    tile
+}
+
+/// `destination[start + i·step] += values[i]` for the first `lanes` lanes.
+#[inline(always)]
+pub fn add_lanes(destination: &mut [f32], start: usize, step: usize, values: f32x8, lanes: usize) {
+    if step == 1 && lanes == LANES {
+        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
+        *slot = *(f32x8::from(*slot) + values).as_array_ref();
+    } else {
+        let values = values.as_array_ref();
+        for i in 0..lanes {
+            destination[start + i * step] += values[i];
+        }
+    }
+}
+
+/// `destination[start .. start + lanes] = values[.. lanes]`.
+#[inline(always)]
+pub fn store_lanes(destination: &mut [f32], start: usize, values: f32x8, lanes: usize) {
+    let values = values.as_array_ref();
+    if lanes == LANES {
+        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
+        *slot = *values;
+    } else {
+        destination[start..start + lanes].copy_from_slice(&values[..lanes]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_tile_matches_a_scalar_product() {
+        // A [3 rows, depth 5], B read with offsets k·11 from a source of 80 floats.
+        let source: Vec<f32> = (0..80).map(|i| (i as f32 * 0.37).sin()).collect();
+        let offsets: Vec<usize> = (0..5).map(|k| k * 11).collect();
+        let a: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect(); // [k][r]
+        let b = GatherMatrix::new(&source, &offsets);
+        let bases = [3, 20];
+        let tile = gemm_tile::<3, 2>(&a, &b, &bases);
+        for r in 0..3 {
+            for v in 0..2 {
+                for lane in 0..8 {
+                    let expected: f32 = (0..5)
+                        .map(|k| a[k * 3 + r] * source[bases[v] + offsets[k] + lane])
+                        .sum();
+                    assert!((tile[r][v].as_array_ref()[lane] - expected).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_tile_matches_a_scalar_sum() {
+        let grad: Vec<f32> = (0..64).map(|i| (i as f32 * 0.21).cos()).collect();
+        let source: Vec<f32> = (0..64).map(|i| (i as f32 * 0.13).sin()).collect();
+        let mut pairs = PixelPairs::new();
+        pairs.push(0, 5);
+        pairs.push(16, 30);
+        let row_starts = [0, 8];
+        let taps = [0, 1, 9];
+        let tile = dot_tile::<2, 3>(&grad, &row_starts, &source, &taps, &pairs);
+        for r in 0..2 {
+            for j in 0..3 {
+                let expected: f32 = [(0, 5), (16, 30)]
+                    .iter()
+                    .flat_map(|&(g, s)| (0..8).map(move |l| (g, s, l)))
+                    .map(|(g, s, l)| grad[g + row_starts[r] + l] * source[s + taps[j] + l])
+                    .sum();
+                assert!((tile[r][j].reduce_add() - expected).abs() < 1e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The fast convolution kernels (`kernels::conv`) against their naive oracle
+//! (`kernels::conv_naive`) on random data: the shapes of the CIFAR networks at
+//! a small batch, and the edge cases of the register tiling (channels not a
+//! multiple of the tile, batch 1, maps narrower than a vector, K = 1 and 5,
+//! stride 2 and 3, padding 0 and 2).
+
+use rand::{rngs::StdRng, SeedableRng};
+use sbfnet::kernels::{conv, conv_naive, ConvShape};
+use sbfnet::tensor::max_scaled_difference;
+use sbfnet::Tensor;
+
+/// (N, C, F, H, W, K, stride, padding)
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+/// The shapes of the CIFAR ResNets (3×3, pad 1), batch 2.
+const NETWORK_SHAPES: [Case; 6] = [
+    (2, 3, 16, 32, 32, 3, 1, 1),
+    (2, 16, 16, 32, 32, 3, 1, 1),
+    (2, 32, 32, 16, 16, 3, 1, 1),
+    (2, 64, 64, 8, 8, 3, 1, 1),
+    (2, 16, 32, 32, 32, 3, 2, 1),
+    (2, 32, 64, 16, 16, 3, 2, 1),
+];
+
+/// Edges of the blocking: odd channel counts, batch 1 and 3, maps smaller than
+/// one 8-pixel vector or a tile, K = 1, 2, 5, strides 2 and 3, padding 0 and 2.
+const EDGE_SHAPES: [Case; 14] = [
+    (1, 5, 7, 13, 11, 3, 1, 1),
+    (3, 3, 5, 5, 4, 3, 1, 1),
+    (2, 6, 10, 9, 9, 1, 1, 0),
+    (2, 4, 6, 12, 10, 5, 1, 2),
+    (2, 3, 9, 11, 11, 5, 2, 2),
+    (2, 4, 4, 9, 9, 3, 2, 0),
+    (2, 5, 3, 7, 7, 1, 2, 0),
+    (2, 3, 4, 7, 7, 2, 2, 1),
+    (1, 2, 3, 8, 8, 1, 3, 0),
+    (1, 2, 3, 4, 4, 3, 1, 2),
+    (2, 3, 4, 1, 1, 1, 1, 0),
+    (2, 3, 4, 3, 1, 3, 1, 1),
+    (1, 9, 13, 6, 17, 3, 1, 1),
+    (4, 1, 1, 10, 3, 3, 2, 1),
+];
+
+fn shape_of(
+    &(batch, in_channels, out_channels, in_height, in_width, kernel, stride, padding): &Case,
+) -> ConvShape {
+    ConvShape {
+        batch,
+        in_channels,
+        in_height,
+        in_width,
+        out_channels,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+/// Compares all three fast kernels with the oracle on one shape. Backward
+/// kernels start from a nonzero gradient to check that they accumulate.
+fn check_against_oracle(case: &Case, seed: u64) {
+    let shape = shape_of(case);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = Tensor::normal(&[shape.input_len()], 1.0, &mut rng);
+    let w = Tensor::normal(&[shape.weight_len()], 1.0, &mut rng);
+    let dy = Tensor::normal(&[shape.output_len()], 1.0, &mut rng);
+    let dx_start = Tensor::normal(&[shape.input_len()], 1.0, &mut rng);
+    let dw_start = Tensor::normal(&[shape.weight_len()], 1.0, &mut rng);
+    // Sums of L products of unit normals: rounding grows like √L · ε · (size of the terms).
+    let tolerance = |length: usize| 1e-6 * (length as f32).sqrt().max(1.0) * 4.0;
+
+    let mut y_fast = vec![f32::NAN; shape.output_len()];
+    let mut y_naive = vec![0.0; shape.output_len()];
+    conv::forward(&shape, &x.data, &w.data, &mut y_fast);
+    conv_naive::forward(&shape, &x.data, &w.data, &mut y_naive);
+    let forward_length = shape.in_channels * shape.kernel * shape.kernel;
+    let error = max_scaled_difference(&y_fast, &y_naive, 1e-5, tolerance(forward_length));
+    assert!(error <= 1.0, "forward {case:?}: scaled difference {error}");
+
+    let (mut dx_fast, mut dx_naive) = (dx_start.data.clone(), dx_start.data.clone());
+    conv::input_grad(&shape, &dy.data, &w.data, &mut dx_fast);
+    conv_naive::input_grad(&shape, &dy.data, &w.data, &mut dx_naive);
+    let input_length = shape.out_channels * shape.kernel * shape.kernel;
+    let error = max_scaled_difference(&dx_fast, &dx_naive, 1e-5, tolerance(input_length));
+    assert!(error <= 1.0, "input_grad {case:?}: scaled difference {error}");
+
+    let (mut dw_fast, mut dw_naive) = (dw_start.data.clone(), dw_start.data.clone());
+    conv::weight_grad(&shape, &x.data, &dy.data, &mut dw_fast);
+    conv_naive::weight_grad(&shape, &x.data, &dy.data, &mut dw_naive);
+    let weight_length = shape.batch * shape.out_height() * shape.out_width();
+    let error = max_scaled_difference(&dw_fast, &dw_naive, 1e-5, tolerance(weight_length));
+    assert!(error <= 1.0, "weight_grad {case:?}: scaled difference {error}");
+}
+
+#[test]
+fn fast_conv_matches_naive_on_network_shapes() {
+    for (i, case) in NETWORK_SHAPES.iter().enumerate() {
+        check_against_oracle(case, 100 + i as u64);
+    }
+}
+
+#[test]
+fn fast_conv_matches_naive_on_blocking_edges() {
+    for (i, case) in EDGE_SHAPES.iter().enumerate() {
+        check_against_oracle(case, 200 + i as u64);
+    }
+}
+
+/// The batch split of the weight gradient (one partial sum per thread) and
+/// the nested image × channel-block split, on 1 and 3 threads, with a batch
+/// that does not divide evenly.
+#[test]
+fn fast_conv_matches_naive_on_other_thread_counts() {
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            check_against_oracle(&(5, 8, 12, 10, 10, 3, 1, 1), 300 + threads as u64);
+            check_against_oracle(&(7, 16, 8, 8, 8, 3, 2, 1), 310 + threads as u64);
+        });
+    }
+}
+
+/// Workspaces are reused between calls: a big shape, then a small one, then
+/// the big one again must give the oracle's answers each time (stale buffer
+/// contents never leak into a result).
+#[test]
+fn reused_workspaces_do_not_leak_between_calls() {
+    for (i, case) in [
+        (2, 16, 16, 16, 16, 3, 1, 1),
+        (1, 3, 4, 5, 5, 3, 2, 1),
+        (2, 16, 16, 16, 16, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_against_oracle(case, 400 + i as u64);
+    }
+}
