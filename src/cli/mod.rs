@@ -1,14 +1,13 @@
 //! Command-line parsing (clap) and one module per subcommand. The command line
 //! only parses and validates settings; the work is done by the library.
 
+mod bench;
 mod download;
 mod eval;
 mod info;
 mod train;
 
 use clap::{Parser, Subcommand};
-
-mod bench;
 
 #[derive(Parser)]
 #[command(
