@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sbfnet", version, about = "Train CIFAR-10 CNNs with SBF layers (templates + cheap spatial transformations) on the CPU")]
+#[command(
+    name = "sbfnet",
+    version,
+    about = "Train CIFAR-10 CNNs with SBF layers (templates + cheap spatial transformations) on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -8,6 +8,8 @@
 
 pub mod conv;
 pub mod conv_naive;
+pub mod sbf;
+pub mod sbf_filters;
 
 /// The geometry of a dense 2-d convolution (NCHW, square K×K kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,1205 @@
+//! Kernels of the SBF layer (templates + cheap per-tap transformations), as
+//! plain loops over slices. Every fast kernel has a naive twin written
+//! straight from its formula; the tests compare the two.
+//!
+//! # Shapes (NCHW, K×K kernel, stride s, zero padding p, G input-channel groups)
+//!
+//! ```text
+//!   input       X [Bt, C, H, W]
+//!   templates   B [M, C, K, K]                 M kept filters
+//!   masks       T [N−M, G, K, K]               one K×K mask per transformed output and group
+//!   maps        P [Bt, G, K², M, Ho·Wo]        stage-1 output ("template features", one per tap)
+//!   output      Y [Bt, N, Ho, Wo]              Ho = (H + 2p − K)/s + 1
+//!   Cg = C/G,   g(i) = ⌊i / Cg⌋,   tap = kh·K + kw
+//! ```
+//!
+//! # The two stages
+//!
+//! Stage 1 is a grouped 1×1 convolution of the input with every tap slice of
+//! the templates. It is evaluated **at the output positions** (the position
+//! each tap reads), so the same code serves every stride and padding and a
+//! stride-2 layer computes only the positions that stage 2 reads:
+//!
+//! ```text
+//!   P[b,g,tap,m,h,w] = Σ_{i∈g} X[b, i, h·s+kh−p, w·s+kw−p] · B[m, i, kh, kw]     (X = 0 outside)
+//! ```
+//!
+//! Per image, group and tap this is one GEMM `[M × Cg] · [Cg × Ho·Wo]`, whose
+//! right operand is the tap's shifted, strided view of X (an im2col of one tap).
+//!
+//! Stage 2 (the "gather" or TransformGather) sums, for each output, the K²·G
+//! maps of its template, each scaled by its mask value:
+//!
+//! ```text
+//!   Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n),h,w]
+//!   t(n,g,tap) = 1 for the template's identity output, T[row(n),g,tap] otherwise
+//! ```
+//!
+//! Because P is already indexed at output positions, the spatial shift of
+//! each tap lives entirely in stage 1 (and its transpose, the col2im of the
+//! input gradient); stage 2 is a pure per-pixel weighted sum.
+//!
+//! # Backward (R = ∂L/∂Y)
+//!
+//! ```text
+//!   dT[row(n),g,tap] = Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),h,w]
+//!   dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]          (a gather over outputs)
+//!   dB[m,i,kh,kw]    = Σ_{b,h,w} dP[b,g(i),tap,m,h,w] · X[b,i,h·s+kh−p,w·s+kw−p]
+//!   dX[b,i,y,x]      = Σ_{tap,m} B[m,i,kh,kw] · dP[b,g(i),tap,m,h,w]   over (h,w) with h·s+kh−p = y, w·s+kw−p = x
+//! ```
+//!
+//! Contract (as for every kernel): forward kernels overwrite their output,
+//! gradient kernels accumulate (`+=`), except `gather_maps_grad`, which
+//! overwrites dP (an intermediate owned by the op).
+
+use rayon::prelude::*;
+use wide::f32x8;
+
+// ---------------------------------------------------------------------------------------------
+// Geometry and the template assignment
+// ---------------------------------------------------------------------------------------------
+
+/// The geometry of an SBF layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SbfShape {
+    pub batch: usize,
+    /// C
+    pub in_channels: usize,
+    pub in_height: usize,
+    pub in_width: usize,
+    /// N
+    pub out_channels: usize,
+    /// M
+    pub templates: usize,
+    /// K
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// G (divides C)
+    pub groups: usize,
+}
+
+impl SbfShape {
+    /// Ho = (H + 2p − K)/s + 1
+    pub fn out_height(&self) -> usize {
+        (self.in_height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    /// Wo = (W + 2p − K)/s + 1
+    pub fn out_width(&self) -> usize {
+        (self.in_width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+    /// Ho·Wo
+    pub fn out_plane(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+    /// K²
+    pub fn taps(&self) -> usize {
+        self.kernel * self.kernel
+    }
+    /// Cg = C/G, the input channels of one group.
+    pub fn group_channels(&self) -> usize {
+        self.in_channels / self.groups
+    }
+    /// N − M
+    pub fn transformed(&self) -> usize {
+        self.out_channels - self.templates
+    }
+    /// Elements of X [Bt, C, H, W].
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_height * self.in_width
+    }
+    /// Elements of B [M, C, K, K].
+    pub fn templates_len(&self) -> usize {
+        self.templates * self.in_channels * self.taps()
+    }
+    /// Elements of T [N−M, G, K, K].
+    pub fn masks_len(&self) -> usize {
+        self.transformed() * self.groups * self.taps()
+    }
+    /// Elements of P for one image: G·K²·M·Ho·Wo.
+    pub fn maps_per_image(&self) -> usize {
+        self.groups * self.taps() * self.templates * self.out_plane()
+    }
+    /// Elements of P [Bt, G, K², M, Ho·Wo].
+    pub fn maps_len(&self) -> usize {
+        self.batch * self.maps_per_image()
+    }
+    /// Elements of Y [Bt, N, Ho, Wo].
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_plane()
+    }
+    /// Flat index of P[b,g,tap,m,0].
+    #[inline]
+    pub fn map_offset(&self, b: usize, g: usize, tap: usize, m: usize) -> usize {
+        (((b * self.groups + g) * self.taps() + tap) * self.templates + m) * self.out_plane()
+    }
+    /// The input pixel read by output (h, w) at tap (kh, kw): (h·s + kh − p, w·s + kw − p), or None in the padding.
+    #[inline]
+    pub fn input_position(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let y = (h * self.stride + kh).checked_sub(self.padding)?;
+        let x = (w * self.stride + kw).checked_sub(self.padding)?;
+        (y < self.in_height && x < self.in_width).then_some((y, x))
+    }
+
+    /// Panics, naming `op` and every size, if the geometry is impossible.
+    pub fn validate(&self, op: &str) {
+        assert!(
+            self.groups > 0 && self.in_channels.is_multiple_of(self.groups),
+            "{op}: groups G = {} must divide the {} input channels",
+            self.groups,
+            self.in_channels
+        );
+        assert!(
+            self.templates >= 1 && self.templates <= self.out_channels,
+            "{op}: need 1 ≤ M ≤ N templates, got M = {} for N = {} outputs",
+            self.templates,
+            self.out_channels
+        );
+        assert!(
+            self.kernel > 0 && self.stride > 0,
+            "{op}: kernel and stride must be ≥ 1: {self:?}"
+        );
+        assert!(
+            self.in_height + 2 * self.padding >= self.kernel
+                && self.in_width + 2 * self.padding >= self.kernel,
+            "{op}: input {}×{} with padding {} is smaller than the {k}×{k} kernel",
+            self.in_height,
+            self.in_width,
+            self.padding,
+            k = self.kernel
+        );
+    }
+
+    fn check(&self, name: &str, len: usize, expected: usize) {
+        assert_eq!(
+            len, expected,
+            "sbf kernel: buffer {name} has {len} values, {self:?} needs {expected}"
+        );
+    }
+}
+
+/// Which template each output copies, and which mask row transforms it.
+///
+/// `template_of[n] = m(n)`; `mask_row[n] = None` for the template's identity
+/// output (a plain convolution with B_m) and `Some(r)` for a transformed
+/// output, whose mask is T[r]. Invariants (checked by [`TemplateAssignment::validate`]):
+/// every template has exactly one identity output, and the mask rows of the
+/// N−M transformed outputs are exactly 0..N−M.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateAssignment {
+    /// [N] → template index m(n) < M
+    pub template_of: Vec<usize>,
+    /// [N] → None (identity) or Some(row of T)
+    pub mask_row: Vec<Option<usize>>,
+}
+
+impl TemplateAssignment {
+    /// The paper's default: outputs 0..M are the templates' identity outputs,
+    /// output n ≥ M is transformed from template n mod M with mask row n − M.
+    pub fn round_robin(outputs: usize, templates: usize) -> TemplateAssignment {
+        assert!(
+            templates >= 1 && templates <= outputs,
+            "TemplateAssignment::round_robin: need 1 ≤ M ≤ N, got M = {templates}, N = {outputs}"
+        );
+        TemplateAssignment {
+            template_of: (0..outputs).map(|n| n % templates).collect(),
+            mask_row: (0..outputs).map(|n| n.checked_sub(templates)).collect(),
+        }
+    }
+
+    /// The assignment after pruning: the kept filters stay at their output
+    /// positions (kept_outputs[k] becomes template k, identity), the r-th
+    /// pruned position (in increasing order) is transformed from template
+    /// r mod M with mask row r.
+    pub fn from_kept_outputs(outputs: usize, kept_outputs: &[usize]) -> TemplateAssignment {
+        let mut template_of = vec![usize::MAX; outputs];
+        let mut mask_row = vec![None; outputs];
+        for (k, &n) in kept_outputs.iter().enumerate() {
+            assert!(
+                n < outputs && template_of[n] == usize::MAX,
+                "TemplateAssignment::from_kept_outputs: kept output {n} is out of range 0..{outputs} or repeated"
+            );
+            template_of[n] = k;
+        }
+        let templates = kept_outputs.len();
+        assert!(
+            templates >= 1,
+            "TemplateAssignment::from_kept_outputs: keep at least one filter"
+        );
+        let mut row = 0;
+        for n in 0..outputs {
+            if template_of[n] == usize::MAX {
+                template_of[n] = row % templates;
+                mask_row[n] = Some(row);
+                row += 1;
+            }
+        }
+        TemplateAssignment {
+            template_of,
+            mask_row,
+        }
+    }
+
+    /// N
+    pub fn outputs(&self) -> usize {
+        self.template_of.len()
+    }
+
+    /// M (the number of identity outputs).
+    pub fn templates(&self) -> usize {
+        self.mask_row.iter().filter(|r| r.is_none()).count()
+    }
+
+    /// The identity output of each template: [M].
+    pub fn identity_outputs(&self) -> Vec<usize> {
+        let mut out = vec![usize::MAX; self.templates()];
+        for n in 0..self.outputs() {
+            if self.mask_row[n].is_none() {
+                out[self.template_of[n]] = n;
+            }
+        }
+        out
+    }
+
+    /// The outputs that read each template: [M] lists of n with m(n) = m.
+    pub fn outputs_of_templates(&self, templates: usize) -> Vec<Vec<usize>> {
+        let mut lists = vec![Vec::new(); templates];
+        for (n, &m) in self.template_of.iter().enumerate() {
+            lists[m].push(n);
+        }
+        lists
+    }
+
+    /// Panics, naming `op`, unless this assignment fits N outputs and M templates (see the type's invariants).
+    pub fn validate(&self, op: &str, outputs: usize, templates: usize) {
+        assert!(
+            self.template_of.len() == outputs && self.mask_row.len() == outputs,
+            "{op}: template assignment covers {} outputs, the layer has {outputs}",
+            self.template_of.len()
+        );
+        let mut identity_seen = vec![false; templates];
+        let mut row_seen = vec![false; outputs - templates.min(outputs)];
+        for n in 0..outputs {
+            let m = self.template_of[n];
+            assert!(
+                m < templates,
+                "{op}: output {n} is assigned template {m}, but there are only {templates}"
+            );
+            match self.mask_row[n] {
+                None => {
+                    assert!(!identity_seen[m], "{op}: template {m} has two identity outputs");
+                    identity_seen[m] = true;
+                }
+                Some(r) => {
+                    assert!(
+                        r < row_seen.len() && !row_seen[r],
+                        "{op}: output {n} has mask row {r}: rows must be 0..{} (N−M), each used once",
+                        row_seen.len()
+                    );
+                    row_seen[r] = true;
+                }
+            }
+        }
+        assert!(
+            identity_seen.iter().all(|&s| s),
+            "{op}: every one of the {templates} templates needs exactly one identity output"
+        );
+    }
+}
+
+/// t(n,g,tap): 1 for an identity output, T[row,g,tap] for a transformed one.
+#[inline]
+fn mask_value(shape: &SbfShape, masks: &[f32], row: Option<usize>, g: usize, tap: usize) -> f32 {
+    match row {
+        None => 1.0,
+        Some(r) => masks[(r * shape.groups + g) * shape.taps() + tap],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD building blocks: load/store, axpy, dot and a register-blocked GEMM
+// ---------------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn load(s: &[f32]) -> f32x8 {
+    f32x8::from(<[f32; 8]>::try_from(&s[..8]).unwrap())
+}
+
+#[inline(always)]
+fn store(s: &mut [f32], v: f32x8) {
+    s[..8].copy_from_slice(&v.to_array());
+}
+
+/// y += alpha · x
+#[inline]
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let a = f32x8::splat(alpha);
+    let mut j = 0;
+    while j + 8 <= n {
+        let sum = load(&x[j..]).mul_add(a, load(&y[j..]));
+        store(&mut y[j..], sum);
+        j += 8;
+    }
+    for j in j..n {
+        y[j] += alpha * x[j];
+    }
+}
+
+/// Σ_j x[j]·y[j]
+#[inline]
+pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let (mut acc0, mut acc1) = (f32x8::ZERO, f32x8::ZERO);
+    let mut j = 0;
+    while j + 16 <= n {
+        acc0 = load(&x[j..]).mul_add(load(&y[j..]), acc0);
+        acc1 = load(&x[j + 8..]).mul_add(load(&y[j + 8..]), acc1);
+        j += 16;
+    }
+    while j + 8 <= n {
+        acc0 = load(&x[j..]).mul_add(load(&y[j..]), acc0);
+        j += 8;
+    }
+    let mut sum = (acc0 + acc1).reduce_add();
+    for j in j..n {
+        sum += x[j] * y[j];
+    }
+    sum
+}
+
+/// `c[r, j] += Σ_k a[r, k] · b[k, j]`, all row-major: a [rows × inner],
+/// b [inner × cols], c [rows × cols].
+///
+/// Register blocking: a micro-kernel holds a ROWS × 16 block of c in 2·ROWS
+/// f32x8 accumulators and streams one row of b (two vectors) and ROWS
+/// broadcasts of a per step of k.
+pub fn gemm_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= rows * inner && b.len() >= inner * cols && c.len() >= rows * cols);
+    let mut r = 0;
+    while r + 4 <= rows {
+        gemm_rows::<4>(r, inner, cols, a, b, c);
+        r += 4;
+    }
+    match rows - r {
+        3 => gemm_rows::<3>(r, inner, cols, a, b, c),
+        2 => gemm_rows::<2>(r, inner, cols, a, b, c),
+        1 => gemm_rows::<1>(r, inner, cols, a, b, c),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn gemm_rows<const ROWS: usize>(r0: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let mut j = 0;
+    // 16-column blocks: 2·ROWS accumulators.
+    while j + 16 <= cols {
+        let mut acc = [[f32x8::ZERO; 2]; ROWS];
+        for k in 0..inner {
+            let b_row = &b[k * cols + j..];
+            let (b0, b1) = (load(b_row), load(&b_row[8..]));
+            for r in 0..ROWS {
+                let a_rk = f32x8::splat(a[(r0 + r) * inner + k]);
+                acc[r][0] = a_rk.mul_add(b0, acc[r][0]);
+                acc[r][1] = a_rk.mul_add(b1, acc[r][1]);
+            }
+        }
+        for r in 0..ROWS {
+            let c_row = &mut c[(r0 + r) * cols + j..];
+            store(c_row, load(c_row) + acc[r][0]);
+            let high = load(&c_row[8..]) + acc[r][1];
+            store(&mut c_row[8..], high);
+        }
+        j += 16;
+    }
+    // An 8-column block.
+    if j + 8 <= cols {
+        let mut acc = [f32x8::ZERO; ROWS];
+        for k in 0..inner {
+            let b0 = load(&b[k * cols + j..]);
+            for r in 0..ROWS {
+                acc[r] = f32x8::splat(a[(r0 + r) * inner + k]).mul_add(b0, acc[r]);
+            }
+        }
+        for r in 0..ROWS {
+            let c_row = &mut c[(r0 + r) * cols + j..];
+            store(c_row, load(c_row) + acc[r]);
+        }
+        j += 8;
+    }
+    // Scalar tail columns.
+    for jj in j..cols {
+        for r in 0..ROWS {
+            let mut sum = 0.0;
+            for k in 0..inner {
+                sum += a[(r0 + r) * inner + k] * b[k * cols + jj];
+            }
+            c[(r0 + r) * cols + jj] += sum;
+        }
+    }
+}
+
+/// `c[r, q] += Σ_j a[r, j] · b[q, j]` (a · bᵀ): a [rows × inner], b [cols × inner], c [rows × cols].
+/// Blocked 4 rows of a × 2 rows of b (8 f32x8 accumulators of dot products).
+pub fn gemm_nt_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= rows * inner && b.len() >= cols * inner && c.len() >= rows * cols);
+    let vec_end = inner / 8 * 8;
+    let block = |r0: usize, nr: usize, q0: usize, nq: usize, c: &mut [f32]| {
+        let mut acc = [[f32x8::ZERO; 2]; 4];
+        let mut j = 0;
+        while j < vec_end {
+            let bv = [load(&b[q0 * inner + j..]), load(&b[(q0 + nq - 1) * inner + j..])];
+            for r in 0..nr {
+                let av = load(&a[(r0 + r) * inner + j..]);
+                acc[r][0] = av.mul_add(bv[0], acc[r][0]);
+                acc[r][1] = av.mul_add(bv[1], acc[r][1]);
+            }
+            j += 8;
+        }
+        for r in 0..nr {
+            for q in 0..nq {
+                let mut sum = acc[r][q].reduce_add();
+                for jj in vec_end..inner {
+                    sum += a[(r0 + r) * inner + jj] * b[(q0 + q) * inner + jj];
+                }
+                c[(r0 + r) * cols + q0 + q] += sum;
+            }
+        }
+    };
+    for r0 in (0..rows).step_by(4) {
+        let nr = (rows - r0).min(4);
+        for q0 in (0..cols).step_by(2) {
+            let nq = (cols - q0).min(2);
+            block(r0, nr, q0, nq, c);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: grouped 1×1 convolution with every tap slice of the templates
+// ---------------------------------------------------------------------------------------------
+
+/// Copies the shifted, strided view of X that tap (kh, kw) reads, for the Cg
+/// channels of group g of image `input_image` [C, H, W]:
+/// `columns[i, h·Wo + w] = X[g·Cg + i, h·s + kh − p, w·s + kw − p]` (0 in the padding).
+/// columns: [Cg, Ho·Wo]
+pub fn tap_columns(
+    shape: &SbfShape,
+    input_image: &[f32],
+    g: usize,
+    kh: usize,
+    kw: usize,
+    columns: &mut [f32],
+) {
+    let (h_in, w_in) = (shape.in_height, shape.in_width);
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let cg = shape.group_channels();
+    for i in 0..cg {
+        let plane = &input_image[(g * cg + i) * h_in * w_in..][..h_in * w_in];
+        let column = &mut columns[i * h_out * w_out..][..h_out * w_out];
+        for h in 0..h_out {
+            let row = &mut column[h * w_out..][..w_out];
+            let Some(y) = (h * shape.stride + kh)
+                .checked_sub(shape.padding)
+                .filter(|&y| y < h_in)
+            else {
+                row.fill(0.0);
+                continue;
+            };
+            let src = &plane[y * w_in..][..w_in];
+            for w in 0..w_out {
+                let x = (w * shape.stride + kw).wrapping_sub(shape.padding);
+                row[w] = if x < w_in { src[x] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// The transpose of [`tap_columns`]: `dX[g·Cg + i, h·s+kh−p, w·s+kw−p] += columns[i, h·Wo + w]`
+/// (col2im of one tap; positions in the padding are dropped).
+pub fn add_tap_columns(
+    shape: &SbfShape,
+    columns: &[f32],
+    g: usize,
+    kh: usize,
+    kw: usize,
+    grad_image: &mut [f32],
+) {
+    let (h_in, w_in) = (shape.in_height, shape.in_width);
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let cg = shape.group_channels();
+    for i in 0..cg {
+        let plane = &mut grad_image[(g * cg + i) * h_in * w_in..][..h_in * w_in];
+        let column = &columns[i * h_out * w_out..][..h_out * w_out];
+        for h in 0..h_out {
+            let Some(y) = (h * shape.stride + kh)
+                .checked_sub(shape.padding)
+                .filter(|&y| y < h_in)
+            else {
+                continue;
+            };
+            let dst = &mut plane[y * w_in..][..w_in];
+            for w in 0..w_out {
+                let x = (w * shape.stride + kw).wrapping_sub(shape.padding);
+                if x < w_in {
+                    dst[x] += column[h * w_out + w];
+                }
+            }
+        }
+    }
+}
+
+/// Repacks B [M, C, K, K] as per-group, per-tap GEMM operands
+/// `[G, K², M, Cg]`: packed[g][tap][m][i] = B[m, g·Cg + i, tap].
+pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
+    let (m_count, taps, cg, c) = (
+        shape.templates,
+        shape.taps(),
+        shape.group_channels(),
+        shape.in_channels,
+    );
+    let mut packed = vec![0.0; shape.groups * taps * m_count * cg]; // [G, K², M, Cg]
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for m in 0..m_count {
+                for i in 0..cg {
+                    packed[((g * taps + tap) * m_count + m) * cg + i] =
+                        templates[(m * c + g * cg + i) * taps + tap];
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// The transpose of each operand of [`pack_templates`]: `[G, K², Cg, M]`.
+pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
+    let (m_count, taps, cg, c) = (
+        shape.templates,
+        shape.taps(),
+        shape.group_channels(),
+        shape.in_channels,
+    );
+    let mut packed = vec![0.0; shape.groups * taps * cg * m_count]; // [G, K², Cg, M]
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for i in 0..cg {
+                for m in 0..m_count {
+                    packed[((g * taps + tap) * cg + i) * m_count + m] =
+                        templates[(m * c + g * cg + i) * taps + tap];
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// Stage 1, naive: `P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p] · B[m,i,kh,kw]`. Overwrites maps.
+pub fn stage1_forward_naive(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    let (c, k, cg, w_out) = (
+        shape.in_channels,
+        shape.kernel,
+        shape.group_channels(),
+        shape.out_width(),
+    );
+    let (h_in, w_in) = (shape.in_height, shape.in_width);
+    for b in 0..shape.batch {
+        for g in 0..shape.groups {
+            for kh in 0..k {
+                for kw in 0..k {
+                    let tap = kh * k + kw;
+                    for m in 0..shape.templates {
+                        let base = shape.map_offset(b, g, tap, m);
+                        for h in 0..shape.out_height() {
+                            for w in 0..w_out {
+                                let mut sum = 0.0;
+                                if let Some((y, x)) = shape.input_position(h, w, kh, kw) {
+                                    for i in g * cg..(g + 1) * cg {
+                                        sum += input[((b * c + i) * h_in + y) * w_in + x]
+                                            * templates[(m * c + i) * k * k + tap];
+                                    }
+                                }
+                                maps[base + h * w_out + w] = sum;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stage 1, fast: per image (in parallel), group and tap, one GEMM
+/// `P[b,g,tap] [M × Ho·Wo] = packed B [M × Cg] · columns [Cg × Ho·Wo]`. Overwrites maps.
+pub fn stage1_forward(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
+    let (m_count, cg, plane, k) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.out_plane(),
+        shape.kernel,
+    );
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    maps.par_chunks_mut(shape.maps_per_image())
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; cg * plane], // columns [Cg, Ho·Wo], one per worker
+            |columns, (b, maps_image)| {
+                maps_image.fill(0.0);
+                let input_image = &input[b * image_len..][..image_len];
+                for g in 0..shape.groups {
+                    for tap in 0..k * k {
+                        tap_columns(shape, input_image, g, tap / k, tap % k, columns);
+                        let a = &packed[(g * k * k + tap) * m_count * cg..][..m_count * cg];
+                        let c = &mut maps_image[(g * k * k + tap) * m_count * plane..][..m_count * plane];
+                        gemm_accumulate(m_count, cg, plane, a, columns, c);
+                    }
+                }
+            },
+        );
+}
+
+/// dB, naive: `dB[m,i,kh,kw] += Σ_{b,h,w} dP[b,g(i),tap,m,h,w] · X[b,i,h·s+kh−p,w·s+kw−p]`.
+pub fn stage1_templates_grad_naive(
+    shape: &SbfShape,
+    input: &[f32],
+    maps_grad: &[f32],
+    templates_grad: &mut [f32],
+) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("dB", templates_grad.len(), shape.templates_len());
+    let (c, k, cg, w_out) = (
+        shape.in_channels,
+        shape.kernel,
+        shape.group_channels(),
+        shape.out_width(),
+    );
+    let (h_in, w_in) = (shape.in_height, shape.in_width);
+    for m in 0..shape.templates {
+        for i in 0..c {
+            let g = i / cg;
+            for kh in 0..k {
+                for kw in 0..k {
+                    let tap = kh * k + kw;
+                    let mut sum = 0.0;
+                    for b in 0..shape.batch {
+                        let base = shape.map_offset(b, g, tap, m);
+                        for h in 0..shape.out_height() {
+                            for w in 0..w_out {
+                                if let Some((y, x)) = shape.input_position(h, w, kh, kw) {
+                                    sum += maps_grad[base + h * w_out + w]
+                                        * input[((b * c + i) * h_in + y) * w_in + x];
+                                }
+                            }
+                        }
+                    }
+                    templates_grad[(m * c + i) * k * k + tap] += sum;
+                }
+            }
+        }
+    }
+}
+
+/// dB, fast: per image (in parallel, partial sums reduced at the end), group
+/// and tap, `dB_tap [M × Cg] += dP[b,g,tap] [M × Ho·Wo] · columnsᵀ [Ho·Wo × Cg]`.
+pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32], templates_grad: &mut [f32]) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("dB", templates_grad.len(), shape.templates_len());
+    let (m_count, cg, plane, k, taps) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.out_plane(),
+        shape.kernel,
+        shape.taps(),
+    );
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    let packed_len = shape.groups * taps * m_count * cg;
+    // Partial dB in packed layout [G, K², M, Cg], one per worker, summed at the end.
+    let packed_grad = (0..shape.batch)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; packed_len], vec![0.0f32; cg * plane]),
+            |(mut partial, mut columns), b| {
+                let input_image = &input[b * image_len..][..image_len];
+                for g in 0..shape.groups {
+                    for tap in 0..taps {
+                        tap_columns(shape, input_image, g, tap / k, tap % k, &mut columns);
+                        let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
+                        let db = &mut partial[(g * taps + tap) * m_count * cg..][..m_count * cg];
+                        gemm_nt_accumulate(m_count, plane, cg, dp, &columns, db);
+                    }
+                }
+                (partial, columns)
+            },
+        )
+        .map(|(partial, _)| partial)
+        .reduce(
+            || vec![0.0f32; packed_len],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    // Unpack [G, K², M, Cg] → [M, C, K, K].
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for m in 0..m_count {
+                for i in 0..cg {
+                    templates_grad[(m * shape.in_channels + g * cg + i) * taps + tap] +=
+                        packed_grad[((g * taps + tap) * m_count + m) * cg + i];
+                }
+            }
+        }
+    }
+}
+
+/// dX, naive: `dX[b,i,y,x] += Σ_{tap,m} B[m,i,kh,kw] · dP[b,g(i),tap,m,h,w]` over the (h, w)
+/// with h·s + kh − p = y and w·s + kw − p = x (iterating over (y, x) and solving for (h, w)).
+pub fn stage1_input_grad_naive(
+    shape: &SbfShape,
+    maps_grad: &[f32],
+    templates: &[f32],
+    input_grad: &mut [f32],
+) {
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("dX", input_grad.len(), shape.input_len());
+    let (c, k, cg, s, p) = (
+        shape.in_channels,
+        shape.kernel,
+        shape.group_channels(),
+        shape.stride,
+        shape.padding,
+    );
+    let (h_in, w_in, h_out, w_out) = (
+        shape.in_height,
+        shape.in_width,
+        shape.out_height(),
+        shape.out_width(),
+    );
+    // h = (y + p − kh)/s when that is a whole number in 0..Ho.
+    let solve = |y: usize, kk: usize, out: usize| -> Option<usize> {
+        let t = (y + p).checked_sub(kk)?;
+        (t % s == 0 && t / s < out).then_some(t / s)
+    };
+    for b in 0..shape.batch {
+        for i in 0..c {
+            let g = i / cg;
+            for y in 0..h_in {
+                for x in 0..w_in {
+                    let mut sum = 0.0;
+                    for kh in 0..k {
+                        for kw in 0..k {
+                            let (Some(h), Some(w)) = (solve(y, kh, h_out), solve(x, kw, w_out)) else {
+                                continue;
+                            };
+                            for m in 0..shape.templates {
+                                sum += templates[(m * c + i) * k * k + kh * k + kw]
+                                    * maps_grad[shape.map_offset(b, g, kh * k + kw, m) + h * w_out + w];
+                            }
+                        }
+                    }
+                    input_grad[((b * c + i) * h_in + y) * w_in + x] += sum;
+                }
+            }
+        }
+    }
+}
+
+/// dX, fast: per image (in parallel), group and tap,
+/// `dcolumns [Cg × Ho·Wo] = Bᵀ_tap [Cg × M] · dP[b,g,tap] [M × Ho·Wo]`, then col2im of the tap into dX.
+pub fn stage1_input_grad(shape: &SbfShape, maps_grad: &[f32], templates: &[f32], input_grad: &mut [f32]) {
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("dX", input_grad.len(), shape.input_len());
+    let packed = pack_templates_transposed(shape, templates); // [G, K², Cg, M]
+    let (m_count, cg, plane, k) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.out_plane(),
+        shape.kernel,
+    );
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    input_grad.par_chunks_mut(image_len).enumerate().for_each_init(
+        || vec![0.0f32; cg * plane], // dcolumns [Cg, Ho·Wo]
+        |columns, (b, grad_image)| {
+            for g in 0..shape.groups {
+                for tap in 0..k * k {
+                    columns.fill(0.0);
+                    let a = &packed[(g * k * k + tap) * cg * m_count..][..cg * m_count];
+                    let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
+                    gemm_accumulate(cg, m_count, plane, a, dp, columns);
+                    add_tap_columns(shape, columns, g, tap / k, tap % k, grad_image);
+                }
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: the gather (TransformGather) and its transposes
+// ---------------------------------------------------------------------------------------------
+
+/// Stage 2, naive: `Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n),h,w]`. Overwrites output.
+pub fn gather_forward_naive(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    maps: &[f32],
+    output: &mut [f32],
+) {
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("Y", output.len(), shape.output_len());
+    let plane = shape.out_plane();
+    for b in 0..shape.batch {
+        for n in 0..shape.out_channels {
+            for j in 0..plane {
+                let mut sum = 0.0;
+                for g in 0..shape.groups {
+                    for tap in 0..shape.taps() {
+                        let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
+                        sum += t * maps[shape.map_offset(b, g, tap, assignment.template_of[n]) + j];
+                    }
+                }
+                output[(b * shape.out_channels + n) * plane + j] = sum;
+            }
+        }
+    }
+}
+
+/// Stage 2, fast: one output plane per task (in parallel), G·K² f32x8 axpys
+/// of the template's maps into it.
+pub fn gather_forward(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    maps: &[f32],
+    output: &mut [f32],
+) {
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("Y", output.len(), shape.output_len());
+    let (plane, n_out) = (shape.out_plane(), shape.out_channels);
+    output.par_chunks_mut(plane).enumerate().for_each(|(bn, y)| {
+        let (b, n) = (bn / n_out, bn % n_out);
+        let (m, row) = (assignment.template_of[n], assignment.mask_row[n]);
+        y.fill(0.0);
+        for g in 0..shape.groups {
+            for tap in 0..shape.taps() {
+                let t = mask_value(shape, masks, row, g, tap);
+                axpy(t, &maps[shape.map_offset(b, g, tap, m)..][..plane], y);
+            }
+        }
+    });
+}
+
+/// dT, naive: `dT[row(n),g,tap] += Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),h,w]` for transformed n.
+pub fn gather_masks_grad_naive(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    maps: &[f32],
+    grad_output: &[f32],
+    masks_grad: &mut [f32],
+) {
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    shape.check("dT", masks_grad.len(), shape.masks_len());
+    let plane = shape.out_plane();
+    for n in 0..shape.out_channels {
+        let Some(r) = assignment.mask_row[n] else { continue };
+        for g in 0..shape.groups {
+            for tap in 0..shape.taps() {
+                let mut sum = 0.0;
+                for b in 0..shape.batch {
+                    for j in 0..plane {
+                        sum += grad_output[(b * shape.out_channels + n) * plane + j]
+                            * maps[shape.map_offset(b, g, tap, assignment.template_of[n]) + j];
+                    }
+                }
+                masks_grad[(r * shape.groups + g) * shape.taps() + tap] += sum;
+            }
+        }
+    }
+}
+
+/// dT, fast: one mask row per task (in parallel), f32x8 dot products over the batch and plane.
+pub fn gather_masks_grad(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    maps: &[f32],
+    grad_output: &[f32],
+    masks_grad: &mut [f32],
+) {
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    shape.check("dT", masks_grad.len(), shape.masks_len());
+    let plane = shape.out_plane();
+    let mut output_of_row = vec![0; shape.transformed()];
+    for n in 0..shape.out_channels {
+        if let Some(r) = assignment.mask_row[n] {
+            output_of_row[r] = n;
+        }
+    }
+    let row_len = shape.groups * shape.taps();
+    if row_len == 0 {
+        return;
+    }
+    masks_grad
+        .par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(r, dt)| {
+            let n = output_of_row[r];
+            let m = assignment.template_of[n];
+            for g in 0..shape.groups {
+                for tap in 0..shape.taps() {
+                    let mut sum = 0.0;
+                    for b in 0..shape.batch {
+                        let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
+                        sum += dot(dy, &maps[shape.map_offset(b, g, tap, m)..][..plane]);
+                    }
+                    dt[g * shape.taps() + tap] += sum;
+                }
+            }
+        });
+}
+
+/// dP, naive: `dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]`. Overwrites maps_grad.
+pub fn gather_maps_grad_naive(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    grad_output: &[f32],
+    maps_grad: &mut [f32],
+) {
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    let plane = shape.out_plane();
+    maps_grad.fill(0.0);
+    for b in 0..shape.batch {
+        for n in 0..shape.out_channels {
+            for g in 0..shape.groups {
+                for tap in 0..shape.taps() {
+                    let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
+                    let base = shape.map_offset(b, g, tap, assignment.template_of[n]);
+                    for j in 0..plane {
+                        maps_grad[base + j] += t * grad_output[(b * shape.out_channels + n) * plane + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dP, fast: a gather over the outputs of each template (no atomics): one map
+/// plane dP[b,g,tap,m] per task (in parallel), one f32x8 axpy per output n with m(n) = m.
+pub fn gather_maps_grad(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    grad_output: &[f32],
+    maps_grad: &mut [f32],
+) {
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    let (plane, m_count, taps) = (shape.out_plane(), shape.templates, shape.taps());
+    let outputs_of = assignment.outputs_of_templates(m_count);
+    maps_grad
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(index, dp)| {
+            // index = ((b·G + g)·K² + tap)·M + m
+            let m = index % m_count;
+            let tap = index / m_count % taps;
+            let g = index / (m_count * taps) % shape.groups;
+            let b = index / (m_count * taps * shape.groups);
+            dp.fill(0.0);
+            for &n in &outputs_of[m] {
+                let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
+                axpy(
+                    t,
+                    &grad_output[(b * shape.out_channels + n) * plane..][..plane],
+                    dp,
+                );
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{max_scaled_difference, Tensor};
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
+        Tensor::normal(&[len], 1.0, rng).data
+    }
+
+    /// Odd sizes, channels not a multiple of 8, planes with SIMD tails, both strides.
+    fn shapes() -> Vec<(SbfShape, TemplateAssignment)> {
+        let mut out = Vec::new();
+        for (batch, c, h, w, n, m, k, s, p, g) in [
+            (2, 6, 7, 5, 5, 2, 3, 1, 1, 2),
+            (3, 9, 9, 11, 7, 3, 3, 2, 1, 3),
+            (1, 4, 6, 6, 4, 1, 1, 1, 0, 4),
+            (2, 10, 8, 9, 6, 5, 5, 2, 2, 1),
+            (2, 12, 5, 19, 9, 4, 3, 1, 0, 2),
+        ] {
+            let shape = SbfShape {
+                batch,
+                in_channels: c,
+                in_height: h,
+                in_width: w,
+                out_channels: n,
+                templates: m,
+                kernel: k,
+                stride: s,
+                padding: p,
+                groups: g,
+            };
+            shape.validate("test");
+            // A scattered assignment, as pruning would hand over.
+            let kept: Vec<usize> = (0..m).map(|j| (j * n) / m + (n / m) / 2).collect();
+            out.push((shape, TemplateAssignment::from_kept_outputs(n, &kept)));
+        }
+        out
+    }
+
+    fn assert_close(name: &str, fast: &[f32], naive: &[f32]) {
+        let d = max_scaled_difference(fast, naive, 1e-5, 1e-5);
+        assert!(
+            d <= 1.0,
+            "{name}: fast differs from naive (scaled difference {d})"
+        );
+    }
+
+    #[test]
+    fn gemm_kernels_equal_triple_loops_on_ragged_sizes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (rows, inner, cols) in [(1, 1, 1), (5, 3, 37), (4, 9, 16), (7, 13, 25), (3, 17, 8)] {
+            let a = random(rows * inner, &mut rng);
+            let b = random(inner * cols, &mut rng);
+            let bt = random(cols * inner, &mut rng);
+            let start = random(rows * cols, &mut rng);
+            let (mut c, mut c_nt) = (start.clone(), start.clone());
+            gemm_accumulate(rows, inner, cols, &a, &b, &mut c);
+            gemm_nt_accumulate(rows, inner, cols, &a, &bt, &mut c_nt);
+            let (mut expect, mut expect_nt) = (start.clone(), start);
+            for r in 0..rows {
+                for j in 0..cols {
+                    for k in 0..inner {
+                        expect[r * cols + j] += a[r * inner + k] * b[k * cols + j];
+                        expect_nt[r * cols + j] += a[r * inner + k] * bt[j * inner + k];
+                    }
+                }
+            }
+            assert_close("gemm", &c, &expect);
+            assert_close("gemm_nt", &c_nt, &expect_nt);
+        }
+    }
+
+    #[test]
+    fn stage1_fast_kernels_equal_naive() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for (shape, _) in shapes() {
+            let x = random(shape.input_len(), &mut rng);
+            let b = random(shape.templates_len(), &mut rng);
+            let (mut p_fast, mut p_naive) = (vec![7.0; shape.maps_len()], vec![-7.0; shape.maps_len()]);
+            stage1_forward(&shape, &x, &b, &mut p_fast);
+            stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+            assert_close("stage1_forward", &p_fast, &p_naive);
+
+            let dp = random(shape.maps_len(), &mut rng);
+            let start_db = random(shape.templates_len(), &mut rng);
+            let (mut db_fast, mut db_naive) = (start_db.clone(), start_db);
+            stage1_templates_grad(&shape, &x, &dp, &mut db_fast);
+            stage1_templates_grad_naive(&shape, &x, &dp, &mut db_naive);
+            assert_close("stage1_templates_grad", &db_fast, &db_naive);
+
+            let start_dx = random(shape.input_len(), &mut rng);
+            let (mut dx_fast, mut dx_naive) = (start_dx.clone(), start_dx);
+            stage1_input_grad(&shape, &dp, &b, &mut dx_fast);
+            stage1_input_grad_naive(&shape, &dp, &b, &mut dx_naive);
+            assert_close("stage1_input_grad", &dx_fast, &dx_naive);
+        }
+    }
+
+    #[test]
+    fn stage1_input_grad_is_the_transpose_of_stage1_forward() {
+        // <stage1(X), dP> = <X, stage1ᵀ(dP)> for the naive pair, so the solved-for (h, w) are right.
+        let mut rng = StdRng::seed_from_u64(5);
+        for (shape, _) in shapes() {
+            let x = random(shape.input_len(), &mut rng);
+            let b = random(shape.templates_len(), &mut rng);
+            let dp = random(shape.maps_len(), &mut rng);
+            let mut p = vec![0.0; shape.maps_len()];
+            stage1_forward_naive(&shape, &x, &b, &mut p);
+            let mut dx = vec![0.0; shape.input_len()];
+            stage1_input_grad_naive(&shape, &dp, &b, &mut dx);
+            let lhs: f64 = p.iter().zip(&dp).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs} for {shape:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stage2_fast_kernels_equal_naive() {
+        let mut rng = StdRng::seed_from_u64(6);
+        for (shape, assignment) in shapes() {
+            assignment.validate("test", shape.out_channels, shape.templates);
+            let t = random(shape.masks_len(), &mut rng);
+            let p = random(shape.maps_len(), &mut rng);
+            let (mut y_fast, mut y_naive) = (vec![3.0; shape.output_len()], vec![-3.0; shape.output_len()]);
+            gather_forward(&shape, &assignment, &t, &p, &mut y_fast);
+            gather_forward_naive(&shape, &assignment, &t, &p, &mut y_naive);
+            assert_close("gather_forward", &y_fast, &y_naive);
+
+            let dy = random(shape.output_len(), &mut rng);
+            let start_dt = random(shape.masks_len(), &mut rng);
+            let (mut dt_fast, mut dt_naive) = (start_dt.clone(), start_dt);
+            gather_masks_grad(&shape, &assignment, &p, &dy, &mut dt_fast);
+            gather_masks_grad_naive(&shape, &assignment, &p, &dy, &mut dt_naive);
+            assert_close("gather_masks_grad", &dt_fast, &dt_naive);
+
+            let (mut dp_fast, mut dp_naive) = (vec![1.0; shape.maps_len()], vec![2.0; shape.maps_len()]);
+            gather_maps_grad(&shape, &assignment, &t, &dy, &mut dp_fast);
+            gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+            assert_close("gather_maps_grad", &dp_fast, &dp_naive);
+        }
+    }
+
+    #[test]
+    fn assignments_put_kept_filters_in_place_and_spread_pruned_ones_round_robin() {
+        let a = TemplateAssignment::from_kept_outputs(6, &[1, 4]);
+        assert_eq!(a.template_of, vec![0, 0, 1, 0, 1, 1]);
+        assert_eq!(a.mask_row, vec![Some(0), None, Some(1), Some(2), None, Some(3)]);
+        a.validate("test", 6, 2);
+        let r = TemplateAssignment::round_robin(5, 2);
+        assert_eq!(r.template_of, vec![0, 1, 0, 1, 0]);
+        assert_eq!(r.mask_row, vec![None, None, Some(0), Some(1), Some(2)]);
+        assert_eq!(r.identity_outputs(), vec![0, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "two identity outputs")]
+    fn an_assignment_with_a_doubled_template_is_rejected() {
+        let a = TemplateAssignment {
+            template_of: vec![0, 0, 1],
+            mask_row: vec![None, None, Some(0)],
+        };
+        a.validate("sbf_conv2d", 3, 2);
+    }
+}
