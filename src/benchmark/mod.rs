@@ -1,6 +1,8 @@
 //! Benchmark helpers shared by `sbfnet bench` and the criterion benches:
 //! timing with a steady state, and what the build runs on.
 
+pub mod sbf;
+
 use std::time::Instant;
 
 /// This machine's FP32 peak per core (2 FMA pipes × 8 lanes × 2 flops × ~3.65 GHz),

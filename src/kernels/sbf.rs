@@ -8,7 +8,7 @@
 //!   input       X [Bt, C, H, W]
 //!   templates   B [M, C, K, K]                 M kept filters
 //!   masks       T [N−M, G, K, K]               one K×K mask per transformed output and group
-//!   maps        P [Bt, G, K², M, Ho·Wo]        stage-1 output ("template features", one per tap)
+//!   maps        P [Bt, G, K², M, plane]        stage-1 output ("template features", one per tap)
 //!   output      Y [Bt, N, Ho, Wo]              Ho = (H + 2p − K)/s + 1
 //!   Cg = C/G,   g(i) = ⌊i / Cg⌋,   tap = kh·K + kw
 //! ```
@@ -16,36 +16,38 @@
 //! # The two stages
 //!
 //! Stage 1 is a grouped 1×1 convolution of the input with every tap slice of
-//! the templates. It is evaluated **at the output positions** (the position
-//! each tap reads), so the same code serves every stride and padding and a
-//! stride-2 layer computes only the positions that stage 2 reads:
+//! the templates; stage 2 (the "gather", the paper's TransformGather) sums, for
+//! each output, the K²·G maps of its template, each read at its tap's offset
+//! and scaled by the output's mask value:
 //!
 //! ```text
-//!   P[b,g,tap,m,h,w] = Σ_{i∈g} X[b, i, h·s+kh−p, w·s+kw−p] · B[m, i, kh, kw]     (X = 0 outside)
-//! ```
-//!
-//! Per image, group and tap this is one GEMM `[M × Cg] · [Cg × Ho·Wo]`, whose
-//! right operand is the tap's shifted, strided view of X (an im2col of one tap).
-//!
-//! Stage 2 (the "gather" or TransformGather) sums, for each output, the K²·G
-//! maps of its template, each scaled by its mask value:
-//!
-//! ```text
-//!   Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n),h,w]
+//!   Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P_tap[b,g,m(n)](h·s+kh−p, w·s+kw−p)
 //!   t(n,g,tap) = 1 for the template's identity output, T[row(n),g,tap] otherwise
 //! ```
 //!
-//! Because P is already indexed at output positions, the spatial shift of
-//! each tap lives entirely in stage 1 (and its transpose, the col2im of the
-//! input gradient); stage 2 is a pure per-pixel weighted sum.
+//! Where P lives depends on the stride, so that only positions that are read are computed:
+//!
+//! - **stride 1: on the input grid** (plane = H·W). `P[b,g,tap,m,y,x] = Σ_{i∈g} X[b,i,y,x]·B[m,i,kh,kw]`:
+//!   per image and group ONE GEMM `[K²·M × Cg] · [Cg × H·W]` straight on X. The gather reads
+//!   P at (h+kh−p, w+kw−p) (a shifted view; 0 outside the image).
+//! - **stride > 1: at the output positions** (plane = Ho·Wo).
+//!   `P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p]·B[m,i,kh,kw]`: per image, group and
+//!   tap one GEMM `[M × Cg] · [Cg × Ho·Wo]` on the tap's strided view of X (an im2col of one
+//!   tap), so the s² positions that are never read are never computed. The gather then reads
+//!   P at (h, w) for every tap (padding reads are stored zeros).
+//!
+//! `SbfShape::map_position` (output → plane index) and `SbfShape::map_source` (plane index →
+//! input pixel) hide the difference from the naive kernels.
 //!
 //! # Backward (R = ∂L/∂Y)
 //!
 //! ```text
-//!   dT[row(n),g,tap] = Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),h,w]
-//!   dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]          (a gather over outputs)
-//!   dB[m,i,kh,kw]    = Σ_{b,h,w} dP[b,g(i),tap,m,h,w] · X[b,i,h·s+kh−p,w·s+kw−p]
-//!   dX[b,i,y,x]      = Σ_{tap,m} B[m,i,kh,kw] · dP[b,g(i),tap,m,h,w]   over (h,w) with h·s+kh−p = y, w·s+kw−p = x
+//!   j = map_position(h,w,kh,kw),   (y,x) = map_source(j,kh,kw)
+//!   dT[row(n),g,tap] = Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),j]
+//!   dP[b,g,tap,m,j]  = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]     (a gather over outputs: per map row,
+//!                                                                 solve h = y − kh + p; no atomics)
+//!   dB[m,i,kh,kw]    = Σ_{b,j} dP[b,g(i),tap,m,j] · X[b,i,y,x]     (transposed stage-1 GEMM)
+//!   dX[b,i,y,x]      = Σ_{tap,m} Σ_{j → (y,x)} B[m,i,kh,kw] · dP[b,g(i),tap,m,j]   (GEMM; col2im if strided)
 //! ```
 //!
 //! Contract (as for every kernel): forward kernels overwrite their output,
@@ -116,11 +118,24 @@ impl SbfShape {
     pub fn masks_len(&self) -> usize {
         self.transformed() * self.groups * self.taps()
     }
-    /// Elements of P for one image: G·K²·M·Ho·Wo.
-    pub fn maps_per_image(&self) -> usize {
-        self.groups * self.taps() * self.templates * self.out_plane()
+    /// Whether P lives on the input grid (stride 1: P[b,g,tap,m,y,x], H·W per plane) or at the
+    /// output positions (stride > 1: P[b,g,tap,m,h,w], Ho·Wo per plane).
+    pub fn maps_on_input_grid(&self) -> bool {
+        self.stride == 1
     }
-    /// Elements of P [Bt, G, K², M, Ho·Wo].
+    /// Values per plane of P: H·W (stride 1) or Ho·Wo (stride > 1).
+    pub fn map_plane(&self) -> usize {
+        if self.maps_on_input_grid() {
+            self.in_height * self.in_width
+        } else {
+            self.out_plane()
+        }
+    }
+    /// Elements of P for one image: G·K²·M·map_plane.
+    pub fn maps_per_image(&self) -> usize {
+        self.groups * self.taps() * self.templates * self.map_plane()
+    }
+    /// Elements of P [Bt, G, K², M, map_plane].
     pub fn maps_len(&self) -> usize {
         self.batch * self.maps_per_image()
     }
@@ -131,7 +146,28 @@ impl SbfShape {
     /// Flat index of P[b,g,tap,m,0].
     #[inline]
     pub fn map_offset(&self, b: usize, g: usize, tap: usize, m: usize) -> usize {
-        (((b * self.groups + g) * self.taps() + tap) * self.templates + m) * self.out_plane()
+        (((b * self.groups + g) * self.taps() + tap) * self.templates + m) * self.map_plane()
+    }
+    /// The input pixel (y, x) whose stage-1 value sits at index j of a P plane of tap (kh, kw),
+    /// or None where that value is a read of the zero padding (strided layout only).
+    #[inline]
+    pub fn map_source(&self, j: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        if self.maps_on_input_grid() {
+            Some((j / self.in_width, j % self.in_width))
+        } else {
+            self.input_position(j / self.out_width(), j % self.out_width(), kh, kw)
+        }
+    }
+    /// The index in a P plane of tap (kh, kw) that output (h, w) reads, or None if it reads the
+    /// padding (input-grid layout; in the strided layout the plane holds a stored 0 there).
+    #[inline]
+    pub fn map_position(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<usize> {
+        if self.maps_on_input_grid() {
+            self.input_position(h, w, kh, kw)
+                .map(|(y, x)| y * self.in_width + x)
+        } else {
+            Some(h * self.out_width() + w)
+        }
     }
     /// The input pixel read by output (h, w) at tap (kh, kw): (h·s + kh − p, w·s + kw − p), or None in the padding.
     #[inline]
@@ -549,8 +585,9 @@ pub fn add_tap_columns(
     }
 }
 
-/// Repacks B [M, C, K, K] as per-group, per-tap GEMM operands
-/// `[G, K², M, Cg]`: packed[g][tap][m][i] = B[m, g·Cg + i, tap].
+/// Repacks B [M, C, K, K] as per-group GEMM operands `[G, K², M, Cg]`:
+/// packed[g][tap][m][i] = B[m, g·Cg + i, tap]. Per group this is one [K²·M × Cg] matrix
+/// (stride 1) or K² matrices [M × Cg] (one per tap, stride > 1).
 pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
     let (m_count, taps, cg, c) = (
         shape.templates,
@@ -572,7 +609,8 @@ pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
     packed
 }
 
-/// The transpose of each operand of [`pack_templates`]: `[G, K², Cg, M]`.
+/// The transpose of each per-group operand of [`pack_templates`]: `[G, Cg, K², M]`,
+/// packed[g][i][tap][m] = B[m, g·Cg + i, tap].
 pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
     let (m_count, taps, cg, c) = (
         shape.templates,
@@ -580,12 +618,12 @@ pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32
         shape.group_channels(),
         shape.in_channels,
     );
-    let mut packed = vec![0.0; shape.groups * taps * cg * m_count]; // [G, K², Cg, M]
+    let mut packed = vec![0.0; shape.groups * cg * taps * m_count]; // [G, Cg, K², M]
     for g in 0..shape.groups {
-        for tap in 0..taps {
-            for i in 0..cg {
+        for i in 0..cg {
+            for tap in 0..taps {
                 for m in 0..m_count {
-                    packed[((g * taps + tap) * cg + i) * m_count + m] =
+                    packed[((g * cg + i) * taps + tap) * m_count + m] =
                         templates[(m * c + g * cg + i) * taps + tap];
                 }
             }
@@ -594,37 +632,29 @@ pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32
     packed
 }
 
-/// Stage 1, naive: `P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p] · B[m,i,kh,kw]`. Overwrites maps.
+/// Stage 1, naive: `P[b,g,tap,m,j] = Σ_{i∈g} X[b,i,y,x] · B[m,i,kh,kw]` with (y, x) = map_source(j)
+/// (0 where j reads the padding). Overwrites maps.
 pub fn stage1_forward_naive(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("P", maps.len(), shape.maps_len());
-    let (c, k, cg, w_out) = (
-        shape.in_channels,
-        shape.kernel,
-        shape.group_channels(),
-        shape.out_width(),
-    );
+    let (c, k, cg) = (shape.in_channels, shape.kernel, shape.group_channels());
     let (h_in, w_in) = (shape.in_height, shape.in_width);
     for b in 0..shape.batch {
         for g in 0..shape.groups {
-            for kh in 0..k {
-                for kw in 0..k {
-                    let tap = kh * k + kw;
-                    for m in 0..shape.templates {
-                        let base = shape.map_offset(b, g, tap, m);
-                        for h in 0..shape.out_height() {
-                            for w in 0..w_out {
-                                let mut sum = 0.0;
-                                if let Some((y, x)) = shape.input_position(h, w, kh, kw) {
-                                    for i in g * cg..(g + 1) * cg {
-                                        sum += input[((b * c + i) * h_in + y) * w_in + x]
-                                            * templates[(m * c + i) * k * k + tap];
-                                    }
-                                }
-                                maps[base + h * w_out + w] = sum;
+            for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                let tap = kh * k + kw;
+                for m in 0..shape.templates {
+                    let base = shape.map_offset(b, g, tap, m);
+                    for j in 0..shape.map_plane() {
+                        let mut sum = 0.0;
+                        if let Some((y, x)) = shape.map_source(j, kh, kw) {
+                            for i in g * cg..(g + 1) * cg {
+                                sum += input[((b * c + i) * h_in + y) * w_in + x]
+                                    * templates[(m * c + i) * k * k + tap];
                             }
                         }
+                        maps[base + j] = sum;
                     }
                 }
             }
@@ -632,32 +662,45 @@ pub fn stage1_forward_naive(shape: &SbfShape, input: &[f32], templates: &[f32], 
     }
 }
 
-/// Stage 1, fast: per image (in parallel), group and tap, one GEMM
-/// `P[b,g,tap] [M × Ho·Wo] = packed B [M × Cg] · columns [Cg × Ho·Wo]`. Overwrites maps.
+/// Stage 1, fast, one image per task (in parallel). Overwrites maps.
+///
+/// - stride 1: per group, ONE GEMM `P[b,g] [K²·M × H·W] = packed B [K²·M × Cg] · X[b, group g] [Cg × H·W]`
+///   (X's channels of a group are already a contiguous [Cg × H·W] matrix: no copy at all);
+/// - stride > 1: per group and tap, `P[b,g,tap] [M × Ho·Wo] = packed B_tap [M × Cg] · columns [Cg × Ho·Wo]`,
+///   the columns being the tap's strided view of X (only the positions that are read).
 pub fn stage1_forward(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("P", maps.len(), shape.maps_len());
     let packed = pack_templates(shape, templates); // [G, K², M, Cg]
-    let (m_count, cg, plane, k) = (
+    let (m_count, cg, plane, k, taps) = (
         shape.templates,
         shape.group_channels(),
-        shape.out_plane(),
+        shape.map_plane(),
         shape.kernel,
+        shape.taps(),
     );
     let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    let on_input_grid = shape.maps_on_input_grid();
     maps.par_chunks_mut(shape.maps_per_image())
         .enumerate()
         .for_each_init(
-            || vec![0.0f32; cg * plane], // columns [Cg, Ho·Wo], one per worker
+            || vec![0.0f32; if on_input_grid { 0 } else { cg * plane }], // columns [Cg, Ho·Wo], one per worker
             |columns, (b, maps_image)| {
                 maps_image.fill(0.0);
                 let input_image = &input[b * image_len..][..image_len];
                 for g in 0..shape.groups {
-                    for tap in 0..k * k {
+                    if on_input_grid {
+                        let a = &packed[g * taps * m_count * cg..][..taps * m_count * cg];
+                        let x_group = &input_image[g * cg * plane..][..cg * plane];
+                        let c = &mut maps_image[g * taps * m_count * plane..][..taps * m_count * plane];
+                        gemm_accumulate(taps * m_count, cg, plane, a, x_group, c);
+                        continue;
+                    }
+                    for tap in 0..taps {
                         tap_columns(shape, input_image, g, tap / k, tap % k, columns);
-                        let a = &packed[(g * k * k + tap) * m_count * cg..][..m_count * cg];
-                        let c = &mut maps_image[(g * k * k + tap) * m_count * plane..][..m_count * plane];
+                        let a = &packed[(g * taps + tap) * m_count * cg..][..m_count * cg];
+                        let c = &mut maps_image[(g * taps + tap) * m_count * plane..][..m_count * plane];
                         gemm_accumulate(m_count, cg, plane, a, columns, c);
                     }
                 }
@@ -665,7 +708,7 @@ pub fn stage1_forward(shape: &SbfShape, input: &[f32], templates: &[f32], maps: 
         );
 }
 
-/// dB, naive: `dB[m,i,kh,kw] += Σ_{b,h,w} dP[b,g(i),tap,m,h,w] · X[b,i,h·s+kh−p,w·s+kw−p]`.
+/// dB, naive: `dB[m,i,kh,kw] += Σ_{b,j} dP[b,g(i),tap,m,j] · X[b,i,map_source(j)]`.
 pub fn stage1_templates_grad_naive(
     shape: &SbfShape,
     input: &[f32],
@@ -675,40 +718,31 @@ pub fn stage1_templates_grad_naive(
     shape.check("X", input.len(), shape.input_len());
     shape.check("dP", maps_grad.len(), shape.maps_len());
     shape.check("dB", templates_grad.len(), shape.templates_len());
-    let (c, k, cg, w_out) = (
-        shape.in_channels,
-        shape.kernel,
-        shape.group_channels(),
-        shape.out_width(),
-    );
+    let (c, k, cg) = (shape.in_channels, shape.kernel, shape.group_channels());
     let (h_in, w_in) = (shape.in_height, shape.in_width);
     for m in 0..shape.templates {
         for i in 0..c {
             let g = i / cg;
-            for kh in 0..k {
-                for kw in 0..k {
-                    let tap = kh * k + kw;
-                    let mut sum = 0.0;
-                    for b in 0..shape.batch {
-                        let base = shape.map_offset(b, g, tap, m);
-                        for h in 0..shape.out_height() {
-                            for w in 0..w_out {
-                                if let Some((y, x)) = shape.input_position(h, w, kh, kw) {
-                                    sum += maps_grad[base + h * w_out + w]
-                                        * input[((b * c + i) * h_in + y) * w_in + x];
-                                }
-                            }
+            for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                let tap = kh * k + kw;
+                let mut sum = 0.0;
+                for b in 0..shape.batch {
+                    let base = shape.map_offset(b, g, tap, m);
+                    for j in 0..shape.map_plane() {
+                        if let Some((y, x)) = shape.map_source(j, kh, kw) {
+                            sum += maps_grad[base + j] * input[((b * c + i) * h_in + y) * w_in + x];
                         }
                     }
-                    templates_grad[(m * c + i) * k * k + tap] += sum;
                 }
+                templates_grad[(m * c + i) * k * k + tap] += sum;
             }
         }
     }
 }
 
-/// dB, fast: per image (in parallel, partial sums reduced at the end), group
-/// and tap, `dB_tap [M × Cg] += dP[b,g,tap] [M × Ho·Wo] · columnsᵀ [Ho·Wo × Cg]`.
+/// dB, fast: per image (in parallel, partial sums reduced at the end), the transposes of the
+/// stage-1 GEMMs: stride 1, `dB_g [K²·M × Cg] += dP[b,g] [K²·M × H·W] · X[b,g]ᵀ`; stride > 1, per tap
+/// `dB_tap [M × Cg] += dP[b,g,tap] [M × Ho·Wo] · columnsᵀ`.
 pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32], templates_grad: &mut [f32]) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("dP", maps_grad.len(), shape.maps_len());
@@ -716,20 +750,33 @@ pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32],
     let (m_count, cg, plane, k, taps) = (
         shape.templates,
         shape.group_channels(),
-        shape.out_plane(),
+        shape.map_plane(),
         shape.kernel,
         shape.taps(),
     );
     let image_len = shape.in_channels * shape.in_height * shape.in_width;
     let packed_len = shape.groups * taps * m_count * cg;
+    let on_input_grid = shape.maps_on_input_grid();
     // Partial dB in packed layout [G, K², M, Cg], one per worker, summed at the end.
     let packed_grad = (0..shape.batch)
         .into_par_iter()
         .fold(
-            || (vec![0.0f32; packed_len], vec![0.0f32; cg * plane]),
+            || {
+                (
+                    vec![0.0f32; packed_len],
+                    vec![0.0f32; if on_input_grid { 0 } else { cg * plane }],
+                )
+            },
             |(mut partial, mut columns), b| {
                 let input_image = &input[b * image_len..][..image_len];
                 for g in 0..shape.groups {
+                    if on_input_grid {
+                        let dp = &maps_grad[shape.map_offset(b, g, 0, 0)..][..taps * m_count * plane];
+                        let x_group = &input_image[g * cg * plane..][..cg * plane];
+                        let db = &mut partial[g * taps * m_count * cg..][..taps * m_count * cg];
+                        gemm_nt_accumulate(taps * m_count, plane, cg, dp, x_group, db);
+                        continue;
+                    }
                     for tap in 0..taps {
                         tap_columns(shape, input_image, g, tap / k, tap % k, &mut columns);
                         let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
@@ -761,8 +808,8 @@ pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32],
     }
 }
 
-/// dX, naive: `dX[b,i,y,x] += Σ_{tap,m} B[m,i,kh,kw] · dP[b,g(i),tap,m,h,w]` over the (h, w)
-/// with h·s + kh − p = y and w·s + kw − p = x (iterating over (y, x) and solving for (h, w)).
+/// dX, naive: `dX[b,i,y,x] += Σ_{tap,m} B[m,i,kh,kw] · dP[b,g(i),tap,m,j]` over the plane indices j
+/// with map_source(j) = (y, x) (a scatter over j: obviously the transpose of the naive stage 1).
 pub fn stage1_input_grad_naive(
     shape: &SbfShape,
     maps_grad: &[f32],
@@ -772,69 +819,82 @@ pub fn stage1_input_grad_naive(
     shape.check("dP", maps_grad.len(), shape.maps_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("dX", input_grad.len(), shape.input_len());
-    let (c, k, cg, s, p) = (
-        shape.in_channels,
-        shape.kernel,
-        shape.group_channels(),
-        shape.stride,
-        shape.padding,
-    );
-    let (h_in, w_in, h_out, w_out) = (
-        shape.in_height,
-        shape.in_width,
-        shape.out_height(),
-        shape.out_width(),
-    );
-    // h = (y + p − kh)/s when that is a whole number in 0..Ho.
-    let solve = |y: usize, kk: usize, out: usize| -> Option<usize> {
-        let t = (y + p).checked_sub(kk)?;
-        (t % s == 0 && t / s < out).then_some(t / s)
-    };
+    let (c, k, cg) = (shape.in_channels, shape.kernel, shape.group_channels());
+    let (h_in, w_in) = (shape.in_height, shape.in_width);
     for b in 0..shape.batch {
         for i in 0..c {
             let g = i / cg;
-            for y in 0..h_in {
-                for x in 0..w_in {
-                    let mut sum = 0.0;
-                    for kh in 0..k {
-                        for kw in 0..k {
-                            let (Some(h), Some(w)) = (solve(y, kh, h_out), solve(x, kw, w_out)) else {
-                                continue;
-                            };
-                            for m in 0..shape.templates {
-                                sum += templates[(m * c + i) * k * k + kh * k + kw]
-                                    * maps_grad[shape.map_offset(b, g, kh * k + kw, m) + h * w_out + w];
-                            }
+            for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                let tap = kh * k + kw;
+                for m in 0..shape.templates {
+                    let base = shape.map_offset(b, g, tap, m);
+                    for j in 0..shape.map_plane() {
+                        if let Some((y, x)) = shape.map_source(j, kh, kw) {
+                            input_grad[((b * c + i) * h_in + y) * w_in + x] +=
+                                templates[(m * c + i) * k * k + tap] * maps_grad[base + j];
                         }
                     }
-                    input_grad[((b * c + i) * h_in + y) * w_in + x] += sum;
                 }
             }
         }
     }
 }
 
-/// dX, fast: per image (in parallel), group and tap,
-/// `dcolumns [Cg × Ho·Wo] = Bᵀ_tap [Cg × M] · dP[b,g,tap] [M × Ho·Wo]`, then col2im of the tap into dX.
+/// dX, fast: per image (in parallel): stride 1, one GEMM per group
+/// `dX[b,g] [Cg × H·W] += Bᵀ_g [Cg × K²·M] · dP[b,g] [K²·M × H·W]`; stride > 1, per tap
+/// `dcolumns [Cg × Ho·Wo] = Bᵀ_tap [Cg × M] · dP[b,g,tap] [M × Ho·Wo]`, then the col2im of the tap into dX.
 pub fn stage1_input_grad(shape: &SbfShape, maps_grad: &[f32], templates: &[f32], input_grad: &mut [f32]) {
     shape.check("dP", maps_grad.len(), shape.maps_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("dX", input_grad.len(), shape.input_len());
-    let packed = pack_templates_transposed(shape, templates); // [G, K², Cg, M]
-    let (m_count, cg, plane, k) = (
+    let (m_count, cg, plane, k, taps) = (
         shape.templates,
         shape.group_channels(),
-        shape.out_plane(),
+        shape.map_plane(),
         shape.kernel,
+        shape.taps(),
     );
     let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    if shape.maps_on_input_grid() {
+        let packed = pack_templates_transposed(shape, templates); // [G, Cg, K², M]
+        input_grad
+            .par_chunks_mut(image_len)
+            .enumerate()
+            .for_each(|(b, grad_image)| {
+                for g in 0..shape.groups {
+                    let a = &packed[g * cg * taps * m_count..][..cg * taps * m_count];
+                    let dp = &maps_grad[shape.map_offset(b, g, 0, 0)..][..taps * m_count * plane];
+                    gemm_accumulate(
+                        cg,
+                        taps * m_count,
+                        plane,
+                        a,
+                        dp,
+                        &mut grad_image[g * cg * plane..][..cg * plane],
+                    );
+                }
+            });
+        return;
+    }
+    // Per-tap operands [G, K², Cg, M]: bt[g][tap][i][m] = B[m, g·Cg + i, tap].
+    let mut per_tap = vec![0.0f32; shape.groups * taps * cg * m_count];
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for i in 0..cg {
+                for m in 0..m_count {
+                    per_tap[((g * taps + tap) * cg + i) * m_count + m] =
+                        templates[(m * shape.in_channels + g * cg + i) * taps + tap];
+                }
+            }
+        }
+    }
     input_grad.par_chunks_mut(image_len).enumerate().for_each_init(
         || vec![0.0f32; cg * plane], // dcolumns [Cg, Ho·Wo]
         |columns, (b, grad_image)| {
             for g in 0..shape.groups {
-                for tap in 0..k * k {
+                for tap in 0..taps {
                     columns.fill(0.0);
-                    let a = &packed[(g * k * k + tap) * cg * m_count..][..cg * m_count];
+                    let a = &per_tap[(g * taps + tap) * cg * m_count..][..cg * m_count];
                     let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
                     gemm_accumulate(cg, m_count, plane, a, dp, columns);
                     add_tap_columns(shape, columns, g, tap / k, tap % k, grad_image);
@@ -848,7 +908,26 @@ pub fn stage1_input_grad(shape: &SbfShape, maps_grad: &[f32], templates: &[f32],
 // Stage 2: the gather (TransformGather) and its transposes
 // ---------------------------------------------------------------------------------------------
 
-/// Stage 2, naive: `Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n),h,w]`. Overwrites output.
+/// For output row h at tap (kh, kw): the row of the P plane it reads and the range of output
+/// columns w whose read is inside the plane, with the plane column of the first one:
+/// `(plane_row_start, w_begin, w_end)`, or None if the whole row reads padding.
+///
+/// Input grid (stride 1): row y = h + kh − p, columns x = w + kw − p ∈ [0, W).
+/// Strided layout: row h, all columns (padding reads are stored zeros).
+#[inline]
+fn read_segment(shape: &SbfShape, h: usize, kh: usize, kw: usize) -> Option<(usize, usize, usize)> {
+    if !shape.maps_on_input_grid() {
+        let w_out = shape.out_width();
+        return Some((h * w_out, 0, w_out));
+    }
+    let (p, w_in, w_out) = (shape.padding, shape.in_width, shape.out_width());
+    let y = (h + kh).checked_sub(p).filter(|&y| y < shape.in_height)?;
+    let w_begin = p.saturating_sub(kw);
+    let w_end = (w_in + p).saturating_sub(kw).min(w_out);
+    (w_begin < w_end).then(|| (y * w_in + w_begin + kw - p, w_begin, w_end))
+}
+
+/// Stage 2, naive: `Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n), map_position(h,w,kh,kw)]`. Overwrites output.
 pub fn gather_forward_naive(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -859,25 +938,31 @@ pub fn gather_forward_naive(
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("P", maps.len(), shape.maps_len());
     shape.check("Y", output.len(), shape.output_len());
-    let plane = shape.out_plane();
+    let (k, w_out, plane) = (shape.kernel, shape.out_width(), shape.out_plane());
     for b in 0..shape.batch {
         for n in 0..shape.out_channels {
-            for j in 0..plane {
-                let mut sum = 0.0;
-                for g in 0..shape.groups {
-                    for tap in 0..shape.taps() {
-                        let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
-                        sum += t * maps[shape.map_offset(b, g, tap, assignment.template_of[n]) + j];
+            for h in 0..shape.out_height() {
+                for w in 0..w_out {
+                    let mut sum = 0.0;
+                    for g in 0..shape.groups {
+                        for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                            let Some(j) = shape.map_position(h, w, kh, kw) else {
+                                continue;
+                            };
+                            let t = mask_value(shape, masks, assignment.mask_row[n], g, kh * k + kw);
+                            sum +=
+                                t * maps[shape.map_offset(b, g, kh * k + kw, assignment.template_of[n]) + j];
+                        }
                     }
+                    output[(b * shape.out_channels + n) * plane + h * w_out + w] = sum;
                 }
-                output[(b * shape.out_channels + n) * plane + j] = sum;
             }
         }
     }
 }
 
-/// Stage 2, fast: one output plane per task (in parallel), G·K² f32x8 axpys
-/// of the template's maps into it.
+/// Stage 2, fast: one output plane per task (in parallel); for each group, tap and output row,
+/// one f32x8 axpy of the row segment of the template's map that it reads.
 pub fn gather_forward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -888,21 +973,36 @@ pub fn gather_forward(
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("P", maps.len(), shape.maps_len());
     shape.check("Y", output.len(), shape.output_len());
-    let (plane, n_out) = (shape.out_plane(), shape.out_channels);
+    let (plane, n_out, k, w_out) = (
+        shape.out_plane(),
+        shape.out_channels,
+        shape.kernel,
+        shape.out_width(),
+    );
     output.par_chunks_mut(plane).enumerate().for_each(|(bn, y)| {
         let (b, n) = (bn / n_out, bn % n_out);
         let (m, row) = (assignment.template_of[n], assignment.mask_row[n]);
         y.fill(0.0);
         for g in 0..shape.groups {
-            for tap in 0..shape.taps() {
+            for tap in 0..k * k {
                 let t = mask_value(shape, masks, row, g, tap);
-                axpy(t, &maps[shape.map_offset(b, g, tap, m)..][..plane], y);
+                let map = &maps[shape.map_offset(b, g, tap, m)..][..shape.map_plane()];
+                for h in 0..shape.out_height() {
+                    let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+                        continue;
+                    };
+                    axpy(
+                        t,
+                        &map[start..start + (w1 - w0)],
+                        &mut y[h * w_out + w0..h * w_out + w1],
+                    );
+                }
             }
         }
     });
 }
 
-/// dT, naive: `dT[row(n),g,tap] += Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),h,w]` for transformed n.
+/// dT, naive: `dT[row(n),g,tap] += Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),map_position(h,w,kh,kw)]`.
 pub fn gather_masks_grad_naive(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -913,25 +1013,30 @@ pub fn gather_masks_grad_naive(
     shape.check("P", maps.len(), shape.maps_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     shape.check("dT", masks_grad.len(), shape.masks_len());
-    let plane = shape.out_plane();
+    let (k, w_out, plane) = (shape.kernel, shape.out_width(), shape.out_plane());
     for n in 0..shape.out_channels {
         let Some(r) = assignment.mask_row[n] else { continue };
         for g in 0..shape.groups {
-            for tap in 0..shape.taps() {
+            for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                let base_of = |b| shape.map_offset(b, g, kh * k + kw, assignment.template_of[n]);
                 let mut sum = 0.0;
                 for b in 0..shape.batch {
-                    for j in 0..plane {
-                        sum += grad_output[(b * shape.out_channels + n) * plane + j]
-                            * maps[shape.map_offset(b, g, tap, assignment.template_of[n]) + j];
+                    for h in 0..shape.out_height() {
+                        for w in 0..w_out {
+                            if let Some(j) = shape.map_position(h, w, kh, kw) {
+                                sum += grad_output[(b * shape.out_channels + n) * plane + h * w_out + w]
+                                    * maps[base_of(b) + j];
+                            }
+                        }
                     }
                 }
-                masks_grad[(r * shape.groups + g) * shape.taps() + tap] += sum;
+                masks_grad[(r * shape.groups + g) * shape.taps() + kh * k + kw] += sum;
             }
         }
     }
 }
 
-/// dT, fast: one mask row per task (in parallel), f32x8 dot products over the batch and plane.
+/// dT, fast: one mask row per task (in parallel), f32x8 dot products of the row segments.
 pub fn gather_masks_grad(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -942,7 +1047,7 @@ pub fn gather_masks_grad(
     shape.check("P", maps.len(), shape.maps_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     shape.check("dT", masks_grad.len(), shape.masks_len());
-    let plane = shape.out_plane();
+    let (plane, k, w_out) = (shape.out_plane(), shape.kernel, shape.out_width());
     let mut output_of_row = vec![0; shape.transformed()];
     for n in 0..shape.out_channels {
         if let Some(r) = assignment.mask_row[n] {
@@ -960,11 +1065,20 @@ pub fn gather_masks_grad(
             let n = output_of_row[r];
             let m = assignment.template_of[n];
             for g in 0..shape.groups {
-                for tap in 0..shape.taps() {
+                for tap in 0..k * k {
                     let mut sum = 0.0;
                     for b in 0..shape.batch {
                         let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
-                        sum += dot(dy, &maps[shape.map_offset(b, g, tap, m)..][..plane]);
+                        let map = &maps[shape.map_offset(b, g, tap, m)..][..shape.map_plane()];
+                        for h in 0..shape.out_height() {
+                            let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+                                continue;
+                            };
+                            sum += dot(
+                                &dy[h * w_out + w0..h * w_out + w1],
+                                &map[start..start + (w1 - w0)],
+                            );
+                        }
                     }
                     dt[g * shape.taps() + tap] += sum;
                 }
@@ -972,7 +1086,8 @@ pub fn gather_masks_grad(
         });
 }
 
-/// dP, naive: `dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]`. Overwrites maps_grad.
+/// dP, naive: `dP[b,g,tap,m(n),map_position(h,w,kh,kw)] += t(n,g,tap) · R[b,n,h,w]` over all n, h, w
+/// (a scatter; dP is zeroed first, so it overwrites maps_grad).
 pub fn gather_maps_grad_naive(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -983,16 +1098,21 @@ pub fn gather_maps_grad_naive(
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     shape.check("dP", maps_grad.len(), shape.maps_len());
-    let plane = shape.out_plane();
+    let (k, w_out, plane) = (shape.kernel, shape.out_width(), shape.out_plane());
     maps_grad.fill(0.0);
     for b in 0..shape.batch {
         for n in 0..shape.out_channels {
             for g in 0..shape.groups {
-                for tap in 0..shape.taps() {
-                    let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
-                    let base = shape.map_offset(b, g, tap, assignment.template_of[n]);
-                    for j in 0..plane {
-                        maps_grad[base + j] += t * grad_output[(b * shape.out_channels + n) * plane + j];
+                for (kh, kw) in (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))) {
+                    let t = mask_value(shape, masks, assignment.mask_row[n], g, kh * k + kw);
+                    let base = shape.map_offset(b, g, kh * k + kw, assignment.template_of[n]);
+                    for h in 0..shape.out_height() {
+                        for w in 0..w_out {
+                            if let Some(j) = shape.map_position(h, w, kh, kw) {
+                                maps_grad[base + j] +=
+                                    t * grad_output[(b * shape.out_channels + n) * plane + h * w_out + w];
+                            }
+                        }
                     }
                 }
             }
@@ -1000,8 +1120,10 @@ pub fn gather_maps_grad_naive(
     }
 }
 
-/// dP, fast: a gather over the outputs of each template (no atomics): one map
-/// plane dP[b,g,tap,m] per task (in parallel), one f32x8 axpy per output n with m(n) = m.
+/// dP, fast: a gather over the outputs of each template (no atomics): one plane dP[b,g,tap,m] per
+/// task (in parallel); for each output n with m(n) = m and each output row h, one f32x8 axpy of the
+/// row of R into the plane segment it read (for stride 1 this iterates over the map rows y and
+/// solves h = y − kh + p).
 pub fn gather_maps_grad(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -1012,10 +1134,16 @@ pub fn gather_maps_grad(
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     shape.check("dP", maps_grad.len(), shape.maps_len());
-    let (plane, m_count, taps) = (shape.out_plane(), shape.templates, shape.taps());
+    let (plane, m_count, taps, k, w_out) = (
+        shape.out_plane(),
+        shape.templates,
+        shape.taps(),
+        shape.kernel,
+        shape.out_width(),
+    );
     let outputs_of = assignment.outputs_of_templates(m_count);
     maps_grad
-        .par_chunks_mut(plane)
+        .par_chunks_mut(shape.map_plane())
         .enumerate()
         .for_each(|(index, dp)| {
             // index = ((b·G + g)·K² + tap)·M + m
@@ -1026,11 +1154,17 @@ pub fn gather_maps_grad(
             dp.fill(0.0);
             for &n in &outputs_of[m] {
                 let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
-                axpy(
-                    t,
-                    &grad_output[(b * shape.out_channels + n) * plane..][..plane],
-                    dp,
-                );
+                let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
+                for h in 0..shape.out_height() {
+                    let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+                        continue;
+                    };
+                    axpy(
+                        t,
+                        &dy[h * w_out + w0..h * w_out + w1],
+                        &mut dp[start..start + (w1 - w0)],
+                    );
+                }
             }
         });
 }

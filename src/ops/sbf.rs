@@ -14,7 +14,8 @@
 //!
 //! - **two-stage** (`kernels::sbf`, scalar masks): stage 1, a grouped 1×1
 //!   convolution of x with each of the K² tap slices of B, giving the maps
-//!   P [Bt, G, K², M, Ho·Wo]; stage 2, a gather that sums for each output the
+//!   P [Bt, G, K², M, plane] (plane = H·W at stride 1, Ho·Wo otherwise:
+//!   see `kernels::sbf`); stage 2, a gather that sums for each output the
 //!   G·K² maps of its template, scaled by its mask values. Cost per output pixel:
 //!   K²·C·M + K²·G·(N−M) multiply-accumulates instead of K²·C·N.
 //!   Backward ("view B"): dT from the saved maps, dP as the transpose of the
@@ -284,7 +285,7 @@ fn two_stage(
     shape: SbfShape,
 ) -> Var {
     let plane = shape.out_plane();
-    // Stage 1 — P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p]·B[m,i,kh,kw].  P: [Bt, G, K², M, Ho·Wo]
+    // Stage 1 — P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p]·B[m,i,kh,kw].  P: [Bt, G, K², M, plane]
     let mut maps = vec![0.0f32; shape.maps_len()];
     kernel::stage1_forward(
         &shape,
@@ -322,7 +323,7 @@ fn two_stage(
         if !(want_templates || want_input) {
             return;
         }
-        // dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,h,w]  (reuses P's buffer)  [Bt, G, K², M, Ho·Wo]
+        // dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,h,w]  (reuses P's buffer)  [Bt, G, K², M, plane]
         let mut maps_grad = maps;
         kernel::gather_maps_grad(&shape, &assignment, &t_value.data, r, &mut maps_grad);
         if let Some(grad_b) = ctx.grad(templates) {
