@@ -407,26 +407,45 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
 /// `c[r, j] += Σ_k a[r, k] · b[k, j]`, all row-major: a [rows × inner],
 /// b [inner × cols], c [rows × cols].
 ///
-/// Register blocking: a micro-kernel holds a ROWS × 16 block of c in 2·ROWS
-/// f32x8 accumulators and streams one row of b (two vectors) and ROWS
-/// broadcasts of a per step of k.
+/// Register blocking: a micro-kernel holds a ROWS × 16 block of c (ROWS ≤ 6)
+/// in 2·ROWS f32x8 accumulators and streams one row of b (two vectors) and
+/// ROWS broadcasts of a per step of k.
 pub fn gemm_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm::<true>(rows, inner, cols, a, b, c)
+}
+
+/// `c[r, j] = Σ_k a[r, k] · b[k, j]` (overwrites c; saves a pass over c when it starts at zero).
+pub fn gemm_overwrite(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    gemm::<false>(rows, inner, cols, a, b, c)
+}
+
+fn gemm<const ACCUMULATE: bool>(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= rows * inner && b.len() >= inner * cols && c.len() >= rows * cols);
     let mut r = 0;
-    while r + 4 <= rows {
-        gemm_rows::<4>(r, inner, cols, a, b, c);
-        r += 4;
+    while r + 6 <= rows {
+        gemm_rows::<6, ACCUMULATE>(r, inner, cols, a, b, c);
+        r += 6;
     }
     match rows - r {
-        3 => gemm_rows::<3>(r, inner, cols, a, b, c),
-        2 => gemm_rows::<2>(r, inner, cols, a, b, c),
-        1 => gemm_rows::<1>(r, inner, cols, a, b, c),
+        5 => gemm_rows::<5, ACCUMULATE>(r, inner, cols, a, b, c),
+        4 => gemm_rows::<4, ACCUMULATE>(r, inner, cols, a, b, c),
+        3 => gemm_rows::<3, ACCUMULATE>(r, inner, cols, a, b, c),
+        2 => gemm_rows::<2, ACCUMULATE>(r, inner, cols, a, b, c),
+        1 => gemm_rows::<1, ACCUMULATE>(r, inner, cols, a, b, c),
         _ => {}
     }
 }
 
 #[inline(always)]
-fn gemm_rows<const ROWS: usize>(r0: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
+    r0: usize,
+    inner: usize,
+    cols: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    let a = &a[r0 * inner..(r0 + ROWS) * inner];
     let mut j = 0;
     // 16-column blocks: 2·ROWS accumulators.
     while j + 16 <= cols {
@@ -435,15 +454,19 @@ fn gemm_rows<const ROWS: usize>(r0: usize, inner: usize, cols: usize, a: &[f32],
             let b_row = &b[k * cols + j..];
             let (b0, b1) = (load(b_row), load(&b_row[8..]));
             for r in 0..ROWS {
-                let a_rk = f32x8::splat(a[(r0 + r) * inner + k]);
+                let a_rk = f32x8::splat(a[r * inner + k]);
                 acc[r][0] = a_rk.mul_add(b0, acc[r][0]);
                 acc[r][1] = a_rk.mul_add(b1, acc[r][1]);
             }
         }
         for r in 0..ROWS {
             let c_row = &mut c[(r0 + r) * cols + j..];
-            store(c_row, load(c_row) + acc[r][0]);
-            let high = load(&c_row[8..]) + acc[r][1];
+            let (low, high) = if ACCUMULATE {
+                (load(c_row) + acc[r][0], load(&c_row[8..]) + acc[r][1])
+            } else {
+                (acc[r][0], acc[r][1])
+            };
+            store(c_row, low);
             store(&mut c_row[8..], high);
         }
         j += 16;
@@ -454,12 +477,13 @@ fn gemm_rows<const ROWS: usize>(r0: usize, inner: usize, cols: usize, a: &[f32],
         for k in 0..inner {
             let b0 = load(&b[k * cols + j..]);
             for r in 0..ROWS {
-                acc[r] = f32x8::splat(a[(r0 + r) * inner + k]).mul_add(b0, acc[r]);
+                acc[r] = f32x8::splat(a[r * inner + k]).mul_add(b0, acc[r]);
             }
         }
         for r in 0..ROWS {
             let c_row = &mut c[(r0 + r) * cols + j..];
-            store(c_row, load(c_row) + acc[r]);
+            let value = if ACCUMULATE { load(c_row) + acc[r] } else { acc[r] };
+            store(c_row, value);
         }
         j += 8;
     }
@@ -468,9 +492,10 @@ fn gemm_rows<const ROWS: usize>(r0: usize, inner: usize, cols: usize, a: &[f32],
         for r in 0..ROWS {
             let mut sum = 0.0;
             for k in 0..inner {
-                sum += a[(r0 + r) * inner + k] * b[k * cols + jj];
+                sum += a[r * inner + k] * b[k * cols + jj];
             }
-            c[(r0 + r) * cols + jj] += sum;
+            let c_value = &mut c[(r0 + r) * cols + jj];
+            *c_value = if ACCUMULATE { *c_value + sum } else { sum };
         }
     }
 }
@@ -662,52 +687,6 @@ pub fn stage1_forward_naive(shape: &SbfShape, input: &[f32], templates: &[f32], 
     }
 }
 
-/// Stage 1, fast, one image per task (in parallel). Overwrites maps.
-///
-/// - stride 1: per group, ONE GEMM `P[b,g] [K²·M × H·W] = packed B [K²·M × Cg] · X[b, group g] [Cg × H·W]`
-///   (X's channels of a group are already a contiguous [Cg × H·W] matrix: no copy at all);
-/// - stride > 1: per group and tap, `P[b,g,tap] [M × Ho·Wo] = packed B_tap [M × Cg] · columns [Cg × Ho·Wo]`,
-///   the columns being the tap's strided view of X (only the positions that are read).
-pub fn stage1_forward(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
-    shape.check("X", input.len(), shape.input_len());
-    shape.check("B", templates.len(), shape.templates_len());
-    shape.check("P", maps.len(), shape.maps_len());
-    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
-    let (m_count, cg, plane, k, taps) = (
-        shape.templates,
-        shape.group_channels(),
-        shape.map_plane(),
-        shape.kernel,
-        shape.taps(),
-    );
-    let image_len = shape.in_channels * shape.in_height * shape.in_width;
-    let on_input_grid = shape.maps_on_input_grid();
-    maps.par_chunks_mut(shape.maps_per_image())
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; if on_input_grid { 0 } else { cg * plane }], // columns [Cg, Ho·Wo], one per worker
-            |columns, (b, maps_image)| {
-                maps_image.fill(0.0);
-                let input_image = &input[b * image_len..][..image_len];
-                for g in 0..shape.groups {
-                    if on_input_grid {
-                        let a = &packed[g * taps * m_count * cg..][..taps * m_count * cg];
-                        let x_group = &input_image[g * cg * plane..][..cg * plane];
-                        let c = &mut maps_image[g * taps * m_count * plane..][..taps * m_count * plane];
-                        gemm_accumulate(taps * m_count, cg, plane, a, x_group, c);
-                        continue;
-                    }
-                    for tap in 0..taps {
-                        tap_columns(shape, input_image, g, tap / k, tap % k, columns);
-                        let a = &packed[(g * taps + tap) * m_count * cg..][..m_count * cg];
-                        let c = &mut maps_image[(g * taps + tap) * m_count * plane..][..m_count * plane];
-                        gemm_accumulate(m_count, cg, plane, a, columns, c);
-                    }
-                }
-            },
-        );
-}
-
 /// dB, naive: `dB[m,i,kh,kw] += Σ_{b,j} dP[b,g(i),tap,m,j] · X[b,i,map_source(j)]`.
 pub fn stage1_templates_grad_naive(
     shape: &SbfShape,
@@ -735,74 +714,6 @@ pub fn stage1_templates_grad_naive(
                     }
                 }
                 templates_grad[(m * c + i) * k * k + tap] += sum;
-            }
-        }
-    }
-}
-
-/// dB, fast: per image (in parallel, partial sums reduced at the end), the transposes of the
-/// stage-1 GEMMs: stride 1, `dB_g [K²·M × Cg] += dP[b,g] [K²·M × H·W] · X[b,g]ᵀ`; stride > 1, per tap
-/// `dB_tap [M × Cg] += dP[b,g,tap] [M × Ho·Wo] · columnsᵀ`.
-pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32], templates_grad: &mut [f32]) {
-    shape.check("X", input.len(), shape.input_len());
-    shape.check("dP", maps_grad.len(), shape.maps_len());
-    shape.check("dB", templates_grad.len(), shape.templates_len());
-    let (m_count, cg, plane, k, taps) = (
-        shape.templates,
-        shape.group_channels(),
-        shape.map_plane(),
-        shape.kernel,
-        shape.taps(),
-    );
-    let image_len = shape.in_channels * shape.in_height * shape.in_width;
-    let packed_len = shape.groups * taps * m_count * cg;
-    let on_input_grid = shape.maps_on_input_grid();
-    // Partial dB in packed layout [G, K², M, Cg], one per worker, summed at the end.
-    let packed_grad = (0..shape.batch)
-        .into_par_iter()
-        .fold(
-            || {
-                (
-                    vec![0.0f32; packed_len],
-                    vec![0.0f32; if on_input_grid { 0 } else { cg * plane }],
-                )
-            },
-            |(mut partial, mut columns), b| {
-                let input_image = &input[b * image_len..][..image_len];
-                for g in 0..shape.groups {
-                    if on_input_grid {
-                        let dp = &maps_grad[shape.map_offset(b, g, 0, 0)..][..taps * m_count * plane];
-                        let x_group = &input_image[g * cg * plane..][..cg * plane];
-                        let db = &mut partial[g * taps * m_count * cg..][..taps * m_count * cg];
-                        gemm_nt_accumulate(taps * m_count, plane, cg, dp, x_group, db);
-                        continue;
-                    }
-                    for tap in 0..taps {
-                        tap_columns(shape, input_image, g, tap / k, tap % k, &mut columns);
-                        let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
-                        let db = &mut partial[(g * taps + tap) * m_count * cg..][..m_count * cg];
-                        gemm_nt_accumulate(m_count, plane, cg, dp, &columns, db);
-                    }
-                }
-                (partial, columns)
-            },
-        )
-        .map(|(partial, _)| partial)
-        .reduce(
-            || vec![0.0f32; packed_len],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    // Unpack [G, K², M, Cg] → [M, C, K, K].
-    for g in 0..shape.groups {
-        for tap in 0..taps {
-            for m in 0..m_count {
-                for i in 0..cg {
-                    templates_grad[(m * shape.in_channels + g * cg + i) * taps + tap] +=
-                        packed_grad[((g * taps + tap) * m_count + m) * cg + i];
-                }
             }
         }
     }
@@ -838,70 +749,6 @@ pub fn stage1_input_grad_naive(
             }
         }
     }
-}
-
-/// dX, fast: per image (in parallel): stride 1, one GEMM per group
-/// `dX[b,g] [Cg × H·W] += Bᵀ_g [Cg × K²·M] · dP[b,g] [K²·M × H·W]`; stride > 1, per tap
-/// `dcolumns [Cg × Ho·Wo] = Bᵀ_tap [Cg × M] · dP[b,g,tap] [M × Ho·Wo]`, then the col2im of the tap into dX.
-pub fn stage1_input_grad(shape: &SbfShape, maps_grad: &[f32], templates: &[f32], input_grad: &mut [f32]) {
-    shape.check("dP", maps_grad.len(), shape.maps_len());
-    shape.check("B", templates.len(), shape.templates_len());
-    shape.check("dX", input_grad.len(), shape.input_len());
-    let (m_count, cg, plane, k, taps) = (
-        shape.templates,
-        shape.group_channels(),
-        shape.map_plane(),
-        shape.kernel,
-        shape.taps(),
-    );
-    let image_len = shape.in_channels * shape.in_height * shape.in_width;
-    if shape.maps_on_input_grid() {
-        let packed = pack_templates_transposed(shape, templates); // [G, Cg, K², M]
-        input_grad
-            .par_chunks_mut(image_len)
-            .enumerate()
-            .for_each(|(b, grad_image)| {
-                for g in 0..shape.groups {
-                    let a = &packed[g * cg * taps * m_count..][..cg * taps * m_count];
-                    let dp = &maps_grad[shape.map_offset(b, g, 0, 0)..][..taps * m_count * plane];
-                    gemm_accumulate(
-                        cg,
-                        taps * m_count,
-                        plane,
-                        a,
-                        dp,
-                        &mut grad_image[g * cg * plane..][..cg * plane],
-                    );
-                }
-            });
-        return;
-    }
-    // Per-tap operands [G, K², Cg, M]: bt[g][tap][i][m] = B[m, g·Cg + i, tap].
-    let mut per_tap = vec![0.0f32; shape.groups * taps * cg * m_count];
-    for g in 0..shape.groups {
-        for tap in 0..taps {
-            for i in 0..cg {
-                for m in 0..m_count {
-                    per_tap[((g * taps + tap) * cg + i) * m_count + m] =
-                        templates[(m * shape.in_channels + g * cg + i) * taps + tap];
-                }
-            }
-        }
-    }
-    input_grad.par_chunks_mut(image_len).enumerate().for_each_init(
-        || vec![0.0f32; cg * plane], // dcolumns [Cg, Ho·Wo]
-        |columns, (b, grad_image)| {
-            for g in 0..shape.groups {
-                for tap in 0..taps {
-                    columns.fill(0.0);
-                    let a = &per_tap[(g * taps + tap) * cg * m_count..][..cg * m_count];
-                    let dp = &maps_grad[shape.map_offset(b, g, tap, 0)..][..m_count * plane];
-                    gemm_accumulate(cg, m_count, plane, a, dp, columns);
-                    add_tap_columns(shape, columns, g, tap / k, tap % k, grad_image);
-                }
-            }
-        },
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -961,47 +808,6 @@ pub fn gather_forward_naive(
     }
 }
 
-/// Stage 2, fast: one output plane per task (in parallel); for each group, tap and output row,
-/// one f32x8 axpy of the row segment of the template's map that it reads.
-pub fn gather_forward(
-    shape: &SbfShape,
-    assignment: &TemplateAssignment,
-    masks: &[f32],
-    maps: &[f32],
-    output: &mut [f32],
-) {
-    shape.check("T", masks.len(), shape.masks_len());
-    shape.check("P", maps.len(), shape.maps_len());
-    shape.check("Y", output.len(), shape.output_len());
-    let (plane, n_out, k, w_out) = (
-        shape.out_plane(),
-        shape.out_channels,
-        shape.kernel,
-        shape.out_width(),
-    );
-    output.par_chunks_mut(plane).enumerate().for_each(|(bn, y)| {
-        let (b, n) = (bn / n_out, bn % n_out);
-        let (m, row) = (assignment.template_of[n], assignment.mask_row[n]);
-        y.fill(0.0);
-        for g in 0..shape.groups {
-            for tap in 0..k * k {
-                let t = mask_value(shape, masks, row, g, tap);
-                let map = &maps[shape.map_offset(b, g, tap, m)..][..shape.map_plane()];
-                for h in 0..shape.out_height() {
-                    let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
-                        continue;
-                    };
-                    axpy(
-                        t,
-                        &map[start..start + (w1 - w0)],
-                        &mut y[h * w_out + w0..h * w_out + w1],
-                    );
-                }
-            }
-        }
-    });
-}
-
 /// dT, naive: `dT[row(n),g,tap] += Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),map_position(h,w,kh,kw)]`.
 pub fn gather_masks_grad_naive(
     shape: &SbfShape,
@@ -1034,56 +840,6 @@ pub fn gather_masks_grad_naive(
             }
         }
     }
-}
-
-/// dT, fast: one mask row per task (in parallel), f32x8 dot products of the row segments.
-pub fn gather_masks_grad(
-    shape: &SbfShape,
-    assignment: &TemplateAssignment,
-    maps: &[f32],
-    grad_output: &[f32],
-    masks_grad: &mut [f32],
-) {
-    shape.check("P", maps.len(), shape.maps_len());
-    shape.check("dY", grad_output.len(), shape.output_len());
-    shape.check("dT", masks_grad.len(), shape.masks_len());
-    let (plane, k, w_out) = (shape.out_plane(), shape.kernel, shape.out_width());
-    let mut output_of_row = vec![0; shape.transformed()];
-    for n in 0..shape.out_channels {
-        if let Some(r) = assignment.mask_row[n] {
-            output_of_row[r] = n;
-        }
-    }
-    let row_len = shape.groups * shape.taps();
-    if row_len == 0 {
-        return;
-    }
-    masks_grad
-        .par_chunks_mut(row_len)
-        .enumerate()
-        .for_each(|(r, dt)| {
-            let n = output_of_row[r];
-            let m = assignment.template_of[n];
-            for g in 0..shape.groups {
-                for tap in 0..k * k {
-                    let mut sum = 0.0;
-                    for b in 0..shape.batch {
-                        let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
-                        let map = &maps[shape.map_offset(b, g, tap, m)..][..shape.map_plane()];
-                        for h in 0..shape.out_height() {
-                            let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
-                                continue;
-                            };
-                            sum += dot(
-                                &dy[h * w_out + w0..h * w_out + w1],
-                                &map[start..start + (w1 - w0)],
-                            );
-                        }
-                    }
-                    dt[g * shape.taps() + tap] += sum;
-                }
-            }
-        });
 }
 
 /// dP, naive: `dP[b,g,tap,m(n),map_position(h,w,kh,kw)] += t(n,g,tap) · R[b,n,h,w]` over all n, h, w
@@ -1120,10 +876,490 @@ pub fn gather_maps_grad_naive(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fast kernels, built from per-image blocks
+// ---------------------------------------------------------------------------------------------
+
+/// The GEMM operands of stage 1's backward into X: per group, Bᵀ as
+/// `[Cg × K²·M]` (stride 1; layout [G, Cg, K², M]) or per tap `[Cg × M]` (stride > 1; layout [G, K², Cg, M]).
+fn pack_input_grad_operands(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
+    if shape.maps_on_input_grid() {
+        return pack_templates_transposed(shape, templates);
+    }
+    let (m_count, taps, cg, c) = (
+        shape.templates,
+        shape.taps(),
+        shape.group_channels(),
+        shape.in_channels,
+    );
+    let mut per_tap = vec![0.0f32; shape.groups * taps * cg * m_count]; // [G, K², Cg, M]
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for i in 0..cg {
+                for m in 0..m_count {
+                    per_tap[((g * taps + tap) * cg + i) * m_count + m] =
+                        templates[(m * c + g * cg + i) * taps + tap];
+                }
+            }
+        }
+    }
+    per_tap
+}
+
+/// Scratch for the strided layout's tap columns ([Cg, Ho·Wo]); empty at stride 1.
+fn columns_scratch(shape: &SbfShape) -> Vec<f32> {
+    vec![
+        0.0f32;
+        if shape.maps_on_input_grid() {
+            0
+        } else {
+            shape.group_channels() * shape.out_plane()
+        }
+    ]
+}
+
+/// Stage 1 of one image (overwrites maps_image [G, K², M, plane]); packed = [`pack_templates`].
+fn stage1_image(
+    shape: &SbfShape,
+    packed: &[f32],
+    input_image: &[f32],
+    maps_image: &mut [f32],
+    columns: &mut [f32],
+) {
+    let (m_count, cg, plane, k, taps) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.map_plane(),
+        shape.kernel,
+        shape.taps(),
+    );
+    for g in 0..shape.groups {
+        if shape.maps_on_input_grid() {
+            // P[b,g] [K²·M × H·W] = B_g [K²·M × Cg] · X[b, group g] [Cg × H·W]
+            let a = &packed[g * taps * m_count * cg..][..taps * m_count * cg];
+            let x_group = &input_image[g * cg * plane..][..cg * plane];
+            let c = &mut maps_image[g * taps * m_count * plane..][..taps * m_count * plane];
+            gemm_overwrite(taps * m_count, cg, plane, a, x_group, c);
+            continue;
+        }
+        for tap in 0..taps {
+            // P[b,g,tap] [M × Ho·Wo] = B_{g,tap} [M × Cg] · columns [Cg × Ho·Wo]
+            tap_columns(shape, input_image, g, tap / k, tap % k, columns);
+            let a = &packed[(g * taps + tap) * m_count * cg..][..m_count * cg];
+            let c = &mut maps_image[(g * taps + tap) * m_count * plane..][..m_count * plane];
+            gemm_overwrite(m_count, cg, plane, a, columns, c);
+        }
+    }
+}
+
+/// dB of one image, accumulated into packed_grad [G, K², M, Cg] (the transposed stage-1 GEMMs).
+fn templates_grad_image(
+    shape: &SbfShape,
+    input_image: &[f32],
+    maps_grad_image: &[f32],
+    packed_grad: &mut [f32],
+    columns: &mut [f32],
+) {
+    let (m_count, cg, plane, k, taps) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.map_plane(),
+        shape.kernel,
+        shape.taps(),
+    );
+    for g in 0..shape.groups {
+        if shape.maps_on_input_grid() {
+            // dB_g [K²·M × Cg] += dP[b,g] [K²·M × H·W] · X[b,g]ᵀ
+            let dp = &maps_grad_image[g * taps * m_count * plane..][..taps * m_count * plane];
+            let x_group = &input_image[g * cg * plane..][..cg * plane];
+            let db = &mut packed_grad[g * taps * m_count * cg..][..taps * m_count * cg];
+            gemm_nt_accumulate(taps * m_count, plane, cg, dp, x_group, db);
+            continue;
+        }
+        for tap in 0..taps {
+            // dB_{g,tap} [M × Cg] += dP[b,g,tap] [M × Ho·Wo] · columnsᵀ
+            tap_columns(shape, input_image, g, tap / k, tap % k, columns);
+            let dp = &maps_grad_image[(g * taps + tap) * m_count * plane..][..m_count * plane];
+            let db = &mut packed_grad[(g * taps + tap) * m_count * cg..][..m_count * cg];
+            gemm_nt_accumulate(m_count, plane, cg, dp, columns, db);
+        }
+    }
+}
+
+/// dX of one image, accumulated into grad_image [C, H, W]; operands = [`pack_input_grad_operands`].
+fn input_grad_image(
+    shape: &SbfShape,
+    operands: &[f32],
+    maps_grad_image: &[f32],
+    grad_image: &mut [f32],
+    columns: &mut [f32],
+) {
+    let (m_count, cg, plane, k, taps) = (
+        shape.templates,
+        shape.group_channels(),
+        shape.map_plane(),
+        shape.kernel,
+        shape.taps(),
+    );
+    for g in 0..shape.groups {
+        if shape.maps_on_input_grid() {
+            // dX[b,g] [Cg × H·W] += Bᵀ_g [Cg × K²·M] · dP[b,g] [K²·M × H·W]
+            let a = &operands[g * cg * taps * m_count..][..cg * taps * m_count];
+            let dp = &maps_grad_image[g * taps * m_count * plane..][..taps * m_count * plane];
+            gemm_accumulate(
+                cg,
+                taps * m_count,
+                plane,
+                a,
+                dp,
+                &mut grad_image[g * cg * plane..][..cg * plane],
+            );
+            continue;
+        }
+        for tap in 0..taps {
+            // dcolumns [Cg × Ho·Wo] = Bᵀ_{g,tap} [Cg × M] · dP[b,g,tap] [M × Ho·Wo], then col2im
+            let a = &operands[(g * taps + tap) * cg * m_count..][..cg * m_count];
+            let dp = &maps_grad_image[(g * taps + tap) * m_count * plane..][..m_count * plane];
+            gemm_overwrite(cg, m_count, plane, a, dp, columns);
+            add_tap_columns(shape, columns, g, tap / k, tap % k, grad_image);
+        }
+    }
+}
+
+/// dB [M, C, K, K] += packed_grad [G, K², M, Cg].
+fn unpack_templates_grad(shape: &SbfShape, packed_grad: &[f32], templates_grad: &mut [f32]) {
+    let (m_count, cg, taps) = (shape.templates, shape.group_channels(), shape.taps());
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            for m in 0..m_count {
+                for i in 0..cg {
+                    templates_grad[(m * shape.in_channels + g * cg + i) * taps + tap] +=
+                        packed_grad[((g * taps + tap) * m_count + m) * cg + i];
+                }
+            }
+        }
+    }
+}
+
+/// "Same" padding at stride 1 (2p + 1 = K): P and Y planes are both H×W with row stride W, so
+/// every output j = h·W + w reads P at j + offset, offset = (kh−p)·W + (kw−p), and one long
+/// contiguous range of outputs [begin, end) covers all reads of a tap that are inside P.
+/// Inside that range the reads of |kw−p| columns per row wrap into the neighbouring row
+/// (they should read padding); [`for_each_wrapped_read`] lists them so callers undo them.
+#[inline]
+fn same_padding_range(shape: &SbfShape, kh: usize, kw: usize) -> Option<(usize, usize, isize)> {
+    let (h, w) = (shape.in_height as isize, shape.in_width as isize);
+    let (dy, dx) = (
+        kh as isize - shape.padding as isize,
+        kw as isize - shape.padding as isize,
+    );
+    let (h_begin, h_end) = ((-dy).max(0), (h - dy).min(h));
+    let begin = h_begin * w + (-dx).max(0);
+    let end = h_end * w - dx.max(0);
+    (begin < end).then_some((begin as usize, end as usize, dy * w + dx))
+}
+
+/// Calls `undo(j)` for every output j in [`same_padding_range`] whose read wrapped around a row end.
+#[inline]
+fn for_each_wrapped_read(shape: &SbfShape, kh: usize, kw: usize, mut undo: impl FnMut(usize)) {
+    let Some((begin, end, _)) = same_padding_range(shape, kh, kw) else {
+        return;
+    };
+    let w = shape.in_width;
+    let dx = kw as isize - shape.padding as isize;
+    let columns = if dx < 0 {
+        0..(-dx) as usize
+    } else {
+        w - dx as usize..w
+    };
+    for row_start in (begin / w * w..end).step_by(w) {
+        for column in columns.clone() {
+            let j = row_start + column;
+            if j >= begin && j < end {
+                undo(j);
+            }
+        }
+    }
+}
+
+impl SbfShape {
+    /// Stride 1 with 2p + 1 = K: the layout of [`same_padding_range`].
+    fn same_padding(&self) -> bool {
+        self.stride == 1 && 2 * self.padding + 1 == self.kernel
+    }
+}
+
+/// Y[b,n] (one output plane, overwritten) = Σ_g Σ_tap t(n,g,tap) · (the read segments of P[b,g,tap,m(n)]).
+fn gather_plane(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    maps_image: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let (k, w_out, map_plane) = (shape.kernel, shape.out_width(), shape.map_plane());
+    let (m, row) = (assignment.template_of[n], assignment.mask_row[n]);
+    y.fill(0.0);
+    for g in 0..shape.groups {
+        for tap in 0..k * k {
+            let t = mask_value(shape, masks, row, g, tap);
+            let map = &maps_image[shape.map_offset(0, g, tap, m)..][..map_plane];
+            if shape.same_padding() {
+                // y[j] += t·P[j + offset] over one long range, then undo the wrapped reads.
+                let Some((begin, end, offset)) = same_padding_range(shape, tap / k, tap % k) else {
+                    continue;
+                };
+                let read = (begin as isize + offset) as usize;
+                axpy(t, &map[read..read + (end - begin)], &mut y[begin..end]);
+                for_each_wrapped_read(shape, tap / k, tap % k, |j| {
+                    y[j] -= t * map[(j as isize + offset) as usize];
+                });
+                continue;
+            }
+            for h in 0..shape.out_height() {
+                let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+                    continue;
+                };
+                axpy(
+                    t,
+                    &map[start..start + (w1 - w0)],
+                    &mut y[h * w_out + w0..h * w_out + w1],
+                );
+            }
+        }
+    }
+}
+
+/// dT[row(n), g, tap] contribution of one image: Σ_{h,w} R[b,n,h,w] · P[b,g,tap,m(n), read position].
+fn masks_grad_entry(
+    shape: &SbfShape,
+    maps_image: &[f32],
+    dy_plane: &[f32],
+    m: usize,
+    g: usize,
+    tap: usize,
+) -> f32 {
+    let (k, w_out) = (shape.kernel, shape.out_width());
+    let map = &maps_image[shape.map_offset(0, g, tap, m)..][..shape.map_plane()];
+    if shape.same_padding() {
+        // Σ_j R[j]·P[j + offset] over one long range, minus the wrapped reads.
+        let Some((begin, end, offset)) = same_padding_range(shape, tap / k, tap % k) else {
+            return 0.0;
+        };
+        let read = (begin as isize + offset) as usize;
+        let mut sum = dot(&dy_plane[begin..end], &map[read..read + (end - begin)]);
+        for_each_wrapped_read(shape, tap / k, tap % k, |j| {
+            sum -= dy_plane[j] * map[(j as isize + offset) as usize];
+        });
+        return sum;
+    }
+    let mut sum = 0.0;
+    for h in 0..shape.out_height() {
+        let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+            continue;
+        };
+        sum += dot(
+            &dy_plane[h * w_out + w0..h * w_out + w1],
+            &map[start..start + (w1 - w0)],
+        );
+    }
+    sum
+}
+
+/// dP[b,g,tap,m] (one map plane, overwritten) = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n] at the positions it read.
+fn maps_grad_plane(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    outputs_of_template: &[usize],
+    grad_output_image: &[f32],
+    g: usize,
+    tap: usize,
+    dp: &mut [f32],
+) {
+    let (plane, k, w_out) = (shape.out_plane(), shape.kernel, shape.out_width());
+    dp.fill(0.0);
+    for &n in outputs_of_template {
+        let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
+        let dy = &grad_output_image[n * plane..][..plane];
+        if shape.same_padding() {
+            // dP[j + offset] += t·R[j] over one long range, then undo the wrapped writes.
+            let Some((begin, end, offset)) = same_padding_range(shape, tap / k, tap % k) else {
+                continue;
+            };
+            let write = (begin as isize + offset) as usize;
+            axpy(t, &dy[begin..end], &mut dp[write..write + (end - begin)]);
+            for_each_wrapped_read(shape, tap / k, tap % k, |j| {
+                dp[(j as isize + offset) as usize] -= t * dy[j];
+            });
+            continue;
+        }
+        for h in 0..shape.out_height() {
+            let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
+                continue;
+            };
+            axpy(
+                t,
+                &dy[h * w_out + w0..h * w_out + w1],
+                &mut dp[start..start + (w1 - w0)],
+            );
+        }
+    }
+}
+
+/// Stage 1, fast: one image per task (in parallel). Overwrites maps.
+///
+/// - stride 1: per group, ONE GEMM `P[b,g] [K²·M × H·W] = packed B [K²·M × Cg] · X[b, group g] [Cg × H·W]`
+///   (X's channels of a group are already a contiguous [Cg × H·W] matrix: no copy at all);
+/// - stride > 1: per group and tap, `P[b,g,tap] [M × Ho·Wo] = packed B_tap [M × Cg] · columns [Cg × Ho·Wo]`,
+///   the columns being the tap's strided view of X (only the positions that are read).
+pub fn stage1_forward(shape: &SbfShape, input: &[f32], templates: &[f32], maps: &mut [f32]) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    maps.par_chunks_mut(shape.maps_per_image())
+        .enumerate()
+        .for_each_init(
+            || columns_scratch(shape),
+            |columns, (b, maps_image)| {
+                stage1_image(
+                    shape,
+                    &packed,
+                    &input[b * image_len..][..image_len],
+                    maps_image,
+                    columns,
+                )
+            },
+        );
+}
+
+/// dB, fast: per image (in parallel, partial sums in packed layout reduced at the end), the
+/// transposed stage-1 GEMMs.
+pub fn stage1_templates_grad(shape: &SbfShape, input: &[f32], maps_grad: &[f32], templates_grad: &mut [f32]) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("dB", templates_grad.len(), shape.templates_len());
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    let packed_len = shape.templates_len();
+    let packed_grad = (0..shape.batch)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; packed_len], columns_scratch(shape)),
+            |(mut partial, mut columns), b| {
+                let maps_grad_image = &maps_grad[b * shape.maps_per_image()..][..shape.maps_per_image()];
+                templates_grad_image(
+                    shape,
+                    &input[b * image_len..][..image_len],
+                    maps_grad_image,
+                    &mut partial,
+                    &mut columns,
+                );
+                (partial, columns)
+            },
+        )
+        .map(|(partial, _)| partial)
+        .reduce(|| vec![0.0f32; packed_len], add_vectors);
+    unpack_templates_grad(shape, &packed_grad, templates_grad);
+}
+
+fn add_vectors(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+    a
+}
+
+/// dX, fast: per image (in parallel): stride 1, one GEMM per group
+/// `dX[b,g] [Cg × H·W] += Bᵀ_g [Cg × K²·M] · dP[b,g] [K²·M × H·W]`; stride > 1, per tap
+/// `dcolumns [Cg × Ho·Wo] = Bᵀ_tap [Cg × M] · dP[b,g,tap] [M × Ho·Wo]`, then the col2im of the tap into dX.
+pub fn stage1_input_grad(shape: &SbfShape, maps_grad: &[f32], templates: &[f32], input_grad: &mut [f32]) {
+    shape.check("dP", maps_grad.len(), shape.maps_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("dX", input_grad.len(), shape.input_len());
+    let operands = pack_input_grad_operands(shape, templates);
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    input_grad.par_chunks_mut(image_len).enumerate().for_each_init(
+        || columns_scratch(shape),
+        |columns, (b, grad_image)| {
+            let maps_grad_image = &maps_grad[b * shape.maps_per_image()..][..shape.maps_per_image()];
+            input_grad_image(shape, &operands, maps_grad_image, grad_image, columns)
+        },
+    );
+}
+
+/// Stage 2, fast: one output plane per task (in parallel); for each group, tap and output row,
+/// one f32x8 axpy of the row segment of the template's map that it reads.
+pub fn gather_forward(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    masks: &[f32],
+    maps: &[f32],
+    output: &mut [f32],
+) {
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("Y", output.len(), shape.output_len());
+    let n_out = shape.out_channels;
+    output
+        .par_chunks_mut(shape.out_plane())
+        .enumerate()
+        .for_each(|(bn, y)| {
+            let (b, n) = (bn / n_out, bn % n_out);
+            let maps_image = &maps[b * shape.maps_per_image()..][..shape.maps_per_image()];
+            gather_plane(shape, assignment, masks, maps_image, n, y);
+        });
+}
+
+/// For each mask row r, the transformed output n that uses it.
+fn output_of_rows(shape: &SbfShape, assignment: &TemplateAssignment) -> Vec<usize> {
+    let mut output_of_row = vec![0; shape.transformed()];
+    for n in 0..shape.out_channels {
+        if let Some(r) = assignment.mask_row[n] {
+            output_of_row[r] = n;
+        }
+    }
+    output_of_row
+}
+
+/// dT, fast: one mask row per task (in parallel), f32x8 dot products of the row segments.
+pub fn gather_masks_grad(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    maps: &[f32],
+    grad_output: &[f32],
+    masks_grad: &mut [f32],
+) {
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    shape.check("dT", masks_grad.len(), shape.masks_len());
+    let (plane, taps) = (shape.out_plane(), shape.taps());
+    let output_of_row = output_of_rows(shape, assignment);
+    let row_len = shape.groups * taps;
+    if row_len == 0 {
+        return;
+    }
+    masks_grad
+        .par_chunks_mut(row_len)
+        .enumerate()
+        .for_each(|(r, dt)| {
+            let n = output_of_row[r];
+            for b in 0..shape.batch {
+                let maps_image = &maps[b * shape.maps_per_image()..][..shape.maps_per_image()];
+                let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
+                for g in 0..shape.groups {
+                    for tap in 0..taps {
+                        dt[g * taps + tap] +=
+                            masks_grad_entry(shape, maps_image, dy, assignment.template_of[n], g, tap);
+                    }
+                }
+            }
+        });
+}
+
 /// dP, fast: a gather over the outputs of each template (no atomics): one plane dP[b,g,tap,m] per
 /// task (in parallel); for each output n with m(n) = m and each output row h, one f32x8 axpy of the
-/// row of R into the plane segment it read (for stride 1 this iterates over the map rows y and
-/// solves h = y − kh + p).
+/// row of R into the plane segment it read (for stride 1 this is the solve h = y − kh + p).
 pub fn gather_maps_grad(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -1134,14 +1370,9 @@ pub fn gather_maps_grad(
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     shape.check("dP", maps_grad.len(), shape.maps_len());
-    let (plane, m_count, taps, k, w_out) = (
-        shape.out_plane(),
-        shape.templates,
-        shape.taps(),
-        shape.kernel,
-        shape.out_width(),
-    );
+    let (m_count, taps) = (shape.templates, shape.taps());
     let outputs_of = assignment.outputs_of_templates(m_count);
+    let output_image = shape.out_channels * shape.out_plane();
     maps_grad
         .par_chunks_mut(shape.map_plane())
         .enumerate()
@@ -1151,22 +1382,176 @@ pub fn gather_maps_grad(
             let tap = index / m_count % taps;
             let g = index / (m_count * taps) % shape.groups;
             let b = index / (m_count * taps * shape.groups);
-            dp.fill(0.0);
-            for &n in &outputs_of[m] {
-                let t = mask_value(shape, masks, assignment.mask_row[n], g, tap);
-                let dy = &grad_output[(b * shape.out_channels + n) * plane..][..plane];
-                for h in 0..shape.out_height() {
-                    let Some((start, w0, w1)) = read_segment(shape, h, tap / k, tap % k) else {
-                        continue;
-                    };
-                    axpy(
-                        t,
-                        &dy[h * w_out + w0..h * w_out + w1],
-                        &mut dp[start..start + (w1 - w0)],
-                    );
-                }
-            }
+            let dy_image = &grad_output[b * output_image..][..output_image];
+            maps_grad_plane(shape, assignment, masks, &outputs_of[m], dy_image, g, tap, dp);
         });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused layer kernels: both stages per image, while its maps are in cache
+// ---------------------------------------------------------------------------------------------
+
+/// The layer's forward: per image (in parallel) stage 1 into P[b] then stage 2 from it, so P[b]
+/// is gathered while still in cache. Overwrites maps (saved for backward) and output.
+pub fn two_stage_forward(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    maps: &mut [f32],
+    output: &mut [f32],
+) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("Y", output.len(), shape.output_len());
+    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
+    let (image_len, plane) = (
+        shape.in_channels * shape.in_height * shape.in_width,
+        shape.out_plane(),
+    );
+    maps.par_chunks_mut(shape.maps_per_image())
+        .zip(output.par_chunks_mut(shape.out_channels * plane))
+        .enumerate()
+        .for_each_init(
+            || columns_scratch(shape),
+            |columns, (b, (maps_image, output_image))| {
+                stage1_image(
+                    shape,
+                    &packed,
+                    &input[b * image_len..][..image_len],
+                    maps_image,
+                    columns,
+                );
+                for (n, y) in output_image.chunks_mut(plane).enumerate() {
+                    gather_plane(shape, assignment, masks, maps_image, n, y);
+                }
+            },
+        );
+}
+
+/// Where [`two_stage_backward`] accumulates; `None` skips that gradient.
+pub struct TwoStageGrads<'a> {
+    /// dX [Bt, C, H, W]
+    pub input: Option<&'a mut [f32]>,
+    /// dB [M, C, K, K]
+    pub templates: Option<&'a mut [f32]>,
+    /// dT [N−M, G, K, K]
+    pub masks: Option<&'a mut [f32]>,
+}
+
+/// The layer's backward (view B), per image in parallel: dT from P[b] and R[b]; dP[b] (a per-worker
+/// buffer, never the whole batch) by the gather over outputs; then dB (partial sums per worker) and
+/// dX[b] from dP[b]. Accumulates into `grads`.
+pub fn two_stage_backward(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    maps: &[f32],
+    grad_output: &[f32],
+    grads: TwoStageGrads,
+) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("P", maps.len(), shape.maps_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    let (image_len, plane, taps) = (
+        shape.in_channels * shape.in_height * shape.in_width,
+        shape.out_plane(),
+        shape.taps(),
+    );
+    let output_image = shape.out_channels * plane;
+    let (want_masks, want_templates) = (grads.masks.is_some(), grads.templates.is_some());
+    let want_maps_grad = want_templates || grads.input.is_some();
+    let operands = pack_input_grad_operands(shape, templates);
+    let outputs_of = assignment.outputs_of_templates(shape.templates);
+    let output_of_row = output_of_rows(shape, assignment);
+    let input_grad_images: Vec<Option<&mut [f32]>> = match grads.input {
+        Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
+        None => (0..shape.batch).map(|_| None).collect(),
+    };
+    // Per worker: (dB partial [G, K², M, Cg], dT partial [N−M, G, K²], dP[b] [G, K², M, plane], columns).
+    let new_state = || {
+        (
+            vec![0.0f32; if want_templates { shape.templates_len() } else { 0 }],
+            vec![0.0f32; if want_masks { shape.masks_len() } else { 0 }],
+            vec![0.0f32; if want_maps_grad { shape.maps_per_image() } else { 0 }],
+            columns_scratch(shape),
+        )
+    };
+    let (templates_partial, masks_partial, _, _) = input_grad_images
+        .into_par_iter()
+        .enumerate()
+        .fold(
+            new_state,
+            |(mut db, mut dt, mut dp, mut columns), (b, dx_image)| {
+                let maps_image = &maps[b * shape.maps_per_image()..][..shape.maps_per_image()];
+                let dy_image = &grad_output[b * output_image..][..output_image];
+                if want_masks {
+                    for (r, &n) in output_of_row.iter().enumerate() {
+                        for g in 0..shape.groups {
+                            for tap in 0..taps {
+                                dt[(r * shape.groups + g) * taps + tap] += masks_grad_entry(
+                                    shape,
+                                    maps_image,
+                                    &dy_image[n * plane..][..plane],
+                                    assignment.template_of[n],
+                                    g,
+                                    tap,
+                                );
+                            }
+                        }
+                    }
+                }
+                if want_maps_grad {
+                    for (index, dp_plane) in dp.chunks_mut(shape.map_plane()).enumerate() {
+                        // index = (g·K² + tap)·M + m
+                        let (m, tap, g) = (
+                            index % shape.templates,
+                            index / shape.templates % taps,
+                            index / (shape.templates * taps),
+                        );
+                        maps_grad_plane(
+                            shape,
+                            assignment,
+                            masks,
+                            &outputs_of[m],
+                            dy_image,
+                            g,
+                            tap,
+                            dp_plane,
+                        );
+                    }
+                    if want_templates {
+                        templates_grad_image(
+                            shape,
+                            &input[b * image_len..][..image_len],
+                            &dp,
+                            &mut db,
+                            &mut columns,
+                        );
+                    }
+                    if let Some(dx_image) = dx_image {
+                        input_grad_image(shape, &operands, &dp, dx_image, &mut columns);
+                    }
+                }
+                (db, dt, dp, columns)
+            },
+        )
+        .reduce(new_state, |a, b| {
+            (add_vectors(a.0, b.0), add_vectors(a.1, b.1), a.2, a.3)
+        });
+    if let Some(dt) = grads.masks {
+        dt.iter_mut().zip(&masks_partial).for_each(|(d, p)| *d += p);
+    }
+    if let Some(db) = grads.templates {
+        unpack_templates_grad(shape, &templates_partial, db);
+    }
 }
 
 #[cfg(test)]
@@ -1188,6 +1573,8 @@ mod tests {
             (1, 4, 6, 6, 4, 1, 1, 1, 0, 4),
             (2, 10, 8, 9, 6, 5, 5, 2, 2, 1),
             (2, 12, 5, 19, 9, 4, 3, 1, 0, 2),
+            (2, 6, 6, 11, 5, 3, 5, 1, 2, 3),
+            (1, 8, 3, 9, 6, 2, 3, 1, 1, 2),
         ] {
             let shape = SbfShape {
                 batch,
@@ -1220,7 +1607,14 @@ mod tests {
     #[test]
     fn gemm_kernels_equal_triple_loops_on_ragged_sizes() {
         let mut rng = StdRng::seed_from_u64(3);
-        for (rows, inner, cols) in [(1, 1, 1), (5, 3, 37), (4, 9, 16), (7, 13, 25), (3, 17, 8)] {
+        for (rows, inner, cols) in [
+            (1, 1, 1),
+            (5, 3, 37),
+            (4, 9, 16),
+            (7, 13, 25),
+            (3, 17, 8),
+            (13, 8, 41),
+        ] {
             let a = random(rows * inner, &mut rng);
             let b = random(inner * cols, &mut rng);
             let bt = random(cols * inner, &mut rng);
@@ -1239,6 +1633,11 @@ mod tests {
             }
             assert_close("gemm", &c, &expect);
             assert_close("gemm_nt", &c_nt, &expect_nt);
+            let mut c_over = vec![f32::NAN; rows * cols];
+            gemm_overwrite(rows, inner, cols, &a, &b, &mut c_over);
+            let mut zero_start = vec![0.0; rows * cols];
+            gemm_accumulate(rows, inner, cols, &a, &b, &mut zero_start);
+            assert_close("gemm_overwrite", &c_over, &zero_start);
         }
     }
 
@@ -1312,6 +1711,58 @@ mod tests {
             gather_maps_grad(&shape, &assignment, &t, &dy, &mut dp_fast);
             gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
             assert_close("gather_maps_grad", &dp_fast, &dp_naive);
+        }
+    }
+
+    #[test]
+    fn fused_layer_kernels_equal_the_naive_stages_chained() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for (shape, assignment) in shapes() {
+            let x = random(shape.input_len(), &mut rng);
+            let b = random(shape.templates_len(), &mut rng);
+            let t = random(shape.masks_len(), &mut rng);
+            let dy = random(shape.output_len(), &mut rng);
+            // Naive chain: P, Y; dT from P; dP; dB and dX from dP.
+            let mut p_naive = vec![0.0; shape.maps_len()];
+            stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+            let mut y_naive = vec![0.0; shape.output_len()];
+            gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+            let mut dt_naive = vec![0.5; shape.masks_len()];
+            gather_masks_grad_naive(&shape, &assignment, &p_naive, &dy, &mut dt_naive);
+            let mut dp_naive = vec![0.0; shape.maps_len()];
+            gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+            let mut db_naive = vec![0.5; shape.templates_len()];
+            stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
+            let mut dx_naive = vec![0.5; shape.input_len()];
+            stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
+            // Fused.
+            let (mut p, mut y) = (vec![9.0; shape.maps_len()], vec![9.0; shape.output_len()]);
+            two_stage_forward(&shape, &assignment, &x, &b, &t, &mut p, &mut y);
+            assert_close("two_stage_forward P", &p, &p_naive);
+            assert_close("two_stage_forward Y", &y, &y_naive);
+            let (mut dx, mut db, mut dt) = (
+                vec![0.5; shape.input_len()],
+                vec![0.5; shape.templates_len()],
+                vec![0.5; shape.masks_len()],
+            );
+            let grads = TwoStageGrads {
+                input: Some(&mut dx),
+                templates: Some(&mut db),
+                masks: Some(&mut dt),
+            };
+            two_stage_backward(&shape, &assignment, &x, &b, &t, &p, &dy, grads);
+            assert_close("two_stage_backward dX", &dx, &dx_naive);
+            assert_close("two_stage_backward dB", &db, &db_naive);
+            assert_close("two_stage_backward dT", &dt, &dt_naive);
+            // Skipped gradients stay untouched.
+            let mut db_only = vec![0.5; shape.templates_len()];
+            let grads = TwoStageGrads {
+                input: None,
+                templates: Some(&mut db_only),
+                masks: None,
+            };
+            two_stage_backward(&shape, &assignment, &x, &b, &t, &p, &dy, grads);
+            assert_close("two_stage_backward dB alone", &db_only, &db_naive);
         }
     }
 

@@ -285,52 +285,65 @@ fn two_stage(
     shape: SbfShape,
 ) -> Var {
     let plane = shape.out_plane();
-    // Stage 1 — P[b,g,tap,m,h,w] = Σ_{i∈g} X[b,i,h·s+kh−p,w·s+kw−p]·B[m,i,kh,kw].  P: [Bt, G, K², M, plane]
+    // Stage 1 — P[b,g,tap,m,·] = Σ_{i∈g} X[b,i,·]·B[m,i,kh,kw]           P: [Bt, G, K², M, plane]
+    // Stage 2 — Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap)·P[b,g,tap,m(n), read position of (h,w)]   Y: [Bt, N, Ho, Wo]
+    // (fused per image, so each P[b] is gathered while in cache; P is kept for backward).
     let mut maps = vec![0.0f32; shape.maps_len()];
-    kernel::stage1_forward(
-        &shape,
-        &tape.value(x).data,
-        &tape.value(templates).data,
-        &mut maps,
-    );
-    // Stage 2 — Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap)·P[b,g,tap,m(n),h,w].  Y: [Bt, N, Ho, Wo]
     let mut y = Tensor::zeros(&[
         shape.batch,
         shape.out_channels,
         shape.out_height(),
         shape.out_width(),
     ]);
-    kernel::gather_forward(&shape, assignment, &tape.value(masks).data, &maps, &mut y.data);
+    kernel::two_stage_forward(
+        &shape,
+        assignment,
+        &tape.value(x).data,
+        &tape.value(templates).data,
+        &tape.value(masks).data,
+        &mut maps,
+        &mut y.data,
+    );
     if let Some(b) = bias {
         add_channel_bias(&mut y.data, &tape.value(b).data, plane);
     }
-    // P moves into the backward closure (dT reads it, then its buffer becomes dP); in evaluation
-    // mode nothing is recorded and P is freed when `push` returns.
+    // P moves into the backward closure (dT reads it; dP is built per image there); in
+    // evaluation mode nothing is recorded and P is freed when `push` returns.
     let assignment = assignment.clone();
     let inputs: Vec<Var> = [x, templates, masks].into_iter().chain(bias).collect();
     tape.push(y, &inputs, move |grad_y, ctx| {
         let r = &grad_y.data; // R = ∂L/∂Y [Bt, N, Ho, Wo]
         let (x_value, b_value, t_value) = (ctx.value(x), ctx.value(templates), ctx.value(masks));
-        // dT[row(n),g,tap] += Σ_{b,h,w} R[b,n,h,w]·P[b,g,tap,m(n),h,w]
-        if let Some(grad_t) = ctx.grad(masks) {
-            kernel::gather_masks_grad(&shape, &assignment, &maps, r, &mut grad_t.data);
-        }
         if let Some(grad_bias) = bias.and_then(|b| ctx.grad(b)) {
             accumulate_channel_sums(r, &mut grad_bias.data, plane);
         }
-        let want_templates = ctx.grad(templates).is_some();
-        let want_input = ctx.grad(x).is_some();
-        if !(want_templates || want_input) {
-            return;
-        }
-        // dP[b,g,tap,m,h,w] = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,h,w]  (reuses P's buffer)  [Bt, G, K², M, plane]
-        let mut maps_grad = maps;
-        kernel::gather_maps_grad(&shape, &assignment, &t_value.data, r, &mut maps_grad);
-        if let Some(grad_b) = ctx.grad(templates) {
-            kernel::stage1_templates_grad(&shape, &x_value.data, &maps_grad, &mut grad_b.data);
-        }
-        if let Some(grad_x) = ctx.grad(x) {
-            kernel::stage1_input_grad(&shape, &maps_grad, &b_value.data, &mut grad_x.data);
+        // View B, per image (see kernels::sbf::two_stage_backward):
+        //   dT[row(n),g,tap] = Σ R[b,n,h,w]·P[b,g,tap,m(n),·]
+        //   dP[b,g,tap,m,·]  = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,h,w]
+        //   dB = dP·Xᵀ (grouped 1×1 weight grad),  dX = Bᵀ·dP (grouped 1×1 input grad)
+        // Gradients go to locals first, since ctx hands out one gradient at a time.
+        let mut grad_x = ctx.grad(x).map(|g| vec![0.0f32; g.len()]);
+        let mut grad_b = ctx.grad(templates).map(|g| vec![0.0f32; g.len()]);
+        let mut grad_t = ctx.grad(masks).map(|g| vec![0.0f32; g.len()]);
+        let grads = kernel::TwoStageGrads {
+            input: grad_x.as_deref_mut(),
+            templates: grad_b.as_deref_mut(),
+            masks: grad_t.as_deref_mut(),
+        };
+        kernel::two_stage_backward(
+            &shape,
+            &assignment,
+            &x_value.data,
+            &b_value.data,
+            &t_value.data,
+            &maps,
+            r,
+            grads,
+        );
+        for (var, local) in [(x, grad_x), (templates, grad_b), (masks, grad_t)] {
+            if let (Some(local), Some(g)) = (local, ctx.grad(var)) {
+                g.data.iter_mut().zip(local).for_each(|(a, b)| *a += b);
+            }
         }
     })
 }
