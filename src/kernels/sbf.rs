@@ -1388,36 +1388,41 @@ pub fn gather_maps_grad(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fused layer kernels: both stages per image, while its maps are in cache
+// The fused layer kernels: both stages per image, with P[b] in a per-worker scratch buffer
 // ---------------------------------------------------------------------------------------------
+//
+// The maps P hold K²·G·M planes per image (G·K²·M/N times the output: 9× for 16 channels at
+// M = 8, G = 2). The layer never materialises them for the whole batch: the forward computes
+// P[b] into a per-worker buffer and gathers it while it is in cache; the backward recomputes
+// P[b] (one stage-1 GEMM per image) when dT is wanted, rather than keeping the batch's P
+// alive between forward and backward. Peak memory is then one P[b] and one dP[b] per worker.
 
-/// The layer's forward: per image (in parallel) stage 1 into P[b] then stage 2 from it, so P[b]
-/// is gathered while still in cache. Overwrites maps (saved for backward) and output.
+/// The layer's forward: per image (in parallel) stage 1 into a scratch P[b], then stage 2 from
+/// it. Overwrites output [Bt, N, Ho, Wo].
 pub fn two_stage_forward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
     templates: &[f32],
     masks: &[f32],
-    maps: &mut [f32],
     output: &mut [f32],
 ) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
-    shape.check("P", maps.len(), shape.maps_len());
     shape.check("Y", output.len(), shape.output_len());
     let packed = pack_templates(shape, templates); // [G, K², M, Cg]
     let (image_len, plane) = (
         shape.in_channels * shape.in_height * shape.in_width,
         shape.out_plane(),
     );
-    maps.par_chunks_mut(shape.maps_per_image())
-        .zip(output.par_chunks_mut(shape.out_channels * plane))
+    output
+        .par_chunks_mut(shape.out_channels * plane)
         .enumerate()
         .for_each_init(
-            || columns_scratch(shape),
-            |columns, (b, (maps_image, output_image))| {
+            // (P[b] [G, K², M, plane], columns)
+            || (vec![0.0f32; shape.maps_per_image()], columns_scratch(shape)),
+            |(maps_image, columns), (b, output_image)| {
                 stage1_image(
                     shape,
                     &packed,
@@ -1442,23 +1447,21 @@ pub struct TwoStageGrads<'a> {
     pub masks: Option<&'a mut [f32]>,
 }
 
-/// The layer's backward (view B), per image in parallel: dT from P[b] and R[b]; dP[b] (a per-worker
-/// buffer, never the whole batch) by the gather over outputs; then dB (partial sums per worker) and
-/// dX[b] from dP[b]. Accumulates into `grads`.
+/// The layer's backward (view B), per image in parallel: dT from a recomputed P[b] and R[b];
+/// dP[b] by the gather over outputs; then dB (partial sums per worker) and dX[b] from dP[b].
+/// Accumulates into `grads`.
 pub fn two_stage_backward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
     templates: &[f32],
     masks: &[f32],
-    maps: &[f32],
     grad_output: &[f32],
     grads: TwoStageGrads,
 ) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
-    shape.check("P", maps.len(), shape.maps_len());
     shape.check("dY", grad_output.len(), shape.output_len());
     let (image_len, plane, taps) = (
         shape.in_channels * shape.in_height * shape.in_width,
@@ -1468,6 +1471,7 @@ pub fn two_stage_backward(
     let output_image = shape.out_channels * plane;
     let (want_masks, want_templates) = (grads.masks.is_some(), grads.templates.is_some());
     let want_maps_grad = want_templates || grads.input.is_some();
+    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
     let operands = pack_input_grad_operands(shape, templates);
     let outputs_of = assignment.outputs_of_templates(shape.templates);
     let output_of_row = output_of_rows(shape, assignment);
@@ -1475,82 +1479,82 @@ pub fn two_stage_backward(
         Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
         None => (0..shape.batch).map(|_| None).collect(),
     };
-    // Per worker: (dB partial [G, K², M, Cg], dT partial [N−M, G, K²], dP[b] [G, K², M, plane], columns).
-    let new_state = || {
-        (
-            vec![0.0f32; if want_templates { shape.templates_len() } else { 0 }],
-            vec![0.0f32; if want_masks { shape.masks_len() } else { 0 }],
-            vec![0.0f32; if want_maps_grad { shape.maps_per_image() } else { 0 }],
-            columns_scratch(shape),
-        )
+    // Per worker: dB partial [G, K², M, Cg], dT partial [N−M, G, K²], and scratch P[b] / dP[b]
+    // [G, K², M, plane] and columns.
+    struct Worker {
+        templates_grad: Vec<f32>,
+        masks_grad: Vec<f32>,
+        maps: Vec<f32>,
+        maps_grad: Vec<f32>,
+        columns: Vec<f32>,
+    }
+    let new_worker = || Worker {
+        templates_grad: vec![0.0; if want_templates { shape.templates_len() } else { 0 }],
+        masks_grad: vec![0.0; if want_masks { shape.masks_len() } else { 0 }],
+        maps: vec![0.0; if want_masks { shape.maps_per_image() } else { 0 }],
+        maps_grad: vec![0.0; if want_maps_grad { shape.maps_per_image() } else { 0 }],
+        columns: columns_scratch(shape),
     };
-    let (templates_partial, masks_partial, _, _) = input_grad_images
+    let total = input_grad_images
         .into_par_iter()
         .enumerate()
-        .fold(
-            new_state,
-            |(mut db, mut dt, mut dp, mut columns), (b, dx_image)| {
-                let maps_image = &maps[b * shape.maps_per_image()..][..shape.maps_per_image()];
-                let dy_image = &grad_output[b * output_image..][..output_image];
-                if want_masks {
-                    for (r, &n) in output_of_row.iter().enumerate() {
-                        for g in 0..shape.groups {
-                            for tap in 0..taps {
-                                dt[(r * shape.groups + g) * taps + tap] += masks_grad_entry(
-                                    shape,
-                                    maps_image,
-                                    &dy_image[n * plane..][..plane],
-                                    assignment.template_of[n],
-                                    g,
-                                    tap,
-                                );
-                            }
+        .fold(new_worker, |mut worker, (b, dx_image)| {
+            let input_image = &input[b * image_len..][..image_len];
+            let dy_image = &grad_output[b * output_image..][..output_image];
+            if want_masks {
+                // dT[row(n),g,tap] += Σ R[b,n,·]·P[b,g,tap,m(n),·]   (P[b] recomputed)
+                stage1_image(shape, &packed, input_image, &mut worker.maps, &mut worker.columns);
+                for (r, &n) in output_of_row.iter().enumerate() {
+                    let dy = &dy_image[n * plane..][..plane];
+                    for g in 0..shape.groups {
+                        for tap in 0..taps {
+                            worker.masks_grad[(r * shape.groups + g) * taps + tap] +=
+                                masks_grad_entry(shape, &worker.maps, dy, assignment.template_of[n], g, tap);
                         }
                     }
                 }
-                if want_maps_grad {
-                    for (index, dp_plane) in dp.chunks_mut(shape.map_plane()).enumerate() {
-                        // index = (g·K² + tap)·M + m
-                        let (m, tap, g) = (
-                            index % shape.templates,
-                            index / shape.templates % taps,
-                            index / (shape.templates * taps),
-                        );
-                        maps_grad_plane(
-                            shape,
-                            assignment,
-                            masks,
-                            &outputs_of[m],
-                            dy_image,
-                            g,
-                            tap,
-                            dp_plane,
-                        );
-                    }
-                    if want_templates {
-                        templates_grad_image(
-                            shape,
-                            &input[b * image_len..][..image_len],
-                            &dp,
-                            &mut db,
-                            &mut columns,
-                        );
-                    }
-                    if let Some(dx_image) = dx_image {
-                        input_grad_image(shape, &operands, &dp, dx_image, &mut columns);
-                    }
+            }
+            if want_maps_grad {
+                // dP[b,g,tap,m,·] = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,·]
+                for (index, dp) in worker.maps_grad.chunks_mut(shape.map_plane()).enumerate() {
+                    // index = (g·K² + tap)·M + m
+                    let m = index % shape.templates;
+                    let (tap, g) = (index / shape.templates % taps, index / (shape.templates * taps));
+                    maps_grad_plane(shape, assignment, masks, &outputs_of[m], dy_image, g, tap, dp);
                 }
-                (db, dt, dp, columns)
-            },
-        )
-        .reduce(new_state, |a, b| {
-            (add_vectors(a.0, b.0), add_vectors(a.1, b.1), a.2, a.3)
+                if want_templates {
+                    // dB += dP[b]·X[b]ᵀ
+                    templates_grad_image(
+                        shape,
+                        input_image,
+                        &worker.maps_grad,
+                        &mut worker.templates_grad,
+                        &mut worker.columns,
+                    );
+                }
+                if let Some(dx) = dx_image {
+                    // dX[b] += Bᵀ·dP[b]
+                    input_grad_image(shape, &operands, &worker.maps_grad, dx, &mut worker.columns);
+                }
+            }
+            worker
+        })
+        .reduce(new_worker, |mut a, b| {
+            a.templates_grad
+                .iter_mut()
+                .zip(&b.templates_grad)
+                .for_each(|(x, y)| *x += y);
+            a.masks_grad
+                .iter_mut()
+                .zip(&b.masks_grad)
+                .for_each(|(x, y)| *x += y);
+            a
         });
     if let Some(dt) = grads.masks {
-        dt.iter_mut().zip(&masks_partial).for_each(|(d, p)| *d += p);
+        dt.iter_mut().zip(&total.masks_grad).for_each(|(d, p)| *d += p);
     }
     if let Some(db) = grads.templates {
-        unpack_templates_grad(shape, &templates_partial, db);
+        unpack_templates_grad(shape, &total.templates_grad, db);
     }
 }
 
@@ -1736,9 +1740,8 @@ mod tests {
             let mut dx_naive = vec![0.5; shape.input_len()];
             stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
             // Fused.
-            let (mut p, mut y) = (vec![9.0; shape.maps_len()], vec![9.0; shape.output_len()]);
-            two_stage_forward(&shape, &assignment, &x, &b, &t, &mut p, &mut y);
-            assert_close("two_stage_forward P", &p, &p_naive);
+            let mut y = vec![9.0; shape.output_len()];
+            two_stage_forward(&shape, &assignment, &x, &b, &t, &mut y);
             assert_close("two_stage_forward Y", &y, &y_naive);
             let (mut dx, mut db, mut dt) = (
                 vec![0.5; shape.input_len()],
@@ -1750,7 +1753,7 @@ mod tests {
                 templates: Some(&mut db),
                 masks: Some(&mut dt),
             };
-            two_stage_backward(&shape, &assignment, &x, &b, &t, &p, &dy, grads);
+            two_stage_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
             assert_close("two_stage_backward dX", &dx, &dx_naive);
             assert_close("two_stage_backward dB", &db, &db_naive);
             assert_close("two_stage_backward dT", &dt, &dt_naive);
@@ -1761,7 +1764,7 @@ mod tests {
                 templates: Some(&mut db_only),
                 masks: None,
             };
-            two_stage_backward(&shape, &assignment, &x, &b, &t, &p, &dy, grads);
+            two_stage_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
             assert_close("two_stage_backward dB alone", &db_only, &db_naive);
         }
     }

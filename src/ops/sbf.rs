@@ -285,10 +285,10 @@ fn two_stage(
     shape: SbfShape,
 ) -> Var {
     let plane = shape.out_plane();
-    // Stage 1 — P[b,g,tap,m,·] = Σ_{i∈g} X[b,i,·]·B[m,i,kh,kw]           P: [Bt, G, K², M, plane]
+    // Stage 1 — P[b,g,tap,m,·] = Σ_{i∈g} X[b,i,·]·B[m,i,kh,kw]           P[b]: [G, K², M, plane]
     // Stage 2 — Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap)·P[b,g,tap,m(n), read position of (h,w)]   Y: [Bt, N, Ho, Wo]
-    // (fused per image, so each P[b] is gathered while in cache; P is kept for backward).
-    let mut maps = vec![0.0f32; shape.maps_len()];
+    // Fused per image: P[b] lives in a per-worker scratch buffer, gathered while in cache, and is
+    // recomputed in backward instead of being kept for the whole batch (see kernels::sbf).
     let mut y = Tensor::zeros(&[
         shape.batch,
         shape.out_channels,
@@ -301,14 +301,11 @@ fn two_stage(
         &tape.value(x).data,
         &tape.value(templates).data,
         &tape.value(masks).data,
-        &mut maps,
         &mut y.data,
     );
     if let Some(b) = bias {
         add_channel_bias(&mut y.data, &tape.value(b).data, plane);
     }
-    // P moves into the backward closure (dT reads it; dP is built per image there); in
-    // evaluation mode nothing is recorded and P is freed when `push` returns.
     let assignment = assignment.clone();
     let inputs: Vec<Var> = [x, templates, masks].into_iter().chain(bias).collect();
     tape.push(y, &inputs, move |grad_y, ctx| {
@@ -318,7 +315,7 @@ fn two_stage(
             accumulate_channel_sums(r, &mut grad_bias.data, plane);
         }
         // View B, per image (see kernels::sbf::two_stage_backward):
-        //   dT[row(n),g,tap] = Σ R[b,n,h,w]·P[b,g,tap,m(n),·]
+        //   dT[row(n),g,tap] = Σ R[b,n,h,w]·P[b,g,tap,m(n),·]        (P[b] recomputed)
         //   dP[b,g,tap,m,·]  = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,h,w]
         //   dB = dP·Xᵀ (grouped 1×1 weight grad),  dX = Bᵀ·dP (grouped 1×1 input grad)
         // Gradients go to locals first, since ctx hands out one gradient at a time.
@@ -336,7 +333,6 @@ fn two_stage(
             &x_value.data,
             &b_value.data,
             &t_value.data,
-            &maps,
             r,
             grads,
         );
