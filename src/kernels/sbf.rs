@@ -411,27 +411,88 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
 /// in 2·ROWS f32x8 accumulators and streams one row of b (two vectors) and
 /// ROWS broadcasts of a per step of k.
 pub fn gemm_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm::<true>(rows, inner, cols, a, b, c)
+    let ld = Strides {
+        lda: inner,
+        ldb: cols,
+        ldc: cols,
+    };
+    gemm::<true>(rows, inner, cols, a, b, c, ld)
+}
+
+/// [`gemm_accumulate`] with the rows of b and c `ldb` and `ldc` apart (a is dense).
+pub fn gemm_accumulate_strided(
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm::<true>(rows, inner, cols, a, b, c, Strides { lda: inner, ldb, ldc })
+}
+
+/// [`gemm_overwrite`] with the rows of b and c `ldb` and `ldc` apart (a is dense).
+pub fn gemm_overwrite_strided(
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    gemm::<false>(rows, inner, cols, a, b, c, Strides { lda: inner, ldb, ldc })
 }
 
 /// `c[r, j] = Σ_k a[r, k] · b[k, j]` (overwrites c; saves a pass over c when it starts at zero).
 pub fn gemm_overwrite(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm::<false>(rows, inner, cols, a, b, c)
+    let ld = Strides {
+        lda: inner,
+        ldb: cols,
+        ldc: cols,
+    };
+    gemm::<false>(rows, inner, cols, a, b, c, ld)
 }
 
-fn gemm<const ACCUMULATE: bool>(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= rows * inner && b.len() >= inner * cols && c.len() >= rows * cols);
+/// Row strides: a row r of a starts at r·lda, row k of b at k·ldb, row r of c at r·ldc.
+#[derive(Clone, Copy)]
+struct Strides {
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+}
+
+fn gemm<const ACCUMULATE: bool>(
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ld: Strides,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (rows - 1) * ld.lda + inner
+            && (inner == 0 || b.len() >= (inner - 1) * ld.ldb + cols)
+            && c.len() >= (rows - 1) * ld.ldc + cols
+    );
     let mut r = 0;
     while r + 6 <= rows {
-        gemm_rows::<6, ACCUMULATE>(r, inner, cols, a, b, c);
+        gemm_rows::<6, ACCUMULATE>(r, inner, cols, a, b, c, ld);
         r += 6;
     }
     match rows - r {
-        5 => gemm_rows::<5, ACCUMULATE>(r, inner, cols, a, b, c),
-        4 => gemm_rows::<4, ACCUMULATE>(r, inner, cols, a, b, c),
-        3 => gemm_rows::<3, ACCUMULATE>(r, inner, cols, a, b, c),
-        2 => gemm_rows::<2, ACCUMULATE>(r, inner, cols, a, b, c),
-        1 => gemm_rows::<1, ACCUMULATE>(r, inner, cols, a, b, c),
+        5 => gemm_rows::<5, ACCUMULATE>(r, inner, cols, a, b, c, ld),
+        4 => gemm_rows::<4, ACCUMULATE>(r, inner, cols, a, b, c, ld),
+        3 => gemm_rows::<3, ACCUMULATE>(r, inner, cols, a, b, c, ld),
+        2 => gemm_rows::<2, ACCUMULATE>(r, inner, cols, a, b, c, ld),
+        1 => gemm_rows::<1, ACCUMULATE>(r, inner, cols, a, b, c, ld),
         _ => {}
     }
 }
@@ -444,23 +505,24 @@ fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
+    ld: Strides,
 ) {
-    let a = &a[r0 * inner..(r0 + ROWS) * inner];
+    let a = &a[r0 * ld.lda..];
     let mut j = 0;
     // 16-column blocks: 2·ROWS accumulators.
     while j + 16 <= cols {
         let mut acc = [[f32x8::ZERO; 2]; ROWS];
         for k in 0..inner {
-            let b_row = &b[k * cols + j..];
+            let b_row = &b[k * ld.ldb + j..];
             let (b0, b1) = (load(b_row), load(&b_row[8..]));
             for r in 0..ROWS {
-                let a_rk = f32x8::splat(a[r * inner + k]);
+                let a_rk = f32x8::splat(a[r * ld.lda + k]);
                 acc[r][0] = a_rk.mul_add(b0, acc[r][0]);
                 acc[r][1] = a_rk.mul_add(b1, acc[r][1]);
             }
         }
         for r in 0..ROWS {
-            let c_row = &mut c[(r0 + r) * cols + j..];
+            let c_row = &mut c[(r0 + r) * ld.ldc + j..];
             let (low, high) = if ACCUMULATE {
                 (load(c_row) + acc[r][0], load(&c_row[8..]) + acc[r][1])
             } else {
@@ -475,13 +537,13 @@ fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
     if j + 8 <= cols {
         let mut acc = [f32x8::ZERO; ROWS];
         for k in 0..inner {
-            let b0 = load(&b[k * cols + j..]);
+            let b0 = load(&b[k * ld.ldb + j..]);
             for r in 0..ROWS {
-                acc[r] = f32x8::splat(a[r * inner + k]).mul_add(b0, acc[r]);
+                acc[r] = f32x8::splat(a[r * ld.lda + k]).mul_add(b0, acc[r]);
             }
         }
         for r in 0..ROWS {
-            let c_row = &mut c[(r0 + r) * cols + j..];
+            let c_row = &mut c[(r0 + r) * ld.ldc + j..];
             let value = if ACCUMULATE { load(c_row) + acc[r] } else { acc[r] };
             store(c_row, value);
         }
@@ -492,9 +554,9 @@ fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
         for r in 0..ROWS {
             let mut sum = 0.0;
             for k in 0..inner {
-                sum += a[r * inner + k] * b[k * cols + jj];
+                sum += a[r * ld.lda + k] * b[k * ld.ldb + jj];
             }
-            let c_value = &mut c[(r0 + r) * cols + jj];
+            let c_value = &mut c[(r0 + r) * ld.ldc + jj];
             *c_value = if ACCUMULATE { *c_value + sum } else { sum };
         }
     }
@@ -503,7 +565,23 @@ fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
 /// `c[r, q] += Σ_j a[r, j] · b[q, j]` (a · bᵀ): a [rows × inner], b [cols × inner], c [rows × cols].
 /// Blocked 4 rows of a × 2 rows of b (8 f32x8 accumulators of dot products).
 pub fn gemm_nt_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= rows * inner && b.len() >= cols * inner && c.len() >= rows * cols);
+    gemm_nt_accumulate_strided(rows, inner, cols, a, inner, b, c)
+}
+
+/// [`gemm_nt_accumulate`] with the rows of a `lda` apart.
+pub fn gemm_nt_accumulate_strided(
+    rows: usize,
+    inner: usize,
+    cols: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+) {
+    if rows == 0 {
+        return;
+    }
+    assert!(a.len() >= (rows - 1) * lda + inner && b.len() >= cols * inner && c.len() >= rows * cols);
     let vec_end = inner / 8 * 8;
     let block = |r0: usize, nr: usize, q0: usize, nq: usize, c: &mut [f32]| {
         let mut acc = [[f32x8::ZERO; 2]; 4];
@@ -511,7 +589,7 @@ pub fn gemm_nt_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: 
         while j < vec_end {
             let bv = [load(&b[q0 * inner + j..]), load(&b[(q0 + nq - 1) * inner + j..])];
             for r in 0..nr {
-                let av = load(&a[(r0 + r) * inner + j..]);
+                let av = load(&a[(r0 + r) * lda + j..]);
                 acc[r][0] = av.mul_add(bv[0], acc[r][0]);
                 acc[r][1] = av.mul_add(bv[1], acc[r][1]);
             }
@@ -521,7 +599,7 @@ pub fn gemm_nt_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: 
             for q in 0..nq {
                 let mut sum = acc[r][q].reduce_add();
                 for jj in vec_end..inner {
-                    sum += a[(r0 + r) * inner + jj] * b[(q0 + q) * inner + jj];
+                    sum += a[(r0 + r) * lda + jj] * b[(q0 + q) * inner + jj];
                 }
                 c[(r0 + r) * cols + q0 + q] += sum;
             }
@@ -1411,6 +1489,9 @@ pub fn two_stage_forward(
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("Y", output.len(), shape.output_len());
+    if shape.uses_guarded_planes() {
+        return two_stage_forward_guarded(shape, assignment, input, templates, masks, output);
+    }
     let packed = pack_templates(shape, templates); // [G, K², M, Cg]
     let (image_len, plane) = (
         shape.in_channels * shape.in_height * shape.in_width,
@@ -1463,6 +1544,9 @@ pub fn two_stage_backward(
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("dY", grad_output.len(), shape.output_len());
+    if shape.uses_guarded_planes() {
+        return two_stage_backward_guarded(shape, assignment, input, templates, masks, grad_output, grads);
+    }
     let (image_len, plane, taps) = (
         shape.in_channels * shape.in_height * shape.in_width,
         shape.out_plane(),
@@ -1558,6 +1642,493 @@ pub fn two_stage_backward(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Small "same"-padded planes (stride 1, 2p + 1 = K ≤ 8, H·W ≤ GUARDED_MAX_PLANE):
+// register-accumulated gathers on guarded planes
+// ---------------------------------------------------------------------------------------------
+//
+// With Ho×Wo = H×W, output j = h·W + w reads P[j + offset(tap)], offset = (kh−p)·W + (kw−p).
+// The per-worker P[b] (and dP[b], and a copy of R[b]) get `guard` = p·W + p zeros before and
+// after each plane, so every such read is in bounds and reads 0 above and below the image.
+// Reads that wrap around a row end (|kw−p| columns) are zeroed by a 0/1 column mask,
+// mask[kw][j] = [0 ≤ (j mod W) + kw − p < W]. Each output vector then sums its G·K² terms in a
+// register: one load, one multiply by the mask and one FMA per term.
+
+/// The largest H·W for which the fused kernels use guarded planes. Measured (single thread,
+/// batch 32, on a loaded 2-core machine, so only roughly): the register-accumulated gather wins
+/// on 8×8 planes, where the per-row segments of the other path are one vector long, and loses on
+/// 16×16 and 32×32 planes, where the long per-tap axpys of the other path stream better.
+pub const GUARDED_MAX_PLANE: usize = 100;
+
+/// Plane q of a guarded buffer starts at q·stride + guard.
+#[derive(Clone, Copy, Debug)]
+struct Guarded {
+    guard: usize,
+    stride: usize,
+}
+
+impl SbfShape {
+    /// Whether the fused kernels take the guarded same-padding path.
+    fn uses_guarded_planes(&self) -> bool {
+        self.stride == 1
+            && 2 * self.padding + 1 == self.kernel
+            && self.kernel <= 8
+            && self.in_height * self.in_width <= GUARDED_MAX_PLANE
+    }
+
+    fn guarded(&self) -> Guarded {
+        let guard = self.padding * self.in_width + self.padding;
+        Guarded {
+            guard,
+            stride: self.in_height * self.in_width + 2 * guard,
+        }
+    }
+}
+
+/// mask[kw][j] for kw in 0..K, j in 0..H·W: [K, H·W].
+fn column_masks(shape: &SbfShape) -> Vec<f32> {
+    let (hw, w) = (shape.in_height * shape.in_width, shape.in_width);
+    let mut masks = vec![0.0f32; shape.kernel * hw];
+    for kw in 0..shape.kernel {
+        for j in 0..hw {
+            let x = (j % w + kw) as isize - shape.padding as isize;
+            masks[kw * hw + j] = if x >= 0 && (x as usize) < w { 1.0 } else { 0.0 };
+        }
+    }
+    masks
+}
+
+/// t(n,g,tap) for every output: [N, G·K²] (1 for identity outputs).
+fn mask_table(shape: &SbfShape, assignment: &TemplateAssignment, masks: &[f32]) -> Vec<f32> {
+    let per = shape.groups * shape.taps();
+    let mut table = vec![0.0f32; shape.out_channels * per];
+    for n in 0..shape.out_channels {
+        for g in 0..shape.groups {
+            for tap in 0..shape.taps() {
+                table[n * per + g * shape.taps() + tap] =
+                    mask_value(shape, masks, assignment.mask_row[n], g, tap);
+            }
+        }
+    }
+    table
+}
+
+/// Stage 1 of one image into guarded planes: per group, P[b,g] [K²·M × H·W] = B_g · X[b,g].
+fn stage1_image_guarded(
+    shape: &SbfShape,
+    packed: &[f32],
+    input_image: &[f32],
+    maps: &mut [f32],
+    layout: Guarded,
+) {
+    let (rows, cg, hw) = (
+        shape.taps() * shape.templates,
+        shape.group_channels(),
+        shape.in_height * shape.in_width,
+    );
+    for g in 0..shape.groups {
+        let a = &packed[g * rows * cg..][..rows * cg];
+        let x_group = &input_image[g * cg * hw..][..cg * hw];
+        let c = &mut maps[g * rows * layout.stride + layout.guard..];
+        gemm_overwrite_strided(rows, cg, hw, a, x_group, hw, c, layout.stride);
+    }
+}
+
+/// Stage 2 of one image from guarded planes: Y[b,n,j] = Σ_{g,tap} t(n,g,tap)·mask[kw][j]·P[b,g,tap,m(n), j + offset].
+fn gather_image_guarded(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    table: &[f32],
+    column_masks: &[f32],
+    maps: &[f32],
+    layout: Guarded,
+    output_image: &mut [f32],
+) {
+    let (k, p, w, hw, taps) = (
+        shape.kernel,
+        shape.padding,
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.taps(),
+    );
+    let per = shape.groups * taps;
+    // starts[n, g·K² + tap]: where output n's (g, tap) term reads (plane start + guard + offset).
+    let mut starts = vec![0usize; shape.out_channels * per];
+    for n in 0..shape.out_channels {
+        for g in 0..shape.groups {
+            for tap in 0..taps {
+                let plane = (g * taps + tap) * shape.templates + assignment.template_of[n];
+                starts[n * per + g * taps + tap] = ((plane * layout.stride + layout.guard) as isize
+                    + ((tap / k) as isize - p as isize) * w as isize
+                    + (tap % k) as isize
+                    - p as isize) as usize;
+            }
+        }
+    }
+    // Two vectors (16 outputs) per step, so each term's scalar work is shared by 16 lanes.
+    let mut j0 = 0;
+    while j0 + 16 <= hw {
+        let mut mask_vectors = [[f32x8::ZERO; 2]; 8];
+        for kw in 0..k {
+            mask_vectors[kw] = [
+                load(&column_masks[kw * hw + j0..]),
+                load(&column_masks[kw * hw + j0 + 8..]),
+            ];
+        }
+        for n in 0..shape.out_channels {
+            let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
+            let mut acc = [f32x8::ZERO; 2];
+            for q in 0..per {
+                let kw = q % taps % k;
+                let map = &maps[starts_n[q] + j0..][..16];
+                let weight = f32x8::splat(weights_n[q]);
+                let (w0, w1) = if kw == p {
+                    (weight, weight)
+                } else {
+                    (weight * mask_vectors[kw][0], weight * mask_vectors[kw][1])
+                };
+                acc[0] = w0.mul_add(load(map), acc[0]);
+                acc[1] = w1.mul_add(load(&map[8..]), acc[1]);
+            }
+            let out = &mut output_image[n * hw + j0..][..16];
+            store(out, acc[0]);
+            store(&mut out[8..], acc[1]);
+        }
+        j0 += 16;
+    }
+    while j0 + 8 <= hw {
+        let mut mask_vectors = [f32x8::ZERO; 8];
+        for kw in 0..k {
+            mask_vectors[kw] = load(&column_masks[kw * hw + j0..]);
+        }
+        for n in 0..shape.out_channels {
+            let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
+            let mut acc = f32x8::ZERO;
+            for q in 0..per {
+                let weight = f32x8::splat(weights_n[q]) * mask_vectors[q % taps % k];
+                acc = weight.mul_add(load(&maps[starts_n[q] + j0..]), acc);
+            }
+            store(&mut output_image[n * hw + j0..], acc);
+        }
+        j0 += 8;
+    }
+    for j in j0..hw {
+        for n in 0..shape.out_channels {
+            let mut sum = 0.0;
+            for g in 0..shape.groups {
+                for tap in 0..taps {
+                    sum += table[n * per + g * taps + tap]
+                        * column_masks[(tap % k) * hw + j]
+                        * maps[starts[n * per + g * taps + tap] + j];
+                }
+            }
+            output_image[n * hw + j] = sum;
+        }
+    }
+}
+
+/// dT of one image: dT[row(n),g,tap] += Σ_j R[b,n,j]·mask[kw][j]·P[b,g,tap,m(n), j + offset].
+fn masks_grad_image_guarded(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    output_of_row: &[usize],
+    column_masks: &[f32],
+    maps: &[f32],
+    layout: Guarded,
+    dy_image: &[f32],
+    masks_grad: &mut [f32],
+) {
+    let (k, p, w, hw, taps) = (
+        shape.kernel,
+        shape.padding,
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.taps(),
+    );
+    for (r, &n) in output_of_row.iter().enumerate() {
+        let m = assignment.template_of[n];
+        let dy = &dy_image[n * hw..][..hw];
+        for g in 0..shape.groups {
+            for tap in 0..taps {
+                let plane = (g * taps + tap) * shape.templates + m;
+                let offset = ((tap / k) as isize - p as isize) * w as isize + (tap % k) as isize - p as isize;
+                let start = ((plane * layout.stride + layout.guard) as isize + offset) as usize;
+                let (map, mask) = (&maps[start..start + hw], &column_masks[(tap % k) * hw..][..hw]);
+                let mut acc = f32x8::ZERO;
+                let mut j = 0;
+                while j + 8 <= hw {
+                    acc = (load(&dy[j..]) * load(&mask[j..])).mul_add(load(&map[j..]), acc);
+                    j += 8;
+                }
+                let mut sum = acc.reduce_add();
+                for j in j..hw {
+                    sum += dy[j] * mask[j] * map[j];
+                }
+                masks_grad[(r * shape.groups + g) * taps + tap] += sum;
+            }
+        }
+    }
+}
+
+/// dP of one image into guarded planes (the transpose of the gather, as a gather over outputs):
+/// dP[b,g,tap,m,i] = mask[K−1−kw][i] · Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,i − offset],
+/// reading R from a guarded copy `dy_guarded` [N planes].
+fn maps_grad_image_guarded(
+    shape: &SbfShape,
+    outputs_of: &[Vec<usize>],
+    table: &[f32],
+    column_masks: &[f32],
+    dy_guarded: &[f32],
+    layout: Guarded,
+    maps_grad: &mut [f32],
+) {
+    let (k, p, w, hw, taps) = (
+        shape.kernel,
+        shape.padding,
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.taps(),
+    );
+    let per = shape.groups * taps;
+    for g in 0..shape.groups {
+        for tap in 0..taps {
+            let offset = ((tap / k) as isize - p as isize) * w as isize + (tap % k) as isize - p as isize;
+            // A write to i is valid iff the output i − offset read it without wrapping.
+            let mask = &column_masks[(k - 1 - tap % k) * hw..][..hw];
+            let needs_mask = tap % k != p;
+            for m in 0..shape.templates {
+                let plane = (g * taps + tap) * shape.templates + m;
+                let dp = &mut maps_grad[plane * layout.stride + layout.guard..][..hw];
+                let source = |n: usize| ((n * layout.stride + layout.guard) as isize - offset) as usize;
+                let mut i = 0;
+                while i + 8 <= hw {
+                    let mut acc = f32x8::ZERO;
+                    for &n in &outputs_of[m] {
+                        acc = f32x8::splat(table[n * per + g * taps + tap])
+                            .mul_add(load(&dy_guarded[source(n) + i..]), acc);
+                    }
+                    if needs_mask {
+                        acc *= load(&mask[i..]);
+                    }
+                    store(&mut dp[i..], acc);
+                    i += 8;
+                }
+                for i in i..hw {
+                    let mut sum = 0.0;
+                    for &n in &outputs_of[m] {
+                        sum += table[n * per + g * taps + tap] * dy_guarded[source(n) + i];
+                    }
+                    dp[i] = sum * mask[i];
+                }
+            }
+        }
+    }
+}
+
+/// dB (packed [G, K², M, Cg]) += dP[b,g] · X[b,g]ᵀ and dX[b,g] += Bᵀ_g · dP[b,g], from guarded dP planes.
+fn stage1_grads_image_guarded(
+    shape: &SbfShape,
+    operands: &[f32],
+    input_image: &[f32],
+    maps_grad: &[f32],
+    layout: Guarded,
+    templates_grad: Option<&mut [f32]>,
+    input_grad_image: Option<&mut [f32]>,
+) {
+    let (rows, cg, hw) = (
+        shape.taps() * shape.templates,
+        shape.group_channels(),
+        shape.in_height * shape.in_width,
+    );
+    if let Some(db) = templates_grad {
+        for g in 0..shape.groups {
+            let dp = &maps_grad[g * rows * layout.stride + layout.guard..];
+            let x_group = &input_image[g * cg * hw..][..cg * hw];
+            gemm_nt_accumulate_strided(
+                rows,
+                hw,
+                cg,
+                dp,
+                layout.stride,
+                x_group,
+                &mut db[g * rows * cg..][..rows * cg],
+            );
+        }
+    }
+    if let Some(dx) = input_grad_image {
+        for g in 0..shape.groups {
+            let a = &operands[g * cg * rows..][..cg * rows];
+            let dp = &maps_grad[g * rows * layout.stride + layout.guard..];
+            gemm_accumulate_strided(
+                cg,
+                rows,
+                hw,
+                a,
+                dp,
+                layout.stride,
+                &mut dx[g * cg * hw..][..cg * hw],
+                hw,
+            );
+        }
+    }
+}
+
+/// [`two_stage_forward`] on guarded planes.
+fn two_stage_forward_guarded(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    output: &mut [f32],
+) {
+    let layout = shape.guarded();
+    let (packed, table, column_masks) = (
+        pack_templates(shape, templates),
+        mask_table(shape, assignment, masks),
+        column_masks(shape),
+    );
+    let (image_len, plane) = (
+        shape.in_channels * shape.in_height * shape.in_width,
+        shape.out_plane(),
+    );
+    let planes = shape.groups * shape.taps() * shape.templates;
+    output
+        .par_chunks_mut(shape.out_channels * plane)
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; planes * layout.stride], // guarded P[b]
+            |maps, (b, output_image)| {
+                stage1_image_guarded(shape, &packed, &input[b * image_len..][..image_len], maps, layout);
+                gather_image_guarded(
+                    shape,
+                    assignment,
+                    &table,
+                    &column_masks,
+                    maps,
+                    layout,
+                    output_image,
+                );
+            },
+        );
+}
+
+/// [`two_stage_backward`] on guarded planes.
+fn two_stage_backward_guarded(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grads: TwoStageGrads,
+) {
+    let layout = shape.guarded();
+    let (image_len, hw) = (
+        shape.in_channels * shape.in_height * shape.in_width,
+        shape.out_plane(),
+    );
+    let output_image = shape.out_channels * hw;
+    let planes = shape.groups * shape.taps() * shape.templates;
+    let (want_masks, want_templates) = (grads.masks.is_some(), grads.templates.is_some());
+    let want_maps_grad = want_templates || grads.input.is_some();
+    let (packed, table, column_masks) = (
+        pack_templates(shape, templates),
+        mask_table(shape, assignment, masks),
+        column_masks(shape),
+    );
+    let operands = pack_input_grad_operands(shape, templates); // [G, Cg, K², M]
+    let outputs_of = assignment.outputs_of_templates(shape.templates);
+    let output_of_row = output_of_rows(shape, assignment);
+    let input_grad_images: Vec<Option<&mut [f32]>> = match grads.input {
+        Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
+        None => (0..shape.batch).map(|_| None).collect(),
+    };
+    struct Worker {
+        templates_grad: Vec<f32>, // packed [G, K², M, Cg]
+        masks_grad: Vec<f32>,     // [N−M, G, K²]
+        maps: Vec<f32>,           // guarded P[b]
+        maps_grad: Vec<f32>,      // guarded dP[b]
+        dy: Vec<f32>,             // guarded copy of R[b], N planes
+    }
+    let new_worker = || Worker {
+        templates_grad: vec![0.0; if want_templates { shape.templates_len() } else { 0 }],
+        masks_grad: vec![0.0; if want_masks { shape.masks_len() } else { 0 }],
+        maps: vec![0.0; if want_masks { planes * layout.stride } else { 0 }],
+        maps_grad: vec![0.0; if want_maps_grad { planes * layout.stride } else { 0 }],
+        dy: vec![
+            0.0;
+            if want_maps_grad {
+                shape.out_channels * layout.stride
+            } else {
+                0
+            }
+        ],
+    };
+    let total = input_grad_images
+        .into_par_iter()
+        .enumerate()
+        .fold(new_worker, |mut worker, (b, dx_image)| {
+            let input_image = &input[b * image_len..][..image_len];
+            let dy_image = &grad_output[b * output_image..][..output_image];
+            if want_masks {
+                stage1_image_guarded(shape, &packed, input_image, &mut worker.maps, layout);
+                masks_grad_image_guarded(
+                    shape,
+                    assignment,
+                    &output_of_row,
+                    &column_masks,
+                    &worker.maps,
+                    layout,
+                    dy_image,
+                    &mut worker.masks_grad,
+                );
+            }
+            if want_maps_grad {
+                for n in 0..shape.out_channels {
+                    worker.dy[n * layout.stride + layout.guard..][..hw]
+                        .copy_from_slice(&dy_image[n * hw..][..hw]);
+                }
+                maps_grad_image_guarded(
+                    shape,
+                    &outputs_of,
+                    &table,
+                    &column_masks,
+                    &worker.dy,
+                    layout,
+                    &mut worker.maps_grad,
+                );
+                stage1_grads_image_guarded(
+                    shape,
+                    &operands,
+                    input_image,
+                    &worker.maps_grad,
+                    layout,
+                    want_templates.then_some(&mut worker.templates_grad[..]),
+                    dx_image,
+                );
+            }
+            worker
+        })
+        .reduce(new_worker, |mut a, b| {
+            a.templates_grad
+                .iter_mut()
+                .zip(&b.templates_grad)
+                .for_each(|(x, y)| *x += y);
+            a.masks_grad
+                .iter_mut()
+                .zip(&b.masks_grad)
+                .for_each(|(x, y)| *x += y);
+            a
+        });
+    if let Some(dt) = grads.masks {
+        dt.iter_mut().zip(&total.masks_grad).for_each(|(d, p)| *d += p);
+    }
+    if let Some(db) = grads.templates {
+        unpack_templates_grad(shape, &total.templates_grad, db);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1579,6 +2150,7 @@ mod tests {
             (2, 12, 5, 19, 9, 4, 3, 1, 0, 2),
             (2, 6, 6, 11, 5, 3, 5, 1, 2, 3),
             (1, 8, 3, 9, 6, 2, 3, 1, 1, 2),
+            (1, 4, 11, 12, 5, 2, 3, 1, 1, 2),
         ] {
             let shape = SbfShape {
                 batch,
