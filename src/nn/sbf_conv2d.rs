@@ -72,58 +72,41 @@ impl SbfConv2d {
         config: SbfConfig,
         init: TransformInit,
     ) -> SbfConv2d {
-        let [out_channels, in_channels, kernel, kernel_w] = weight.nchw("SbfConv2d::from_dense");
-        assert_eq!(
-            kernel, kernel_w,
-            "SbfConv2d::from_dense: weight {:?} is not square",
-            weight.shape
-        );
-        assert!(
-            config.groups > 0 && in_channels.is_multiple_of(config.groups),
-            "SbfConv2d::from_dense: groups G = {} must divide the {in_channels} input channels of {name}",
-            config.groups
-        );
-        let assignment = TemplateAssignment::from_kept_outputs(out_channels, kept_outputs);
-        let filter = in_channels * kernel * kernel;
-        let mut b = Tensor::zeros(&[kept_outputs.len(), in_channels, kernel, kernel]);
-        for (k, &n) in kept_outputs.iter().enumerate() {
-            b.data[k * filter..(k + 1) * filter].copy_from_slice(&weight.data[n * filter..(n + 1) * filter]);
-        }
-        let transformed = out_channels - kept_outputs.len();
-        let mut t = identity_transforms(config.family, transformed, config.groups, kernel);
-        if init == TransformInit::LeastSquares {
-            assert_eq!(
-                config.family,
-                TransformFamily::Scalar,
-                "SbfConv2d::from_dense: the least-squares init fits scalar masks only"
-            );
-            let (taps, cg) = (kernel * kernel, in_channels / config.groups);
-            for n in 0..out_channels {
-                let Some(r) = assignment.mask_row[n] else { continue };
-                let m = assignment.template_of[n];
-                for g in 0..config.groups {
-                    for k in 0..taps {
-                        let (mut wb, mut bb) = (0.0f64, 0.0f64);
-                        for i in g * cg..(g + 1) * cg {
-                            let bv = b.data[(m * in_channels + i) * taps + k] as f64;
-                            wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
-                            bb += bv * bv;
-                        }
-                        t.data[(r * config.groups + g) * taps + k] =
-                            if bb > 0.0 { (wb / bb) as f32 } else { 1.0 };
-                    }
-                }
-            }
-        }
+        let (templates, transforms, assignment) = dense_to_parts(name, weight, kept_outputs, &config, init);
         if let Some(bias) = bias {
             assert_eq!(
                 bias.shape,
-                [out_channels],
-                "SbfConv2d::from_dense: bias shape {:?}",
+                [weight.dim(0)],
+                "SbfConv2d::from_dense {name}: bias shape {:?}",
                 bias.shape
             );
         }
-        SbfConv2d::from_parts(store, name, b, t, bias.cloned(), assignment, config)
+        SbfConv2d::from_parts(
+            store,
+            name,
+            templates,
+            transforms,
+            bias.cloned(),
+            assignment,
+            config,
+        )
+    }
+
+    /// Re-selects the templates in place (a step of the pruning ramp): the layer's current
+    /// effective filters Weff are converted as by [`SbfConv2d::from_dense`] with the new
+    /// `kept_outputs`. The ParamIds stay; the values AND gradients of `templates` and
+    /// `transforms` get new shapes, so any optimizer state kept for them must be reset.
+    pub fn reassign(&mut self, store: &mut ParamStore, kept_outputs: &[usize], init: TransformInit) {
+        let weff = self.effective_weight(store);
+        let name = store.params[self.templates.0].name.clone();
+        let (templates, transforms, assignment) =
+            dense_to_parts(&name, &weff, kept_outputs, &self.config, init);
+        for (id, value) in [(self.templates, templates), (self.transforms, transforms)] {
+            let param = &mut store.params[id.0];
+            param.grad = Tensor::zeros(&value.shape);
+            param.value = value;
+        }
+        self.assignment = assignment;
     }
 
     /// Registers given tensors (templates, transforms, bias) as the layer's parameters.
@@ -193,6 +176,63 @@ impl SbfConv2d {
             self.bias.is_some(),
         )
     }
+}
+
+/// Splits a dense weight [N, C, K, K] into templates (the filters at `kept_outputs`, in that
+/// order), transforms (identity or least-squares masks) and the assignment that keeps each
+/// kept filter at its output and spreads the others round-robin over the templates.
+fn dense_to_parts(
+    name: &str,
+    weight: &Tensor,
+    kept_outputs: &[usize],
+    config: &SbfConfig,
+    init: TransformInit,
+) -> (Tensor, Tensor, TemplateAssignment) {
+    let [out_channels, in_channels, kernel, kernel_w] = weight.nchw("SbfConv2d::from_dense");
+    assert_eq!(
+        kernel, kernel_w,
+        "SbfConv2d::from_dense {name}: weight {:?} is not square",
+        weight.shape
+    );
+    assert!(
+        config.groups > 0 && in_channels.is_multiple_of(config.groups),
+        "SbfConv2d::from_dense: groups G = {} must divide the {in_channels} input channels of {name}",
+        config.groups
+    );
+    let assignment = TemplateAssignment::from_kept_outputs(out_channels, kept_outputs);
+    let filter = in_channels * kernel * kernel;
+    let mut b = Tensor::zeros(&[kept_outputs.len(), in_channels, kernel, kernel]);
+    for (k, &n) in kept_outputs.iter().enumerate() {
+        b.data[k * filter..(k + 1) * filter].copy_from_slice(&weight.data[n * filter..(n + 1) * filter]);
+    }
+    let transformed = out_channels - kept_outputs.len();
+    let mut t = identity_transforms(config.family, transformed, config.groups, kernel);
+    if init == TransformInit::LeastSquares {
+        assert_eq!(
+            config.family,
+            TransformFamily::Scalar,
+            "SbfConv2d::from_dense {name}: the least-squares init fits scalar masks only"
+        );
+        // T[g,k] = Σ_{i∈g} W_n[i,k]·B_m[i,k] / Σ_{i∈g} B_m[i,k]²
+        let (taps, cg) = (kernel * kernel, in_channels / config.groups);
+        for n in 0..out_channels {
+            let Some(r) = assignment.mask_row[n] else { continue };
+            let m = assignment.template_of[n];
+            for g in 0..config.groups {
+                for k in 0..taps {
+                    let (mut wb, mut bb) = (0.0f64, 0.0f64);
+                    for i in g * cg..(g + 1) * cg {
+                        let bv = b.data[(m * in_channels + i) * taps + k] as f64;
+                        wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
+                        bb += bv * bv;
+                    }
+                    t.data[(r * config.groups + g) * taps + k] =
+                        if bb > 0.0 { (wb / bb) as f32 } else { 1.0 };
+                }
+            }
+        }
+    }
+    (b, t, assignment)
 }
 
 /// Identity transforms for `transformed` outputs and `groups` groups, in the family's shape.
@@ -273,6 +313,42 @@ mod tests {
         let t = store.value(layer.transforms);
         assert!(t.data[..9].iter().all(|v| (v - 0.5).abs() < 1e-5));
         assert!(t.data[9..].iter().all(|v| (v + 2.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn reassign_keeps_the_kept_filters_and_shrinks_the_templates_in_place() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut store = ParamStore::default();
+        let weight = Tensor::normal(&[6, 4, 3, 3], 1.0, &mut rng);
+        let mut layer = SbfConv2d::from_dense(
+            &mut store,
+            "l",
+            &weight,
+            None,
+            &[0, 2, 3, 5],
+            SbfConfig::new(1, 1, 2),
+            TransformInit::Identity,
+        );
+        let before = layer.effective_weight(&store);
+        let templates_id = layer.templates;
+        layer.reassign(&mut store, &[2, 5], TransformInit::LeastSquares);
+        assert_eq!(layer.templates, templates_id);
+        assert_eq!(layer.num_templates(), 2);
+        assert_eq!(store.value(layer.templates).shape, vec![2, 4, 3, 3]);
+        assert_eq!(store.grad(layer.transforms).shape, vec![4, 2, 3, 3]);
+        let after = layer.effective_weight(&store);
+        for n in [2, 5] {
+            assert_eq!(
+                after.data[n * 36..(n + 1) * 36],
+                before.data[n * 36..(n + 1) * 36],
+                "kept filter {n}"
+            );
+        }
+        // The layer still runs.
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let x = tape.input(Tensor::normal(&[1, 4, 5, 5], 1.0, &mut rng));
+        let y = layer.forward(&mut tape, x);
+        assert_eq!(tape.value(y).shape, vec![1, 6, 5, 5]);
     }
 
     #[test]
