@@ -18,8 +18,10 @@
 //!   see `kernels::sbf`); stage 2, a gather that sums for each output the
 //!   G·K² maps of its template, scaled by its mask values. Cost per output pixel:
 //!   K²·C·M + K²·G·(N−M) multiply-accumulates instead of K²·C·N.
-//!   Backward ("view B"): dT from the saved maps, dP as the transpose of the
-//!   gather, then dB and dX as the gradients of the grouped 1×1 stage.
+//!   Both stages run per image, with P[b] in a per-worker scratch buffer (the
+//!   batch's P is never materialised; backward recomputes P[b]).
+//!   Backward ("view B"): dT from the (recomputed) maps, dP as the transpose of
+//!   the gather, then dB and dX as the gradients of the grouped 1×1 stage.
 //! - **effective filters** (`kernels::sbf_filters` + the dense conv): materialise
 //!   Weff, convolve. Backward ("view A"): the conv's dWeff, then the chain rule
 //!   through Weff into dB and dT; dX is the conv's input gradient.
@@ -28,7 +30,7 @@
 //! multiply-accumulates than the dense conv:
 //! K²·C·M + K²·G·(N−M) < [`TWO_STAGE_MAX_COST_RATIO`]·K²·C·N. At low pruning
 //! rates (e.g. during the pruning ramp) the dense conv is cheaper, and the maps
-//! P (K²·G·M planes per image, saved for backward) would also dwarf the output. The affine and rotation
+//! P (K²·G·M planes per image) would dwarf the output. The affine and rotation
 //! families always use the effective filters (exact: Weff = S·B per group; a
 //! bilinear two-stage kernel is not implemented).
 
@@ -46,16 +48,19 @@ pub use crate::kernels::sbf_filters::TransformFamily;
 ///
 /// The pure MAC criterion (ratio 1) would pick the two-stage path at any M < N
 /// (it saves K²·(C−G)·(N−M) MACs per pixel), but a MAC of the two-stage path
-/// is dearer than one of the dense conv: its GEMMs are thin (M rows, C/G deep)
-/// and it writes and re-reads the maps P (K²·G·M planes per image, G·K²·M/N
-/// times the output, all saved for backward). Near M = N it would be slower and
-/// use far more memory, so it must save a real fraction of the work first.
+/// is dearer than one of the dense conv: its GEMMs are thin (C/G deep), it
+/// writes and re-reads the maps P (K²·G·M planes per image, G·K²·M/N times the
+/// output), its gather is memory-bound, and its backward recomputes stage 1.
+/// Near M = N it would be slower, so it must save a real fraction of the work
+/// first. 0.6 is a judgement, not a measurement against the fast dense conv:
+/// tune it with `benchmark::sbf::run` once both are fast.
 pub const TWO_STAGE_MAX_COST_RATIO: f64 = 0.6;
 
 /// Which of the two equivalent computations to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SbfPath {
-    /// Two-stage when it needs fewer MACs than the dense conv (scalar masks only), else effective filters.
+    /// Two-stage when it needs < TWO_STAGE_MAX_COST_RATIO of the dense conv's MACs (scalar masks only),
+    /// else effective filters.
     Auto,
     /// Stage 1 (grouped 1×1 per tap) + stage 2 (gather). Scalar masks only.
     TwoStage,
