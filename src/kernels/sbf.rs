@@ -50,6 +50,19 @@
 //!   dX[b,i,y,x]      = Σ_{tap,m} Σ_{j → (y,x)} B[m,i,kh,kw] · dP[b,g(i),tap,m,j]   (GEMM; col2im if strided)
 //! ```
 //!
+//! # Where to read what
+//!
+//! 1. the geometry ([`SbfShape`]) and the assignment ([`TemplateAssignment`]);
+//! 2. SIMD building blocks (axpy, dot, the register-blocked GEMMs);
+//! 3. the naive kernels of both stages and their transposes: the oracles;
+//! 4. per-image blocks and the whole-batch fast kernels (`stage1_*`, `gather_*`), each tested
+//!    against its oracle. At stride 1 with "same" padding the gather reads each tap's map as
+//!    one long shifted range and undoes the few reads that wrap around a row end;
+//! 5. the fused layer kernels the op calls ([`two_stage_forward`], [`two_stage_backward`]): both
+//!    stages per image with P[b] in per-worker scratch (the batch's P is never materialised;
+//!    backward recomputes P[b]); small same-padded planes (8×8) use guarded planes, column masks
+//!    and register-accumulated gathers instead.
+//!
 //! Contract (as for every kernel): forward kernels overwrite their output,
 //! gradient kernels accumulate (`+=`), except `gather_maps_grad`, which
 //! overwrites dP (an intermediate owned by the op).
