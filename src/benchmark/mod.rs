@@ -1,6 +1,8 @@
 //! Benchmark helpers shared by `sbfnet bench` and the criterion benches:
 //! timing with a steady state, and what the build runs on.
 
+pub mod sbf;
+
 use std::time::Instant;
 
 pub mod conv;

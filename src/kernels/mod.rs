@@ -9,6 +9,8 @@
 pub mod conv;
 pub mod conv_naive;
 pub mod microkernel;
+pub mod sbf;
+pub mod sbf_filters;
 
 /// The geometry of a dense 2-d convolution (NCHW, square K×K kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

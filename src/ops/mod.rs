@@ -8,6 +8,7 @@ pub mod linear;
 pub mod loss;
 pub mod pool;
 pub mod relu;
+pub mod sbf;
 pub mod shape;
 
 pub use batch_norm::batch_norm2d;
@@ -16,4 +17,5 @@ pub use linear::linear;
 pub use loss::cross_entropy;
 pub use pool::{global_avg_pool, max_pool2x2};
 pub use relu::relu;
+pub use sbf::{sbf_conv2d, SbfConfig, SbfPath, TemplateAssignment, TransformFamily};
 pub use shape::{add, flatten, mul, shortcut_option_a};
