@@ -11,8 +11,11 @@
 //! learning curve are written before the checkpoints (all atomically), so a run
 //! killed at any moment resumes from `last.ckpt` with metrics that match it.
 //!
-//! Test hook: `SBFNET_TEST_POISON_STEP=<n>` puts a NaN into the first pixel of
-//! the batch of step n (1-based) — a fault injected for tests/numerical_faults.rs.
+//! Test hooks (environment variables holding 1-based step numbers, "6" or "5,6,7"):
+//! `SBFNET_TEST_POISON_STEP` puts a NaN into the first pixel of those steps'
+//! batches (a fault injected for tests/numerical_faults.rs);
+//! `SBFNET_TEST_PAUSE_AT_STEP` prints "test hook: paused before step <n>" and
+//! sleeps a minute before those steps (for tests/kill_resume.rs to kill it there).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -335,14 +338,15 @@ fn check_out_folder(out: &Path, given: bool, resuming: bool) -> Result<()> {
     Ok(())
 }
 
-/// The step of the `SBFNET_TEST_POISON_STEP` test hook (see the module documentation).
-fn poison_step() -> Result<Option<usize>> {
-    let Ok(text) = std::env::var("SBFNET_TEST_POISON_STEP") else {
-        return Ok(None);
+/// The steps listed in the test-hook variable `name` (see the module documentation).
+fn hook_steps(name: &str) -> Result<Vec<usize>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
     };
-    text.parse()
-        .map(Some)
-        .map_err(|_| Error::msg(format!("SBFNET_TEST_POISON_STEP=\"{text}\" is not a step number")))
+    text.split(',')
+        .map(|step| step.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::msg(format!("{name}=\"{text}\" is not a list of step numbers")))
 }
 
 /// The one line a run stopped by a numerical fault exits with.
@@ -377,7 +381,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         })?,
         None => NonFinitePolicy::Stop,
     };
-    let poison_step = poison_step()?;
+    let (poison_steps, pause_steps) = (
+        hook_steps("SBFNET_TEST_POISON_STEP")?,
+        hook_steps("SBFNET_TEST_PAUSE_AT_STEP")?,
+    );
     let resumed = match &args.resume {
         Some(path) => {
             let checkpoint = Checkpoint::load(path)?;
@@ -404,7 +411,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         check_resume_flags(&args, saved, threads, path)?;
         if threads != saved.shards {
             println!(
-                "note: the run was started with --threads {}; with {threads} threads it continues with {}                  shards per batch but will not repeat an uninterrupted run bit for bit",
+                "note: the run was started with --threads {}; with {threads} threads it continues with {} \
+                 shards per batch but will not repeat an uninterrupted run bit for bit",
                 saved.shards, saved.shards
             );
         }
@@ -453,9 +461,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => Trainer::new(&spec, config.clone(), train.len())?,
     };
     trainer.on_nonfinite = on_nonfinite;
-    if let Some(step) = poison_step {
-        trainer.batch_hook = Some(Box::new(move |s, batch| {
-            if s == step {
+    if !poison_steps.is_empty() || !pause_steps.is_empty() {
+        trainer.batch_hook = Some(Box::new(move |step, batch| {
+            if pause_steps.contains(&step) {
+                println!("test hook: paused before step {step}");
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+            if poison_steps.contains(&step) {
                 batch.data[0] = f32::NAN;
             }
         }));

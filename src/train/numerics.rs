@@ -6,9 +6,12 @@
 //! ```text
 //!   1. the loss (forward pass)       not finite → run the step's shards forward again on fresh tapes
 //!                                    and report the first non-finite value, mapped to its layer
-//!   2. every parameter's gradient    back-propagation visits the parameters in reverse forward
-//!      (backward pass)               order, so the LAST parameter in forward order whose gradient
-//!                                    is not finite is where the fault entered the backward pass
+//!   2. every parameter's gradient    the forward pass is run again as in 1: ReLU maps NaN to 0,
+//!      (backward pass)               so a non-finite activation can leave the loss finite and
+//!                                    still poison the gradient. If the forward pass is finite,
+//!                                    the fault began in the backward pass; back-propagation visits
+//!                                    the parameters in reverse forward order, so the LAST parameter
+//!                                    in forward order whose gradient is not finite is where it began
 //!   3. every parameter, after the    the update can overflow although the gradient is finite
 //!      SGD update                    (e.g. |η·v| > f32::MAX with a huge learning rate)
 //! ```
@@ -82,21 +85,38 @@ impl fmt::Display for Site {
     }
 }
 
+/// The first non-finite value of a step's forward pass: in shard `shard` (0-based) of `shards`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardSite {
+    pub site: Site,
+    pub shard: usize,
+    pub shards: usize,
+}
+
+impl fmt::Display for ForwardSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the first non-finite value of the forward pass is in {} (shard {} of {})",
+            self.site,
+            self.shard + 1,
+            self.shards
+        )
+    }
+}
+
 /// What went wrong in one step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultKind {
-    /// The loss is not finite. `site` is the first non-finite value of the
-    /// forward pass of shard `shard` (0-based), None when a second forward
-    /// pass did not reproduce the fault.
-    Loss {
-        loss: f32,
-        site: Option<Site>,
-        shard: usize,
-        shards: usize,
-    },
-    /// The loss is finite but `parameters` gradients are not; back-propagation
-    /// reached `first_reached` (a parameter name) first.
+    /// The loss is not finite. `forward` is the first non-finite value of the
+    /// forward pass (None when a second forward pass did not reproduce the fault).
+    Loss { loss: f32, forward: Option<ForwardSite> },
+    /// The loss is finite but the gradients of `parameters` parameter tensors
+    /// are not. `forward` is the first non-finite value of the forward pass, if
+    /// any; otherwise back-propagation reached `first_reached` (a parameter
+    /// name) first.
     Gradient {
+        forward: Option<ForwardSite>,
         first_reached: String,
         parameters: usize,
     },
@@ -108,6 +128,14 @@ impl FaultKind {
     /// True for faults found before the update (the batch can be skipped).
     pub fn can_skip(&self) -> bool {
         !matches!(self, FaultKind::Update { .. })
+    }
+
+    /// The first non-finite value of the forward pass, when one was found.
+    pub fn forward_site(&self) -> Option<&ForwardSite> {
+        match self {
+            FaultKind::Loss { forward, .. } | FaultKind::Gradient { forward, .. } => forward.as_ref(),
+            FaultKind::Update { .. } => None,
+        }
     }
 }
 
@@ -133,26 +161,28 @@ impl fmt::Display for NumericalFault {
         match &self.kind {
             FaultKind::Loss {
                 loss,
-                site: Some(site),
-                shard,
-                shards,
-            } => write!(
-                f,
-                "the loss is {loss}; the first non-finite value of the forward pass is in {site} \
-                 (shard {} of {shards})",
-                shard + 1
-            ),
-            FaultKind::Loss { loss, site: None, .. } => write!(
+                forward: Some(forward),
+            } => write!(f, "the loss is {loss}; {forward}"),
+            FaultKind::Loss { loss, forward: None } => write!(
                 f,
                 "the loss is {loss}, but a second forward pass was finite everywhere"
             ),
             FaultKind::Gradient {
+                forward: Some(forward),
+                parameters,
+                ..
+            } => write!(
+                f,
+                "the loss is finite but the gradient of {parameters} parameter tensor(s) is not; {forward}"
+            ),
+            FaultKind::Gradient {
+                forward: None,
                 first_reached,
                 parameters,
             } => write!(
                 f,
-                "the gradient is not finite in {parameters} parameter tensor(s); back-propagation \
-                 reached it first in layer {} (parameter {first_reached})",
+                "the loss is finite but the gradient of {parameters} parameter tensor(s) is not; \
+                 back-propagation reached it first in layer {} (parameter {first_reached})",
                 layer_of(first_reached)
             ),
             FaultKind::Update {
@@ -212,8 +242,8 @@ pub fn first_nonfinite_value(tape: &Tape, loss: Var) -> Option<(usize, Site)> {
 
 /// Runs the forward pass of every shard of the batch `x` [B, 3, 32, 32] again
 /// (split as `trainer::data_parallel_gradients` splits it: shard s holds
-/// images s·B/S .. (s+1)·B/S) and returns the shard whose first non-finite
-/// value comes earliest on its tape, with that value's [`Site`].
+/// images s·B/S .. (s+1)·B/S) and returns the first non-finite value of the
+/// shard where it comes earliest on the tape.
 pub fn locate_nonfinite_forward(
     store: &ParamStore,
     x: &Tensor,
@@ -221,7 +251,7 @@ pub fn locate_nonfinite_forward(
     shards: usize,
     label_smoothing: f32,
     forward: impl Fn(&mut Tape, Var) -> Var,
-) -> Option<(usize, Site)> {
+) -> Option<ForwardSite> {
     let batch = labels.len();
     let image_len = x.len() / batch.max(1);
     let start = |s: usize| s * batch / shards;
@@ -241,7 +271,7 @@ pub fn locate_nonfinite_forward(
             }
         }
     }
-    earliest.map(|(_, shard, site)| (shard, site))
+    earliest.map(|(_, shard, site)| ForwardSite { site, shard, shards })
 }
 
 /// Fault 2: the number of parameters whose gradient is not finite, and the
@@ -323,6 +353,7 @@ mod tests {
         labels: &[usize],
     ) -> Option<(usize, Site)> {
         locate_nonfinite_forward(store, x, labels, 2, 0.0, |tape, input| model.forward(tape, input))
+            .map(|found| (found.shard, found.site))
     }
 
     #[test]
@@ -400,15 +431,32 @@ mod tests {
             batches: 12,
             kind: FaultKind::Loss {
                 loss: f32::NAN,
-                site: Some(Site::Layer("stage2.block1.bn2".into())),
-                shard: 1,
-                shards: 4,
+                forward: Some(ForwardSite {
+                    site: Site::Layer("stage2.block1.bn2".into()),
+                    shard: 1,
+                    shards: 4,
+                }),
             },
         };
         assert_eq!(
             fault.to_string(),
             "step 17 (epoch 2, batch 5/12): the loss is NaN; the first non-finite value of the forward \
              pass is in layer stage2.block1.bn2 (shard 2 of 4)"
+        );
+        let backward = NumericalFault {
+            kind: FaultKind::Gradient {
+                forward: None,
+                first_reached: "stage3.block0.bn2.gamma".into(),
+                parameters: 9,
+            },
+            ..fault.clone()
+        };
+        assert!(backward.kind.can_skip() && backward.kind.forward_site().is_none());
+        assert_eq!(
+            backward.to_string(),
+            "step 17 (epoch 2, batch 5/12): the loss is finite but the gradient of 9 parameter tensor(s) \
+             is not; back-propagation reached it first in layer stage3.block0.bn2 (parameter \
+             stage3.block0.bn2.gamma)"
         );
         let fault = NumericalFault {
             kind: FaultKind::Update {

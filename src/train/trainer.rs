@@ -475,29 +475,28 @@ impl Trainer {
         }
     }
 
-    /// A non-finite loss (located by a second forward pass) or gradient of the step on `x`.
+    /// A non-finite loss or gradient of the step on `x`, located by a second forward pass.
     fn fault_before_update(&self, loss: f32, x: &Tensor, labels: &[usize]) -> Option<FaultKind> {
-        if !loss.is_finite() {
-            let model = &self.model;
-            let located = numerics::locate_nonfinite_forward(
-                &self.store,
-                x,
-                labels,
-                self.config.shards,
-                self.config.label_smoothing,
-                |tape, input| model.forward(tape, input),
-            );
-            return Some(FaultKind::Loss {
-                loss,
-                site: located.as_ref().map(|(_, site)| site.clone()),
-                shard: located.map_or(0, |(shard, _)| shard),
-                shards: self.config.shards,
-            });
+        let gradients = numerics::nonfinite_gradients(&self.store);
+        if loss.is_finite() && gradients.is_none() {
+            return None;
         }
-        let (first_reached, parameters) = numerics::nonfinite_gradients(&self.store)?;
-        Some(FaultKind::Gradient {
-            first_reached,
-            parameters,
+        let model = &self.model;
+        let forward = numerics::locate_nonfinite_forward(
+            &self.store,
+            x,
+            labels,
+            self.config.shards,
+            self.config.label_smoothing,
+            |tape, input| model.forward(tape, input),
+        );
+        Some(match gradients {
+            Some((first_reached, parameters)) if loss.is_finite() => FaultKind::Gradient {
+                forward,
+                first_reached,
+                parameters,
+            },
+            _ => FaultKind::Loss { loss, forward },
         })
     }
 
