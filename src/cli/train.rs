@@ -44,44 +44,44 @@ pub struct TrainArgs {
     #[arg(long)]
     pub convs: Option<String>,
     /// Epochs of the whole run [default: 50]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Images per optimisation step [default: 128]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Peak learning rate [default: 0.1]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// SGD momentum [default: 0.9]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f32>,
     /// Nesterov momentum: --nesterov, --nesterov true|false [default: true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
     /// Weight decay of conv and linear weights (not BN, not biases) [default: 5e-4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// cosine|step|onecycle [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
     /// Epochs of linear learning-rate warm-up [default: 2]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_epochs: Option<usize>,
     /// Label smoothing ε [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
     /// Training augmentation: crop+flip, crop, flip or none [default: crop+flip]
     #[arg(long)]
     pub augment: Option<String>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
     /// Worker threads; each batch is split into this many shards [default: all cores; when
     /// resuming: the run's]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Seed of the initialisation, shuffling and augmentation [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Output folder [default: runs/<model>-<UTC time>; when resuming: the checkpoint's folder]
     #[arg(long)]
@@ -90,10 +90,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Train on the first N training images only (quick runs)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Evaluate on the first N test images only (quick runs)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub test_limit: Option<usize>,
     /// A NaN or infinite loss or gradient: stop (keep the last checkpoint and exit with the step
     /// and layer) or skip (leave the parameters unchanged, count the batch as skipped) [default: stop]
@@ -381,6 +381,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         })?,
         None => NonFinitePolicy::Stop,
     };
+    // The image limits, before the data is read.
+    for (flag, limit) in [
+        ("--train-limit", args.train_limit),
+        ("--test-limit", args.test_limit),
+    ] {
+        if let Some(n) = limit {
+            validate::check_at_least(flag, n, 1)?;
+        }
+    }
     let (poison_steps, pause_steps) = (
         hook_steps("SBFNET_TEST_POISON_STEP")?,
         hook_steps("SBFNET_TEST_PAUSE_AT_STEP")?,
