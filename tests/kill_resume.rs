@@ -163,3 +163,73 @@ fn the_same_seed_and_thread_count_give_bit_identical_parameters() {
     assert_ne!(a.tensor("param.conv1.weight"), b.tensor("param.conv1.weight"));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Real runs are not killed where a hook says: kill the run at random moments
+/// (seeded, so the schedule repeats; where the kills land still depends on the
+/// machine's speed), restart it each time — `--resume` when a `last.ckpt`
+/// exists, from scratch otherwise — and it still ends with the parameters of
+/// the run that was never stopped, with no temporary file left behind.
+#[test]
+fn a_run_killed_at_random_moments_and_restarted_each_time_ends_as_the_uninterrupted_run() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let (root, data) = fixture("kill-random");
+    let reference = uninterrupted_run(&root, &data, "reference");
+    let out = root.join("killed");
+    let last = out.join("last.ckpt");
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut kills, mut sessions, mut resumes) = (0, 0, 0);
+    loop {
+        sessions += 1;
+        let mut command = if last.exists() {
+            resumes += 1;
+            resume_command(&data, &out)
+        } else {
+            train_command(&data, &out, &[])
+        };
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A few kills early in the session, at any moment of it, then let the run finish.
+        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(10..250));
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if kills >= 8 || Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            break None;
+        };
+        match finished {
+            Some(status) => {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                assert!(status.success(), "session {sessions} failed: {stderr}");
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                // Whatever the moment, last.ckpt (when there is one) is a complete checkpoint.
+                if last.exists() {
+                    Checkpoint::load(&last).unwrap();
+                }
+            }
+        }
+    }
+    eprintln!("{kills} kills, {sessions} sessions, {resumes} of them resumed from last.ckpt");
+    assert!(kills >= 1, "no kill landed before the run finished");
+    assert_same_state(&last, &reference.join("last.ckpt"));
+    assert_eq!(metrics_without_timings(&out), metrics_without_timings(&reference));
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
