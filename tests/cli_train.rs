@@ -195,3 +195,60 @@ fn impossible_settings_are_refused_with_one_line() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Settings that do not depend on the data are refused before the data is
+/// read: with a data folder that does not exist, the setting is what is named.
+#[test]
+fn settings_are_refused_before_the_data_is_read() {
+    let root = std::env::temp_dir().join(format!("sbfnet-cli-early-{}", std::process::id()));
+    let (missing_data, out) = (root.join("no-data"), root.join("never"));
+    for (args, message) in [
+        (vec!["--threads", "0"], "--threads must be at least 1, got 0"),
+        (vec!["--lr", "0"], "--lr must be a positive number, got 0"),
+        (vec!["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+        (vec!["--lr", "inf"], "--lr must be a positive number, got inf"),
+        (vec!["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+        (vec!["--weight-decay", "-1"], "--weight-decay must be ≥ 0, got -1"),
+        (
+            vec!["--label-smoothing", "1"],
+            "--label-smoothing must be in [0, 1), got 1",
+        ),
+        (
+            vec!["--rotate", "200"],
+            "--rotate must be in [0, 180] degrees, got 200",
+        ),
+        (
+            vec!["--warmup-epochs", "10", "--epochs", "3"],
+            "--warmup-epochs 10 is longer than the run (--epochs 3)",
+        ),
+        (
+            vec!["--on-nonfinite", "ignore"],
+            "unknown --on-nonfinite \"ignore\" (expected stop or skip)",
+        ),
+        (
+            vec!["--train-limit", "0"],
+            "--train-limit must be at least 1, got 0",
+        ),
+        (
+            vec!["--test-limit", "0"],
+            "--test-limit must be at least 1, got 0",
+        ),
+        (vec!["--augment", "mixup"], "unknown --augment \"mixup\""),
+    ] {
+        let output = sbfnet(
+            &[
+                &["train", "--data", s(&missing_data), "--out", s(&out)][..],
+                &args,
+            ]
+            .concat(),
+        );
+        let (_, stderr) = text(&output);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {message}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!root.exists(), "a refused run created {}", root.display());
+}

@@ -181,11 +181,11 @@ fn resuming_from_a_checkpoint_repeats_training_bit_for_bit() {
     let config = tiny_config(2, 2);
 
     let mut straight = Trainer::new(&spec, config.clone(), set.len()).unwrap();
-    straight.train_epoch(&set, |_| {});
-    straight.train_epoch(&set, |_| {});
+    straight.train_epoch(&set, |_| {}).unwrap();
+    straight.train_epoch(&set, |_| {}).unwrap();
 
     let mut first = Trainer::new(&spec, config, set.len()).unwrap();
-    first.train_epoch(&set, |_| {});
+    first.train_epoch(&set, |_| {}).unwrap();
     let dir = temp_dir("resume");
     let path = dir.join("last.ckpt");
     first.to_checkpoint().save(&path).unwrap();
@@ -193,7 +193,7 @@ fn resuming_from_a_checkpoint_repeats_training_bit_for_bit() {
     let checkpoint = Checkpoint::load(&path).unwrap();
     let mut resumed = Trainer::from_checkpoint(&checkpoint, &path, set.len()).unwrap();
     assert_eq!((resumed.epoch, resumed.step), (1, 3));
-    resumed.train_epoch(&set, |_| {});
+    resumed.train_epoch(&set, |_| {}).unwrap();
 
     for (a, b) in straight.store.params.iter().zip(&resumed.store.params) {
         assert_eq!(a.value, b.value, "parameter {} differs after resume", a.name);
@@ -244,9 +244,9 @@ fn two_epochs_on_generated_data_lower_the_loss() {
     let mut trainer = Trainer::new(&spec, config, train.len()).unwrap();
     let before = trainer.evaluate(&test, 64);
     let mut steps_seen = 0;
-    let first = trainer.train_epoch(&train, |p| steps_seen = p.step);
+    let first = trainer.train_epoch(&train, |p| steps_seen = p.step).unwrap();
     assert_eq!(steps_seen, 8);
-    let second = trainer.train_epoch(&train, |_| {});
+    let second = trainer.train_epoch(&train, |_| {}).unwrap();
     let after = trainer.evaluate(&test, 64);
     eprintln!(
         "train loss {} -> {}, test loss {} -> {}, test accuracy {} -> {}",

@@ -205,6 +205,12 @@ impl<'s> Tape<'s> {
             .filter_map(|(var, id)| self.grads[var.0].as_ref().map(|g| (*id, g)))
     }
 
+    /// Every parameter copied onto this tape, in the order it was copied
+    /// (forward order): the tape position of its copy and its id.
+    pub fn param_leaves(&self) -> &[(Var, ParamId)] {
+        &self.param_leaves
+    }
+
     /// Called by batch-norm layers in training mode.
     pub fn record_batch_statistics(&mut self, statistics: BatchStatistics) {
         self.batch_statistics.push(statistics);

@@ -4,15 +4,28 @@
 //! output folder that already holds a checkpoint (pass --resume, or another
 //! --out); a resumed run takes every training setting from its checkpoint and
 //! refuses flags that contradict it (so the run continues bit for bit).
+//!
+//! Failures: a NaN or infinite loss or gradient stops the run with a line that
+//! names the step and the layer (or skips the batch, `--on-nonfinite skip`);
+//! nothing of the failed epoch is saved. After every epoch metrics.csv and the
+//! learning curve are written before the checkpoints (all atomically), so a run
+//! killed at any moment resumes from `last.ckpt` with metrics that match it.
+//!
+//! Test hooks (environment variables holding 1-based step numbers, "6" or "5,6,7"):
+//! `SBFNET_TEST_POISON_STEP` puts a NaN into the first pixel of those steps'
+//! batches (a fault injected for tests/numerical_faults.rs);
+//! `SBFNET_TEST_PAUSE_AT_STEP` prints "test hook: paused before step <n>" and
+//! sleeps a minute before those steps (for tests/kill_resume.rs to kill it there).
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
 use sbfnet::nn::{ConvPlan, ModelSpec};
-use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::train::metrics::{self, MetricsRow};
-use sbfnet::train::{ScheduleKind, TrainConfig, Trainer};
+use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
+use sbfnet::train::{validate, ScheduleKind, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,43 +44,44 @@ pub struct TrainArgs {
     #[arg(long)]
     pub convs: Option<String>,
     /// Epochs of the whole run [default: 50]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Images per optimisation step [default: 128]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Peak learning rate [default: 0.1]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// SGD momentum [default: 0.9]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f32>,
     /// Nesterov momentum: --nesterov, --nesterov true|false [default: true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
     /// Weight decay of conv and linear weights (not BN, not biases) [default: 5e-4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// cosine|step|onecycle [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
     /// Epochs of linear learning-rate warm-up [default: 2]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_epochs: Option<usize>,
     /// Label smoothing ε [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
     /// Training augmentation: crop+flip, crop, flip or none [default: crop+flip]
     #[arg(long)]
     pub augment: Option<String>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
-    /// Worker threads; each batch is split into this many shards [default: all cores]
-    #[arg(long)]
+    /// Worker threads; each batch is split into this many shards [default: all cores; when
+    /// resuming: the run's]
+    #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Seed of the initialisation, shuffling and augmentation [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Output folder [default: runs/<model>-<UTC time>; when resuming: the checkpoint's folder]
     #[arg(long)]
@@ -76,11 +90,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Train on the first N training images only (quick runs)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Evaluate on the first N test images only (quick runs)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub test_limit: Option<usize>,
+    /// A NaN or infinite loss or gradient: stop (keep the last checkpoint and exit with the step
+    /// and layer) or skip (leave the parameters unchanged, count the batch as skipped) [default: stop]
+    #[arg(long)]
+    pub on_nonfinite: Option<String>,
 }
 
 /// Checkpoint metadata: the number of test images the run evaluates on.
@@ -153,6 +171,7 @@ fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
         })?;
     }
     if let Some(v) = args.warmup_epochs {
+        validate::check_warmup(v, config.epochs)?;
         config.warmup_epochs = v;
     }
     if let Some(v) = args.label_smoothing {
@@ -319,14 +338,62 @@ fn check_out_folder(out: &Path, given: bool, resuming: bool) -> Result<()> {
     Ok(())
 }
 
+/// The steps listed in the test-hook variable `name` (see the module documentation).
+fn hook_steps(name: &str) -> Result<Vec<usize>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(|step| step.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::msg(format!("{name}=\"{text}\" is not a list of step numbers")))
+}
+
+/// The one line a run stopped by a numerical fault exits with.
+fn diverged(fault: &NumericalFault, out: &Path) -> Error {
+    let kept = if fault.epoch > 1 {
+        format!(
+            "{} (epoch {}) is kept",
+            out.join("last.ckpt").display(),
+            fault.epoch - 1
+        )
+    } else {
+        "no checkpoint was written yet".into()
+    };
+    let hint = if fault.kind.can_skip() {
+        "try a lower --lr or more --warmup-epochs, or --on-nonfinite skip to skip such batches"
+    } else {
+        "try a lower --lr or more --warmup-epochs"
+    };
+    Error::msg(format!(
+        "training diverged at {fault}; nothing of epoch {} is saved, {kept} ({hint})",
+        fault.epoch
+    ))
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     // 1. Settings, all checked before any data is read.
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        return Err(Error::msg("--threads must be at least 1"));
+    let on_nonfinite = match &args.on_nonfinite {
+        Some(text) => NonFinitePolicy::parse(text).ok_or_else(|| {
+            Error::msg(format!(
+                "unknown --on-nonfinite \"{text}\" (expected stop or skip)"
+            ))
+        })?,
+        None => NonFinitePolicy::Stop,
+    };
+    // The image limits, before the data is read.
+    for (flag, limit) in [
+        ("--train-limit", args.train_limit),
+        ("--test-limit", args.test_limit),
+    ] {
+        if let Some(n) = limit {
+            validate::check_at_least(flag, n, 1)?;
+        }
     }
+    let (poison_steps, pause_steps) = (
+        hook_steps("SBFNET_TEST_POISON_STEP")?,
+        hook_steps("SBFNET_TEST_PAUSE_AT_STEP")?,
+    );
     let resumed = match &args.resume {
         Some(path) => {
             let checkpoint = Checkpoint::load(path)?;
@@ -338,11 +405,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
             }
             let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
-            check_resume_flags(&args, &saved, threads, path)?;
             Some((path.clone(), checkpoint, saved))
         }
         None => None,
     };
+    // A resumed run keeps its thread count unless told otherwise: the kernels
+    // split their work by it, so it decides the last bits of every sum.
+    let threads = args
+        .threads
+        .or(resumed.as_ref().map(|(_, _, saved)| saved.shards))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    validate::check_at_least("--threads", threads, 1)?;
+    if let Some((path, _, saved)) = &resumed {
+        check_resume_flags(&args, saved, threads, path)?;
+        if threads != saved.shards {
+            println!(
+                "note: the run was started with --threads {}; with {threads} threads it continues with {} \
+                 shards per batch but will not repeat an uninterrupted run bit for bit",
+                saved.shards, saved.shards
+            );
+        }
+    }
     let (spec, config) = match &resumed {
         Some((path, checkpoint, saved)) => (
             ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?,
@@ -386,7 +469,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some((path, checkpoint, _)) => Trainer::from_checkpoint(checkpoint, path, train.len())?,
         None => Trainer::new(&spec, config.clone(), train.len())?,
     };
+    trainer.on_nonfinite = on_nonfinite;
+    if !poison_steps.is_empty() || !pause_steps.is_empty() {
+        trainer.batch_hook = Some(Box::new(move |step, batch| {
+            if pause_steps.contains(&step) {
+                println!("test hook: paused before step {step}");
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+            if poison_steps.contains(&step) {
+                batch.data[0] = f32::NAN;
+            }
+        }));
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
+    for file in ["last.ckpt", "best.ckpt", "metrics.csv", "learning_curve.png"] {
+        for stale in remove_stale_temporaries(&out.join(file))? {
+            println!(
+                "removed {}: the partial write of an interrupted run",
+                stale.display()
+            );
+        }
+    }
     let csv_path = out.join("metrics.csv");
     let mut rows: Vec<MetricsRow> = if resumed.is_some() && csv_path.exists() {
         metrics::read_csv(&csv_path)?
@@ -413,7 +516,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     println!(
         "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \
-         augmentation {}, seed {}",
+         augmentation {}, seed {}, on non-finite: {}",
         config.epochs,
         config.batch_size,
         config.learning_rate,
@@ -424,7 +527,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.sgd.weight_decay,
         config.label_smoothing,
         config.augmentation.describe(),
-        config.seed
+        config.seed,
+        on_nonfinite.name()
     );
     println!("output {}", out.display());
     if trainer.epoch >= config.epochs {
@@ -446,8 +550,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bar.set_prefix(format!("epoch {}/{}", trainer.epoch + 1, config.epochs));
         let result = trainer.train_epoch(&train, |p| {
             bar.set_position(p.step as u64);
+            let skipped = match p.skipped_batches {
+                0 => String::new(),
+                n => format!(" ({n} skipped)"),
+            };
             bar.set_message(format!(
-                "loss {:.3} acc {:.1}% {:.0} img/s lr {:.4}",
+                "loss {:.3} acc {:.1}% {:.0} img/s lr {:.4}{skipped}",
                 p.loss,
                 100.0 * p.accuracy,
                 p.images_per_second,
@@ -455,12 +563,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ));
         });
         bar.finish_and_clear();
-        if !result.loss.is_finite() {
-            // Keep the last good checkpoint: nothing of this epoch is saved.
+        // A fault keeps the last good checkpoint: nothing of this epoch is saved.
+        let result = result.map_err(|fault| diverged(&fault, &out))?;
+        for fault in &result.skipped {
+            println!("skipped {fault}");
+        }
+        if result.skipped.len() == steps {
             return Err(Error::msg(format!(
-                "training diverged: the loss is {} in epoch {}; the last good checkpoint is kept \
-                 (try a lower --lr or more --warmup-epochs)",
-                result.loss, result.epoch
+                "training diverged: every batch of epoch {} had a non-finite loss or gradient and was skipped; \
+                 nothing of it is saved (try a lower --lr or more --warmup-epochs)",
+                result.epoch
             )));
         }
         let started = Instant::now();
@@ -480,6 +592,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             images_per_second: result.images_per_second,
             elapsed_seconds: trainer.elapsed_seconds,
         });
+        // Metrics first: a run killed before last.ckpt is written resumes from the
+        // epoch before, and drops the rows after that epoch when it reads metrics.csv.
+        metrics::write_csv(&csv_path, &rows)?;
+        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
         let mut checkpoint = trainer.to_checkpoint();
         checkpoint
             .metadata
@@ -488,11 +604,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             checkpoint.save(&out.join("best.ckpt"))?;
         }
         checkpoint.save(&out.join("last.ckpt"))?;
-        metrics::write_csv(&csv_path, &rows)?;
-        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
+        let skipped = match result.skipped.len() {
+            0 => String::new(),
+            n => format!("  {n} batch(es) skipped (non-finite)"),
+        };
         println!(
             "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{}  {:.0} img/s  \
-             {:.0}s  (run ETA {:.0}s)",
+             {:.0}s  (run ETA {:.0}s){skipped}",
             result.epoch,
             config.epochs,
             result.learning_rate,

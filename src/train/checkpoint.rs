@@ -14,6 +14,11 @@
 //! Writing goes to a temporary file in the same folder, is flushed to disk,
 //! then renamed over the target, so a crash leaves either the old file or
 //! the new one, never half of one.
+//!
+//! Test hook: with `SBFNET_TEST_PAUSE_MID_WRITE=<seconds>` in the environment,
+//! [`write_atomically`] writes the first half of the temporary file, flushes
+//! it, and sleeps that long before writing the rest, so that a test can kill
+//! the process in the middle of a write (tests/kill_resume.rs).
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -167,14 +172,19 @@ impl Checkpoint {
 
 /// Writes `bytes` to `path` so that readers see the old file or the new one, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::file(path, "not a file path"))?
-        .to_string_lossy();
-    let temporary: PathBuf = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    let temporary = temporary_path(path, std::process::id())?;
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
+        match pause_mid_write() {
+            Some(pause) => {
+                let (first_half, rest) = bytes.split_at(bytes.len() / 2);
+                file.write_all(first_half)?;
+                file.sync_all()?;
+                std::thread::sleep(pause);
+                file.write_all(rest)?;
+            }
+            None => file.write_all(bytes)?,
+        }
         file.sync_all()?;
         drop(file);
         std::fs::rename(&temporary, path)?;
@@ -188,6 +198,60 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&temporary);
         Error::io(path, "cannot write", e)
     })
+}
+
+/// The temporary file process `pid` writes `path` through: `.<name>.tmp<pid>` in the same folder.
+pub fn temporary_path(path: &Path, pid: u32) -> Result<PathBuf> {
+    Ok(path.with_file_name(format!("{}{pid}", temporary_prefix(path)?)))
+}
+
+/// `.<name>.tmp`: the name of `path`'s temporary files without the process id.
+fn temporary_prefix(path: &Path) -> Result<String> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::file(path, "not a file path"))?
+        .to_string_lossy();
+    Ok(format!(".{file_name}.tmp"))
+}
+
+/// Removes the temporary files of `path` left by processes that no longer run
+/// (a run killed in the middle of a write). Returns the files removed. On
+/// systems without /proc nothing can be known about other processes, and
+/// nothing is removed.
+pub fn remove_stale_temporaries(path: &Path) -> Result<Vec<PathBuf>> {
+    let Some(folder) = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    }) else {
+        return Ok(Vec::new());
+    };
+    if !Path::new("/proc/self").exists() || !folder.is_dir() {
+        return Ok(Vec::new());
+    }
+    let prefix = temporary_prefix(path)?;
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(folder).map_err(|e| Error::io(folder, "cannot list", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let stale = entry.path();
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, "cannot remove", e))?;
+            removed.push(stale);
+        }
+    }
+    Ok(removed)
+}
+
+/// The pause of the `SBFNET_TEST_PAUSE_MID_WRITE` test hook (see the module documentation).
+fn pause_mid_write() -> Option<std::time::Duration> {
+    let seconds: f64 = std::env::var("SBFNET_TEST_PAUSE_MID_WRITE").ok()?.parse().ok()?;
+    std::time::Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// FNV-1a, 64 bit: a small, dependency-free checksum that catches truncation and bit flips.
@@ -327,6 +391,31 @@ mod tests {
             "x.ckpt: malformed checkpoint: tensor \"line\\nbreakline\\nbreakline\\nbreakline\\nbreak\"…: \
              shape overflows"
         );
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed_and_others_kept() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("last.ckpt");
+        // A pid above the kernel's limit (2^22) never runs.
+        let dead = temporary_path(&path, 4_999_999).unwrap();
+        let alive = temporary_path(&path, std::process::id()).unwrap();
+        let other_file = temporary_path(&dir.join("best.ckpt"), 4_999_999).unwrap();
+        for file in [&dead, &alive, &other_file, &path] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        assert_eq!(
+            dead.file_name().unwrap().to_str().unwrap(),
+            ".last.ckpt.tmp4999999"
+        );
+        let removed = remove_stale_temporaries(&path).unwrap();
+        if Path::new("/proc/self").exists() {
+            assert_eq!(removed, vec![dead.clone()]);
+            assert!(!dead.exists());
+        }
+        assert!(alive.exists() && other_file.exists() && path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,10 +3,13 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod numerics;
 pub mod optimizer;
 pub mod schedule;
 pub mod trainer;
+pub mod validate;
 
+pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{

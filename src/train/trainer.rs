@@ -25,6 +25,7 @@
 //! augmentation come from an RNG derived from (seed, epoch) alone, so resuming
 //! from a checkpoint written at the end of an epoch repeats the run bit for bit.
 
+use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::{Sgd, SgdConfig};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::autograd::{BatchStatistics, Mode, ParamStore, Tape, Var};
@@ -219,7 +220,7 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 }
 
 /// What one optimisation step measured (on the training batch, in training mode).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepResult {
     /// Mean loss over the batch.
     pub loss: f32,
@@ -227,6 +228,9 @@ pub struct StepResult {
     pub correct: usize,
     pub images: usize,
     pub learning_rate: f32,
+    /// A non-finite loss, gradient or updated parameter (see [`numerics`]).
+    /// A fault that [`FaultKind::can_skip`] left the parameters unchanged.
+    pub fault: Option<FaultKind>,
 }
 
 /// Progress within an epoch, handed to the caller after every step.
@@ -240,10 +244,12 @@ pub struct Progress {
     pub accuracy: f32,
     pub images_per_second: f32,
     pub learning_rate: f32,
+    /// Batches skipped so far in this epoch ([`NonFinitePolicy::Skip`]).
+    pub skipped_batches: usize,
 }
 
-/// One epoch's training figures.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One epoch's training figures (loss and accuracy over the batches not skipped).
+#[derive(Clone, Debug, PartialEq)]
 pub struct EpochResult {
     /// 1-based number of the epoch just finished.
     pub epoch: usize,
@@ -253,6 +259,8 @@ pub struct EpochResult {
     pub accuracy: f32,
     pub images_per_second: f32,
     pub seconds: f64,
+    /// The batches skipped for a non-finite loss or gradient ([`NonFinitePolicy::Skip`]).
+    pub skipped: Vec<NumericalFault>,
 }
 
 /// Accuracy and loss on a set, in evaluation mode.
@@ -366,6 +374,9 @@ pub fn data_parallel_gradients(
     (loss, correct, statistics)
 }
 
+/// See [`Trainer::batch_hook`].
+pub type BatchHook = Box<dyn FnMut(usize, &mut Tensor) + Send + Sync>;
+
 /// A model, its parameters, its optimiser and where the run stands.
 pub struct Trainer {
     pub model: Model,
@@ -383,6 +394,12 @@ pub struct Trainer {
     pub best_test_accuracy: f32,
     /// Seconds spent training and evaluating so far, over every resumed session.
     pub elapsed_seconds: f64,
+    /// What [`Trainer::train_epoch`] does when a step's loss or gradient is not finite.
+    pub on_nonfinite: NonFinitePolicy,
+    /// Called with the 1-based step number and the batch [B, 3, 32, 32] just
+    /// before every step of [`Trainer::train_epoch`]. A hook for tests
+    /// (injecting a fault) and experiments; None in normal runs.
+    pub batch_hook: Option<BatchHook>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
     worker_gradients: Vec<Vec<Tensor>>,
     /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
@@ -417,6 +434,8 @@ impl Trainer {
             step: 0,
             best_test_accuracy: 0.0,
             elapsed_seconds: 0.0,
+            on_nonfinite: NonFinitePolicy::Stop,
+            batch_hook: None,
             worker_gradients,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
@@ -424,6 +443,8 @@ impl Trainer {
     }
 
     /// One optimisation step on the batch `x` [B, 3, 32, 32] with `labels` [B].
+    /// A non-finite loss or gradient is reported in [`StepResult::fault`] and
+    /// the update is not made (the step still counts); see [`numerics`].
     pub fn train_step(&mut self, x: &Tensor, labels: &[usize]) -> StepResult {
         let learning_rate = self.schedule.learning_rate(self.step);
         let model = &self.model;
@@ -435,20 +456,61 @@ impl Trainer {
             self.config.label_smoothing,
             |tape, input| model.forward(tape, input),
         );
-        self.optimizer.step(&mut self.store, learning_rate);
-        self.store.apply_batch_statistics(&statistics);
+        let mut fault = self.fault_before_update(loss, x, labels);
+        if fault.is_none() {
+            self.optimizer.step(&mut self.store, learning_rate);
+            self.store.apply_batch_statistics(&statistics);
+            fault = numerics::first_nonfinite_parameter(&self.store).map(|parameter| FaultKind::Update {
+                parameter,
+                learning_rate,
+            });
+        }
         self.step += 1;
         StepResult {
             loss,
             correct,
             images: labels.len(),
             learning_rate,
+            fault,
         }
     }
 
+    /// A non-finite loss or gradient of the step on `x`, located by a second forward pass.
+    fn fault_before_update(&self, loss: f32, x: &Tensor, labels: &[usize]) -> Option<FaultKind> {
+        let gradients = numerics::nonfinite_gradients(&self.store);
+        if loss.is_finite() && gradients.is_none() {
+            return None;
+        }
+        let model = &self.model;
+        let forward = numerics::locate_nonfinite_forward(
+            &self.store,
+            x,
+            labels,
+            self.config.shards,
+            self.config.label_smoothing,
+            |tape, input| model.forward(tape, input),
+        );
+        Some(match gradients {
+            Some((first_reached, parameters)) if loss.is_finite() => FaultKind::Gradient {
+                forward,
+                first_reached,
+                parameters,
+            },
+            _ => FaultKind::Loss { loss, forward },
+        })
+    }
+
     /// Trains one epoch on `set` (which must hold `train_images` images),
-    /// calling `progress` after every step.
-    pub fn train_epoch(&mut self, set: &Cifar10, mut progress: impl FnMut(&Progress)) -> EpochResult {
+    /// calling `progress` after every step. A step whose loss or gradient is
+    /// not finite ends the epoch with the fault ([`NonFinitePolicy::Stop`]:
+    /// the trainer is left mid-epoch, to be dropped or reloaded from a
+    /// checkpoint) or is skipped ([`NonFinitePolicy::Skip`]); an update that
+    /// made a parameter non-finite always ends it.
+    pub fn train_epoch(
+        &mut self,
+        set: &Cifar10,
+        mut progress: impl FnMut(&Progress),
+    ) -> std::result::Result<EpochResult, NumericalFault> {
         assert_eq!(
             set.len(),
             self.train_images,
@@ -465,6 +527,7 @@ impl Trainer {
         let mut learning_rate = 0.0;
         let mut batch = std::mem::replace(&mut self.batch, Tensor::zeros(&[0]));
         let mut labels = std::mem::take(&mut self.labels);
+        let mut skipped = Vec::new();
         for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
             make_batch_into(
                 set,
@@ -474,32 +537,55 @@ impl Trainer {
                 &mut batch,
                 &mut labels,
             );
+            if let Some(hook) = &mut self.batch_hook {
+                hook(self.step + 1, &mut batch);
+            }
             let result = self.train_step(&batch, &labels);
-            loss_sum += result.loss as f64 * result.images as f64;
-            correct += result.correct;
-            images += result.images;
             learning_rate = result.learning_rate;
+            match result.fault {
+                None => {
+                    loss_sum += result.loss as f64 * result.images as f64;
+                    correct += result.correct;
+                    images += result.images;
+                }
+                Some(kind) => {
+                    let fault = NumericalFault {
+                        step: self.step,
+                        epoch: self.epoch + 1,
+                        batch: index + 1,
+                        batches: steps,
+                        kind,
+                    };
+                    if self.on_nonfinite == NonFinitePolicy::Stop || !fault.kind.can_skip() {
+                        (self.batch, self.labels) = (batch, labels);
+                        return Err(fault);
+                    }
+                    skipped.push(fault);
+                }
+            }
             progress(&Progress {
                 step: index + 1,
                 steps,
-                loss: (loss_sum / images as f64) as f32,
-                accuracy: correct as f32 / images as f32,
+                loss: (loss_sum / images.max(1) as f64) as f32,
+                accuracy: correct as f32 / images.max(1) as f32,
                 images_per_second: images as f32 / started.elapsed().as_secs_f32().max(1e-9),
                 learning_rate,
+                skipped_batches: skipped.len(),
             });
         }
         (self.batch, self.labels) = (batch, labels);
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
         self.elapsed_seconds += seconds;
-        EpochResult {
+        Ok(EpochResult {
             epoch: self.epoch,
             learning_rate,
             loss: (loss_sum / images.max(1) as f64) as f32,
             accuracy: correct as f32 / images.max(1) as f32,
             images_per_second: (images as f64 / seconds.max(1e-9)) as f32,
             seconds,
-        }
+            skipped,
+        })
     }
 
     /// Saves parameters, buffers, optimiser state, settings and position.

@@ -1,0 +1,235 @@
+//! A training run killed with SIGKILL — in the middle of an epoch, or in the
+//! middle of writing a checkpoint — keeps its previous checkpoint intact, and
+//! `sbfnet train --resume` from it ends with the parameters of a run that was
+//! never stopped, bit for bit (same seed, same thread count). And the same seed
+//! and thread count always give the same parameters.
+//!
+//! The kills land where they must through two test hooks: the binary's
+//! `SBFNET_TEST_PAUSE_AT_STEP` (it prints a line and sleeps before that step)
+//! and the checkpoint writer's `SBFNET_TEST_PAUSE_MID_WRITE` (it sleeps after
+//! writing half of the temporary file, which the test watches for).
+
+mod common;
+
+use common::*;
+use sbfnet::train::checkpoint::{temporary_path, Checkpoint};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Kills `child` with SIGKILL (`Child::kill` sends SIGKILL on Unix) and reaps it.
+fn kill(child: &mut std::process::Child) {
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it was killed");
+}
+
+/// Resumes the run in `out` to its end and checks it against the uninterrupted run in `reference`.
+fn resume_and_compare(data: &Path, out: &Path, reference: &Path) -> String {
+    let stdout = succeed(&mut resume_command(data, out));
+    assert!(stdout.contains("resuming after epoch 1 (step 4)"), "{stdout}");
+    assert!(
+        !stdout.contains("note:"),
+        "the thread count was not taken from the run:\n{stdout}"
+    );
+    assert_same_state(&out.join("last.ckpt"), &reference.join("last.ckpt"));
+    assert_eq!(metrics_without_timings(out), metrics_without_timings(reference));
+    stdout
+}
+
+#[test]
+fn killed_in_the_middle_of_an_epoch_the_run_resumes_to_the_uninterrupted_parameters() {
+    let (root, data) = fixture("kill-mid-epoch");
+    let reference = uninterrupted_run(&root, &data, "reference");
+    let out = root.join("killed");
+
+    // Stop before step 6: epoch 2, after its first batch has changed the parameters in memory.
+    let pause_step = STEPS_PER_EPOCH + 2;
+    let mut child = train_command(&data, &out, &[])
+        .env("SBFNET_TEST_PAUSE_AT_STEP", pause_step.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let paused = format!("test hook: paused before step {pause_step}");
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(line) => {
+                let line = line.unwrap();
+                if line == paused {
+                    break;
+                }
+                seen.push(line);
+            }
+            None => panic!("the run ended without pausing:\n{}", seen.join("\n")),
+        }
+    }
+    assert!(seen.iter().any(|l| l.starts_with("epoch   1/3")), "{seen:?}");
+    let saved = std::fs::read(out.join("last.ckpt")).unwrap();
+    kill(&mut child);
+
+    // The epoch-1 checkpoint is as it was, and complete; no temporary is left.
+    assert_eq!(std::fs::read(out.join("last.ckpt")).unwrap(), saved);
+    assert_eq!(epoch_of(&out.join("last.ckpt")), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    resume_and_compare(&data, &out, &reference);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn killed_in_the_middle_of_writing_a_checkpoint_the_previous_one_is_intact_and_the_run_resumes() {
+    let (root, data) = fixture("kill-mid-write");
+    let reference = uninterrupted_run(&root, &data, "reference");
+    let out = root.join("killed");
+    let last = out.join("last.ckpt");
+
+    // Every atomic write pauses half-way for 0.5 s; wait for a write of last.ckpt
+    // while an earlier last.ckpt exists (epoch 2's write), and kill it there.
+    let mut child = train_command(&data, &out, &[])
+        .env("SBFNET_TEST_PAUSE_MID_WRITE", "0.5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let temporary = temporary_path(&last, child.id()).unwrap();
+    let started = Instant::now();
+    let saved = loop {
+        if last.exists() && temporary.exists() {
+            // last.ckpt is replaced only by a rename, after the pause: this is the previous one.
+            break std::fs::read(&last).unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before a second write of last.ckpt was seen");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no second write of last.ckpt"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    kill(&mut child);
+
+    // The temporary file holds part of a checkpoint (which does not load); last.ckpt
+    // is the complete epoch-1 checkpoint it was before the write began.
+    assert!(temporary.exists(), "the kill did not land inside the write");
+    assert!(
+        std::fs::metadata(&temporary).unwrap().len() < saved.len() as u64,
+        "the temporary file is not partial"
+    );
+    let err = Checkpoint::load(&temporary).unwrap_err().to_string();
+    assert!(
+        err.contains("checksum mismatch") || err.contains("truncated"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&last).unwrap(), saved);
+    assert_eq!(epoch_of(&last), 1);
+
+    // The resumed run removes the partial file and ends as the uninterrupted run did.
+    let stdout = resume_and_compare(&data, &out, &reference);
+    assert!(
+        stdout.contains("the partial write of an interrupted run"),
+        "{stdout}"
+    );
+    assert!(!temporary.exists());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_same_seed_and_thread_count_give_bit_identical_parameters() {
+    let (root, data) = fixture("determinism");
+    let first = uninterrupted_run(&root, &data, "first");
+    let second = uninterrupted_run(&root, &data, "second");
+    assert_same_state(&first.join("last.ckpt"), &second.join("last.ckpt"));
+    assert_eq!(metrics_without_timings(&first), metrics_without_timings(&second));
+
+    // Another thread count splits every batch into other shards (batch norm
+    // statistics per shard) and the kernels' sums into other partial sums: the
+    // run is as good, but not the same bit for bit (README, "When things go wrong").
+    let other = root.join("two-threads");
+    succeed(&mut train_command(&data, &other, &["--threads", "2"]));
+    let (a, b) = (
+        Checkpoint::load(&first.join("last.ckpt")).unwrap(),
+        Checkpoint::load(&other.join("last.ckpt")).unwrap(),
+    );
+    assert_ne!(a.tensor("param.conv1.weight"), b.tensor("param.conv1.weight"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Real runs are not killed where a hook says: kill the run at random moments
+/// (seeded, so the schedule repeats; where the kills land still depends on the
+/// machine's speed), restart it each time — `--resume` when a `last.ckpt`
+/// exists, from scratch otherwise — and it still ends with the parameters of
+/// the run that was never stopped, with no temporary file left behind.
+#[test]
+fn a_run_killed_at_random_moments_and_restarted_each_time_ends_as_the_uninterrupted_run() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let (root, data) = fixture("kill-random");
+    let reference = uninterrupted_run(&root, &data, "reference");
+    let out = root.join("killed");
+    let last = out.join("last.ckpt");
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut kills, mut sessions, mut resumes) = (0, 0, 0);
+    loop {
+        sessions += 1;
+        let mut command = if last.exists() {
+            resumes += 1;
+            resume_command(&data, &out)
+        } else {
+            train_command(&data, &out, &[])
+        };
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A few kills early in the session, at any moment of it, then let the run finish.
+        let deadline = Instant::now() + Duration::from_millis(rng.gen_range(10..250));
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if kills >= 8 || Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            break None;
+        };
+        match finished {
+            Some(status) => {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                assert!(status.success(), "session {sessions} failed: {stderr}");
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                // Whatever the moment, last.ckpt (when there is one) is a complete checkpoint.
+                if last.exists() {
+                    Checkpoint::load(&last).unwrap();
+                }
+            }
+        }
+    }
+    eprintln!("{kills} kills, {sessions} sessions, {resumes} of them resumed from last.ckpt");
+    assert!(kills >= 1, "no kill landed before the run finished");
+    assert_same_state(&last, &reference.join("last.ckpt"));
+    assert_eq!(metrics_without_timings(&out), metrics_without_timings(&reference));
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
