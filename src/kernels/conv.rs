@@ -588,15 +588,15 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 ///
 ///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
 ///
-/// Tiles of 2 output channels × 6 taps, 8 pixels per lane; each thread sums a
+/// Tiles of 6 output channels × 2 taps, 8 pixels per lane; each thread sums a
 /// chunk of the batch into its own partial dW, then the partials are added.
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    const ROWS: usize = 2;
-    const COLS: usize = 6;
+    const ROWS: usize = 6;
+    const COLS: usize = 2;
     let image = PhaseSplitImage::new(shape);
     let offsets = image.tap_offsets();
     let depth = offsets.len(); // C·K²
