@@ -31,8 +31,9 @@
 //! the batch is smaller than twice the threads, over blocks of output rows of
 //! the product too): disjoint slices of the output, so no locks. Each task
 //! pads its own image into a thread-local buffer that stays in L2.
-//! The weight gradient reduces over the batch: each thread sums a chunk of
-//! images into its own partial dW, and the partials are added at the end.
+//! The weight gradient reduces over the batch: each task sums a chunk of
+//! images (two chunks per thread) into its own partial dW, and the partials
+//! are added at the end, in a fixed order; no atomics.
 //!
 //! Memory: the padded copies and packed weights live in thread-local buffers
 //! that grow and are kept between calls (fresh pages are expensive here).
@@ -588,15 +589,17 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 ///
 ///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
 ///
-/// Tiles of 2 output channels × 6 taps, 8 pixels per lane; each thread sums a
-/// chunk of the batch into its own partial dW, then the partials are added.
+/// Tiles of 6 output channels × 2 taps, 8 pixels per lane; each task sums a
+/// chunk of the batch (two chunks per thread) into its own partial dW, then
+/// the partials are added in a fixed order (no atomics; the result does not
+/// depend on which thread ran which chunk).
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    const ROWS: usize = 2;
-    const COLS: usize = 6;
+    const ROWS: usize = 6;
+    const COLS: usize = 2;
     let image = PhaseSplitImage::new(shape);
     let offsets = image.tap_offsets();
     let depth = offsets.len(); // C·K²
@@ -610,7 +613,8 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     let dy_image_len = out_channels * h_out * dy_row;
     let per_image = image.image_len() + if copy_dy { dy_image_len } else { 0 };
 
-    let chunks = rayon::current_num_threads().clamp(1, shape.batch);
+    // Two chunks per thread: rayon rebalances when a core is slowed by other work.
+    let chunks = (2 * rayon::current_num_threads()).clamp(1, shape.batch);
     let images_per_chunk = shape.batch.div_ceil(chunks);
     let chunks = shape.batch.div_ceil(images_per_chunk);
     // One tile call reads 2 planes of dy and about 1 channel of the image per

@@ -179,17 +179,32 @@ pub fn dot_tile<const ROWS: usize, const COLS: usize>(
     let mut tile = [[f32x8::ZERO; COLS]; ROWS];
     let grad = grad.as_ptr();
     let source = source.as_ptr();
-    let mut rows = [f32x8::ZERO; ROWS];
     for &(grad_index, source_index) in &pairs.pairs {
         // SAFETY: every index + start + 8 is within its buffer (checked above).
         unsafe {
-            for r in 0..ROWS {
-                rows[r] = load(grad.add(grad_index + row_starts[r]));
-            }
-            for j in 0..COLS {
-                let column = load(source.add(source_index + tap_offsets[j]));
+            if ROWS > COLS {
+                // Tall tile: keep the COLS source columns, stream the gradient rows.
+                let mut columns = [f32x8::ZERO; COLS];
+                for j in 0..COLS {
+                    columns[j] = load(source.add(source_index + tap_offsets[j]));
+                }
                 for r in 0..ROWS {
-                    tile[r][j] = rows[r].mul_add(column, tile[r][j]);
+                    let row = load(grad.add(grad_index + row_starts[r]));
+                    for j in 0..COLS {
+                        tile[r][j] = row.mul_add(columns[j], tile[r][j]);
+                    }
+                }
+            } else {
+                // Wide tile: keep the ROWS gradient rows, stream the source columns.
+                let mut rows = [f32x8::ZERO; ROWS];
+                for r in 0..ROWS {
+                    rows[r] = load(grad.add(grad_index + row_starts[r]));
+                }
+                for j in 0..COLS {
+                    let column = load(source.add(source_index + tap_offsets[j]));
+                    for r in 0..ROWS {
+                        tile[r][j] = rows[r].mul_add(column, tile[r][j]);
+                    }
                 }
             }
         }
