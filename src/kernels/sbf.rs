@@ -1815,6 +1815,7 @@ pub fn two_stage_forward_banded(
         mask_table(shape, assignment, masks),
         column_masks(shape),
     );
+    let starts = gather_starts(shape, assignment, layout);
     let image_len = shape.in_channels * shape.in_height * shape.in_width;
     let planes = shape.groups * shape.taps() * shape.templates;
     output
@@ -1830,16 +1831,7 @@ pub fn two_stage_forward_banded(
                         end: (first + band_rows).min(shape.in_height),
                     };
                     stage1_band_guarded(shape, &packed, input_image, maps, layout, band);
-                    gather_image_guarded(
-                        shape,
-                        assignment,
-                        &table,
-                        &column_masks,
-                        maps,
-                        layout,
-                        band,
-                        output_image,
-                    );
+                    gather_image_guarded(shape, &table, &starts, &column_masks, maps, band, output_image);
                 }
             },
         );
@@ -1873,33 +1865,11 @@ fn mask_table(shape: &SbfShape, assignment: &TemplateAssignment, masks: &[f32]) 
     table
 }
 
-/// Stage 2 of one image from guarded planes: Y[b,n,j] = Σ_{g,tap} t(n,g,tap)·mask[kw][j]·P[b,g,tap,m(n), j + offset].
-///
-/// On a row band ([`RowBand`]) the guarded planes hold the band's rows plus p halo rows above and
-/// below (real image rows, or zeros outside the image): only output rows `band.first..band.end`
-/// are written, and j below counts positions from the band's first row (the column masks only
-/// depend on j mod W, and a band starts on a row boundary).
-fn gather_image_guarded(
-    shape: &SbfShape,
-    assignment: &TemplateAssignment,
-    table: &[f32],
-    column_masks: &[f32],
-    maps: &[f32],
-    layout: Guarded,
-    band: RowBand,
-    output_image: &mut [f32],
-) {
-    let (k, p, w, plane, taps) = (
-        shape.kernel,
-        shape.padding,
-        shape.in_width,
-        shape.in_height * shape.in_width,
-        shape.taps(),
-    );
-    // Band positions; column_masks rows are `plane` long, outputs start at band.first·W.
-    let (hw, out_start) = ((band.end - band.first) * w, band.first * w);
+/// starts[n, g·K² + tap]: where output n's (g, tap) term reads in guarded planes of `layout`
+/// (plane start + guard + offset(tap)); the same for every band.
+fn gather_starts(shape: &SbfShape, assignment: &TemplateAssignment, layout: Guarded) -> Vec<usize> {
+    let (k, p, w, taps) = (shape.kernel, shape.padding, shape.in_width, shape.taps());
     let per = shape.groups * taps;
-    // starts[n, g·K² + tap]: where output n's (g, tap) term reads (plane start + guard + offset).
     let mut starts = vec![0usize; shape.out_channels * per];
     for n in 0..shape.out_channels {
         for g in 0..shape.groups {
@@ -1912,11 +1882,60 @@ fn gather_image_guarded(
             }
         }
     }
+    starts
+}
+
+/// Stage 2 of one image from guarded planes: Y[b,n,j] = Σ_{g,tap} t(n,g,tap)·mask[kw][j]·P[b,g,tap,m(n), j + offset].
+///
+/// On a row band ([`RowBand`]) the guarded planes hold the band's rows plus p halo rows above and
+/// below (real image rows, or zeros outside the image): only output rows `band.first..band.end`
+/// are written, and j below counts positions from the band's first row (the column masks only
+/// depend on j mod W, and a band starts on a row boundary). `starts` = [`gather_starts`].
+fn gather_image_guarded(
+    shape: &SbfShape,
+    table: &[f32],
+    starts: &[usize],
+    column_masks: &[f32],
+    maps: &[f32],
+    band: RowBand,
+    output_image: &mut [f32],
+) {
+    // K is a constant inside, so the loops over taps unroll and the per-column sums stay in registers.
+    match shape.kernel {
+        1 => gather_band::<1>(shape, table, starts, column_masks, maps, band, output_image),
+        3 => gather_band::<3>(shape, table, starts, column_masks, maps, band, output_image),
+        5 => gather_band::<5>(shape, table, starts, column_masks, maps, band, output_image),
+        7 => gather_band::<7>(shape, table, starts, column_masks, maps, band, output_image),
+        k => panic!("guarded gather: K = {k} must be 1, 3, 5 or 7"),
+    }
+}
+
+/// [`gather_image_guarded`] for a K×K kernel (p = K/2). Each block of 16 outputs of output n
+/// sums its terms in one pair of accumulators per kernel column kw, then applies the column
+/// mask once per kw: Y = Σ_kw mask[kw] · (Σ_{g,kh} t·P).
+fn gather_band<const K: usize>(
+    shape: &SbfShape,
+    table: &[f32],
+    starts: &[usize],
+    column_masks: &[f32],
+    maps: &[f32],
+    band: RowBand,
+    output_image: &mut [f32],
+) {
+    let (p, w, plane, groups) = (
+        K / 2,
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.groups,
+    );
+    // Band positions; column_masks rows are `plane` long, outputs start at band.first·W.
+    let (hw, out_start) = ((band.end - band.first) * w, band.first * w);
+    let per = groups * K * K;
     // Two vectors (16 outputs) per step, so each term's scalar work is shared by 16 lanes.
     let mut j0 = 0;
     while j0 + 16 <= hw {
-        let mut mask_vectors = [[f32x8::ZERO; 2]; 8];
-        for kw in 0..k {
+        let mut mask_vectors = [[f32x8::ZERO; 2]; K];
+        for kw in 0..K {
             mask_vectors[kw] = [
                 load(&column_masks[kw * plane + j0..]),
                 load(&column_masks[kw * plane + j0 + 8..]),
@@ -1924,35 +1943,40 @@ fn gather_image_guarded(
         }
         for n in 0..shape.out_channels {
             let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
-            let mut acc = [f32x8::ZERO; 2];
-            for q in 0..per {
-                let kw = q % taps % k;
-                let map = &maps[starts_n[q] + j0..][..16];
-                let weight = f32x8::splat(weights_n[q]);
-                let (w0, w1) = if kw == p {
-                    (weight, weight)
-                } else {
-                    (weight * mask_vectors[kw][0], weight * mask_vectors[kw][1])
-                };
-                acc[0] = w0.mul_add(load(map), acc[0]);
-                acc[1] = w1.mul_add(load(&map[8..]), acc[1]);
+            // acc[kw]: Σ over (g, kh) of t·P for kernel column kw, 16 outputs.
+            let mut acc = [[f32x8::ZERO; 2]; K];
+            for row in 0..groups * K {
+                for kw in 0..K {
+                    let q = row * K + kw;
+                    let map = &maps[starts_n[q] + j0..][..16];
+                    let weight = f32x8::splat(weights_n[q]);
+                    acc[kw][0] = weight.mul_add(load(map), acc[kw][0]);
+                    acc[kw][1] = weight.mul_add(load(&map[8..]), acc[kw][1]);
+                }
+            }
+            let mut sum = acc[p];
+            for kw in 0..K {
+                if kw != p {
+                    sum[0] = acc[kw][0].mul_add(mask_vectors[kw][0], sum[0]);
+                    sum[1] = acc[kw][1].mul_add(mask_vectors[kw][1], sum[1]);
+                }
             }
             let out = &mut output_image[n * plane + out_start + j0..][..16];
-            store(out, acc[0]);
-            store(&mut out[8..], acc[1]);
+            store(out, sum[0]);
+            store(&mut out[8..], sum[1]);
         }
         j0 += 16;
     }
     while j0 + 8 <= hw {
-        let mut mask_vectors = [f32x8::ZERO; 8];
-        for kw in 0..k {
+        let mut mask_vectors = [f32x8::ZERO; K];
+        for kw in 0..K {
             mask_vectors[kw] = load(&column_masks[kw * plane + j0..]);
         }
         for n in 0..shape.out_channels {
             let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
             let mut acc = f32x8::ZERO;
             for q in 0..per {
-                let weight = f32x8::splat(weights_n[q]) * mask_vectors[q % taps % k];
+                let weight = f32x8::splat(weights_n[q]) * mask_vectors[q % K];
                 acc = weight.mul_add(load(&maps[starts_n[q] + j0..]), acc);
             }
             store(&mut output_image[n * plane + out_start + j0..], acc);
@@ -1962,12 +1986,8 @@ fn gather_image_guarded(
     for j in j0..hw {
         for n in 0..shape.out_channels {
             let mut sum = 0.0;
-            for g in 0..shape.groups {
-                for tap in 0..taps {
-                    sum += table[n * per + g * taps + tap]
-                        * column_masks[(tap % k) * plane + j]
-                        * maps[starts[n * per + g * taps + tap] + j];
-                }
+            for q in 0..per {
+                sum += table[n * per + q] * column_masks[(q % K) * plane + j] * maps[starts[n * per + q] + j];
             }
             output_image[n * plane + out_start + j] = sum;
         }
