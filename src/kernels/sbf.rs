@@ -2187,7 +2187,7 @@ fn copy_grad_output_band(
 /// 2. dP of the band's input rows, gathered from R rows first−p .. end+p;
 /// 3. dB += dP·Xᵀ and dX += Bᵀ·dP over the band's positions.
 ///
-/// Images are split into fixed chunks (one per rayon thread); each chunk sums its dB and dT
+/// Images are split into fixed chunks (four per rayon thread); each chunk sums its dB and dT
 /// partials in image order and the chunks' partials are added in chunk order, so the result is
 /// bit-identical from run to run at the same thread count.
 pub fn two_stage_backward_banded(
@@ -2230,7 +2230,8 @@ pub fn two_stage_backward_banded(
         Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
         None => (0..shape.batch).map(|_| None).collect(),
     };
-    let chunk_images = shape.batch.div_ceil(rayon::current_num_threads()).max(1);
+    // Four chunks per thread, so a thread that the OS holds back does not stall the others.
+    let chunk_images = shape.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
     // Per chunk: (dB partial packed [G, K², M, Cg], dT partial [N−M, G, K²]).
     let partials: Vec<(Vec<f32>, Vec<f32>)> = input_grad_images
         .into_par_iter()
