@@ -8,8 +8,13 @@
 //! `ops::sbf_conv2d` with the two-stage path forced), so both pay the same
 //! framework overhead. "GEMM GFLOP/s" is stage 1 alone; "sbf GFLOP/s" is the whole forward
 //! counted at the layer's own MACs (2 flops each).
+//!
+//! Clock: with one rayon thread (`RAYON_NUM_THREADS=1`) every time is the process's CPU time
+//! ([`median_cpu_seconds`]), which on a shared, loaded machine does not count the time other
+//! processes held the core; with more threads it is wall time. The dense conv is timed again
+//! beside every SBF cell, so each ratio compares two timings taken moments apart.
 
-use super::median_seconds;
+use super::{median_cpu_seconds, median_seconds};
 use crate::autograd::{Mode, ParamStore, Tape};
 use crate::kernels::sbf::{self as sbf_kernel, SbfShape};
 use crate::nn::cost::LayerCost;
@@ -19,6 +24,15 @@ use crate::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use std::fmt::Write;
 
+/// Median seconds per call of `f` (warm-up 1, `reps` samples): CPU seconds with one thread, else wall.
+fn seconds(f: impl FnMut(), reps: usize) -> f64 {
+    if rayon::current_num_threads() == 1 {
+        median_cpu_seconds(f, 1, reps, 0.0)
+    } else {
+        median_seconds(f, 1, reps, 0.0)
+    }
+}
+
 /// Seconds per call of (forward, forward + backward) of the dense conv C → C, K×K, pad 1.
 fn time_dense(x: &Tensor, weight: &Tensor, reps: usize) -> (f64, f64) {
     let store = ParamStore::default();
@@ -26,17 +40,15 @@ fn time_dense(x: &Tensor, weight: &Tensor, reps: usize) -> (f64, f64) {
         stride: 1,
         padding: 1,
     };
-    let forward = median_seconds(
+    let forward = seconds(
         || {
             let mut tape = Tape::new(&store, Mode::Eval);
             let (xv, wv) = (tape.input(x.clone()), tape.input(weight.clone()));
             std::hint::black_box(conv2d(&mut tape, xv, wv, None, config));
         },
-        1,
         reps,
-        0.0,
     );
-    let both = median_seconds(
+    let both = seconds(
         || {
             let mut tape = Tape::new(&store, Mode::Train);
             let (xv, wv) = (tape.leaf(x.clone()), tape.leaf(weight.clone()));
@@ -44,9 +56,7 @@ fn time_dense(x: &Tensor, weight: &Tensor, reps: usize) -> (f64, f64) {
             let seed = Tensor::full(&tape.value(y).shape, 1.0);
             tape.backward_with(y, seed);
         },
-        1,
         reps,
-        0.0,
     );
     (forward, both)
 }
@@ -61,17 +71,15 @@ fn time_sbf(
     reps: usize,
 ) -> (f64, f64) {
     let store = ParamStore::default();
-    let forward = median_seconds(
+    let forward = seconds(
         || {
             let mut tape = Tape::new(&store, Mode::Eval);
             let v = [x, templates, masks].map(|t| tape.input(t.clone()));
             std::hint::black_box(sbf_conv2d(&mut tape, v[0], v[1], v[2], None, assignment, config));
         },
-        1,
         reps,
-        0.0,
     );
-    let both = median_seconds(
+    let both = seconds(
         || {
             let mut tape = Tape::new(&store, Mode::Train);
             let v = [x, templates, masks].map(|t| tape.leaf(t.clone()));
@@ -79,9 +87,7 @@ fn time_sbf(
             let seed = Tensor::full(&tape.value(y).shape, 1.0);
             tape.backward_with(y, seed);
         },
-        1,
         reps,
-        0.0,
     );
     (forward, both)
 }
@@ -92,7 +98,8 @@ pub fn run(batch: usize) -> String {
     let threads = rayon::current_num_threads();
     writeln!(
         out,
-        "SBF layer vs dense conv, batch {batch}, 3×3 stride 1 pad 1, G = 2, {threads} threads, {}",
+        "SBF layer vs dense conv, batch {batch}, 3×3 stride 1 pad 1, G = 2, {threads} threads ({} time), {}",
+        if threads == 1 { "CPU" } else { "wall" },
         super::instruction_set()
     )
     .unwrap();
@@ -121,7 +128,6 @@ pub fn run(batch: usize) -> String {
     for (channels, size) in [(16, 32), (32, 16), (64, 8)] {
         let x = Tensor::normal(&[batch, channels, size, size], 1.0, &mut rng);
         let weight = Tensor::kaiming_normal(&[channels, channels, 3, 3], &mut rng);
-        let (dense_forward, dense_both) = time_dense(&x, &weight, reps);
         for rate in [0.5, 0.7, 0.9] {
             let templates_count = ((channels as f64 * (1.0 - rate)).round() as usize).max(1);
             let groups = 2;
@@ -132,6 +138,7 @@ pub fn run(batch: usize) -> String {
                 path: SbfPath::TwoStage,
                 ..SbfConfig::new(1, 1, groups)
             };
+            let (dense_forward, dense_both) = time_dense(&x, &weight, reps);
             let (sbf_forward, sbf_both) = time_sbf(&x, &templates, &masks, &assignment, config, reps);
             let cost = LayerCost::sbf(
                 "",
@@ -160,11 +167,9 @@ pub fn run(batch: usize) -> String {
                 groups,
             };
             let mut maps = vec![0.0; shape.maps_len()];
-            let stage1 = median_seconds(
+            let stage1 = seconds(
                 || sbf_kernel::stage1_forward(&shape, &x.data, &templates.data, &mut maps),
-                1,
                 reps,
-                0.0,
             );
             let gflops = 2.0 * (batch * 9 * channels * templates_count * size * size) as f64 / stage1 / 1e9;
             let auto = match SbfConfig::new(1, 1, groups).resolved_path(channels, channels, templates_count) {

@@ -60,8 +60,10 @@
 //!    one long shifted range and undoes the few reads that wrap around a row end;
 //! 5. the fused layer kernels the op calls ([`two_stage_forward`], [`two_stage_backward`]): both
 //!    stages per image with P[b] in per-worker scratch (the batch's P is never materialised;
-//!    backward recomputes P[b]); small same-padded planes (8×8) use guarded planes, column masks
-//!    and register-accumulated gathers instead.
+//!    backward recomputes P[b]). Stride-1 "same"-padded layers (the CIFAR ResNet's 3×3 convs) run
+//!    in row bands instead ([`two_stage_forward_banded`], [`two_stage_backward_banded`]): per
+//!    image and band of output rows, stage 1 of the band plus its ±p halo rows into guarded
+//!    planes that stay in cache, then register-accumulated gathers with column masks.
 //!
 //! Contract (as for every kernel): forward kernels overwrite their output,
 //! gradient kernels accumulate (`+=`), except `gather_maps_grad`, which
@@ -578,10 +580,10 @@ fn gemm_rows<const ROWS: usize, const ACCUMULATE: bool>(
 /// `c[r, q] += Σ_j a[r, j] · b[q, j]` (a · bᵀ): a [rows × inner], b [cols × inner], c [rows × cols].
 /// Blocked 4 rows of a × 2 rows of b (8 f32x8 accumulators of dot products).
 pub fn gemm_nt_accumulate(rows: usize, inner: usize, cols: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    gemm_nt_accumulate_strided(rows, inner, cols, a, inner, b, c)
+    gemm_nt_accumulate_strided(rows, inner, cols, a, inner, b, inner, c)
 }
 
-/// [`gemm_nt_accumulate`] with the rows of a `lda` apart.
+/// [`gemm_nt_accumulate`] with the rows of a `lda` apart and those of b `ldb` apart.
 pub fn gemm_nt_accumulate_strided(
     rows: usize,
     inner: usize,
@@ -589,18 +591,21 @@ pub fn gemm_nt_accumulate_strided(
     a: &[f32],
     lda: usize,
     b: &[f32],
+    ldb: usize,
     c: &mut [f32],
 ) {
-    if rows == 0 {
+    if rows == 0 || cols == 0 {
         return;
     }
-    assert!(a.len() >= (rows - 1) * lda + inner && b.len() >= cols * inner && c.len() >= rows * cols);
+    assert!(
+        a.len() >= (rows - 1) * lda + inner && b.len() >= (cols - 1) * ldb + inner && c.len() >= rows * cols
+    );
     let vec_end = inner / 8 * 8;
     let block = |r0: usize, nr: usize, q0: usize, nq: usize, c: &mut [f32]| {
         let mut acc = [[f32x8::ZERO; 2]; 4];
         let mut j = 0;
         while j < vec_end {
-            let bv = [load(&b[q0 * inner + j..]), load(&b[(q0 + nq - 1) * inner + j..])];
+            let bv = [load(&b[q0 * ldb + j..]), load(&b[(q0 + nq - 1) * ldb + j..])];
             for r in 0..nr {
                 let av = load(&a[(r0 + r) * lda + j..]);
                 acc[r][0] = av.mul_add(bv[0], acc[r][0]);
@@ -612,7 +617,7 @@ pub fn gemm_nt_accumulate_strided(
             for q in 0..nq {
                 let mut sum = acc[r][q].reduce_add();
                 for jj in vec_end..inner {
-                    sum += a[(r0 + r) * lda + jj] * b[(q0 + q) * inner + jj];
+                    sum += a[(r0 + r) * lda + jj] * b[(q0 + q) * ldb + jj];
                 }
                 c[(r0 + r) * cols + q0 + q] += sum;
             }
@@ -1502,8 +1507,16 @@ pub fn two_stage_forward(
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("Y", output.len(), shape.output_len());
-    if shape.uses_guarded_planes() {
-        return two_stage_forward_guarded(shape, assignment, input, templates, masks, output);
+    if shape.uses_row_bands() {
+        return two_stage_forward_banded(
+            shape,
+            assignment,
+            input,
+            templates,
+            masks,
+            output,
+            shape.band_rows(),
+        );
     }
     let packed = pack_templates(shape, templates); // [G, K², M, Cg]
     let (image_len, plane) = (
@@ -1557,8 +1570,18 @@ pub fn two_stage_backward(
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("dY", grad_output.len(), shape.output_len());
-    if shape.uses_guarded_planes() {
-        return two_stage_backward_guarded(shape, assignment, input, templates, masks, grad_output, grads);
+    if shape.uses_row_bands() {
+        let band_rows = shape.band_rows();
+        return two_stage_backward_banded(
+            shape,
+            assignment,
+            input,
+            templates,
+            masks,
+            grad_output,
+            grads,
+            band_rows,
+        );
     }
     let (image_len, plane, taps) = (
         shape.in_channels * shape.in_height * shape.in_width,
@@ -1656,22 +1679,19 @@ pub fn two_stage_backward(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small "same"-padded planes (stride 1, 2p + 1 = K ≤ 8, H·W ≤ GUARDED_MAX_PLANE):
-// register-accumulated gathers on guarded planes
+// "Same"-padded planes (stride 1, 2p + 1 = K ≤ 8): row bands of guarded planes and
+// register-accumulated gathers
 // ---------------------------------------------------------------------------------------------
 //
 // With Ho×Wo = H×W, output j = h·W + w reads P[j + offset(tap)], offset = (kh−p)·W + (kw−p).
-// The per-worker P[b] (and dP[b], and a copy of R[b]) get `guard` = p·W + p zeros before and
-// after each plane, so every such read is in bounds and reads 0 above and below the image.
-// Reads that wrap around a row end (|kw−p| columns) are zeroed by a 0/1 column mask,
-// mask[kw][j] = [0 ≤ (j mod W) + kw − p < W]. Each output vector then sums its G·K² terms in a
-// register: one load, one multiply by the mask and one FMA per term.
-
-/// The largest H·W for which the fused kernels use guarded planes. Measured (single thread,
-/// batch 32, on a loaded 2-core machine, so only roughly): the register-accumulated gather wins
-/// on 8×8 planes, where the per-row segments of the other path are one vector long, and loses on
-/// 16×16 and 32×32 planes, where the long per-tap axpys of the other path stream better.
-pub const GUARDED_MAX_PLANE: usize = 100;
+// The image is cut into bands of output rows (first..end) small enough that one band of P stays
+// in cache (P for a whole 32×32 image at M = 8 is ≈590 KB). The per-worker band of P (and of
+// dP, and a copy of R) holds, per plane, the band's rows plus p halo rows above and below (real
+// rows, or zeros outside the image) and p guard zeros at each end, so every read of the band's
+// outputs is in bounds. Reads that wrap around a row end (|kw−p| columns) are zeroed by a 0/1
+// column mask, mask[kw][j] = [0 ≤ (j mod W) + kw − p < W]. Each output vector then sums its
+// G·K² terms in a register: one load, one multiply by the mask and one FMA per term. The price
+// of a band is its halo: stage 1 computes (rows + 2p)/rows of the band's maps.
 
 /// Plane q of a guarded buffer starts at q·stride + guard.
 #[derive(Clone, Copy, Debug)]
@@ -1681,21 +1701,140 @@ struct Guarded {
 }
 
 impl SbfShape {
-    /// Whether the fused kernels take the guarded same-padding path.
-    fn uses_guarded_planes(&self) -> bool {
-        self.stride == 1
-            && 2 * self.padding + 1 == self.kernel
-            && self.kernel <= 8
-            && self.in_height * self.in_width <= GUARDED_MAX_PLANE
-    }
-
-    fn guarded(&self) -> Guarded {
+    /// Guarded planes for bands of up to `rows` output rows: each plane holds the band's rows plus
+    /// p halo rows above and below, and p guard elements at each end (for the wrapped column reads).
+    fn band_layout(&self, rows: usize) -> Guarded {
         let guard = self.padding * self.in_width + self.padding;
         Guarded {
             guard,
-            stride: self.in_height * self.in_width + 2 * guard,
+            stride: rows * self.in_width + 2 * guard,
         }
     }
+
+    /// Whether the fused forward takes the banded same-padding path (stride 1, 2p + 1 = K ≤ 8).
+    fn uses_row_bands(&self) -> bool {
+        self.stride == 1 && 2 * self.padding + 1 == self.kernel && self.kernel <= 8
+    }
+
+    /// Output rows per band: as many as keep one image's band of P (G·K²·M planes of
+    /// (rows + 2p)·W floats) within [`BAND_MAPS_BYTES`], at least 1, at most H.
+    pub fn band_rows(&self) -> usize {
+        let row_bytes =
+            self.groups * self.taps() * self.templates * self.in_width * std::mem::size_of::<f32>();
+        (BAND_MAPS_BYTES / row_bytes.max(1))
+            .saturating_sub(2 * self.padding)
+            .clamp(1, self.in_height)
+    }
+}
+
+/// Budget for one worker's band of P in the banded forward. A band recomputes its 2p halo rows
+/// (stage 1 costs (rows + 2p)/rows of the plain GEMM), so bands should not be too thin; the
+/// gather then reads the band while it is in L2 (512 KiB per core here). Measured with
+/// `benchmark::sbf` (see `BAND_MAPS_BYTES` in the commit log / report).
+pub const BAND_MAPS_BYTES: usize = 256 * 1024;
+
+/// Output rows `first..end` of an image: one band of the banded forward.
+#[derive(Clone, Copy, Debug)]
+struct RowBand {
+    first: usize,
+    end: usize,
+}
+
+/// Stage 1 of one band into guarded band planes (layout from [`SbfShape::band_layout`]):
+/// P[b,g,tap,m, y, ·] for image rows y in first−p .. end+p; rows outside the image are zeros.
+/// Plane-local position of image row y, column x: guard + (y − first)·W + x.
+fn stage1_band_guarded(
+    shape: &SbfShape,
+    packed: &[f32],
+    input_image: &[f32],
+    maps: &mut [f32],
+    layout: Guarded,
+    band: RowBand,
+) {
+    let (rows, cg, w, hw, p) = (
+        shape.taps() * shape.templates,
+        shape.group_channels(),
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.padding,
+    );
+    // Image rows first−p .. end+p, clipped to the image: y0 .. y1.
+    let top = band.first as isize - p as isize;
+    let y0 = top.max(0) as usize;
+    let y1 = (band.end + p).min(shape.in_height);
+    let row_start = |y: usize| (p as isize + (y as isize - top) * w as isize) as usize;
+    for g in 0..shape.groups {
+        let group = &mut maps[g * rows * layout.stride..][..rows * layout.stride];
+        // P[b,g, rows y0..y1] [K²·M × (y1−y0)·W] = B_g [K²·M × Cg] · X[b, group g, rows y0..y1]
+        let a = &packed[g * rows * cg..][..rows * cg];
+        let x_rows = &input_image[g * cg * hw + y0 * w..];
+        gemm_overwrite_strided(
+            rows,
+            cg,
+            (y1 - y0) * w,
+            a,
+            x_rows,
+            hw,
+            &mut group[row_start(y0)..],
+            layout.stride,
+        );
+        // Halo rows outside the image read as zeros.
+        let (above, below) = (p..row_start(y0), row_start(y1)..row_start(band.end + p));
+        for plane in group.chunks_mut(layout.stride) {
+            plane[above.clone()].fill(0.0);
+            plane[below.clone()].fill(0.0);
+        }
+    }
+}
+
+/// The banded forward (stride 1, same padding): per image (in parallel) and per band of
+/// `band_rows` output rows, stage 1 of the band plus its halo into a per-worker buffer, then the
+/// register-accumulated gather of the band's outputs while the band is in cache.
+/// Overwrites output [Bt, N, H, W]. [`two_stage_forward`] calls it with [`SbfShape::band_rows`].
+pub fn two_stage_forward_banded(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    output: &mut [f32],
+    band_rows: usize,
+) {
+    assert!(
+        shape.uses_row_bands() && band_rows >= 1,
+        "banded forward: stride 1, 2p + 1 = K ≤ 8"
+    );
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("Y", output.len(), shape.output_len());
+    let band_rows = band_rows.min(shape.in_height);
+    let layout = shape.band_layout(band_rows);
+    let (packed, table, column_masks) = (
+        pack_templates(shape, templates),
+        mask_table(shape, assignment, masks),
+        column_masks(shape),
+    );
+    let starts = gather_starts(shape, assignment, layout);
+    let image_len = shape.in_channels * shape.in_height * shape.in_width;
+    let planes = shape.groups * shape.taps() * shape.templates;
+    output
+        .par_chunks_mut(shape.out_channels * shape.out_plane())
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; planes * layout.stride], // guarded band of P[b] [G, K², M, stride]
+            |maps, (b, output_image)| {
+                let input_image = &input[b * image_len..][..image_len];
+                for first in (0..shape.in_height).step_by(band_rows) {
+                    let band = RowBand {
+                        first,
+                        end: (first + band_rows).min(shape.in_height),
+                    };
+                    stage1_band_guarded(shape, &packed, input_image, maps, layout, band);
+                    gather_image_guarded(shape, &table, &starts, &column_masks, maps, band, output_image);
+                }
+            },
+        );
 }
 
 /// mask[kw][j] for kw in 0..K, j in 0..H·W: [K, H·W].
@@ -1726,46 +1865,11 @@ fn mask_table(shape: &SbfShape, assignment: &TemplateAssignment, masks: &[f32]) 
     table
 }
 
-/// Stage 1 of one image into guarded planes: per group, P[b,g] [K²·M × H·W] = B_g · X[b,g].
-fn stage1_image_guarded(
-    shape: &SbfShape,
-    packed: &[f32],
-    input_image: &[f32],
-    maps: &mut [f32],
-    layout: Guarded,
-) {
-    let (rows, cg, hw) = (
-        shape.taps() * shape.templates,
-        shape.group_channels(),
-        shape.in_height * shape.in_width,
-    );
-    for g in 0..shape.groups {
-        let a = &packed[g * rows * cg..][..rows * cg];
-        let x_group = &input_image[g * cg * hw..][..cg * hw];
-        let c = &mut maps[g * rows * layout.stride + layout.guard..];
-        gemm_overwrite_strided(rows, cg, hw, a, x_group, hw, c, layout.stride);
-    }
-}
-
-/// Stage 2 of one image from guarded planes: Y[b,n,j] = Σ_{g,tap} t(n,g,tap)·mask[kw][j]·P[b,g,tap,m(n), j + offset].
-fn gather_image_guarded(
-    shape: &SbfShape,
-    assignment: &TemplateAssignment,
-    table: &[f32],
-    column_masks: &[f32],
-    maps: &[f32],
-    layout: Guarded,
-    output_image: &mut [f32],
-) {
-    let (k, p, w, hw, taps) = (
-        shape.kernel,
-        shape.padding,
-        shape.in_width,
-        shape.in_height * shape.in_width,
-        shape.taps(),
-    );
+/// starts[n, g·K² + tap]: where output n's (g, tap) term reads in guarded planes of `layout`
+/// (plane start + guard + offset(tap)); the same for every band.
+fn gather_starts(shape: &SbfShape, assignment: &TemplateAssignment, layout: Guarded) -> Vec<usize> {
+    let (k, p, w, taps) = (shape.kernel, shape.padding, shape.in_width, shape.taps());
     let per = shape.groups * taps;
-    // starts[n, g·K² + tap]: where output n's (g, tap) term reads (plane start + guard + offset).
     let mut starts = vec![0usize; shape.out_channels * per];
     for n in 0..shape.out_channels {
         for g in 0..shape.groups {
@@ -1778,64 +1882,114 @@ fn gather_image_guarded(
             }
         }
     }
+    starts
+}
+
+/// Stage 2 of one image from guarded planes: Y[b,n,j] = Σ_{g,tap} t(n,g,tap)·mask[kw][j]·P[b,g,tap,m(n), j + offset].
+///
+/// On a row band ([`RowBand`]) the guarded planes hold the band's rows plus p halo rows above and
+/// below (real image rows, or zeros outside the image): only output rows `band.first..band.end`
+/// are written, and j below counts positions from the band's first row (the column masks only
+/// depend on j mod W, and a band starts on a row boundary). `starts` = [`gather_starts`].
+fn gather_image_guarded(
+    shape: &SbfShape,
+    table: &[f32],
+    starts: &[usize],
+    column_masks: &[f32],
+    maps: &[f32],
+    band: RowBand,
+    output_image: &mut [f32],
+) {
+    // K is a constant inside, so the loops over taps unroll and the per-column sums stay in registers.
+    match shape.kernel {
+        1 => gather_band::<1>(shape, table, starts, column_masks, maps, band, output_image),
+        3 => gather_band::<3>(shape, table, starts, column_masks, maps, band, output_image),
+        5 => gather_band::<5>(shape, table, starts, column_masks, maps, band, output_image),
+        7 => gather_band::<7>(shape, table, starts, column_masks, maps, band, output_image),
+        k => panic!("guarded gather: K = {k} must be 1, 3, 5 or 7"),
+    }
+}
+
+/// [`gather_image_guarded`] for a K×K kernel (p = K/2). Each block of 16 outputs of output n
+/// sums its terms in one pair of accumulators per kernel column kw, then applies the column
+/// mask once per kw: Y = Σ_kw mask[kw] · (Σ_{g,kh} t·P).
+fn gather_band<const K: usize>(
+    shape: &SbfShape,
+    table: &[f32],
+    starts: &[usize],
+    column_masks: &[f32],
+    maps: &[f32],
+    band: RowBand,
+    output_image: &mut [f32],
+) {
+    let (p, w, plane, groups) = (
+        K / 2,
+        shape.in_width,
+        shape.in_height * shape.in_width,
+        shape.groups,
+    );
+    // Band positions; column_masks rows are `plane` long, outputs start at band.first·W.
+    let (hw, out_start) = ((band.end - band.first) * w, band.first * w);
+    let per = groups * K * K;
     // Two vectors (16 outputs) per step, so each term's scalar work is shared by 16 lanes.
     let mut j0 = 0;
     while j0 + 16 <= hw {
-        let mut mask_vectors = [[f32x8::ZERO; 2]; 8];
-        for kw in 0..k {
+        let mut mask_vectors = [[f32x8::ZERO; 2]; K];
+        for kw in 0..K {
             mask_vectors[kw] = [
-                load(&column_masks[kw * hw + j0..]),
-                load(&column_masks[kw * hw + j0 + 8..]),
+                load(&column_masks[kw * plane + j0..]),
+                load(&column_masks[kw * plane + j0 + 8..]),
             ];
         }
         for n in 0..shape.out_channels {
             let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
-            let mut acc = [f32x8::ZERO; 2];
-            for q in 0..per {
-                let kw = q % taps % k;
-                let map = &maps[starts_n[q] + j0..][..16];
-                let weight = f32x8::splat(weights_n[q]);
-                let (w0, w1) = if kw == p {
-                    (weight, weight)
-                } else {
-                    (weight * mask_vectors[kw][0], weight * mask_vectors[kw][1])
-                };
-                acc[0] = w0.mul_add(load(map), acc[0]);
-                acc[1] = w1.mul_add(load(&map[8..]), acc[1]);
+            // acc[kw]: Σ over (g, kh) of t·P for kernel column kw, 16 outputs.
+            let mut acc = [[f32x8::ZERO; 2]; K];
+            for row in 0..groups * K {
+                for kw in 0..K {
+                    let q = row * K + kw;
+                    let map = &maps[starts_n[q] + j0..][..16];
+                    let weight = f32x8::splat(weights_n[q]);
+                    acc[kw][0] = weight.mul_add(load(map), acc[kw][0]);
+                    acc[kw][1] = weight.mul_add(load(&map[8..]), acc[kw][1]);
+                }
             }
-            let out = &mut output_image[n * hw + j0..][..16];
-            store(out, acc[0]);
-            store(&mut out[8..], acc[1]);
+            let mut sum = acc[p];
+            for kw in 0..K {
+                if kw != p {
+                    sum[0] = acc[kw][0].mul_add(mask_vectors[kw][0], sum[0]);
+                    sum[1] = acc[kw][1].mul_add(mask_vectors[kw][1], sum[1]);
+                }
+            }
+            let out = &mut output_image[n * plane + out_start + j0..][..16];
+            store(out, sum[0]);
+            store(&mut out[8..], sum[1]);
         }
         j0 += 16;
     }
     while j0 + 8 <= hw {
-        let mut mask_vectors = [f32x8::ZERO; 8];
-        for kw in 0..k {
-            mask_vectors[kw] = load(&column_masks[kw * hw + j0..]);
+        let mut mask_vectors = [f32x8::ZERO; K];
+        for kw in 0..K {
+            mask_vectors[kw] = load(&column_masks[kw * plane + j0..]);
         }
         for n in 0..shape.out_channels {
             let (starts_n, weights_n) = (&starts[n * per..][..per], &table[n * per..][..per]);
             let mut acc = f32x8::ZERO;
             for q in 0..per {
-                let weight = f32x8::splat(weights_n[q]) * mask_vectors[q % taps % k];
+                let weight = f32x8::splat(weights_n[q]) * mask_vectors[q % K];
                 acc = weight.mul_add(load(&maps[starts_n[q] + j0..]), acc);
             }
-            store(&mut output_image[n * hw + j0..], acc);
+            store(&mut output_image[n * plane + out_start + j0..], acc);
         }
         j0 += 8;
     }
     for j in j0..hw {
         for n in 0..shape.out_channels {
             let mut sum = 0.0;
-            for g in 0..shape.groups {
-                for tap in 0..taps {
-                    sum += table[n * per + g * taps + tap]
-                        * column_masks[(tap % k) * hw + j]
-                        * maps[starts[n * per + g * taps + tap] + j];
-                }
+            for q in 0..per {
+                sum += table[n * per + q] * column_masks[(q % K) * plane + j] * maps[starts[n * per + q] + j];
             }
-            output_image[n * hw + j] = sum;
+            output_image[n * plane + out_start + j] = sum;
         }
     }
 }
@@ -1848,25 +2002,31 @@ fn masks_grad_image_guarded(
     column_masks: &[f32],
     maps: &[f32],
     layout: Guarded,
+    band: RowBand,
     dy_image: &[f32],
     masks_grad: &mut [f32],
 ) {
-    let (k, p, w, hw, taps) = (
+    let (k, p, w, plane_len, taps) = (
         shape.kernel,
         shape.padding,
         shape.in_width,
         shape.in_height * shape.in_width,
         shape.taps(),
     );
+    // The band's positions (j counts from its first row).
+    let (hw, out_start) = ((band.end - band.first) * w, band.first * w);
     for (r, &n) in output_of_row.iter().enumerate() {
         let m = assignment.template_of[n];
-        let dy = &dy_image[n * hw..][..hw];
+        let dy = &dy_image[n * plane_len + out_start..][..hw];
         for g in 0..shape.groups {
             for tap in 0..taps {
                 let plane = (g * taps + tap) * shape.templates + m;
                 let offset = ((tap / k) as isize - p as isize) * w as isize + (tap % k) as isize - p as isize;
                 let start = ((plane * layout.stride + layout.guard) as isize + offset) as usize;
-                let (map, mask) = (&maps[start..start + hw], &column_masks[(tap % k) * hw..][..hw]);
+                let (map, mask) = (
+                    &maps[start..start + hw],
+                    &column_masks[(tap % k) * plane_len..][..hw],
+                );
                 let mut acc = f32x8::ZERO;
                 let mut j = 0;
                 while j + 8 <= hw {
@@ -1893,21 +2053,23 @@ fn maps_grad_image_guarded(
     column_masks: &[f32],
     dy_guarded: &[f32],
     layout: Guarded,
+    band: RowBand,
     maps_grad: &mut [f32],
 ) {
-    let (k, p, w, hw, taps) = (
+    let (k, p, w, plane_len, taps) = (
         shape.kernel,
         shape.padding,
         shape.in_width,
         shape.in_height * shape.in_width,
         shape.taps(),
     );
+    let hw = (band.end - band.first) * w; // the band's positions
     let per = shape.groups * taps;
     for g in 0..shape.groups {
         for tap in 0..taps {
             let offset = ((tap / k) as isize - p as isize) * w as isize + (tap % k) as isize - p as isize;
             // A write to i is valid iff the output i − offset read it without wrapping.
-            let mask = &column_masks[(k - 1 - tap % k) * hw..][..hw];
+            let mask = &column_masks[(k - 1 - tap % k) * plane_len..][..hw];
             let needs_mask = tap % k != p;
             for m in 0..shape.templates {
                 let plane = (g * taps + tap) * shape.templates + m;
@@ -1945,89 +2107,90 @@ fn stage1_grads_image_guarded(
     input_image: &[f32],
     maps_grad: &[f32],
     layout: Guarded,
+    band: RowBand,
     templates_grad: Option<&mut [f32]>,
     input_grad_image: Option<&mut [f32]>,
 ) {
-    let (rows, cg, hw) = (
+    let (rows, cg, plane) = (
         shape.taps() * shape.templates,
         shape.group_channels(),
         shape.in_height * shape.in_width,
     );
+    // The band's positions: `len` of them from `start` in every channel plane of X and dX.
+    let (start, len) = (
+        band.first * shape.in_width,
+        (band.end - band.first) * shape.in_width,
+    );
     if let Some(db) = templates_grad {
         for g in 0..shape.groups {
+            // dB_g [K²·M × Cg] += dP[b,g, band] [K²·M × len] · X[b, group g, band]ᵀ
             let dp = &maps_grad[g * rows * layout.stride + layout.guard..];
-            let x_group = &input_image[g * cg * hw..][..cg * hw];
+            let x_band = &input_image[g * cg * plane + start..];
             gemm_nt_accumulate_strided(
                 rows,
-                hw,
+                len,
                 cg,
                 dp,
                 layout.stride,
-                x_group,
+                x_band,
+                plane,
                 &mut db[g * rows * cg..][..rows * cg],
             );
         }
     }
     if let Some(dx) = input_grad_image {
         for g in 0..shape.groups {
+            // dX[b, group g, band] [Cg × len] += Bᵀ_g [Cg × K²·M] · dP[b,g, band]
             let a = &operands[g * cg * rows..][..cg * rows];
             let dp = &maps_grad[g * rows * layout.stride + layout.guard..];
             gemm_accumulate_strided(
                 cg,
                 rows,
-                hw,
+                len,
                 a,
                 dp,
                 layout.stride,
-                &mut dx[g * cg * hw..][..cg * hw],
-                hw,
+                &mut dx[g * cg * plane + start..],
+                plane,
             );
         }
     }
 }
 
-/// [`two_stage_forward`] on guarded planes.
-fn two_stage_forward_guarded(
+/// Copies R[b] rows first−p .. end+p (zeros outside the image) into guarded band planes
+/// `dy_band` [N, stride] (same layout as the maps: row y at guard + (y − first)·W).
+fn copy_grad_output_band(
     shape: &SbfShape,
-    assignment: &TemplateAssignment,
-    input: &[f32],
-    templates: &[f32],
-    masks: &[f32],
-    output: &mut [f32],
+    dy_image: &[f32],
+    layout: Guarded,
+    band: RowBand,
+    dy_band: &mut [f32],
 ) {
-    let layout = shape.guarded();
-    let (packed, table, column_masks) = (
-        pack_templates(shape, templates),
-        mask_table(shape, assignment, masks),
-        column_masks(shape),
-    );
-    let (image_len, plane) = (
-        shape.in_channels * shape.in_height * shape.in_width,
-        shape.out_plane(),
-    );
-    let planes = shape.groups * shape.taps() * shape.templates;
-    output
-        .par_chunks_mut(shape.out_channels * plane)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; planes * layout.stride], // guarded P[b]
-            |maps, (b, output_image)| {
-                stage1_image_guarded(shape, &packed, &input[b * image_len..][..image_len], maps, layout);
-                gather_image_guarded(
-                    shape,
-                    assignment,
-                    &table,
-                    &column_masks,
-                    maps,
-                    layout,
-                    output_image,
-                );
-            },
-        );
+    let (p, w, plane) = (shape.padding, shape.in_width, shape.in_height * shape.in_width);
+    let top = band.first as isize - p as isize;
+    for (n, dst) in dy_band.chunks_mut(layout.stride).enumerate() {
+        for r in 0..band.end - band.first + 2 * p {
+            let y = top + r as isize;
+            let row = &mut dst[p + r * w..][..w];
+            if y >= 0 && (y as usize) < shape.in_height {
+                row.copy_from_slice(&dy_image[n * plane + y as usize * w..][..w]);
+            } else {
+                row.fill(0.0);
+            }
+        }
+    }
 }
 
-/// [`two_stage_backward`] on guarded planes.
-fn two_stage_backward_guarded(
+/// [`two_stage_backward`] in row bands (stride 1, same padding), per image and per band of
+/// `band_rows` rows:
+/// 1. dT: stage 1 of the band plus its halo (recomputed P), dotted with R of the band;
+/// 2. dP of the band's input rows, gathered from R rows first−p .. end+p;
+/// 3. dB += dP·Xᵀ and dX += Bᵀ·dP over the band's positions.
+///
+/// Images are split into fixed chunks (four per rayon thread); each chunk sums its dB and dT
+/// partials in image order and the chunks' partials are added in chunk order, so the result is
+/// bit-identical from run to run at the same thread count.
+pub fn two_stage_backward_banded(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
@@ -2035,8 +2198,18 @@ fn two_stage_backward_guarded(
     masks: &[f32],
     grad_output: &[f32],
     grads: TwoStageGrads,
+    band_rows: usize,
 ) {
-    let layout = shape.guarded();
+    assert!(
+        shape.uses_row_bands() && band_rows >= 1,
+        "banded backward: stride 1, 2p + 1 = K ≤ 8"
+    );
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("dY", grad_output.len(), shape.output_len());
+    let band_rows = band_rows.min(shape.in_height);
+    let layout = shape.band_layout(band_rows);
     let (image_len, hw) = (
         shape.in_channels * shape.in_height * shape.in_width,
         shape.out_plane(),
@@ -2057,88 +2230,88 @@ fn two_stage_backward_guarded(
         Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
         None => (0..shape.batch).map(|_| None).collect(),
     };
-    struct Worker {
-        templates_grad: Vec<f32>, // packed [G, K², M, Cg]
-        masks_grad: Vec<f32>,     // [N−M, G, K²]
-        maps: Vec<f32>,           // guarded P[b]
-        maps_grad: Vec<f32>,      // guarded dP[b]
-        dy: Vec<f32>,             // guarded copy of R[b], N planes
-    }
-    let new_worker = || Worker {
-        templates_grad: vec![0.0; if want_templates { shape.templates_len() } else { 0 }],
-        masks_grad: vec![0.0; if want_masks { shape.masks_len() } else { 0 }],
-        maps: vec![0.0; if want_masks { planes * layout.stride } else { 0 }],
-        maps_grad: vec![0.0; if want_maps_grad { planes * layout.stride } else { 0 }],
-        dy: vec![
-            0.0;
-            if want_maps_grad {
-                shape.out_channels * layout.stride
-            } else {
-                0
-            }
-        ],
-    };
-    let total = input_grad_images
+    // Four chunks per thread, so a thread that the OS holds back does not stall the others.
+    let chunk_images = shape.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
+    // Per chunk: (dB partial packed [G, K², M, Cg], dT partial [N−M, G, K²]).
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = input_grad_images
         .into_par_iter()
         .enumerate()
-        .fold(new_worker, |mut worker, (b, dx_image)| {
-            let input_image = &input[b * image_len..][..image_len];
-            let dy_image = &grad_output[b * output_image..][..output_image];
-            if want_masks {
-                stage1_image_guarded(shape, &packed, input_image, &mut worker.maps, layout);
-                masks_grad_image_guarded(
-                    shape,
-                    assignment,
-                    &output_of_row,
-                    &column_masks,
-                    &worker.maps,
-                    layout,
-                    dy_image,
-                    &mut worker.masks_grad,
-                );
-            }
-            if want_maps_grad {
-                for n in 0..shape.out_channels {
-                    worker.dy[n * layout.stride + layout.guard..][..hw]
-                        .copy_from_slice(&dy_image[n * hw..][..hw]);
+        .chunks(chunk_images)
+        .map(|images| {
+            let mut templates_grad = vec![0.0f32; if want_templates { shape.templates_len() } else { 0 }];
+            let mut masks_grad = vec![0.0f32; if want_masks { shape.masks_len() } else { 0 }];
+            // Guarded band planes: P and dP [G, K², M, stride], a copy of R [N, stride].
+            let mut maps = vec![0.0f32; if want_masks { planes * layout.stride } else { 0 }];
+            let mut maps_grad = vec![0.0f32; if want_maps_grad { planes * layout.stride } else { 0 }];
+            let mut dy_band = vec![
+                0.0f32;
+                if want_maps_grad {
+                    shape.out_channels * layout.stride
+                } else {
+                    0
                 }
-                maps_grad_image_guarded(
-                    shape,
-                    &outputs_of,
-                    &table,
-                    &column_masks,
-                    &worker.dy,
-                    layout,
-                    &mut worker.maps_grad,
-                );
-                stage1_grads_image_guarded(
-                    shape,
-                    &operands,
-                    input_image,
-                    &worker.maps_grad,
-                    layout,
-                    want_templates.then_some(&mut worker.templates_grad[..]),
-                    dx_image,
-                );
+            ];
+            for (b, mut dx_image) in images {
+                let input_image = &input[b * image_len..][..image_len];
+                let dy_image = &grad_output[b * output_image..][..output_image];
+                for first in (0..shape.in_height).step_by(band_rows) {
+                    let band = RowBand {
+                        first,
+                        end: (first + band_rows).min(shape.in_height),
+                    };
+                    if want_masks {
+                        stage1_band_guarded(shape, &packed, input_image, &mut maps, layout, band);
+                        masks_grad_image_guarded(
+                            shape,
+                            assignment,
+                            &output_of_row,
+                            &column_masks,
+                            &maps,
+                            layout,
+                            band,
+                            dy_image,
+                            &mut masks_grad,
+                        );
+                    }
+                    if want_maps_grad {
+                        copy_grad_output_band(shape, dy_image, layout, band, &mut dy_band);
+                        maps_grad_image_guarded(
+                            shape,
+                            &outputs_of,
+                            &table,
+                            &column_masks,
+                            &dy_band,
+                            layout,
+                            band,
+                            &mut maps_grad,
+                        );
+                        stage1_grads_image_guarded(
+                            shape,
+                            &operands,
+                            input_image,
+                            &maps_grad,
+                            layout,
+                            band,
+                            want_templates.then_some(&mut templates_grad[..]),
+                            dx_image.as_deref_mut(),
+                        );
+                    }
+                }
             }
-            worker
+            (templates_grad, masks_grad)
         })
-        .reduce(new_worker, |mut a, b| {
-            a.templates_grad
-                .iter_mut()
-                .zip(&b.templates_grad)
-                .for_each(|(x, y)| *x += y);
-            a.masks_grad
-                .iter_mut()
-                .zip(&b.masks_grad)
-                .for_each(|(x, y)| *x += y);
-            a
-        });
+        .collect();
     if let Some(dt) = grads.masks {
-        dt.iter_mut().zip(&total.masks_grad).for_each(|(d, p)| *d += p);
+        for (_, partial) in &partials {
+            dt.iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+        }
     }
     if let Some(db) = grads.templates {
-        unpack_templates_grad(shape, &total.templates_grad, db);
+        let mut total = vec![0.0f32; shape.templates_len()];
+        for (partial, _) in &partials {
+            total.iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+        }
+        unpack_templates_grad(shape, &total, db);
     }
 }
 
@@ -2351,6 +2524,125 @@ mod tests {
             };
             two_stage_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
             assert_close("two_stage_backward dB alone", &db_only, &db_naive);
+        }
+    }
+
+    /// The banded forward against the naive stages chained, at band sizes that hit every edge:
+    /// one row (smaller than a 2-row halo), H not a multiple of the band, a band of the whole
+    /// image and more; batch 1 and 2; K = 1, 3, 5.
+    #[test]
+    fn banded_forward_equals_naive_at_every_band_size() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for (batch, c, h, w, n, m, k, g) in [
+            (1, 6, 7, 5, 5, 2, 3, 2),
+            (2, 4, 9, 11, 6, 3, 5, 2),
+            (1, 8, 5, 19, 9, 4, 1, 4),
+            (2, 6, 6, 3, 4, 1, 3, 3),
+        ] {
+            let shape = SbfShape {
+                batch,
+                in_channels: c,
+                in_height: h,
+                in_width: w,
+                out_channels: n,
+                templates: m,
+                kernel: k,
+                stride: 1,
+                padding: k / 2,
+                groups: g,
+            };
+            shape.validate("test");
+            let assignment = TemplateAssignment::round_robin(n, m);
+            let x = random(shape.input_len(), &mut rng);
+            let b = random(shape.templates_len(), &mut rng);
+            let t = random(shape.masks_len(), &mut rng);
+            let mut p_naive = vec![0.0; shape.maps_len()];
+            stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+            let mut y_naive = vec![0.0; shape.output_len()];
+            gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+            let dy = random(shape.output_len(), &mut rng);
+            let mut dt_naive = vec![0.5; shape.masks_len()];
+            gather_masks_grad_naive(&shape, &assignment, &p_naive, &dy, &mut dt_naive);
+            let mut dp_naive = vec![0.0; shape.maps_len()];
+            gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+            let mut db_naive = vec![0.5; shape.templates_len()];
+            stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
+            let mut dx_naive = vec![0.5; shape.input_len()];
+            stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
+            for band_rows in [1, 2, 3, 4, h - 1, h, h + 3] {
+                let name = |what: &str| format!("banded {what}, {h} rows in bands of {band_rows}");
+                let mut y = vec![9.0; shape.output_len()];
+                two_stage_forward_banded(&shape, &assignment, &x, &b, &t, &mut y, band_rows);
+                assert_close(&name("forward"), &y, &y_naive);
+                let (mut dx, mut db, mut dt) = (
+                    vec![0.5; shape.input_len()],
+                    vec![0.5; shape.templates_len()],
+                    vec![0.5; shape.masks_len()],
+                );
+                let grads = TwoStageGrads {
+                    input: Some(&mut dx),
+                    templates: Some(&mut db),
+                    masks: Some(&mut dt),
+                };
+                two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+                assert_close(&name("dX"), &dx, &dx_naive);
+                assert_close(&name("dB"), &db, &db_naive);
+                assert_close(&name("dT"), &dt, &dt_naive);
+                // dX alone (no P recomputed) and dT alone (no dP).
+                let mut dx_only = vec![0.5; shape.input_len()];
+                let grads = TwoStageGrads {
+                    input: Some(&mut dx_only),
+                    templates: None,
+                    masks: None,
+                };
+                two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+                assert_close(&name("dX alone"), &dx_only, &dx_naive);
+                let mut dt_only = vec![0.5; shape.masks_len()];
+                let grads = TwoStageGrads {
+                    input: None,
+                    templates: None,
+                    masks: Some(&mut dt_only),
+                };
+                two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+                assert_close(&name("dT alone"), &dt_only, &dt_naive);
+            }
+        }
+    }
+
+    /// The banded backward sums dB and dT in a fixed order: two runs give the same bits.
+    #[test]
+    fn banded_backward_is_bit_identical_from_run_to_run() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let shape = SbfShape {
+            batch: 7,
+            in_channels: 8,
+            in_height: 9,
+            in_width: 10,
+            out_channels: 8,
+            templates: 3,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            groups: 2,
+        };
+        let assignment = TemplateAssignment::round_robin(8, 3);
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let dy = random(shape.output_len(), &mut rng);
+        let run = || {
+            let (mut db, mut dt) = (vec![0.0; shape.templates_len()], vec![0.0; shape.masks_len()]);
+            let grads = TwoStageGrads {
+                input: None,
+                templates: Some(&mut db),
+                masks: Some(&mut dt),
+            };
+            two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, 2);
+            (db, dt)
+        };
+        let first = run();
+        for _ in 0..5 {
+            assert_eq!(run(), first);
         }
     }
 

@@ -18,8 +18,9 @@
 //!   see `kernels::sbf`); stage 2, a gather that sums for each output the
 //!   G·K² maps of its template, scaled by its mask values. Cost per output pixel:
 //!   K²·C·M + K²·G·(N−M) multiply-accumulates instead of K²·C·N.
-//!   Both stages run per image, with P[b] in a per-worker scratch buffer (the
-//!   batch's P is never materialised; backward recomputes P[b]).
+//!   Both stages run per image (per band of rows for stride-1 "same" convs), with
+//!   P[b] in a per-worker scratch buffer (the batch's P is never materialised;
+//!   backward recomputes P[b]).
 //!   Backward ("view B"): dT from the (recomputed) maps, dP as the transpose of
 //!   the gather, then dB and dX as the gradients of the grouped 1×1 stage.
 //! - **effective filters** (`kernels::sbf_filters` + the dense conv): materialise
@@ -27,7 +28,7 @@
 //!   through Weff into dB and dT; dX is the conv's input gradient.
 //!
 //! [`SbfPath::Auto`] takes the two-stage path only when it needs clearly fewer
-//! multiply-accumulates than the dense conv:
+//! multiply-accumulates than the dense conv (the ratio is measured: see the constant):
 //! K²·C·M + K²·G·(N−M) < [`TWO_STAGE_MAX_COST_RATIO`]·K²·C·N. At low pruning
 //! rates (e.g. during the pruning ramp) the dense conv is cheaper, and the maps
 //! P (K²·G·M planes per image) would dwarf the output. The affine and rotation
@@ -51,10 +52,17 @@ pub use crate::kernels::sbf_filters::TransformFamily;
 /// is dearer than one of the dense conv: its GEMMs are thin (C/G deep), it
 /// writes and re-reads the maps P (K²·G·M planes per image, G·K²·M/N times the
 /// output), its gather is memory-bound, and its backward recomputes stage 1.
-/// Near M = N it would be slower, so it must save a real fraction of the work
-/// first. 0.6 is a judgement, not a measurement against the fast dense conv:
-/// tune it with `benchmark::sbf::run` once both are fast.
-pub const TWO_STAGE_MAX_COST_RATIO: f64 = 0.6;
+///
+/// Rule: take the two-stage path when its predicted time is lower, i.e. when
+/// `MAC ratio < e`, e = (two-stage MACs per second) / (dense MACs per second),
+/// measured as speed-up × MAC ratio by `benchmark::sbf::run` (`RAYON_NUM_THREADS=1
+/// cargo run --release --example sbf_bench -- 128`, CPU time, 3×3 CIFAR ResNet
+/// shapes, G = 2, on a shared 2-core AMD EPYC, so ±20 %). Forward + backward
+/// (training, where the layer spends most of its time): e = 0.20–0.41, median 0.31,
+/// and the two-stage path broke even at MAC ratio ≈ 0.35–0.40 (70 % of filters
+/// transformed); forward alone: e = 0.21–0.73, median 0.42. 0.33 takes the
+/// two-stage path where it was faster in training, and gives up little at inference.
+pub const TWO_STAGE_MAX_COST_RATIO: f64 = 0.33;
 
 /// Which of the two equivalent computations to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -659,7 +667,8 @@ mod tests {
         // C = N = 64: two-stage costs 64·M + 2·(64 − M) per tap and pixel vs 64·64 for the dense conv.
         assert_eq!(cfg.resolved_path(64, 64, 64), SbfPath::EffectiveFilters); // ratio 1
         assert_eq!(cfg.resolved_path(64, 64, 40), SbfPath::EffectiveFilters); // ratio 0.64
-        assert_eq!(cfg.resolved_path(64, 64, 32), SbfPath::TwoStage); // ratio 0.52
+        assert_eq!(cfg.resolved_path(64, 64, 32), SbfPath::EffectiveFilters); // ratio 0.52
+        assert_eq!(cfg.resolved_path(64, 64, 19), SbfPath::TwoStage); // ratio 0.32
         assert_eq!(cfg.resolved_path(64, 64, 6), SbfPath::TwoStage); // ratio 0.12
         let affine = SbfConfig {
             family: TransformFamily::Affine,
