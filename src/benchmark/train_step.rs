@@ -30,21 +30,40 @@ pub struct TrainStepBench {
     pub warmup: usize,
 }
 
-/// Seconds of each timed call, and their median.
+/// Wall seconds of each timed call (sorted), their median, and the median
+/// process CPU seconds per call (all threads; unlike wall time it does not count
+/// time other processes held the cores, so it is the steadier figure for tuning
+/// on a shared machine; None where unavailable).
 #[derive(Clone, Debug)]
 pub struct Timing {
     pub samples: Vec<f64>,
     pub median_seconds: f64,
+    pub median_cpu_seconds: Option<f64>,
 }
 
 impl Timing {
-    fn from_samples(mut samples: Vec<f64>) -> Timing {
-        samples.sort_by(|a, b| a.total_cmp(b));
-        let median_seconds = samples[samples.len() / 2];
+    fn from_samples(samples: Vec<(f64, Option<f64>)>) -> Timing {
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(|a, b| a.total_cmp(b));
+            values
+        };
+        let wall = median(samples.iter().map(|s| s.0).collect());
+        let cpu: Option<Vec<f64>> = samples.iter().map(|s| s.1).collect();
         Timing {
-            samples,
-            median_seconds,
+            median_seconds: wall[wall.len() / 2],
+            median_cpu_seconds: cpu.map(|cpu| median(cpu)[samples.len() / 2]),
+            samples: wall,
         }
+    }
+
+    /// Times one call of `f`: (wall seconds, process CPU seconds).
+    fn measure(f: impl FnOnce()) -> (f64, Option<f64>) {
+        let cpu_start = super::process_cpu_seconds();
+        let start = Instant::now();
+        f();
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = cpu_start.zip(super::process_cpu_seconds()).map(|(a, b)| b - a);
+        (wall, cpu)
     }
 
     pub fn best_seconds(&self) -> f64 {
@@ -91,10 +110,10 @@ pub fn time_train_steps(bench: &TrainStepBench) -> Result<Timing> {
     }
     let samples = (0..bench.steps)
         .map(|_| {
-            let start = Instant::now();
-            let result = trainer.train_step(&images, &labels);
-            assert!(result.loss.is_finite(), "the benchmark's loss diverged");
-            start.elapsed().as_secs_f64()
+            Timing::measure(|| {
+                let result = trainer.train_step(&images, &labels);
+                assert!(result.loss.is_finite(), "the benchmark's loss diverged");
+            })
         })
         .collect();
     Ok(Timing::from_samples(samples))
@@ -115,13 +134,7 @@ pub fn time_inference(model: &str, batch: usize, calls: usize, warmup: usize) ->
     for _ in 0..warmup {
         forward();
     }
-    let samples = (0..calls.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            forward();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
+    let samples = (0..calls.max(1)).map(|_| Timing::measure(forward)).collect();
     Ok(Timing::from_samples(samples))
 }
 
@@ -177,7 +190,11 @@ pub fn read_torch_network_json(path: &Path) -> Result<Vec<TorchNetworkFigures>> 
             .parse()
             .map_err(|_| Error::file(path, format!("run key {threads_key:?} is not a thread count")))?;
         let entries = |part: &str| -> Result<Vec<(String, usize, f64)>> {
-            let list = run.get(part).and_then(|c| c.as_array()).map(Vec::as_slice).unwrap_or_default();
+            let list = run
+                .get(part)
+                .and_then(|c| c.as_array())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             list.iter()
                 .map(|entry| {
                     let model = entry.get("model").and_then(|v| v.as_str());

@@ -38,7 +38,9 @@ pub struct BenchTrainArgs {
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
     if args.threads.contains(&0) || args.batch == 0 || args.shards == Some(0) {
-        return Err(Error::msg("bench-train: --threads, --batch and --shards must be at least 1"));
+        return Err(Error::msg(
+            "bench-train: --threads, --batch and --shards must be at least 1",
+        ));
     }
     let torch = match &args.torch_json {
         Some(path) => train_step::read_torch_network_json(path)?,
@@ -46,9 +48,23 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
     };
     println!("instruction set: {}", sbfnet::benchmark::instruction_set());
     println!(
-        "{:<10} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7}",
-        "model", "batch", "threads", "shards", "ms/step", "img/s", "best", "torch img/s", "ratio"
+        "{:<10} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7} {:>11}",
+        "model",
+        "batch",
+        "threads",
+        "shards",
+        "ms/step",
+        "img/s",
+        "best",
+        "torch img/s",
+        "ratio",
+        "CPU ms/step"
     );
+    let cpu_text = |timing: &train_step::Timing| {
+        timing
+            .median_cpu_seconds
+            .map_or("-".to_string(), |s| format!("{:.1}", s * 1e3))
+    };
     let torch_for = |threads: usize| torch.iter().find(|figures| figures.threads == threads);
     let ratio_text = |ours: f64, theirs: Option<f64>| match theirs {
         Some(theirs) => (format!("{theirs:.1}"), format!("{:.2}", ours / theirs)),
@@ -72,7 +88,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             let theirs = torch_for(threads).and_then(|t| t.train_images_per_second(model, args.batch));
             let (torch_text, ratio) = ratio_text(images_per_second, theirs);
             println!(
-                "{:<10} {:>5} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>11} {:>7}",
+                "{:<10} {:>5} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>11} {:>7} {:>11}",
                 model,
                 args.batch,
                 threads,
@@ -81,7 +97,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 images_per_second,
                 args.batch as f64 / timing.best_seconds(),
                 torch_text,
-                ratio
+                ratio,
+                cpu_text(&timing)
             );
         }
     }
@@ -101,7 +118,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     torch_for(threads).and_then(|t| t.infer_images_per_second(model, args.infer_batch));
                 let (torch_text, ratio) = ratio_text(images_per_second, theirs);
                 println!(
-                    "{:<10} {:>5} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>11} {:>7}",
+                    "{:<10} {:>5} {:>7} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>11} {:>7} {:>11}",
                     model,
                     args.infer_batch,
                     threads,
@@ -110,7 +127,8 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     images_per_second,
                     args.infer_batch as f64 / timing.best_seconds(),
                     torch_text,
-                    ratio
+                    ratio,
+                    cpu_text(&timing)
                 );
             }
         }
