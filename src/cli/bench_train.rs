@@ -19,7 +19,8 @@ pub struct BenchTrainArgs {
     /// Rayon threads; a list (1,2) times every model once per count.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     threads: Vec<usize>,
-    /// Data-parallel shards per batch [default: 1; see the module doc of train::trainer].
+    /// Data-parallel shards per batch [default: the thread count, as `sbfnet train`;
+    /// 1 shard normalises over the whole batch, as PyTorch's single-process step does].
     #[arg(long)]
     shards: Option<usize>,
     /// Timed training steps (the median is reported).
@@ -79,7 +80,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
             let bench = TrainStepBench {
                 model: model.clone(),
                 batch: args.batch,
-                shards: args.shards.unwrap_or(1),
+                shards: args.shards.unwrap_or(threads),
                 steps: args.steps,
                 warmup: args.warmup,
             };
