@@ -242,6 +242,42 @@ mod tests {
         assert!(timing.best_seconds() > 0.0);
     }
 
+    /// Parallel reductions (batch-norm statistics, shard sums) add in a fixed
+    /// order: two runs with the same seed on the same number of threads give
+    /// bit-identical parameters, whichever worker ran which task.
+    #[test]
+    fn same_seed_and_threads_give_bit_identical_parameters() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let run = || {
+            pool.install(|| {
+                let spec = ModelSpec::parse_name("resnet8-w4").unwrap();
+                let mut trainer = Trainer::new(&spec, bench_config(16, 2), 16_000).unwrap();
+                for seed in 0..3 {
+                    let (images, labels) = random_batch(16, seed);
+                    trainer.train_step(&images, &labels);
+                }
+                let values: Vec<u32> = trainer
+                    .store
+                    .params
+                    .iter()
+                    .flat_map(|p| p.value.data.iter().map(|v| v.to_bits()))
+                    .chain(
+                        trainer
+                            .store
+                            .buffers
+                            .iter()
+                            .flat_map(|b| b.value.data.iter().map(|v| v.to_bits())),
+                    )
+                    .collect();
+                values
+            })
+        };
+        let first = run();
+        for _ in 0..3 {
+            assert!(run() == first, "parameters differ between identical runs");
+        }
+    }
+
     #[test]
     fn reads_torch_network_figures_and_names_the_file_on_errors() {
         let dir = std::env::temp_dir().join(format!("sbfnet-torch-json-{}", std::process::id()));
