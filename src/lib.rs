@@ -14,7 +14,8 @@
 //! - [`train`] — the data-parallel trainer, SGD, learning-rate schedules, checkpoints
 //! - [`prune`] — generalised pruning (saliency, the ramp, template selection)
 //! - [`gradcheck`] — the finite-difference checker
-//! - [`benchmark`] — timing helpers for `sbfnet bench`
+//! - [`benchmark`] — timing helpers for `sbfnet bench` and `sbfnet bench-train`
+//! - [`memory`] — glibc malloc tuning (keep freed memory across training steps)
 
 pub mod autograd;
 pub mod benchmark;
@@ -22,6 +23,7 @@ pub mod data;
 pub mod error;
 pub mod gradcheck;
 pub mod kernels;
+pub mod memory;
 pub mod nn;
 pub mod ops;
 pub mod prune;

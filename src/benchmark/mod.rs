@@ -6,6 +6,7 @@ pub mod sbf;
 use std::time::Instant;
 
 pub mod conv;
+pub mod train_step;
 
 /// This machine's FP32 peak per core (2 FMA pipes × 8 lanes × 2 flops × ~3.65 GHz),
 /// measured with ../shared/bench/fma_peak.c: about 117 GFLOP/s.

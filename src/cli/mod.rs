@@ -2,6 +2,7 @@
 //! only parses and validates settings; the work is done by the library.
 
 mod bench;
+mod bench_train;
 mod download;
 mod eval;
 mod info;
@@ -34,6 +35,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
     Bench(bench::BenchArgs),
+    /// Time whole training steps (and inference) of a ResNet; optionally beside PyTorch.
+    BenchTrain(bench_train::BenchTrainArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -48,5 +51,6 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchTrain(args) => bench_train::run(args),
     }
 }

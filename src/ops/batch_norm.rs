@@ -11,6 +11,7 @@
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 /// Which statistics normalise the input.
 #[derive(Clone, Copy, Debug)]
@@ -29,9 +30,204 @@ pub struct MeasuredStatistics {
     pub count: usize,
 }
 
+/// Σ v and Σ v² of one plane, in f32 over 8 lanes (vectorised, fixed order).
+fn plane_sum_and_squares(values: &[f32], shift: f32) -> (f32, f32) {
+    let mut sum = [0.0f32; 8];
+    let mut squares = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for lane in 0..8 {
+            let v = chunk[lane] - shift;
+            sum[lane] += v;
+            squares[lane] += v * v;
+        }
+    }
+    let (mut s, mut q) = (sum.iter().sum::<f32>(), squares.iter().sum::<f32>());
+    for &v in tail {
+        s += v - shift;
+        q += (v - shift) * (v - shift);
+    }
+    (s, q)
+}
+
+/// Σ a and Σ a·(b − shift) of one plane, in f32 over 8 lanes.
+fn plane_sum_and_dot(a: &[f32], b: &[f32], shift: f32) -> (f32, f32) {
+    let mut sum = [0.0f32; 8];
+    let mut dot = [0.0f32; 8];
+    let (chunks_a, chunks_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for lane in 0..8 {
+            sum[lane] += ca[lane];
+            dot[lane] += ca[lane] * (cb[lane] - shift);
+        }
+    }
+    let (mut s, mut d) = (sum.iter().sum::<f32>(), dot.iter().sum::<f32>());
+    for (&va, &vb) in tail_a.iter().zip(tail_b) {
+        s += va;
+        d += va * (vb - shift);
+    }
+    (s, d)
+}
+
+/// Per-plane reductions of a [N, C, plane] buffer, planes in parallel, then
+/// summed over n in f64 in a fixed order (so the result does not depend on
+/// the thread count): returns (Σ first, Σ second) per channel, each [C].
+fn channel_sums(
+    planes: usize,
+    channels: usize,
+    reduce_plane: impl Fn(usize) -> (f32, f32) + Sync + Send,
+) -> (Vec<f64>, Vec<f64>) {
+    // per_plane: [N·C] pairs
+    let per_plane: Vec<(f32, f32)> = (0..planes).into_par_iter().map(reduce_plane).collect();
+    let mut first = vec![0.0f64; channels];
+    let mut second = vec![0.0f64; channels];
+    for (index, (a, b)) in per_plane.into_iter().enumerate() {
+        first[index % channels] += a as f64;
+        second[index % channels] += b as f64;
+    }
+    (first, second)
+}
+
 /// y = γ·x̂ + β.  x [N,C,H,W], γ [C], β [C] → y [N,C,H,W], plus the batch
 /// statistics when `statistics` is `Batch`.
+///
+/// Fast version of [`batch_norm2d_naive`]: the statistics in one pass per
+/// plane (sums shifted by the channel's first value, so Σ(x−s)² stays
+/// accurate), y = a·x + b in one pass, and x̂ recomputed from x in backward
+/// instead of being kept (one [N,C,H,W] buffer less per layer).
 pub fn batch_norm2d(
+    tape: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    eps: f32,
+    statistics: Statistics,
+) -> (Var, Option<MeasuredStatistics>) {
+    let [n_batch, channels, h, w] = tape.value(x).nchw("batch_norm2d");
+    for (name, v) in [("gamma", gamma), ("beta", beta)] {
+        let s = &tape.value(v).shape;
+        assert_eq!(
+            s,
+            &[channels],
+            "batch_norm2d: {name} shape {s:?} does not match input {:?}",
+            tape.value(x).shape
+        );
+    }
+    let plane = h * w;
+    let count = n_batch * plane;
+    let xv = tape.value(x);
+
+    // mean, var: [C]
+    let (mean, var, measured) = match statistics {
+        Statistics::Batch => {
+            // shift: [C], the channel's first value
+            let shift: Vec<f32> = (0..channels).map(|c| xv.data[c * plane]).collect();
+            let (sum, squares) = channel_sums(n_batch * channels, channels, |p| {
+                plane_sum_and_squares(&xv.data[p * plane..(p + 1) * plane], shift[p % channels])
+            });
+            let m = count as f64;
+            let mut mean = vec![0.0f32; channels];
+            let mut var = vec![0.0f32; channels];
+            for c in 0..channels {
+                let shifted_mean = sum[c] / m;
+                mean[c] = (shift[c] as f64 + shifted_mean) as f32;
+                var[c] = (squares[c] / m - shifted_mean * shifted_mean).max(0.0) as f32;
+            }
+            let measured = MeasuredStatistics {
+                mean: mean.clone(),
+                var: var.clone(),
+                count,
+            };
+            (mean, var, Some(measured))
+        }
+        Statistics::Running { mean, var } => {
+            assert!(
+                mean.len() == channels && var.len() == channels,
+                "batch_norm2d: running statistics of {} channels for input {:?}",
+                mean.len(),
+                xv.shape
+            );
+            (mean.to_vec(), var.to_vec(), None)
+        }
+    };
+    let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+
+    // y = a[c]·x + b[c] with a = γ/√(σ²+ε), b = β − μ·a.  y: [N, C, H, W]
+    let (gv, bv) = (tape.value(gamma), tape.value(beta));
+    let a: Vec<f32> = (0..channels).map(|c| gv.data[c] * inv_std[c]).collect();
+    let b: Vec<f32> = (0..channels).map(|c| bv.data[c] - mean[c] * a[c]).collect();
+    let mut y = Tensor::zeros(&xv.shape);
+    y.data
+        .par_chunks_mut(plane.max(1))
+        .zip(xv.data.par_chunks(plane.max(1)))
+        .enumerate()
+        .for_each(|(p, (y_plane, x_plane))| {
+            let (a, b) = (a[p % channels], b[p % channels]);
+            for (yi, &xi) in y_plane.iter_mut().zip(x_plane) {
+                *yi = a * xi + b;
+            }
+        });
+    let uses_batch_statistics = measured.is_some();
+    let out = tape.push(y, &[x, gamma, beta], move |grad_y, ctx| {
+        let (xv, gv) = (ctx.value(x), ctx.value(gamma));
+        let r = &grad_y.data;
+        // Σ R and Σ R·(x − μ) per channel, then Σ R·x̂ = inv_std·Σ R·(x − μ): [C]
+        let (sum_r, sum_r_centred) = channel_sums(n_batch * channels, channels, |p| {
+            let range = p * plane..(p + 1) * plane;
+            plane_sum_and_dot(&r[range.clone()], &xv.data[range], mean[p % channels])
+        });
+        let sum_r_xhat: Vec<f64> = (0..channels)
+            .map(|c| inv_std[c] as f64 * sum_r_centred[c])
+            .collect();
+        if let Some(gb) = ctx.grad(beta) {
+            for (g, s) in gb.data.iter_mut().zip(&sum_r) {
+                *g += *s as f32;
+            }
+        }
+        if let Some(gg) = ctx.grad(gamma) {
+            for (g, s) in gg.data.iter_mut().zip(&sum_r_xhat) {
+                *g += *s as f32;
+            }
+        }
+        if let Some(gx) = ctx.grad(x) {
+            // ∂L/∂x = k_r·R + k_x·x + k_1 per channel, from the formula in the module doc:
+            //   batch:   k_r = γ·inv_std, k_x = −γ·inv_std²·Σ R·x̂ / M, k_1 = −γ·inv_std·Σ R / M − k_x·μ
+            //   running: k_r = γ·inv_std, k_x = k_1 = 0
+            let m = count as f64;
+            let coefficients: Vec<[f32; 3]> = (0..channels)
+                .map(|c| {
+                    let scale = gv.data[c] as f64 * inv_std[c] as f64;
+                    if uses_batch_statistics {
+                        let k_x = -scale * inv_std[c] as f64 * sum_r_xhat[c] / m;
+                        let k_1 = -scale * sum_r[c] / m - k_x * mean[c] as f64;
+                        [scale as f32, k_x as f32, k_1 as f32]
+                    } else {
+                        [scale as f32, 0.0, 0.0]
+                    }
+                })
+                .collect();
+            gx.data
+                .par_chunks_mut(plane.max(1))
+                .zip(r.par_chunks(plane.max(1)))
+                .zip(xv.data.par_chunks(plane.max(1)))
+                .enumerate()
+                .for_each(|(p, ((gx_plane, r_plane), x_plane))| {
+                    let [k_r, k_x, k_1] = coefficients[p % channels];
+                    for ((g, &ri), &xi) in gx_plane.iter_mut().zip(r_plane).zip(x_plane) {
+                        *g += k_r * ri + k_x * xi + k_1;
+                    }
+                });
+        }
+    });
+    (out, measured)
+}
+
+/// The naive version of [`batch_norm2d`], kept as its test oracle: the
+/// module doc's formulas loop by loop (two f64 passes for the statistics, x̂
+/// kept for backward).
+pub fn batch_norm2d_naive(
     tape: &mut Tape,
     x: Var,
     gamma: Var,
@@ -182,6 +378,64 @@ mod tests {
             &opts,
         )
         .unwrap();
+    }
+
+    type BatchNormOp = fn(&mut Tape, Var, Var, Var, f32, Statistics) -> (Var, Option<MeasuredStatistics>);
+
+    /// The fast op against the naive oracle: values, statistics and every
+    /// gradient, with a large channel offset (tests the shifted sums), odd plane
+    /// sizes (the 8-lane tails) and both statistics.
+    #[test]
+    fn fast_matches_naive() {
+        let mut rng = StdRng::seed_from_u64(10);
+        for shape in [[3usize, 4, 5, 7], [2, 3, 8, 8], [1, 2, 1, 1]] {
+            let mut x = Tensor::normal(&shape, 2.0, &mut rng);
+            for (i, v) in x.data.iter_mut().enumerate() {
+                *v += 50.0 * ((i / (shape[2] * shape[3])) % shape[1]) as f32;
+            }
+            let c = shape[1];
+            let gamma = Tensor::uniform(&[c], 0.5, 1.5, &mut rng);
+            let beta = Tensor::normal(&[c], 1.0, &mut rng);
+            let grad_y = Tensor::normal(&shape, 1.0, &mut rng);
+            let (mean, var): (Vec<f32>, Vec<f32>) = (0..c).map(|k| (k as f32 * 0.1, 1.0 + k as f32)).unzip();
+            for running in [false, true] {
+                let statistics = if running {
+                    Statistics::Running {
+                        mean: &mean,
+                        var: &var,
+                    }
+                } else {
+                    Statistics::Batch
+                };
+                let run = |op: BatchNormOp| {
+                    let store = crate::autograd::ParamStore::default();
+                    let mut tape = Tape::new(&store, crate::autograd::Mode::Train);
+                    let vars = [
+                        tape.leaf(x.clone()),
+                        tape.leaf(gamma.clone()),
+                        tape.leaf(beta.clone()),
+                    ];
+                    let (y, measured) = op(&mut tape, vars[0], vars[1], vars[2], 1e-5, statistics);
+                    tape.backward_with(y, grad_y.clone());
+                    let mut outputs = vec![tape.value(y).clone()];
+                    outputs.extend(vars.iter().map(|&v| tape.grad(v).unwrap().clone()));
+                    (outputs, measured.map(|m| (m.mean, m.var)))
+                };
+                let (fast, fast_stats) = run(batch_norm2d);
+                let (naive, naive_stats) = run(batch_norm2d_naive);
+                for (name, (f, n)) in ["y", "dx", "dgamma", "dbeta"].iter().zip(fast.iter().zip(&naive)) {
+                    let difference = crate::tensor::max_scaled_difference(&f.data, &n.data, 1e-4, 1e-4);
+                    assert!(
+                        difference <= 1.0,
+                        "{shape:?} running={running} {name}: {difference}"
+                    );
+                }
+                if let (Some((fm, fv)), Some((nm, nv))) = (fast_stats, naive_stats) {
+                    assert!(crate::tensor::max_scaled_difference(&fm, &nm, 1e-5, 1e-5) <= 1.0);
+                    assert!(crate::tensor::max_scaled_difference(&fv, &nv, 1e-4, 1e-4) <= 1.0);
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,23 +1,35 @@
 //! ReLU: y = max(x, 0);  ∂L/∂x = ∂L/∂y · [x > 0].
 
 use crate::autograd::{Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, PARALLEL_CHUNK};
+use rayon::prelude::*;
 
 /// y = max(x, 0), elementwise, any shape.
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let x_value = tape.value(x);
+    // Chunks in parallel; every element on its own.
     let y = Tensor {
         shape: x_value.shape.clone(),
-        data: x_value.data.iter().map(|&v| v.max(0.0)).collect(),
+        data: x_value
+            .data
+            .par_iter()
+            .with_min_len(PARALLEL_CHUNK)
+            .map(|&v| v.max(0.0))
+            .collect(),
     };
     tape.push(y, &[x], move |grad_y, ctx| {
         let x_value = ctx.value(x);
         if let Some(grad_x) = ctx.grad(x) {
-            for ((gx, &gy), &xv) in grad_x.data.iter_mut().zip(&grad_y.data).zip(&x_value.data) {
-                if xv > 0.0 {
-                    *gx += gy;
-                }
-            }
+            grad_x
+                .data
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .zip(grad_y.data.par_chunks(PARALLEL_CHUNK))
+                .zip(x_value.data.par_chunks(PARALLEL_CHUNK))
+                .for_each(|((grad_x, grad_y), x_value)| {
+                    for ((gx, &gy), &xv) in grad_x.iter_mut().zip(grad_y).zip(x_value) {
+                        *gx += if xv > 0.0 { gy } else { 0.0 };
+                    }
+                });
         }
     })
 }

@@ -1,7 +1,8 @@
 //! Elementwise add/mul, the option-A ResNet shortcut, and flatten.
 
 use crate::autograd::{Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, PARALLEL_CHUNK};
+use rayon::prelude::*;
 
 fn same_shape(op: &str, tape: &Tape, a: Var, b: Var) {
     let (sa, sb) = (&tape.value(a).shape, &tape.value(b).shape);
@@ -12,9 +13,13 @@ fn same_shape(op: &str, tape: &Tape, a: Var, b: Var) {
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     same_shape("add", tape, a, b);
     let (av, bv) = (tape.value(a), tape.value(b));
+    // Chunks in parallel; every element on its own.
     let y = Tensor {
         shape: av.shape.clone(),
-        data: av.data.iter().zip(&bv.data).map(|(x, y)| x + y).collect(),
+        data: (av.data.par_iter().with_min_len(PARALLEL_CHUNK))
+            .zip(&bv.data)
+            .map(|(x, y)| x + y)
+            .collect(),
     };
     tape.push(y, &[a, b], move |grad_y, ctx| {
         for input in [a, b] {

@@ -21,6 +21,13 @@
 //! (work stealing balances both levels). Set the number of threads with
 //! `rayon::ThreadPoolBuilder` (the command line's `--threads`).
 //!
+//! Shards = threads is the faster choice (the command line's default):
+//! measured with `sbfnet bench-train` on the 2-core VM, ResNet-20 at batch 128
+//! and 2 threads, 2 shards ran 1.2–1.3× the images per second of 1 shard with
+//! parallel kernels (each core works through its own tape with no barrier
+//! after every op; the kernels' inner parallelism still lets an idle core
+//! steal work), and used less CPU time per step.
+//!
 //! Randomness: the model is initialised from `seed`; every epoch's shuffle and
 //! augmentation come from an RNG derived from (seed, epoch) alone, so resuming
 //! from a checkpoint written at the end of an epoch repeats the run bit for bit.
