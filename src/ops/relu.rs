@@ -4,7 +4,8 @@ use crate::autograd::{Tape, Var};
 use crate::tensor::{Tensor, PARALLEL_CHUNK};
 use rayon::prelude::*;
 
-/// y = max(x, 0), elementwise, any shape.
+/// y = max(x, 0), elementwise, any shape. A NaN input stays NaN (as in
+/// PyTorch), so a fault upstream is not hidden from the loss.
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let x_value = tape.value(x);
     // Chunks in parallel; every element on its own.
@@ -14,7 +15,7 @@ pub fn relu(tape: &mut Tape, x: Var) -> Var {
             .data
             .par_iter()
             .with_min_len(PARALLEL_CHUNK)
-            .map(|&v| v.max(0.0))
+            .map(|&v| if v < 0.0 { 0.0 } else { v })
             .collect(),
     };
     tape.push(y, &[x], move |grad_y, ctx| {
@@ -46,5 +47,16 @@ mod tests {
         // Keep inputs away from the kink at 0, where the derivative jumps.
         let x = away_from_zero(Tensor::normal(&[2, 3, 4, 5], 1.0, &mut rng), 0.05);
         check_gradients(|tape, v| relu(tape, v[0]), &[x], &GradcheckOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn nan_passes_through() {
+        let store = crate::autograd::ParamStore::default();
+        let mut tape = Tape::new(&store, crate::autograd::Mode::Eval);
+        let x = tape.input(Tensor::from_vec(&[3], vec![f32::NAN, -1.0, 2.0]));
+        let y = relu(&mut tape, x);
+        let out = &tape.value(y).data;
+        assert!(out[0].is_nan());
+        assert_eq!(&out[1..], &[0.0, 2.0]);
     }
 }

@@ -6,7 +6,7 @@
 //! ```text
 //!   1. the loss (forward pass)       not finite → run the step's shards forward again on fresh tapes
 //!                                    and report the first non-finite value, mapped to its layer
-//!   2. every parameter's gradient    the forward pass is run again as in 1: ReLU maps NaN to 0,
+//!   2. every parameter's gradient    the forward pass is run again as in 1: ReLU maps −inf to 0,
 //!      (backward pass)               so a non-finite activation can leave the loss finite and
 //!                                    still poison the gradient. If the forward pass is finite,
 //!                                    the fault began in the backward pass; back-propagation visits
