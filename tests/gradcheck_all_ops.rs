@@ -2,13 +2,16 @@
 //! differences on the awkward cases the per-op unit tests leave out: odd
 //! sizes with batch > 1, batch 1, kernels 1 and 5, stride 2 with padding 2,
 //! inputs smaller than the kernel, BN with a single image, the SBF layer as a
-//! layer (kept filters in place, bias, G = 2, stride 2, both paths).
+//! layer (kept filters in place, bias, G = 2, stride 2, both paths), the effective
+//! filters of every transform family, and conv2d's forward against hand-computed values.
 //! Then the checker itself: it must fail on a backward that is only 5 % off.
 
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::gradcheck::{away_from_zero, check_gradients, GradcheckOptions};
 use sbfnet::nn::{SbfConv2d, TransformInit};
-use sbfnet::ops::{self, batch_norm::Statistics, ConvConfig, SbfConfig, SbfPath};
+use sbfnet::ops::{
+    self, batch_norm::Statistics, ConvConfig, SbfConfig, SbfPath, TemplateAssignment, TransformFamily,
+};
 use sbfnet::{ParamStore, Tape, Tensor, Var};
 
 fn options() -> GradcheckOptions {
@@ -243,4 +246,85 @@ fn checker_fails_on_a_backward_5_percent_off_and_passes_the_exact_one() {
             "scale {scale}: reported element is off by {relative}: {failure}"
         );
     }
+}
+
+/// Weff as an op of its own (the effective-filters path's first step), for each transform
+/// family, G = 2, kept filters out of order. Affine and rotation parameters keep every
+/// sampling point off the integer lattice (where bilinear weights have kinks), except the
+/// centre tap of a rotation, which does not move with θ.
+#[test]
+fn sbf_effective_filters_every_family_groups_2() {
+    let mut rng = StdRng::seed_from_u64(29);
+    let assignment = TemplateAssignment::from_kept_outputs(5, &[3, 0]);
+    let (channels, groups, kernel) = (4, 2, 3);
+    let templates = Tensor::normal(&[2, channels, kernel, kernel], 1.0, &mut rng);
+    let transformed = 3 * groups; // N − M = 3 outputs, one transform per group
+    for family in [
+        TransformFamily::Scalar,
+        TransformFamily::Affine,
+        TransformFamily::Rotation,
+    ] {
+        let params: Vec<f32> = match family {
+            TransformFamily::Scalar => Tensor::normal(&[transformed * kernel * kernel], 1.0, &mut rng).data,
+            TransformFamily::Affine => (0..transformed)
+                .flat_map(|j| {
+                    let wobble = 0.02 * j as f32;
+                    [
+                        1.0 - wobble,
+                        0.05,
+                        0.3 + wobble,
+                        -0.04,
+                        1.0 + wobble,
+                        0.4 - wobble,
+                    ]
+                })
+                .collect(),
+            TransformFamily::Rotation => (0..transformed).map(|j| 0.3 + 0.05 * j as f32).collect(),
+        };
+        let transforms = Tensor::from_vec(&family.param_shape(3, groups, kernel), params);
+        check(
+            &format!("sbf_effective_filters {family:?}"),
+            |t, v| ops::sbf::sbf_effective_filters(t, v[0], v[1], &assignment, groups, family),
+            &[templates.clone(), transforms],
+        );
+    }
+}
+
+/// The convolution itself (not only its gradient) against values worked out by hand, so
+/// the fast kernel and its naive oracle cannot agree on a wrong answer.
+#[test]
+fn conv2d_forward_matches_hand_computed_values() {
+    let store = ParamStore::default();
+    let mut tape = Tape::new(&store, sbfnet::Mode::Eval);
+    // x = [[1,2,3],[4,5,6],[7,8,9]], w = [[1,0],[0,−1]] (top-left minus bottom-right).
+    let x = tape.input(Tensor::from_vec(
+        &[1, 1, 3, 3],
+        (1..=9).map(|v| v as f32).collect(),
+    ));
+    let w = tape.input(Tensor::from_vec(&[1, 1, 2, 2], vec![1.0, 0.0, 0.0, -1.0]));
+    let valid = ops::conv2d(
+        &mut tape,
+        x,
+        w,
+        None,
+        ConvConfig {
+            stride: 1,
+            padding: 0,
+        },
+    );
+    assert_eq!(tape.value(valid).data, [-4.0, -4.0, -4.0, -4.0]);
+    // Stride 2, padding 1: windows start at (−1,−1), (−1,1), (1,−1), (1,1); out-of-range reads are 0.
+    // (−1,−1): 0 − x[0,0] = −1;  (−1,1): 0 − x[0,2] = −3;  (1,−1): 0 − x[2,0] = −7;  (1,1): x[1,1] − x[2,2] = −4.
+    let strided = ops::conv2d(
+        &mut tape,
+        x,
+        w,
+        None,
+        ConvConfig {
+            stride: 2,
+            padding: 1,
+        },
+    );
+    assert_eq!(tape.value(strided).shape, [1, 1, 2, 2]);
+    assert_eq!(tape.value(strided).data, [-1.0, -3.0, -7.0, -4.0]);
 }
