@@ -28,7 +28,7 @@ fn softplus(tape: &mut Tape, x: Var, backward_scale: f32) -> Var {
     // Backward: a closure run by `tape.backward`. It gets ∂L/∂y and must ADD
     // ∂L/∂x = ∂L/∂y · sigmoid(x) into the input's gradient (`None` when x needs none).
     tape.push(y, &[x], move |grad_y, ctx| {
-        let x_value = ctx.value(x).clone();
+        let x_value = ctx.value(x);
         if let Some(grad_x) = ctx.grad(x) {
             for i in 0..grad_x.len() {
                 let sigmoid = 1.0 / (1.0 + (-x_value.data[i]).exp());
