@@ -2,7 +2,7 @@
 //! central finite differences.
 //!
 //! The function under test may return any shape; it is reduced to the scalar
-//! L = Σ_j y[j]·r[j] with a fixed random projection r (so every output element
+//! `L = Σ_j y[j]·r[j]` with a fixed random projection r (so every output element
 //! matters and no gradient is trivially symmetric), accumulated in f64.
 //! For each input element x_i:
 //!

@@ -7,7 +7,7 @@
 //!      offsets dy, dx ∈ 0..=8,           (y₂, x₂) = (y + dy − 4, x₁ + dx − 4)
 //!   3. random rotation by θ ∈ [−r, r] degrees about the image centre (15.5, 15.5),
 //!      read with bilinear interpolation:  (y₃, x₃) = R(−θ)·((y₂, x₂) − centre) + centre
-//!   4. normalisation:                      out = (raw[c, y₃, x₃] / 255 − mean[c]) / std[c]
+//!   4. normalisation:                      `out = (raw[c, y₃, x₃] / 255 − mean[c]) / std[c]`
 //!
 //! Pixels that fall outside the source image read raw 0 (black), as
 //! torchvision's `RandomCrop(32, padding=4)` does before `Normalize`.
@@ -176,7 +176,7 @@ fn transform_image(image: &[u8], t: &ImageTransform, out: &mut [f32]) {
 }
 
 /// The images `indices` of `set`, augmented and normalised: x [N, 3, 32, 32]
-/// and their labels [N]. Random choices are drawn image by image, in order, from `rng`.
+/// and their labels `[N]`. Random choices are drawn image by image, in order, from `rng`.
 pub fn make_batch(
     set: &Cifar10,
     indices: &[usize],

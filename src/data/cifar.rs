@@ -40,7 +40,7 @@ pub const TEST_FILE: &str = "test_batch.bin";
 pub struct Cifar10 {
     /// [N, 3, 32, 32] bytes: image i starts at i·3072, red plane first.
     pub images: Vec<u8>,
-    /// [N], each 0..=9.
+    /// `[N]`, each 0..=9.
     pub labels: Vec<u8>,
 }
 

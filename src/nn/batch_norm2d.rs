@@ -6,13 +6,13 @@ use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
-    /// γ [C], ones.
+    /// γ `[C]`, ones.
     pub gamma: ParamId,
-    /// β [C], zeros.
+    /// β `[C]`, zeros.
     pub beta: ParamId,
-    /// Running mean [C], zeros.
+    /// Running mean `[C]`, zeros.
     pub running_mean: BufferId,
-    /// Running (unbiased) variance [C], ones.
+    /// Running (unbiased) variance `[C]`, ones.
     pub running_var: BufferId,
     pub eps: f32,
     pub momentum: f32,

@@ -1,4 +1,4 @@
-//! `Conv2d`: a dense K×K convolution layer (weight [F, C, K, K], optional bias [F]).
+//! `Conv2d`: a dense K×K convolution layer (weight [F, C, K, K], optional bias `[F]`).
 
 use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::ops::{conv2d, ConvConfig};
@@ -9,7 +9,7 @@ use rand::Rng;
 pub struct Conv2d {
     /// [F, C, K, K], Kaiming-normal initialised.
     pub weight: ParamId,
-    /// [F], zeros; `None` when batch norm follows.
+    /// `[F]`, zeros; `None` when batch norm follows.
     pub bias: Option<ParamId>,
     pub config: ConvConfig,
     pub in_channels: usize,

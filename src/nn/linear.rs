@@ -1,4 +1,4 @@
-//! `Linear`: y = x·Wᵀ + b with W [O, I] (Kaiming-uniform) and b [O] (zeros).
+//! `Linear`: `y = x·Wᵀ + b` with W `[O, I]` (Kaiming-uniform) and b `[O]` (zeros).
 
 use crate::autograd::{ParamId, ParamStore, Tape, Var};
 use crate::tensor::Tensor;
