@@ -5,6 +5,7 @@ mod bench;
 mod download;
 mod eval;
 mod info;
+mod prune;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Test accuracy, loss and per-class accuracy of a checkpoint.
     Eval(eval::EvalArgs),
+    /// Convert a trained dense checkpoint to SBF layers at a global rate, then fine-tune it.
+    Prune(Box<prune::PruneCommandArgs>),
     /// A model's layers with their parameters and MACs.
     Info(info::InfoArgs),
     /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
@@ -46,6 +49,7 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Download(args) => download::run(args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Prune(args) => prune::run(*args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
     }

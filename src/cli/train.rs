@@ -18,7 +18,7 @@ use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// CIFAR-10 binary folder [default: $SBFNET_DATA, else ../shared/data/cifar-10-batches-bin,
     /// else ./data/cifar-10-batches-bin]
@@ -107,6 +107,13 @@ pub struct PruneArgs {
     pub mask_init: Option<String>,
 }
 
+impl TrainArgs {
+    /// Whether --prune-rate or --prune-epochs was given.
+    pub fn prune_rate_given(&self) -> bool {
+        self.pruning.prune_rate.is_some() || self.pruning.prune_epochs.is_some()
+    }
+}
+
 impl PruneArgs {
     fn any_given(&self) -> bool {
         self.prune_epochs.is_some()
@@ -151,7 +158,7 @@ impl PruneArgs {
 }
 
 /// Checkpoint metadata: the number of test images the run evaluates on.
-const TEST_IMAGES_KEY: &str = "test_images";
+pub(super) const TEST_IMAGES_KEY: &str = "test_images";
 
 /// The data folder: --data, else $SBFNET_DATA, else the first of the usual places that exists.
 pub fn data_folder(flag: Option<&Path>) -> PathBuf {
@@ -191,7 +198,7 @@ pub fn limited(mut set: Cifar10, limit: Option<usize>, flag: &str) -> Result<Cif
 }
 
 /// The settings of a fresh run: the recipe, changed by the flags given.
-fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
+pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
     let mut config = TrainConfig::recipe();
     config.shards = threads;
     if let Some(v) = args.epochs {

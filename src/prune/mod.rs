@@ -1,6 +1,7 @@
 //! Generalised pruning: saliency, the global ramp, and the choice of templates.
 
 pub mod assignment;
+pub mod convert;
 pub mod ramp;
 pub mod schedule;
 
