@@ -113,5 +113,28 @@ fn prune_during_training_and_convert_a_dense_run() {
         s(&root.join("x")),
     ]);
     assert!(!ok && text.contains("--rate must be in [0, 1)"), "{text}");
+    // The report over the three runs: the dense run is every run's baseline.
+    std::fs::remove_dir_all(&data).unwrap();
+    let (ok, report) = sbfnet(&["report", s(&root)]);
+    assert!(ok, "{report}");
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 5, "{report}");
+    assert!(
+        lines[0].starts_with("| Run | Model | Method | Baseline Acc |"),
+        "{report}"
+    );
+    assert!(
+        lines[2].starts_with("| converted | resnet8-w8 | SBF converted 0.50 |"),
+        "{report}"
+    );
+    assert!(
+        lines[3].starts_with("| dense | resnet8-w8 | dense |")
+            && lines[3].contains("| +0.00 | 0.00 | 0.00 |"),
+        "{report}"
+    );
+    assert!(
+        lines[4].starts_with("| pruned | resnet8-w8 | SBF ramp 0.5 |"),
+        "{report}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -6,6 +6,7 @@ mod download;
 mod eval;
 mod info;
 mod prune;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Convert a trained dense checkpoint to SBF layers at a global rate, then fine-tune it.
     Prune(Box<prune::PruneCommandArgs>),
+    /// The Markdown results table (paper Table 3.1 form) of the runs in a folder.
+    Report(report::ReportArgs),
     /// A model's layers with their parameters and MACs.
     Info(info::InfoArgs),
     /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
@@ -50,6 +53,7 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Prune(args) => prune::run(*args),
+        Command::Report(args) => report::run(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
     }

@@ -102,9 +102,10 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     checkpoint
         .metadata
         .push((train::TEST_IMAGES_KEY.into(), test_images.to_string()));
-    checkpoint
-        .metadata
-        .push(("converted_from".into(), from.display().to_string()));
+    // The training loop rewrites the checkpoint's metadata: the conversion is noted beside it.
+    let note = out.join(prune::report::CONVERSION_NOTE);
+    std::fs::write(&note, format!("from {}\nrate {rate}\n", from.display()))
+        .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;
     let start = out.join("last.ckpt");
     checkpoint.save(&start)?;
     // Fine-tune: resume the saved epoch-0 run.

@@ -3,6 +3,7 @@
 pub mod assignment;
 pub mod convert;
 pub mod ramp;
+pub mod report;
 pub mod schedule;
 
 pub use assignment::{assignment_metadata, kept_outputs, restore_assignments};
