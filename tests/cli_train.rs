@@ -176,7 +176,7 @@ fn impossible_settings_are_refused_with_one_line() {
         (vec!["--model", "resnet19"], "6n + 2"),
         (vec!["--model", "alexnet"], "unknown model \"alexnet\""),
         (vec!["--schedule", "linear"], "unknown --schedule \"linear\""),
-        (vec!["--convs", "sparse"], "unknown --convs \"sparse\""),
+        (vec!["--convs", "sparse"], "--convs \"sparse\": unknown conv kind"),
         (vec!["--batch-size", "64"], "larger than the 40 training images"),
     ] {
         let output = sbfnet(&[&["train", "--data", d, "--out", s(&out)][..], &args].concat());

@@ -13,17 +13,42 @@ pub struct InfoArgs {
     /// Which convolutions are dense or SBF (as for `sbfnet train`)
     #[arg(long, default_value = "dense")]
     pub convs: String,
+    /// Show the model saved in this checkpoint instead (e.g. a pruned run: its templates per layer)
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
-    let spec = super::train::model_spec(&args.model, &args.convs)?;
-    let mut store = ParamStore::default();
-    let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    let (model, store) = match &args.checkpoint {
+        Some(path) => {
+            sbfnet::train::trainer::load_model(&sbfnet::train::checkpoint::Checkpoint::load(path)?, path)?
+        }
+        None => {
+            let spec = super::train::model_spec(&args.model, &args.convs)?;
+            let mut store = ParamStore::default();
+            let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+            (model, store)
+        }
+    };
     let table = model.layer_table(&store);
-    println!("{} (per 3×32×32 image)", model.description());
     println!(
-        "{:<22} {:<10} {:<14} {:>10} {:>14}",
-        "layer", "type", "output", "params", "MACs"
+        "{} (per 3×32×32 image; \"dense\" columns: the same layer as a dense conv)",
+        model.description()
+    );
+    let line = |name: &str,
+                kind: &str,
+                output: &str,
+                params: usize,
+                dense_params: usize,
+                macs: usize,
+                dense_macs: usize| {
+        println!(
+            "{name:<22} {kind:<14} {output:<12} {params:>10} {dense_params:>12} {macs:>14} {dense_macs:>14}"
+        )
+    };
+    println!(
+        "{:<22} {:<14} {:<12} {:>10} {:>12} {:>14} {:>14}",
+        "layer", "type", "output", "params", "dense params", "MACs", "dense MACs"
     );
     for row in &table {
         let output = row
@@ -32,23 +57,30 @@ pub fn run(args: InfoArgs) -> Result<()> {
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join("×");
-        println!(
-            "{:<22} {:<10} {:<14} {:>10} {:>14}",
-            row.name, row.kind, output, row.params, row.macs
+        line(
+            &row.name,
+            &row.kind,
+            &output,
+            row.params,
+            row.dense_params,
+            row.macs,
+            row.dense_macs,
         );
     }
-    let (params, macs): (usize, usize) = (
-        table.iter().map(|r| r.params).sum(),
-        table.iter().map(|r| r.macs).sum(),
+    let sum = |f: fn(&sbfnet::nn::LayerRow) -> usize| table.iter().map(f).sum::<usize>();
+    let (params, dense_params, macs, dense_macs) = (
+        sum(|r| r.params),
+        sum(|r| r.dense_params),
+        sum(|r| r.macs),
+        sum(|r| r.dense_macs),
     );
+    line("total", "", "", params, dense_params, macs, dense_macs);
     println!(
-        "{:<22} {:<10} {:<14} {:>10} {:>14}",
-        "total", "", "", params, macs
-    );
-    println!(
-        "{:.3} M parameters, {:.2} M MACs per image",
+        "{:.3} M parameters ({:.2}% fewer than dense), {:.2} M MACs per image ({:.2}% fewer than dense)",
         params as f64 / 1e6,
-        macs as f64 / 1e6
+        100.0 * (1.0 - params as f64 / dense_params.max(1) as f64),
+        macs as f64 / 1e6,
+        100.0 * (1.0 - macs as f64 / dense_macs.max(1) as f64)
     );
     Ok(())
 }

@@ -6,6 +6,8 @@ mod bench_train;
 mod download;
 mod eval;
 mod info;
+mod prune;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,10 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Test accuracy, loss and per-class accuracy of a checkpoint.
     Eval(eval::EvalArgs),
+    /// Convert a trained dense checkpoint to SBF layers at a global rate, then fine-tune it.
+    Prune(Box<prune::PruneCommandArgs>),
+    /// The Markdown results table (paper Table 3.1 form) of the runs in a folder.
+    Report(report::ReportArgs),
     /// A model's layers with their parameters and MACs.
     Info(info::InfoArgs),
     /// Benchmark the convolution kernels (per shape and pass; optionally beside PyTorch).
@@ -49,6 +55,8 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Download(args) => download::run(args),
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Prune(args) => prune::run(*args),
+        Command::Report(args) => report::run(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench_train::run(args),

@@ -21,7 +21,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
-use sbfnet::nn::{ConvPlan, ModelSpec};
+use sbfnet::nn::{ConvPlan, ModelSpec, TransformInit};
+use sbfnet::prune::{self, PruneSettings, PruneState, Ramp};
 use sbfnet::train::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::train::metrics::{self, MetricsRow};
 use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
@@ -30,7 +31,7 @@ use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// CIFAR-10 binary folder [default: $SBFNET_DATA, else ../shared/data/cifar-10-batches-bin,
     /// else ./data/cifar-10-batches-bin]
@@ -99,10 +100,83 @@ pub struct TrainArgs {
     /// and layer) or skip (leave the parameters unchanged, count the batch as skipped) [default: stop]
     #[arg(long)]
     pub on_nonfinite: Option<String>,
+    #[command(flatten)]
+    pub pruning: PruneArgs,
+}
+
+/// Generalised pruning from random initialisation (SBF-NOTES §6): every body conv starts as an SBF
+/// layer with all filters templates; each epoch of the ramp re-selects the templates globally.
+#[derive(Args, Debug, Default)]
+pub struct PruneArgs {
+    /// Target global fraction of transformed filters, in [0, 1) (turns pruning on)
+    #[arg(long)]
+    pub prune_rate: Option<f32>,
+    /// Epochs of the linear pruning ramp [default: ⌈2·epochs/15⌉, the paper's 40 of 300]
+    #[arg(long)]
+    pub prune_epochs: Option<usize>,
+    /// Templates every layer keeps at least [default: 8]
+    #[arg(long)]
+    pub min_templates: Option<usize>,
+    /// Input-channel groups G of the SBF layers [default: 2]
+    #[arg(long)]
+    pub groups: Option<usize>,
+    /// Masks of newly transformed filters: copy (T = 1) or lstsq (least-squares fit) [default: copy]
+    #[arg(long)]
+    pub mask_init: Option<String>,
+}
+
+impl TrainArgs {
+    /// Whether --prune-rate or --prune-epochs was given.
+    pub fn prune_rate_given(&self) -> bool {
+        self.pruning.prune_rate.is_some() || self.pruning.prune_epochs.is_some()
+    }
+}
+
+impl PruneArgs {
+    fn any_given(&self) -> bool {
+        self.prune_epochs.is_some()
+            || self.min_templates.is_some()
+            || self.groups.is_some()
+            || self.mask_init.is_some()
+    }
+
+    /// The conv plan and pruning settings of a fresh pruning run, or None without --prune-rate.
+    pub fn settings(&self, epochs: usize) -> Result<Option<(String, PruneSettings)>> {
+        let Some(rate) = self.prune_rate else {
+            if self.any_given() {
+                return Err(Error::msg(
+                    "--prune-epochs, --min-templates, --groups and --mask-init need --prune-rate",
+                ));
+            }
+            return Ok(None);
+        };
+        let init = match &self.mask_init {
+            None => TransformInit::Identity,
+            Some(text) => prune::ramp::parse_init(text).ok_or_else(|| {
+                Error::msg(format!("unknown --mask-init \"{text}\" (expected copy or lstsq)"))
+            })?,
+        };
+        let settings = PruneSettings {
+            ramp: Ramp {
+                target_rate: rate,
+                epochs: self
+                    .prune_epochs
+                    .unwrap_or(PruneSettings::default_ramp_epochs(epochs)),
+            },
+            min_templates: self.min_templates.unwrap_or(8),
+            init,
+        };
+        settings.validate(epochs)?;
+        let groups = self.groups.unwrap_or(2);
+        if groups == 0 {
+            return Err(Error::msg("--groups must be at least 1"));
+        }
+        Ok(Some((format!("sbf:rate=0,groups={groups}"), settings)))
+    }
 }
 
 /// Checkpoint metadata: the number of test images the run evaluates on.
-const TEST_IMAGES_KEY: &str = "test_images";
+pub(super) const TEST_IMAGES_KEY: &str = "test_images";
 
 /// The data folder: --data, else $SBFNET_DATA, else the first of the usual places that exists.
 pub fn data_folder(flag: Option<&Path>) -> PathBuf {
@@ -123,8 +197,8 @@ pub fn data_folder(flag: Option<&Path>) -> PathBuf {
 /// The model named `name` with the conv plan `convs` (e.g. "dense").
 pub fn model_spec(name: &str, convs: &str) -> Result<ModelSpec> {
     let mut spec = ModelSpec::parse_name(name)?;
-    spec.convs = ConvPlan::parse(convs)
-        .ok_or_else(|| Error::msg(format!("unknown --convs \"{convs}\" (expected dense)")))?;
+    spec.convs = ConvPlan::parse(convs).map_err(|e| Error::msg(format!("--convs \"{convs}\": {e}")))?;
+    spec.validate()?;
     Ok(spec)
 }
 
@@ -142,7 +216,7 @@ pub fn limited(mut set: Cifar10, limit: Option<usize>, flag: &str) -> Result<Cif
 }
 
 /// The settings of a fresh run: the recipe, changed by the flags given.
-fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
+pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
     let mut config = TrainConfig::recipe();
     config.shards = threads;
     if let Some(v) = args.epochs {
@@ -289,6 +363,55 @@ fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, pat
     }
 }
 
+/// Rewrites `pruning.csv` with one row per epoch up to `epoch` (rows of later epochs, left by an
+/// interrupted session, are dropped): epoch, transformed fraction, MACs per image, parameters,
+/// and the templates M/N of every SBF layer.
+fn write_pruning_log(
+    path: &Path,
+    epoch: usize,
+    state: &PruneState,
+    macs: usize,
+    params: usize,
+) -> Result<()> {
+    let header = format!(
+        "epoch,transformed_fraction,macs,params,{}",
+        state
+            .layers
+            .iter()
+            .map(|l| l.0.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut lines: Vec<String> = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                line.split(',')
+                    .next()
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_some_and(|e| e < epoch)
+            })
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let templates: Vec<String> = state.layers.iter().map(|(_, m, n)| format!("{m}/{n}")).collect();
+    lines.push(format!(
+        "{epoch},{:.5},{macs},{params},{}",
+        state.transformed_fraction(),
+        templates.join(",")
+    ));
+    let text = std::iter::once(header)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let temporary = path.with_extension("csv.tmp");
+    std::fs::write(&temporary, text).map_err(|e| Error::io(&temporary, "cannot write the pruning log", e))?;
+    std::fs::rename(&temporary, path).map_err(|e| Error::io(path, "cannot write the pruning log", e))
+}
+
 /// "runs/<model>-<YYYYmmdd-HHMMSS>" in UTC.
 fn default_out_folder(model: &str) -> PathBuf {
     let seconds = std::time::SystemTime::now()
@@ -405,6 +528,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
             }
             let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
+            if args.pruning.prune_rate.is_some() || args.pruning.any_given() {
+                return Err(Error::file(
+                    path,
+                    "a resumed run keeps the pruning settings of its checkpoint; drop the --prune-*/--min-templates/--groups/--mask-init flags",
+                ));
+            }
             Some((path.clone(), checkpoint, saved))
         }
         None => None,
@@ -432,11 +561,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             saved.clone(),
         ),
         None => {
-            let spec = model_spec(
-                args.model.as_deref().unwrap_or("resnet20"),
-                args.convs.as_deref().unwrap_or("dense"),
-            )?;
             let config = fresh_config(&args, threads)?;
+            let pruning = args.pruning.settings(config.epochs)?;
+            let convs =
+                match (&pruning, &args.convs) {
+                    (Some(_), Some(_)) => return Err(Error::msg(
+                        "--prune-rate builds its own SBF plan (all filters templates at first): drop --convs",
+                    )),
+                    (Some((plan, _)), None) => plan.clone(),
+                    (None, convs) => convs.clone().unwrap_or("dense".into()),
+                };
+            let spec = model_spec(args.model.as_deref().unwrap_or("resnet20"), &convs)?;
             // Everything that does not depend on the data's size.
             config.validate(usize::MAX)?;
             (spec, config)
@@ -467,7 +602,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // 3. The trainer, fresh or resumed.
     let mut trainer = match &resumed {
         Some((path, checkpoint, _)) => Trainer::from_checkpoint(checkpoint, path, train.len())?,
-        None => Trainer::new(&spec, config.clone(), train.len())?,
+        None => {
+            let mut trainer = Trainer::new(&spec, config.clone(), train.len())?;
+            trainer.pruning = args
+                .pruning
+                .settings(config.epochs)?
+                .map(|(_, settings)| settings);
+            trainer
+        }
     };
     trainer.on_nonfinite = on_nonfinite;
     if !poison_steps.is_empty() || !pause_steps.is_empty() {
@@ -481,6 +623,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         }));
     }
+    if let Some(pruning) = trainer.pruning {
+        println!(
+            "pruning: target rate {} over the first {} epochs, at least {} templates per layer, masks {}",
+            pruning.ramp.target_rate,
+            pruning.ramp.epochs,
+            pruning.min_templates,
+            prune::ramp::init_name(pruning.init)
+        );
+    }
+    let pruning_csv = out.join("pruning.csv");
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
     for file in ["last.ckpt", "best.ckpt", "metrics.csv", "learning_curve.png"] {
         for stale in remove_stale_temporaries(&out.join(file))? {
@@ -608,6 +760,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
             0 => String::new(),
             n => format!("  {n} batch(es) skipped (non-finite)"),
         };
+        if trainer.pruning.is_some() {
+            let state = PruneState::of(&trainer.model);
+            let macs: usize = trainer
+                .model
+                .layer_table(&trainer.store)
+                .iter()
+                .map(|r| r.macs)
+                .sum();
+            println!(
+                "  pruning: {:.1}% of the SBF filters transformed, {:.2} M MACs, templates {}",
+                100.0 * state.transformed_fraction(),
+                macs as f64 / 1e6,
+                state.templates_text()
+            );
+            write_pruning_log(
+                &pruning_csv,
+                result.epoch,
+                &state,
+                macs,
+                trainer.store.num_scalars(),
+            )?;
+        }
         println!(
             "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{}  {:.0} img/s  \
              {:.0}s  (run ETA {:.0}s){skipped}",

@@ -5,15 +5,17 @@
 //! one whose 3×3 convolutions are SBF layers (templates + cheap spatial
 //! transformations). A [`ConvPlan`] says which kind each slot gets.
 //!
-//! Adding the SBF layer (merge note for `nn::SbfConv2d`):
-//! 1. add `ConvKind::Sbf { .. }` with its settings, its `describe`/`parse` text;
-//! 2. add `ConvLayer::Sbf(SbfConv2d)` and one arm in each `match` below
-//!    (`new`, `forward`, `out_channels`, `in_channels`, `config`, `kernel`, `param_count`, `macs`, `kind_name`).
-//!
-//! Nothing else in the models, the trainer or the command line changes.
+//! Plan text (`--convs`, and the model description stored in checkpoints):
+//! `dense`, or `sbf:rate=R,groups=G[,family=scalar|affine|rotation]`: every
+//! body convolution is an SBF layer with M = max(1, N − round(R·N)) templates
+//! (R = 0: M = N, every filter a template, the start of a pruning run). The
+//! number of templates of a *pruned* layer differs per layer: it is restored
+//! from the checkpoint's per-layer assignment (see `prune::assignment`), not
+//! from R.
 
-use super::Conv2d;
+use super::{Conv2d, LayerCost, SbfConv2d};
 use crate::autograd::{ParamStore, Tape, Var};
+use crate::ops::sbf::{SbfConfig, TransformFamily};
 use crate::ops::ConvConfig;
 use rand::Rng;
 
@@ -22,6 +24,13 @@ use rand::Rng;
 pub enum ConvKind {
     /// An ordinary K×K convolution ([`Conv2d`], no bias: batch norm follows).
     Dense,
+    /// An SBF layer ([`SbfConv2d`], no bias) whose fraction `rate` ∈ [0, 1) of the N
+    /// outputs are transformed copies of the M = max(1, N − round(rate·N)) templates.
+    Sbf {
+        rate: f32,
+        groups: usize,
+        family: TransformFamily,
+    },
 }
 
 impl ConvKind {
@@ -29,14 +38,75 @@ impl ConvKind {
     pub fn describe(&self) -> String {
         match self {
             ConvKind::Dense => "dense".into(),
+            ConvKind::Sbf { rate, groups, family } => {
+                let mut text = format!("sbf:rate={rate},groups={groups}");
+                if *family != TransformFamily::Scalar {
+                    text += &format!(",family={}", family.name());
+                }
+                text
+            }
         }
     }
 
-    /// Parses [`ConvKind::describe`]'s text.
-    pub fn parse(text: &str) -> Option<ConvKind> {
-        match text {
-            "dense" => Some(ConvKind::Dense),
-            _ => None,
+    /// Parses [`ConvKind::describe`]'s text (`groups` defaults to 2, `family` to scalar);
+    /// the error says what is wrong.
+    pub fn parse(text: &str) -> Result<ConvKind, String> {
+        if text == "dense" {
+            return Ok(ConvKind::Dense);
+        }
+        let Some(settings) = text
+            .strip_prefix("sbf:")
+            .or(text.strip_prefix("sbf").filter(|s| s.is_empty()))
+        else {
+            return Err(format!(
+                "unknown conv kind \"{text}\" (expected dense or sbf:rate=R,groups=G[,family=scalar|affine|rotation])"
+            ));
+        };
+        let (mut rate, mut groups, mut family) = (None, 2, TransformFamily::Scalar);
+        for setting in settings.split(',').filter(|s| !s.is_empty()) {
+            let bad = || format!("bad SBF setting \"{setting}\" in \"{text}\"");
+            let (key, value) = setting.split_once('=').ok_or_else(bad)?;
+            match key {
+                "rate" => rate = Some(value.parse::<f32>().map_err(|_| bad())?),
+                "groups" => groups = value.parse::<usize>().map_err(|_| bad())?,
+                "family" => {
+                    family = [
+                        TransformFamily::Scalar,
+                        TransformFamily::Affine,
+                        TransformFamily::Rotation,
+                    ]
+                    .into_iter()
+                    .find(|f| f.name() == value)
+                    .ok_or_else(|| {
+                        format!("unknown transform family \"{value}\" (expected scalar, affine or rotation)")
+                    })?
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown SBF setting \"{key}\" in \"{text}\" (expected rate, groups, family)"
+                    ))
+                }
+            }
+        }
+        let rate =
+            rate.ok_or_else(|| format!("\"{text}\" lacks rate=R (the fraction of transformed filters)"))?;
+        if !(0.0..1.0).contains(&rate) {
+            return Err(format!("SBF rate {rate} is outside [0, 1)"));
+        }
+        if groups == 0 {
+            return Err("SBF groups must be at least 1".into());
+        }
+        Ok(ConvKind::Sbf { rate, groups, family })
+    }
+
+    /// Refuses a layer of this kind with `in_channels` inputs that the groups do not divide.
+    pub fn check_channels(&self, layer: &str, in_channels: usize) -> Result<(), String> {
+        match self {
+            ConvKind::Sbf { groups, .. } if !in_channels.is_multiple_of(*groups) => Err(format!(
+                "SBF groups = {groups} does not divide the {in_channels} input channels of {layer} \
+                 (choose groups dividing every layer's input channels, or keep that layer dense)"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -64,24 +134,29 @@ impl ConvPlan {
     /// Stable text for model descriptions: the body's kind, prefixed by
     /// `first=<kind>,` when the stem differs from the default (dense).
     pub fn describe(&self) -> String {
-        if self.first == ConvKind::Dense {
-            self.body.describe()
-        } else {
-            format!("first={},{}", self.first.describe(), self.body.describe())
+        match self.first {
+            ConvKind::Dense => self.body.describe(),
+            ConvKind::Sbf { .. } => format!("first={};{}", self.first.describe(), self.body.describe()),
         }
     }
 
-    /// Parses [`ConvPlan::describe`]'s text.
-    pub fn parse(text: &str) -> Option<ConvPlan> {
+    /// Parses [`ConvPlan::describe`]'s text. `first=<kind>` ends at the `;` when the stem's
+    /// kind has settings of its own (`first=sbf:rate=0.5,groups=1;sbf:rate=0.5`), else at the first `,`.
+    pub fn parse(text: &str) -> Result<ConvPlan, String> {
         match text.strip_prefix("first=") {
             Some(rest) => {
-                let (first, body) = rest.split_once(',')?;
-                Some(ConvPlan {
+                let (first, body) =
+                    rest.split_once(';')
+                        .or_else(|| rest.split_once(','))
+                        .ok_or_else(|| {
+                            format!("conv plan \"{text}\": first=<kind> must be followed by the body's kind")
+                        })?;
+                Ok(ConvPlan {
                     first: ConvKind::parse(first)?,
                     body: ConvKind::parse(body)?,
                 })
             }
-            None => Some(ConvPlan {
+            None => Ok(ConvPlan {
                 first: ConvKind::Dense,
                 body: ConvKind::parse(text)?,
             }),
@@ -89,10 +164,11 @@ impl ConvPlan {
     }
 }
 
-/// A convolution of a model, dense or (after the merge) SBF.
+/// A convolution of a model, dense or SBF.
 #[derive(Clone, Debug)]
 pub enum ConvLayer {
     Dense(Conv2d),
+    Sbf(SbfConv2d),
 }
 
 impl ConvLayer {
@@ -119,6 +195,25 @@ impl ConvLayer {
                 false,
                 rng,
             )),
+            ConvKind::Sbf { rate, groups, family } => {
+                let transformed = (*rate as f64 * out_channels as f64).round() as usize;
+                let templates = out_channels.saturating_sub(transformed).max(1);
+                let config = SbfConfig {
+                    family: *family,
+                    ..SbfConfig::new(config.stride, config.padding, *groups)
+                };
+                ConvLayer::Sbf(SbfConv2d::new(
+                    store,
+                    name,
+                    in_channels,
+                    out_channels,
+                    templates,
+                    kernel,
+                    config,
+                    false,
+                    rng,
+                ))
+            }
         }
     }
 
@@ -126,30 +221,38 @@ impl ConvLayer {
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         match self {
             ConvLayer::Dense(conv) => conv.forward(tape, x),
+            ConvLayer::Sbf(conv) => conv.forward(tape, x),
         }
     }
 
     pub fn in_channels(&self) -> usize {
         match self {
             ConvLayer::Dense(conv) => conv.in_channels,
+            ConvLayer::Sbf(conv) => conv.in_channels,
         }
     }
 
     pub fn out_channels(&self) -> usize {
         match self {
             ConvLayer::Dense(conv) => conv.out_channels,
+            ConvLayer::Sbf(conv) => conv.out_channels,
         }
     }
 
     pub fn kernel(&self) -> usize {
         match self {
             ConvLayer::Dense(conv) => conv.kernel,
+            ConvLayer::Sbf(conv) => conv.kernel,
         }
     }
 
     pub fn config(&self) -> ConvConfig {
         match self {
             ConvLayer::Dense(conv) => conv.config,
+            ConvLayer::Sbf(conv) => ConvConfig {
+                stride: conv.config.stride,
+                padding: conv.config.padding,
+            },
         }
     }
 
@@ -168,24 +271,63 @@ impl ConvLayer {
             ConvLayer::Dense(conv) => {
                 store.value(conv.weight).len() + conv.bias.map_or(0, |b| store.value(b).len())
             }
-        }
-    }
-
-    /// Multiply-accumulates of the forward pass for one image of
-    /// `height`×`width`: dense = F·Ho·Wo·C·K².
-    pub fn macs(&self, height: usize, width: usize) -> usize {
-        let (h_out, w_out) = self.output_size(height, width);
-        match self {
-            ConvLayer::Dense(conv) => {
-                conv.out_channels * h_out * w_out * conv.in_channels * conv.kernel * conv.kernel
+            ConvLayer::Sbf(conv) => {
+                store.value(conv.templates).len()
+                    + store.value(conv.transforms).len()
+                    + conv.bias.map_or(0, |b| store.value(b).len())
             }
         }
     }
 
-    /// Short type name for layer tables, e.g. "conv3x3".
+    /// Multiply-accumulates of the forward pass for one image of
+    /// `height`×`width`: dense = F·Ho·Wo·C·K²; SBF: see `nn::cost`.
+    pub fn macs(&self, height: usize, width: usize) -> usize {
+        self.cost("", height, width).macs
+    }
+
+    /// Parameters and MACs per image of `height`×`width`, beside the dense conv of the same shape.
+    pub fn cost(&self, name: &str, height: usize, width: usize) -> LayerCost {
+        let (h_out, w_out) = self.output_size(height, width);
+        match self {
+            ConvLayer::Dense(conv) => LayerCost::dense(
+                name,
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel,
+                h_out,
+                w_out,
+                conv.bias.is_some(),
+            ),
+            ConvLayer::Sbf(conv) => conv.cost(name, height, width),
+        }
+    }
+
+    /// Short type name for layer tables, e.g. "conv3x3", "sbf3x3 4/16" (M/N templates).
     pub fn kind_name(&self) -> String {
         match self {
             ConvLayer::Dense(conv) => format!("conv{0}x{0}", conv.kernel),
+            ConvLayer::Sbf(conv) => format!(
+                "sbf{0}x{0} {1}/{2}",
+                conv.kernel,
+                conv.num_templates(),
+                conv.out_channels
+            ),
+        }
+    }
+
+    /// The SBF layer, if this slot is one.
+    pub fn as_sbf_mut(&mut self) -> Option<&mut SbfConv2d> {
+        match self {
+            ConvLayer::Sbf(conv) => Some(conv),
+            ConvLayer::Dense(_) => None,
+        }
+    }
+
+    /// The SBF layer, if this slot is one.
+    pub fn as_sbf(&self) -> Option<&SbfConv2d> {
+        match self {
+            ConvLayer::Sbf(conv) => Some(conv),
+            ConvLayer::Dense(_) => None,
         }
     }
 }
@@ -198,10 +340,69 @@ mod tests {
     #[test]
     fn plan_text_round_trips() {
         let plan = ConvPlan::dense();
-        assert_eq!(ConvPlan::parse(&plan.describe()), Some(plan));
-        assert_eq!(ConvPlan::parse("dense"), Some(ConvPlan::dense()));
-        assert_eq!(ConvPlan::parse("first=dense,dense"), Some(ConvPlan::dense()));
-        assert_eq!(ConvPlan::parse("sparse"), None);
+        assert_eq!(ConvPlan::parse(&plan.describe()), Ok(plan));
+        assert_eq!(ConvPlan::parse("dense"), Ok(ConvPlan::dense()));
+        assert_eq!(ConvPlan::parse("first=dense,dense"), Ok(ConvPlan::dense()));
+        assert!(ConvPlan::parse("sparse").is_err());
+        let sbf = ConvPlan::parse("sbf:rate=0.5").unwrap();
+        assert_eq!(
+            sbf.body,
+            ConvKind::Sbf {
+                rate: 0.5,
+                groups: 2,
+                family: TransformFamily::Scalar
+            }
+        );
+        assert_eq!(sbf.describe(), "sbf:rate=0.5,groups=2");
+        for text in [
+            "sbf:rate=0.25,groups=4,family=affine",
+            "first=sbf:rate=0.5,groups=1;sbf:rate=0.75,groups=2",
+            "first=sbf:rate=0,groups=1,family=rotation;dense",
+        ] {
+            let plan = ConvPlan::parse(text).unwrap();
+            assert_eq!(plan.describe(), text);
+        }
+    }
+
+    #[test]
+    fn bad_sbf_settings_are_refused_with_the_reason() {
+        for (text, reason) in [
+            ("sbf:rate=1", "outside [0, 1)"),
+            ("sbf:rate=-0.1", "outside [0, 1)"),
+            ("sbf:groups=2", "lacks rate"),
+            ("sbf:rate=0.5,groups=0", "at least 1"),
+            ("sbf:rate=0.5,shape=2", "unknown SBF setting"),
+            ("sbf:rate=0.5,family=shear", "unknown transform family"),
+            ("sbf:rate=x", "bad SBF setting"),
+        ] {
+            let err = ConvPlan::parse(text).unwrap_err();
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+        let kind = ConvKind::parse("sbf:rate=0.5,groups=4").unwrap();
+        assert!(kind.check_channels("l", 8).is_ok());
+        assert!(kind
+            .check_channels("l", 6)
+            .unwrap_err()
+            .contains("does not divide the 6"));
+    }
+
+    #[test]
+    fn sbf_layer_counts_templates_and_masks() {
+        let mut store = ParamStore::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let config = ConvConfig {
+            stride: 1,
+            padding: 1,
+        };
+        let kind = ConvKind::parse("sbf:rate=0.75,groups=2").unwrap();
+        let layer = ConvLayer::new(&mut store, "c", &kind, 4, 8, 3, config, &mut rng);
+        // M = 8 − 6 = 2 templates [2, 4, 3, 3]; 6 masks [6, 2, 3, 3].
+        assert_eq!(layer.param_count(&store), 2 * 4 * 9 + 6 * 2 * 9);
+        assert_eq!(layer.macs(8, 8), 64 * (2 * 4 * 9 + 6 * 2 * 9));
+        assert_eq!(layer.kind_name(), "sbf3x3 2/8");
+        assert_eq!(store.num_scalars(), layer.param_count(&store));
+        let cost = layer.cost("c", 8, 8);
+        assert_eq!(cost.dense_macs, 64 * 8 * 4 * 9);
     }
 
     #[test]

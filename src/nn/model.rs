@@ -97,12 +97,57 @@ impl ModelSpec {
             .split_once(' ')
             .ok_or_else(|| Error::msg(format!("model description \"{description}\" lacks its conv plan")))?;
         let mut spec = ModelSpec::parse_name(name)?;
-        spec.convs = ConvPlan::parse(plan).ok_or_else(|| {
-            Error::msg(format!(
-                "model description \"{description}\": unknown conv plan \"{plan}\""
-            ))
-        })?;
+        spec.convs = ConvPlan::parse(plan)
+            .map_err(|e| Error::msg(format!("model description \"{description}\": {e}")))?;
+        spec.validate()?;
         Ok(spec)
+    }
+
+    /// Input channels of every convolution slot, in forward order, with whether it is the stem.
+    fn conv_inputs(&self) -> Vec<(String, bool, usize)> {
+        match self.architecture {
+            Architecture::ResNet { depth } => {
+                let mut slots = vec![("conv1".to_string(), true, 3)];
+                let mut in_channels = self.width;
+                for stage in 0..3 {
+                    for block in 0..(depth - 2) / 6 {
+                        let name = format!("stage{}.block{block}", stage + 1);
+                        slots.push((format!("{name}.conv1"), false, in_channels));
+                        in_channels = self.width << stage;
+                        slots.push((format!("{name}.conv2"), false, in_channels));
+                    }
+                }
+                slots
+            }
+            Architecture::Vgg16 => {
+                let mut in_channels = 3;
+                super::vgg::VGG16_LAYOUT
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(i, &channels)| {
+                        let slot = (format!("features.conv{}", i + 1), i == 0, in_channels);
+                        in_channels = (channels * self.width / 64).max(1);
+                        slot
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Refuses a conv plan the model's shapes do not allow (SBF groups that do not divide a
+    /// layer's input channels), naming the layer.
+    pub fn validate(&self) -> Result<()> {
+        for (layer, is_stem, in_channels) in self.conv_inputs() {
+            let kind = if is_stem {
+                &self.convs.first
+            } else {
+                &self.convs.body
+            };
+            kind.check_channels(&layer, in_channels)
+                .map_err(|e| Error::msg(format!("model {}: {e}", self.description())))?;
+        }
+        Ok(())
     }
 
     /// e.g. "resnet20", "resnet8-w4", "vgg16".
@@ -167,6 +212,9 @@ pub struct LayerRow {
     pub params: usize,
     /// Multiply-accumulates of the forward pass for one image.
     pub macs: usize,
+    /// The same layer's figures if it were dense (equal to the above for all but SBF layers).
+    pub dense_params: usize,
+    pub dense_macs: usize,
 }
 
 impl Model {
@@ -245,12 +293,15 @@ impl Model {
         let mut batch_norm_layers = 0;
         let mut conv_row = |rows: &mut Vec<LayerRow>, name: &str, conv: &ConvLayer, h: usize, w: usize| {
             let (ho, wo) = conv.output_size(h, w);
+            let cost = conv.cost(name, h, w);
             rows.push(LayerRow {
                 name: name.to_string(),
                 kind: conv.kind_name(),
                 output: vec![conv.out_channels(), ho, wo],
                 params: conv.param_count(store),
-                macs: conv.macs(h, w),
+                macs: cost.macs,
+                dense_params: cost.dense_params,
+                dense_macs: cost.dense_macs,
             });
             batch_norm_params += 2 * conv.out_channels();
             batch_norm_layers += 1;
@@ -264,6 +315,8 @@ impl Model {
                 output: vec![outputs],
                 params: outputs * inputs + outputs,
                 macs: outputs * inputs,
+                dense_params: outputs * inputs + outputs,
+                dense_macs: outputs * inputs,
             });
         };
         let (mut h, mut w) = (32, 32);
@@ -296,6 +349,8 @@ impl Model {
             output: vec![],
             params: batch_norm_params,
             macs: 0,
+            dense_params: batch_norm_params,
+            dense_macs: 0,
         });
         rows
     }
@@ -429,6 +484,44 @@ mod tests {
             assert!(layers.iter().zip(&table).all(|((n, _), row)| *n == row.name));
             assert_eq!(model.conv_layers_mut().len(), count);
         }
+    }
+
+    #[test]
+    fn sbf_plans_build_check_groups_and_count_both_costs() {
+        let spec = ModelSpec::parse_description("resnet8-w4 sbf:rate=0.5,groups=2").unwrap();
+        let mut store = ParamStore::default();
+        let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+        let table = model.layer_table(&store);
+        assert_eq!(table[0].kind, "conv3x3", "the stem stays dense");
+        assert_eq!(table[1].kind, "sbf3x3 2/4");
+        assert_eq!(table.iter().map(|r| r.params).sum::<usize>(), store.num_scalars());
+        let (_, dense_store) = built("resnet8-w4");
+        assert_eq!(
+            table.iter().map(|r| r.dense_params).sum::<usize>(),
+            dense_store.num_scalars()
+        );
+        assert!(table.iter().map(|r| r.macs).sum::<usize>() < table.iter().map(|r| r.dense_macs).sum());
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let x = tape.input(Tensor::normal(
+            &[1, 3, 32, 32],
+            1.0,
+            &mut StdRng::seed_from_u64(1),
+        ));
+        let logits = model.forward(&mut tape, x);
+        assert_eq!(tape.value(logits).shape, vec![1, 10]);
+        // width 6: stage 1 has 6 channels, which 4 groups do not divide.
+        let err = ModelSpec::parse_description("resnet8-w6 sbf:rate=0.5,groups=4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not divide the 6 input channels of stage1.block0.conv1"),
+            "{err}"
+        );
+        // An SBF stem reads 3 channels: groups 2 are refused, groups 1 are fine.
+        assert!(ModelSpec::parse_description("vgg16-w8 first=sbf:rate=0,groups=2;dense").is_err());
+        assert!(
+            ModelSpec::parse_description("vgg16-w8 first=sbf:rate=0,groups=1;sbf:rate=0.5,groups=2").is_ok()
+        );
     }
 
     #[test]

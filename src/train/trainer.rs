@@ -35,12 +35,13 @@
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::{Sgd, SgdConfig};
 use super::schedule::{Schedule, ScheduleKind};
-use crate::autograd::{BatchStatistics, Mode, ParamStore, Tape, Var};
+use crate::autograd::{BatchStatistics, Mode, ParamId, ParamStore, Tape, Var};
 use crate::data::augment::{make_batch, make_batch_into, Augmentation};
 use crate::data::cifar::{Cifar10, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::nn::{Model, ModelSpec};
 use crate::ops;
+use crate::prune::{assignment_metadata, prune_step, restore_assignments, PruneSettings};
 use crate::tensor::Tensor;
 use crate::train::checkpoint::Checkpoint;
 use rand::rngs::StdRng;
@@ -407,6 +408,9 @@ pub struct Trainer {
     /// before every step of [`Trainer::train_epoch`]. A hook for tests
     /// (injecting a fault) and experiments; None in normal runs.
     pub batch_hook: Option<BatchHook>,
+    /// Generalised pruning (`prune::ramp`): at the start of each epoch of the ramp the
+    /// templates of every SBF layer are re-selected; None: the assignment never changes.
+    pub pruning: Option<PruneSettings>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
     worker_gradients: Vec<Vec<Tensor>>,
     /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
@@ -443,6 +447,7 @@ impl Trainer {
             elapsed_seconds: 0.0,
             on_nonfinite: NonFinitePolicy::Stop,
             batch_hook: None,
+            pruning: None,
             worker_gradients,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
@@ -526,6 +531,7 @@ impl Trainer {
             self.train_images
         );
         let started = Instant::now();
+        self.apply_pruning_ramp();
         let mut rng = epoch_rng(self.config.seed, self.epoch);
         let mut order: Vec<usize> = (0..set.len()).collect();
         order.shuffle(&mut rng);
@@ -595,6 +601,35 @@ impl Trainer {
         })
     }
 
+    /// The pruning step of the current epoch, if it is in the ramp: one global selection at
+    /// the ramp's rate, then fresh optimizer state for the reassigned parameters.
+    pub fn apply_pruning_ramp(&mut self) {
+        let Some(pruning) = self.pruning else { return };
+        if pruning.ramp.is_frozen(self.epoch) {
+            return;
+        }
+        let rate = pruning.ramp.rate_at(self.epoch);
+        let reshaped = prune_step(
+            &mut self.model,
+            &mut self.store,
+            rate,
+            pruning.min_templates,
+            pruning.init,
+        );
+        self.parameters_reshaped(&reshaped);
+    }
+
+    /// Zero momentum and gradient buffers of the new shape for parameters whose shape changed.
+    pub fn parameters_reshaped(&mut self, ids: &[ParamId]) {
+        for id in ids {
+            let shape = self.store.value(*id).shape.clone();
+            self.optimizer.velocity[id.0] = Tensor::zeros(&shape);
+            for shard in &mut self.worker_gradients {
+                shard[id.0] = Tensor::zeros(&shape);
+            }
+        }
+    }
+
     /// Saves parameters, buffers, optimiser state, settings and position.
     pub fn to_checkpoint(&self) -> Checkpoint {
         let mut metadata = self.config.to_metadata();
@@ -607,6 +642,8 @@ impl Trainer {
         ] {
             metadata.push((key.to_string(), value));
         }
+        metadata.extend(self.pruning.iter().flat_map(|p| p.to_metadata()));
+        metadata.extend(assignment_metadata(&self.model));
         let mut tensors = model_tensors(&self.store);
         tensors.extend(self.optimizer.export(&self.store));
         Checkpoint {
@@ -640,6 +677,9 @@ impl Trainer {
         }
         let mut trainer =
             Trainer::new(&spec, config, train_images).map_err(|e| Error::file(path, e.message))?;
+        let reshaped = restore_assignments(&mut trainer.model, &mut trainer.store, checkpoint, path)?;
+        trainer.parameters_reshaped(&reshaped);
+        trainer.pruning = PruneSettings::from_checkpoint(checkpoint, path)?;
         load_model_tensors(&mut trainer.store, checkpoint, path)?;
         let store = &trainer.store;
         trainer
@@ -706,7 +746,8 @@ pub fn load_model_tensors(store: &mut ParamStore, checkpoint: &Checkpoint, path:
 pub fn load_model(checkpoint: &Checkpoint, path: &Path) -> Result<(Model, ParamStore)> {
     let spec = ModelSpec::parse_description(&checkpoint.model).map_err(|e| Error::file(path, e.message))?;
     let mut store = ParamStore::default();
-    let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    let mut model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    restore_assignments(&mut model, &mut store, checkpoint, path)?;
     load_model_tensors(&mut store, checkpoint, path)?;
     Ok((model, store))
 }

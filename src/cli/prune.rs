@@ -1,0 +1,119 @@
+//! `sbfnet prune`: convert a trained dense checkpoint into an SBF model with one global
+//! L1 selection at --rate (SBF-NOTES §6; `prune::convert`), save it as epoch 0 of a new run
+//! in --out, then fine-tune it with the train command's machinery (the assignment stays
+//! fixed: the run has no ramp). All training flags of `sbfnet train` apply to the fine-tuning.
+
+use super::train::{self, TrainArgs};
+use clap::Args;
+use sbfnet::data::cifar;
+use sbfnet::nn::{ModelSpec, TransformInit};
+use sbfnet::prune::{self, PruneState};
+use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::Trainer;
+use sbfnet::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PruneCommandArgs {
+    /// The trained dense checkpoint to convert (e.g. runs/x/best.ckpt)
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Global fraction of the body convolutions' filters to transform, in [0, 1)
+    #[arg(long)]
+    pub rate: f32,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+pub fn run(args: PruneCommandArgs) -> Result<()> {
+    let PruneCommandArgs { from, rate, train } = args;
+    if train.resume.is_some() || train.prune_rate_given() || train.model.is_some() || train.convs.is_some() {
+        return Err(Error::msg(
+            "sbfnet prune takes its model from --from and its rate from --rate: drop --resume, --prune-rate, \
+             --prune-epochs, --model and --convs",
+        ));
+    }
+    let out = train
+        .out
+        .clone()
+        .ok_or_else(|| Error::msg("sbfnet prune needs --out <folder> for the converted run"))?;
+    if out.join("last.ckpt").exists() {
+        return Err(Error::file(
+            &out,
+            "already holds a run (last.ckpt): choose another --out",
+        ));
+    }
+    if !(0.0..1.0).contains(&rate) {
+        return Err(Error::msg(format!("--rate must be in [0, 1), got {rate}")));
+    }
+    let min_templates = train.pruning.min_templates.unwrap_or(8);
+    if min_templates == 0 {
+        return Err(Error::msg("--min-templates must be at least 1"));
+    }
+    let init = match &train.pruning.mask_init {
+        None => TransformInit::Identity,
+        Some(text) => prune::ramp::parse_init(text)
+            .ok_or_else(|| Error::msg(format!("unknown --mask-init \"{text}\" (expected copy or lstsq)")))?,
+    };
+    let groups = train.pruning.groups.unwrap_or(2);
+    let dense = Checkpoint::load(&from)?;
+    let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
+    let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, &from)?;
+    let threads = train
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let config = train::fresh_config(&train, threads)?;
+    let data = train::data_folder(train.data.as_deref());
+    let train_images = train::limited(
+        cifar::load_training_set(&data)?,
+        train.train_limit,
+        "--train-limit",
+    )?
+    .len();
+    let test_images = train::limited(cifar::load_test_set(&data)?, train.test_limit, "--test-limit")?.len();
+
+    let mut trainer = Trainer::new(&spec, config, train_images)?;
+    prune::convert::load_dense_and_prune(
+        &mut trainer.model,
+        &mut trainer.store,
+        &dense,
+        &from,
+        rate,
+        min_templates,
+        init,
+    )?;
+    let reshaped: Vec<_> = trainer
+        .model
+        .conv_layers()
+        .iter()
+        .filter_map(|(_, layer)| layer.as_sbf().map(|s| [s.templates, s.transforms]))
+        .flatten()
+        .collect();
+    trainer.parameters_reshaped(&reshaped);
+    let state = PruneState::of(&trainer.model);
+    println!(
+        "converted {} at rate {rate}: {:.1}% of the body filters transformed (templates {})",
+        dense.model,
+        100.0 * state.transformed_fraction(),
+        state.templates_text()
+    );
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
+    let mut checkpoint = trainer.to_checkpoint();
+    checkpoint
+        .metadata
+        .push((train::TEST_IMAGES_KEY.into(), test_images.to_string()));
+    // The training loop rewrites the checkpoint's metadata: the conversion is noted beside it.
+    let note = out.join(prune::report::CONVERSION_NOTE);
+    std::fs::write(&note, format!("from {}\nrate {rate}\n", from.display()))
+        .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;
+    let start = out.join("last.ckpt");
+    checkpoint.save(&start)?;
+    // Fine-tune: resume the saved epoch-0 run.
+    train::run(TrainArgs {
+        data: train.data,
+        threads: train.threads,
+        out: Some(out),
+        resume: Some(start),
+        ..TrainArgs::default()
+    })
+}

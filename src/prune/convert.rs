@@ -1,0 +1,133 @@
+//! Conversion of a trained dense model into a pruned SBF model (`sbfnet prune`).
+//!
+//! The dense model's body convolutions become SBF layers with M = N whose templates are
+//! the dense filters (`X.weight` → `X.templates`, same order: this layer computes exactly the
+//! dense conv); every other tensor (stem, batch norms, classifier, running statistics) is
+//! copied by name. One global L1 selection at the target rate ([`prune_step`]) then turns the
+//! lowest-norm filters into transformed copies of the kept ones.
+
+use super::ramp::prune_step;
+use crate::autograd::ParamStore;
+use crate::error::{Error, Result};
+use crate::nn::{ConvKind, Model, ModelSpec, TransformInit};
+use crate::ops::TransformFamily;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::trainer::load_model_tensors;
+use std::path::Path;
+
+/// The SBF spec of a dense model: the body becomes `sbf:rate=0,groups=<groups>`.
+pub fn sbf_spec_of_dense(dense: &ModelSpec, groups: usize, path: &Path) -> Result<ModelSpec> {
+    if dense.convs.body != ConvKind::Dense || dense.convs.first != ConvKind::Dense {
+        return Err(Error::file(
+            path,
+            format!(
+                "model \"{}\" is not dense: convert a dense checkpoint",
+                dense.description()
+            ),
+        ));
+    }
+    let mut spec = dense.clone();
+    spec.convs.body = ConvKind::Sbf {
+        rate: 0.0,
+        groups,
+        family: TransformFamily::Scalar,
+    };
+    spec.validate().map_err(|e| Error::file(path, e.message))?;
+    Ok(spec)
+}
+
+/// Loads the dense checkpoint's tensors into `store`, which holds `model` = the SBF (M = N)
+/// version of the checkpoint's model, then prunes at `rate` in one step.
+pub fn load_dense_and_prune(
+    model: &mut Model,
+    store: &mut ParamStore,
+    dense: &Checkpoint,
+    path: &Path,
+    rate: f32,
+    min_templates: usize,
+    init: TransformInit,
+) -> Result<()> {
+    let mut renamed = Checkpoint {
+        model: dense.model.clone(),
+        metadata: Vec::new(),
+        tensors: Vec::new(),
+    };
+    for param in &store.params {
+        let name = format!("param.{}", param.name);
+        let source = match param.name.strip_suffix(".templates") {
+            Some(layer) => format!("param.{layer}.weight"),
+            None => name.clone(),
+        };
+        if param.value.is_empty() {
+            // The (empty) transforms of an M = N layer.
+            renamed.tensors.push((name, param.value.clone()));
+        } else if let Some(tensor) = dense.tensor(&source) {
+            renamed.tensors.push((name, tensor.clone()));
+        }
+    }
+    for buffer in &store.buffers {
+        let name = format!("buffer.{}", buffer.name);
+        if let Some(tensor) = dense.tensor(&name) {
+            renamed.tensors.push((name, tensor.clone()));
+        }
+    }
+    load_model_tensors(store, &renamed, path)?;
+    prune_step(model, store, rate, min_templates, init);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::{Mode, Tape};
+    use crate::prune::PruneState;
+    use crate::tensor::Tensor;
+    use crate::train::trainer::model_tensors;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn logits(model: &Model, store: &ParamStore) -> Tensor {
+        let mut tape = Tape::new(store, Mode::Eval);
+        let x = tape.input(Tensor::normal(
+            &[2, 3, 32, 32],
+            1.0,
+            &mut StdRng::seed_from_u64(9),
+        ));
+        let y = model.forward(&mut tape, x);
+        tape.value(y).clone()
+    }
+
+    #[test]
+    fn converting_at_rate_zero_changes_no_output_and_a_rate_prunes_globally() {
+        let dense_spec = ModelSpec::parse_name("resnet8-w8").unwrap();
+        let mut dense_store = ParamStore::default();
+        let dense = dense_spec.build(&mut dense_store, &mut StdRng::seed_from_u64(1));
+        let checkpoint = Checkpoint {
+            model: dense.description(),
+            metadata: Vec::new(),
+            tensors: model_tensors(&dense_store),
+        };
+        let path = Path::new("dense.ckpt");
+        let spec = sbf_spec_of_dense(&dense_spec, 2, path).unwrap();
+        for (rate, transformed) in [(0.0, 0), (0.5, 56)] {
+            let mut store = ParamStore::default();
+            let mut model = spec.build(&mut store, &mut StdRng::seed_from_u64(2));
+            load_dense_and_prune(
+                &mut model,
+                &mut store,
+                &checkpoint,
+                path,
+                rate,
+                2,
+                TransformInit::Identity,
+            )
+            .unwrap();
+            let state = PruneState::of(&model);
+            assert_eq!(state.layers.iter().map(|l| l.2 - l.1).sum::<usize>(), transformed);
+            if rate == 0.0 {
+                assert_eq!(logits(&model, &store).data, logits(&dense, &dense_store).data);
+            }
+        }
+        let err = sbf_spec_of_dense(&spec, 2, path).unwrap_err().to_string();
+        assert!(err.contains("is not dense"), "{err}");
+    }
+}

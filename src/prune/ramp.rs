@@ -1,0 +1,359 @@
+//! One step of generalised pruning on a model (SBF-NOTES §6.2), and the
+//! settings of a pruning run.
+//!
+//! Design: every prunable convolution is an SBF layer from the start, with
+//! M = N (all filters templates, no transforms: it computes exactly a dense
+//! conv). A step scores each current template by the L1 norm of its filter,
+//! picks the templates of all layers at once with one global threshold
+//! ([`select_templates`]: per-layer minimum, monotone), and re-parameterises
+//! every layer whose choice changed with [`SbfConv2d::reassign`]: the kept
+//! filters stay templates at their output positions, each newly transformed
+//! output copies template r mod M (r: its rank among the transformed
+//! positions) with a mask initialised as a copy (T = 1) or by the least-squares
+//! fit of the filter it replaces. Existing transforms are carried over through
+//! the layer's effective filters (a transformed output refitted to its new
+//! template). The parameters of a reassigned layer change shape, so their
+//! optimizer state is reset by the caller.
+
+use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp};
+use crate::autograd::{ParamId, ParamStore};
+use crate::error::{Error, Result};
+use crate::nn::{Model, SbfConv2d, TransformInit};
+use crate::train::checkpoint::Checkpoint;
+use std::path::Path;
+
+/// How a run prunes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PruneSettings {
+    pub ramp: Ramp,
+    /// Each layer keeps at least this many templates (the paper: 8 on CIFAR).
+    pub min_templates: usize,
+    pub init: TransformInit,
+}
+
+impl PruneSettings {
+    /// The paper's ramp length scaled to the run: 40 of 300 epochs, i.e. ⌈2·epochs/15⌉ (at least 1).
+    pub fn default_ramp_epochs(epochs: usize) -> usize {
+        (2 * epochs).div_ceil(15).max(1)
+    }
+
+    /// Refuses a rate outside [0, 1), a zero minimum or a ramp longer than the run.
+    pub fn validate(&self, epochs: usize) -> Result<()> {
+        if !(0.0..1.0).contains(&self.ramp.target_rate) {
+            return Err(Error::msg(format!(
+                "--prune-rate must be in [0, 1), got {}",
+                self.ramp.target_rate
+            )));
+        }
+        if self.min_templates == 0 {
+            return Err(Error::msg("--min-templates must be at least 1"));
+        }
+        if self.ramp.epochs > epochs {
+            return Err(Error::msg(format!(
+                "--prune-epochs {} is longer than the run's {epochs} epochs",
+                self.ramp.epochs
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        vec![
+            ("prune_rate".into(), self.ramp.target_rate.to_string()),
+            ("prune_epochs".into(), self.ramp.epochs.to_string()),
+            ("prune_min_templates".into(), self.min_templates.to_string()),
+            ("prune_mask_init".into(), init_name(self.init).into()),
+        ]
+    }
+
+    /// The settings saved by [`PruneSettings::to_metadata`], or None for a run that does not prune.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, path: &Path) -> Result<Option<PruneSettings>> {
+        let Some(rate) = checkpoint.get("prune_rate") else {
+            return Ok(None);
+        };
+        let field = |key: &str| -> Result<&str> {
+            checkpoint
+                .get(key)
+                .ok_or_else(|| Error::file(path, format!("checkpoint lacks the pruning setting \"{key}\"")))
+        };
+        let bad = |key: &str, text: &str| {
+            Error::file(
+                path,
+                format!("checkpoint setting {key} = \"{text}\" is not valid"),
+            )
+        };
+        let epochs = field("prune_epochs")?;
+        let min = field("prune_min_templates")?;
+        let init = field("prune_mask_init")?;
+        Ok(Some(PruneSettings {
+            ramp: Ramp {
+                target_rate: rate.parse().map_err(|_| bad("prune_rate", rate))?,
+                epochs: epochs.parse().map_err(|_| bad("prune_epochs", epochs))?,
+            },
+            min_templates: min.parse().map_err(|_| bad("prune_min_templates", min))?,
+            init: parse_init(init).ok_or_else(|| bad("prune_mask_init", init))?,
+        }))
+    }
+}
+
+/// "copy" or "lstsq".
+pub fn init_name(init: TransformInit) -> &'static str {
+    match init {
+        TransformInit::Identity => "copy",
+        TransformInit::LeastSquares => "lstsq",
+    }
+}
+
+/// Parses [`init_name`]'s text.
+pub fn parse_init(text: &str) -> Option<TransformInit> {
+    match text {
+        "copy" => Some(TransformInit::Identity),
+        "lstsq" => Some(TransformInit::LeastSquares),
+        _ => None,
+    }
+}
+
+/// Where the pruning of a model stands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PruneState {
+    /// (layer name, templates M, outputs N) of every SBF layer, in forward order.
+    pub layers: Vec<(String, usize, usize)>,
+}
+
+impl PruneState {
+    pub fn of(model: &Model) -> PruneState {
+        PruneState {
+            layers: model
+                .conv_layers()
+                .into_iter()
+                .filter_map(|(name, layer)| {
+                    let sbf = layer.as_sbf()?;
+                    Some((name, sbf.num_templates(), sbf.out_channels))
+                })
+                .collect(),
+        }
+    }
+
+    /// Transformed filters / all filters of the SBF layers.
+    pub fn transformed_fraction(&self) -> f64 {
+        let outputs: usize = self.layers.iter().map(|l| l.2).sum();
+        let templates: usize = self.layers.iter().map(|l| l.1).sum();
+        (outputs - templates) as f64 / outputs.max(1) as f64
+    }
+
+    /// "M/N" of every layer, separated by spaces.
+    pub fn templates_text(&self) -> String {
+        self.layers
+            .iter()
+            .map(|(_, m, n)| format!("{m}/{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Scores of a layer's outputs: the L1 norm of its template's filter for a template output
+/// (0 for transformed outputs, which are no longer candidates).
+fn template_scores(layer: &SbfConv2d, store: &ParamStore) -> LayerFilters {
+    let norms = l1_norms(store.value(layer.templates));
+    let assignment = &layer.assignment;
+    LayerFilters {
+        scores: (0..layer.out_channels)
+            .map(|n| {
+                if assignment.mask_row[n].is_none() {
+                    norms[assignment.template_of[n]]
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        is_template: assignment.mask_row.iter().map(|r| r.is_none()).collect(),
+        min_templates: 0,
+    }
+}
+
+/// One global selection at `rate` over every SBF layer of `model`, then `reassign` of every
+/// layer whose templates changed. Returns the ids of the reshaped parameters.
+pub fn prune_step(
+    model: &mut Model,
+    store: &mut ParamStore,
+    rate: f32,
+    min_templates: usize,
+    init: TransformInit,
+) -> Vec<ParamId> {
+    let mut layers: Vec<&mut SbfConv2d> = model
+        .conv_layers_mut()
+        .into_iter()
+        .filter_map(|(_, layer)| layer.as_sbf_mut())
+        .collect();
+    let filters: Vec<LayerFilters> = layers
+        .iter()
+        .map(|layer| LayerFilters {
+            min_templates,
+            ..template_scores(layer, store)
+        })
+        .collect();
+    let chosen = select_templates(&filters, rate);
+    let mut reshaped = Vec::new();
+    for ((layer, before), after) in layers.iter_mut().zip(&filters).zip(chosen) {
+        if after == before.is_template {
+            continue;
+        }
+        let kept: Vec<usize> = (0..after.len()).filter(|&n| after[n]).collect();
+        layer.reassign(store, &kept, init);
+        reshaped.extend([layer.templates, layer.transforms]);
+    }
+    reshaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::Mode;
+    use crate::autograd::Tape;
+    use crate::nn::ModelSpec;
+    use crate::tensor::{max_scaled_difference, Tensor};
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn model(description: &str) -> (Model, ParamStore) {
+        let mut store = ParamStore::default();
+        let spec = ModelSpec::parse_description(description).unwrap();
+        let model = spec.build(&mut store, &mut StdRng::seed_from_u64(3));
+        (model, store)
+    }
+
+    fn logits(model: &Model, store: &ParamStore) -> Tensor {
+        let mut tape = Tape::new(store, Mode::Eval);
+        let x = tape.input(Tensor::normal(
+            &[2, 3, 32, 32],
+            1.0,
+            &mut StdRng::seed_from_u64(9),
+        ));
+        let y = model.forward(&mut tape, x);
+        tape.value(y).clone()
+    }
+
+    #[test]
+    fn the_ramp_reaches_the_target_keeps_the_minimum_and_then_freezes() {
+        // resnet8-w8: 6 SBF layers of 8, 8, 16, 16, 32, 32 outputs (112 filters).
+        let (mut model, mut store) = model("resnet8-w8 sbf:rate=0,groups=2");
+        let ramp = Ramp {
+            target_rate: 0.6,
+            epochs: 3,
+        };
+        let min_templates = 4;
+        let mut previous = PruneState::of(&model);
+        assert_eq!(previous.transformed_fraction(), 0.0);
+        for epoch in 0..ramp.epochs {
+            prune_step(
+                &mut model,
+                &mut store,
+                ramp.rate_at(epoch),
+                min_templates,
+                TransformInit::Identity,
+            );
+            let state = PruneState::of(&model);
+            for (before, after) in previous.layers.iter().zip(&state.layers) {
+                assert!(after.1 <= before.1, "templates came back in {}", after.0);
+                assert!(
+                    after.1 >= min_templates.min(after.2),
+                    "{} below its minimum",
+                    after.0
+                );
+            }
+            previous = state;
+        }
+        // 0.6·112 = 67.2 → 67 transformed: reachable, since the minimum holds back at most 6·4 = 24.
+        assert_eq!(
+            previous.layers.iter().map(|l| l.2 - l.1).sum::<usize>(),
+            67,
+            "{}",
+            previous.templates_text()
+        );
+        // After the ramp (the trainer stops calling prune_step; the selection at the same rate is a
+        // no-op too): the assignment does not change.
+        let before: Vec<_> = model
+            .conv_layers()
+            .iter()
+            .filter_map(|(_, l)| l.as_sbf().map(|s| s.assignment.clone()))
+            .collect();
+        let reshaped = prune_step(
+            &mut model,
+            &mut store,
+            ramp.target_rate,
+            min_templates,
+            TransformInit::Identity,
+        );
+        assert!(reshaped.is_empty());
+        let after: Vec<_> = model
+            .conv_layers()
+            .iter()
+            .filter_map(|(_, l)| l.as_sbf().map(|s| s.assignment.clone()))
+            .collect();
+        assert_eq!(before, after);
+        assert!(ramp.is_frozen(ramp.epochs));
+    }
+
+    #[test]
+    fn the_minimum_limits_the_rate_when_layers_are_small() {
+        let (mut model, mut store) = model("resnet8-w4 sbf:rate=0,groups=2");
+        // 4, 4, 8, 8, 16, 16 outputs (56); a minimum of 8 leaves only 8 + 8 transformable filters.
+        prune_step(&mut model, &mut store, 0.9, 8, TransformInit::Identity);
+        let state = PruneState::of(&model);
+        assert_eq!(state.templates_text(), "4/4 4/4 8/8 8/8 8/16 8/16");
+    }
+
+    #[test]
+    fn pruning_at_rate_zero_changes_no_output_and_copy_init_keeps_kept_filters() {
+        let (mut model, mut store) = model("resnet8-w4 sbf:rate=0,groups=2");
+        let before = logits(&model, &store);
+        assert!(prune_step(&mut model, &mut store, 0.0, 1, TransformInit::LeastSquares).is_empty());
+        assert_eq!(logits(&model, &store).data, before.data);
+        // Prune: kept filters keep their exact values (the others change).
+        let weights: Vec<Tensor> = model
+            .conv_layers()
+            .iter()
+            .filter_map(|(_, l)| l.as_sbf().map(|s| s.effective_weight(&store)))
+            .collect();
+        prune_step(&mut model, &mut store, 0.5, 1, TransformInit::Identity);
+        for ((_, layer), old) in model
+            .conv_layers()
+            .iter()
+            .filter(|(_, l)| l.as_sbf().is_some())
+            .zip(&weights)
+        {
+            let sbf = layer.as_sbf().unwrap();
+            let new = sbf.effective_weight(&store);
+            let per_filter = new.len() / sbf.out_channels;
+            for n in (0..sbf.out_channels).filter(|&n| sbf.assignment.mask_row[n].is_none()) {
+                let range = n * per_filter..(n + 1) * per_filter;
+                assert_eq!(new.data[range.clone()], old.data[range]);
+            }
+        }
+    }
+
+    #[test]
+    fn least_squares_init_reproduces_a_masked_copy_of_a_kept_template() {
+        // Layer stage1.block0.conv1 (C = N = 4): make filter 3 = filter 0 ⊙ a per-tap, per-group mask
+        // and give it the smallest norm, so it is transformed, copying template 0.
+        let (mut model, mut store) = model("resnet8-w4 sbf:rate=0,groups=2");
+        let layer = model.conv_layers()[1].1.as_sbf().unwrap().clone();
+        let mask: Vec<f32> = (0..18).map(|j| 0.01 * (1.0 + j as f32)).collect();
+        let b = store.value_mut(layer.templates);
+        for i in 0..4 {
+            for k in 0..9 {
+                b.data[(3 * 4 + i) * 9 + k] = b.data[i * 9 + k] * mask[(i / 2) * 9 + k];
+            }
+        }
+        let wanted = layer.effective_weight(&store);
+        prune_step(&mut model, &mut store, 1.0 / 56.0, 1, TransformInit::LeastSquares);
+        let pruned = model.conv_layers()[1].1.as_sbf().unwrap().clone();
+        assert_eq!(
+            pruned.num_templates(),
+            3,
+            "filter 3 (smallest norm) is the one transformed"
+        );
+        assert_eq!(pruned.assignment.template_of[3], 0);
+        let got = pruned.effective_weight(&store);
+        assert!(max_scaled_difference(&got.data, &wanted.data, 1e-5, 1e-5) <= 1.0);
+    }
+}

@@ -1,0 +1,122 @@
+//! The results table of an output folder of runs, in the form of the paper's Table 3.1
+//! (model, method, baseline accuracy, accuracy, change, MACs and parameter reductions).
+//!
+//! Everything is read from each run's `last.ckpt`: the model description, the pruning
+//! settings (`prune_rate`: pruned during training; a [`CONVERSION_NOTE`] beside it: a converted dense run),
+//! the best test accuracy and the wall time. The model is rebuilt to count its parameters and
+//! MACs beside the dense network of the same name. The baseline of a run is the best accuracy
+//! of the dense run of the same model name in the folder.
+
+use crate::error::Result;
+use crate::train::checkpoint::Checkpoint;
+use crate::train::trainer::load_model;
+use std::path::Path;
+
+/// The file `sbfnet prune` writes in a converted run's folder (source checkpoint and rate).
+pub const CONVERSION_NOTE: &str = "converted_from.txt";
+
+/// One run of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub folder: String,
+    /// e.g. "resnet20".
+    pub model: String,
+    /// "dense", "SBF ramp 0.5", "SBF converted 0.5", or the conv plan.
+    pub method: String,
+    pub is_dense: bool,
+    pub accuracy: f32,
+    pub params: usize,
+    pub dense_params: usize,
+    pub macs: usize,
+    pub dense_macs: usize,
+    pub seconds: f64,
+}
+
+impl RunSummary {
+    /// Reads `<dir>/last.ckpt`.
+    pub fn read(dir: &Path) -> Result<RunSummary> {
+        let path = dir.join("last.ckpt");
+        let checkpoint = Checkpoint::load(&path)?;
+        let (model, store) = load_model(&checkpoint, &path)?;
+        let table = model.layer_table(&store);
+        let number = |key: &str| {
+            checkpoint
+                .get(key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let is_dense = model.spec.convs == crate::nn::ConvPlan::dense();
+        let method = if is_dense {
+            "dense".to_string()
+        } else if let Some(rate) = checkpoint.get("prune_rate") {
+            format!("SBF ramp {rate}")
+        } else if dir.join(CONVERSION_NOTE).is_file() {
+            let state = super::PruneState::of(&model);
+            format!("SBF converted {:.2}", state.transformed_fraction())
+        } else {
+            model.spec.convs.describe()
+        };
+        Ok(RunSummary {
+            folder: dir
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+            model: model.name(),
+            method,
+            is_dense,
+            accuracy: number("best_test_accuracy") as f32,
+            params: table.iter().map(|r| r.params).sum(),
+            dense_params: table.iter().map(|r| r.dense_params).sum(),
+            macs: table.iter().map(|r| r.macs).sum(),
+            dense_macs: table.iter().map(|r| r.dense_macs).sum(),
+            seconds: number("elapsed_seconds"),
+        })
+    }
+}
+
+/// Every run folder (a sub-folder holding last.ckpt) of `dir`, sorted by name.
+pub fn read_runs(dir: &Path) -> Result<Vec<RunSummary>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| crate::Error::io(dir, "cannot list the runs folder", e))?;
+    let mut folders: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("last.ckpt").is_file())
+        .collect();
+    folders.sort();
+    folders.iter().map(|f| RunSummary::read(f)).collect()
+}
+
+/// The Markdown table. Change = accuracy − baseline (percentage points; negative: a drop);
+/// reductions are 1 − (network's count / the dense network's count), whole network.
+pub fn markdown_table(runs: &[RunSummary]) -> String {
+    let mut text = String::from(
+        "| Run | Model | Method | Baseline Acc | Acc | Change | MACs↓ % | Params↓ % | Wall time |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in runs {
+        let baseline = runs
+            .iter()
+            .filter(|r| r.is_dense && r.model == run.model)
+            .map(|r| r.accuracy)
+            .fold(None, |best: Option<f32>, a| Some(best.map_or(a, |b| b.max(a))));
+        let (baseline_text, change) = match baseline {
+            Some(b) => (
+                format!("{:.2}", 100.0 * b),
+                format!("{:+.2}", 100.0 * (run.accuracy - b)),
+            ),
+            None => ("–".into(), "–".into()),
+        };
+        text += &format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} s |\n",
+            run.folder,
+            run.model,
+            run.method,
+            baseline_text,
+            100.0 * run.accuracy,
+            change,
+            100.0 * (1.0 - run.macs as f64 / run.dense_macs.max(1) as f64),
+            100.0 * (1.0 - run.params as f64 / run.dense_params.max(1) as f64),
+            run.seconds
+        );
+    }
+    text
+}

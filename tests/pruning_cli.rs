@@ -1,0 +1,140 @@
+//! `sbfnet train --prune-rate`, `sbfnet prune` and `sbfnet info --checkpoint` end to end on a
+//! generated CIFAR-format folder.
+
+use sbfnet::data::synthetic::{synthetic_set, write_cifar_folder};
+use std::path::Path;
+use std::process::Command;
+
+fn sbfnet(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sbfnet"))
+        .args(args)
+        .env_remove("SBFNET_DATA")
+        .output()
+        .expect("the sbfnet binary runs");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn prune_during_training_and_convert_a_dense_run() {
+    let root = std::env::temp_dir().join(format!("sbfnet-prune-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("cifar");
+    write_cifar_folder(&data, &synthetic_set(32, 4, 1), &synthetic_set(16, 4, 2)).unwrap();
+    let common = [
+        "--data",
+        s(&data),
+        "--model",
+        "resnet8-w8",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+    ];
+
+    // Pruning from random init: 2 epochs, ramp of 1 epoch to 0.5 with at least 2 templates.
+    let pruned = root.join("pruned");
+    let (ok, text) = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &[
+                "--epochs",
+                "2",
+                "--prune-rate",
+                "0.5",
+                "--prune-epochs",
+                "1",
+                "--min-templates",
+                "2",
+            ],
+            &["--mask-init", "lstsq", "--out", s(&pruned)],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("50.0% of the SBF filters transformed"), "{text}");
+    let log = std::fs::read_to_string(pruned.join("pruning.csv")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].starts_with("epoch,transformed_fraction,macs,params,stage1.block0.conv1"));
+    assert!(
+        lines[1].starts_with("1,0.50000,") && lines[2].starts_with("2,0.50000,"),
+        "{log}"
+    );
+    let (ok, info) = sbfnet(&["info", "--checkpoint", s(&pruned.join("last.ckpt"))]);
+    assert!(
+        ok && info.contains("resnet8-w8 sbf:rate=0,groups=2") && info.contains("fewer than dense"),
+        "{info}"
+    );
+
+    // A dense run, converted at rate 0.5 and fine-tuned one epoch.
+    let dense = root.join("dense");
+    let (ok, text) = sbfnet(&[&["train"][..], &common, &["--epochs", "1", "--out", s(&dense)]].concat());
+    assert!(ok, "{text}");
+    let converted = root.join("converted");
+    let (ok, text) = sbfnet(&[
+        "prune",
+        "--from",
+        s(&dense.join("last.ckpt")),
+        "--rate",
+        "0.5",
+        "--min-templates",
+        "2",
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--out",
+        s(&converted),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("converted resnet8-w8 dense at rate 0.5: 50.0%"),
+        "{text}"
+    );
+    assert!(text.contains("epoch   1/1"), "{text}");
+    let (ok, text) = sbfnet(&[
+        "prune",
+        "--from",
+        s(&dense.join("last.ckpt")),
+        "--rate",
+        "1",
+        "--out",
+        s(&root.join("x")),
+    ]);
+    assert!(!ok && text.contains("--rate must be in [0, 1)"), "{text}");
+    // The report over the three runs: the dense run is every run's baseline.
+    std::fs::remove_dir_all(&data).unwrap();
+    let (ok, report) = sbfnet(&["report", s(&root)]);
+    assert!(ok, "{report}");
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 5, "{report}");
+    assert!(
+        lines[0].starts_with("| Run | Model | Method | Baseline Acc |"),
+        "{report}"
+    );
+    assert!(
+        lines[2].starts_with("| converted | resnet8-w8 | SBF converted 0.50 |"),
+        "{report}"
+    );
+    assert!(
+        lines[3].starts_with("| dense | resnet8-w8 | dense |")
+            && lines[3].contains("| +0.00 | 0.00 | 0.00 |"),
+        "{report}"
+    );
+    assert!(
+        lines[4].starts_with("| pruned | resnet8-w8 | SBF ramp 0.5 |"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
