@@ -65,7 +65,7 @@ fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let mut trainer = pruning_trainer(3, set.len());
-    trainer.train_epoch(&set, |_| {});
+    trainer.train_epoch(&set, |_| {}).unwrap();
     let after_first = PruneState::of(&trainer.model);
     // Epoch 0 of a 2-epoch ramp to 0.5: rate 0.25 of 112 filters → 28 transformed.
     assert_eq!(
@@ -77,7 +77,7 @@ fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
     let path = dir.join("epoch1.ckpt");
     trainer.to_checkpoint().save(&path).unwrap();
     for _ in 1..3 {
-        let result = trainer.train_epoch(&set, |_| {});
+        let result = trainer.train_epoch(&set, |_| {}).unwrap();
         assert!(result.loss.is_finite());
     }
     let state = PruneState::of(&trainer.model);
@@ -107,7 +107,7 @@ fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
     assert_eq!(PruneState::of(&resumed.model), after_first);
     assert_eq!(resumed.pruning, trainer.pruning);
     for _ in 1..3 {
-        resumed.train_epoch(&set, |_| {});
+        resumed.train_epoch(&set, |_| {}).unwrap();
     }
     assert_eq!(PruneState::of(&resumed.model), state);
     for (a, b) in resumed.store.params.iter().zip(&trainer.store.params) {
