@@ -254,13 +254,19 @@ pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f
         return;
     }
     let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
-    match choose_tiling(shape.out_channels, vectors) {
-        Tiling::Rows2Vectors6 => forward_tiled::<2, 6>(shape, input, weight, output),
-        Tiling::Rows6Vectors2 => forward_tiled::<6, 2>(shape, input, weight, output),
+    // Stride 1, K = 3: the taps kw = 0, 1, 2 of one (c, kh) are 3 neighbouring
+    // floats of the padded image, read through one offset (see `gemm_tile`).
+    let runs_of_3 = shape.stride == 1 && shape.kernel == 3;
+    match (choose_tiling(shape.out_channels, vectors), runs_of_3) {
+        (Tiling::Rows2Vectors6, false) => forward_tiled::<2, 6, 1>(shape, input, weight, output),
+        (Tiling::Rows6Vectors2, false) => forward_tiled::<6, 2, 1>(shape, input, weight, output),
+        (Tiling::Rows2Vectors6, true) => forward_tiled::<2, 6, 3>(shape, input, weight, output),
+        (Tiling::Rows6Vectors2, true) => forward_tiled::<6, 2, 3>(shape, input, weight, output),
     }
 }
 
-fn forward_tiled<const ROWS: usize, const VECTORS: usize>(
+/// RUN: taps per run of neighbouring floats in the padded image (3 or 1).
+fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     shape: &ConvShape,
     input: &[f32],
     weight: &[f32],
@@ -292,14 +298,14 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize>(
                             let (padded, slack) = source.split_at_mut(image.image_len());
                             slack.fill(0.0);
                             image.fill(x_n, padded);
-                            let source = GatherMatrix::new(source, &offsets);
+                            let source = GatherMatrix::with_runs(source, &offsets, RUN);
                             for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
                                 let panel = task * panels_per_task + task_panel;
                                 let a = &packed[panel * depth * ROWS..][..depth * ROWS];
                                 let rows = y_panel.len() / pixels;
                                 for group in slots.chunks(VECTORS) {
                                     let bases = group_bases::<VECTORS>(group, image.row_stride());
-                                    let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                    let tile = gemm_tile::<ROWS, VECTORS, RUN>(a, &source, &bases);
                                     for (v, slot) in group.iter().enumerate() {
                                         for r in 0..rows {
                                             let start = r * pixels + slot.row * w_out + slot.col;
@@ -551,7 +557,7 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                                     let source = GatherMatrix::new(source, offsets);
                                     for group in slots.chunks(VECTORS) {
                                         let bases = group_bases::<VECTORS>(group, padded.cols);
-                                        let tile = gemm_tile::<ROWS, VECTORS>(a, &source, &bases);
+                                        let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
                                         for (v, slot) in group.iter().enumerate() {
                                             // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
                                             let ih =

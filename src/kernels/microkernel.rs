@@ -24,19 +24,43 @@ pub const SOURCE_SLACK: usize = 2 * LANES;
 
 /// B[k, j .. j+8] = source[j + offsets[k] .. j + offsets[k] + 8]: a matrix read
 /// out of `source` through a table of per-row offsets.
+///
+/// `run`: the rows come in runs of `run` neighbouring floats,
+/// offsets[g·run + j] = offsets[g·run] + j (the K taps kw = 0..K of a
+/// stride-1 convolution), so a microkernel reads one offset per run.
 pub struct GatherMatrix<'a> {
     source: &'a [f32],
     offsets: &'a [usize],
     max_offset: usize,
+    run: usize,
 }
 
 impl<'a> GatherMatrix<'a> {
     pub fn new(source: &'a [f32], offsets: &'a [usize]) -> Self {
+        Self::with_runs(source, offsets, 1)
+    }
+
+    /// A matrix whose rows come in runs of `run` neighbouring floats.
+    ///
+    /// # Panics
+    /// If the offsets do not (checked once here, not per tile).
+    pub fn with_runs(source: &'a [f32], offsets: &'a [usize], run: usize) -> Self {
+        assert!(
+            run >= 1 && offsets.len().is_multiple_of(run),
+            "GatherMatrix: depth is not a multiple of the run"
+        );
+        assert!(
+            offsets
+                .chunks(run)
+                .all(|taps| taps.iter().enumerate().all(|(j, &o)| o == taps[0] + j)),
+            "GatherMatrix: offsets do not come in runs of neighbouring floats"
+        );
         let max_offset = offsets.iter().copied().max().unwrap_or(0);
         GatherMatrix {
             source,
             offsets,
             max_offset,
+            run,
         }
     }
 
@@ -61,12 +85,19 @@ unsafe fn load(pointer: *const f32) -> f32x8 {
 ///
 /// `a` is one packed panel of A (ROWS rows interleaved, k-major); each
 /// `bases[v]` selects 8 neighbouring columns of B.
+///
+/// RUN (= `b`'s run): k goes in runs k = g·RUN + j whose B rows are j floats
+/// apart, so the loop reads one offset per run and the j loop is unrolled
+/// with constant displacements. Per k the wide 6 × 2 tile then issues 12 FMAs,
+/// 2 column loads and 6 broadcasts and little else: with RUN = 1 the offset
+/// load and address adds pushed it past the 4 µops/cycle front end.
 #[inline(always)]
-pub fn gemm_tile<const ROWS: usize, const VECTORS: usize>(
+pub fn gemm_tile<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     a: &[f32],
     b: &GatherMatrix,
     bases: &[usize; VECTORS],
 ) -> [[f32x8; VECTORS]; ROWS] {
+    assert_eq!(b.run, RUN, "gemm_tile: RUN differs from the matrix's runs");
     let depth = b.depth();
     assert!(a.len() >= depth * ROWS, "gemm_tile: packed panel too short");
     for &base in bases {
@@ -78,33 +109,38 @@ pub fn gemm_tile<const ROWS: usize, const VECTORS: usize>(
     let mut tile = [[f32x8::ZERO; VECTORS]; ROWS];
     let a = a.as_ptr();
     let source = b.source.as_ptr();
-    for k in 0..depth {
-        // SAFETY: k < depth = offsets.len(); a holds depth·ROWS floats; every
-        // base + offset + 8 ≤ source.len() (checked above with max_offset).
-        unsafe {
-            let offset = *b.offsets.get_unchecked(k);
-            if ROWS > VECTORS {
-                // Tall tile: keep the VECTORS columns, stream the broadcasts.
-                let mut columns = [f32x8::ZERO; VECTORS];
-                for v in 0..VECTORS {
-                    columns[v] = load(source.add(bases[v] + offset));
-                }
-                for r in 0..ROWS {
-                    let a_value = f32x8::splat(*a.add(k * ROWS + r));
+    for first in (0..depth).step_by(RUN) {
+        // SAFETY: first < depth = offsets.len().
+        let run_offset = unsafe { *b.offsets.get_unchecked(first) };
+        for j in 0..RUN {
+            let (k, offset) = (first + j, run_offset + j);
+            // SAFETY: k < depth (depth is a multiple of RUN); a holds depth·ROWS
+            // floats; offset = offsets[k] (runs checked by `with_runs`), and every
+            // base + offsets[k] + 8 ≤ source.len() (checked above with max_offset).
+            unsafe {
+                if ROWS > VECTORS {
+                    // Tall tile: keep the VECTORS columns, stream the broadcasts.
+                    let mut columns = [f32x8::ZERO; VECTORS];
                     for v in 0..VECTORS {
-                        tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
+                        columns[v] = load(source.add(bases[v] + offset));
                     }
-                }
-            } else {
-                // Wide tile: keep the ROWS broadcasts, stream the columns.
-                let mut a_values = [f32x8::ZERO; ROWS];
-                for r in 0..ROWS {
-                    a_values[r] = f32x8::splat(*a.add(k * ROWS + r));
-                }
-                for v in 0..VECTORS {
-                    let column = load(source.add(bases[v] + offset));
                     for r in 0..ROWS {
-                        tile[r][v] = a_values[r].mul_add(column, tile[r][v]);
+                        let a_value = f32x8::splat(*a.add(k * ROWS + r));
+                        for v in 0..VECTORS {
+                            tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
+                        }
+                    }
+                } else {
+                    // Wide tile: keep the ROWS broadcasts, stream the columns.
+                    let mut a_values = [f32x8::ZERO; ROWS];
+                    for r in 0..ROWS {
+                        a_values[r] = f32x8::splat(*a.add(k * ROWS + r));
+                    }
+                    for v in 0..VECTORS {
+                        let column = load(source.add(bases[v] + offset));
+                        for r in 0..ROWS {
+                            tile[r][v] = a_values[r].mul_add(column, tile[r][v]);
+                        }
                     }
                 }
             }
@@ -250,7 +286,7 @@ mod tests {
         let a: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect(); // [k][r]
         let b = GatherMatrix::new(&source, &offsets);
         let bases = [3, 20];
-        let tile = gemm_tile::<3, 2>(&a, &b, &bases);
+        let tile = gemm_tile::<3, 2, 1>(&a, &b, &bases);
         for r in 0..3 {
             for v in 0..2 {
                 for lane in 0..8 {
@@ -261,6 +297,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gemm_tile_with_runs_of_3_matches_a_scalar_product() {
+        // Depth 6 = 2 runs of 3 neighbouring floats, 17 apart: offsets 0,1,2, 17,18,19.
+        let source: Vec<f32> = (0..120).map(|i| (i as f32 * 0.29).cos()).collect();
+        let offsets: Vec<usize> = (0..6).map(|k| (k / 3) * 17 + k % 3).collect();
+        let a: Vec<f32> = (0..36).map(|i| i as f32 * 0.05 - 0.9).collect(); // [k][r], 6 rows
+        let b = GatherMatrix::with_runs(&source, &offsets, 3);
+        let bases = [1, 40];
+        let tile = gemm_tile::<6, 2, 3>(&a, &b, &bases);
+        for r in 0..6 {
+            for v in 0..2 {
+                for lane in 0..8 {
+                    let expected: f32 = (0..6)
+                        .map(|k| a[k * 6 + r] * source[bases[v] + offsets[k] + lane])
+                        .sum();
+                    assert!((tile[r][v].as_array_ref()[lane] - expected).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "runs of neighbouring floats")]
+    fn gather_matrix_rejects_offsets_that_are_not_runs() {
+        let source = vec![0.0; 64];
+        let offsets = [0, 1, 3]; // 3 is not 0 + 2
+        GatherMatrix::with_runs(&source, &offsets, 3);
     }
 
     #[test]
