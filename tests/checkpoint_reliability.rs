@@ -27,7 +27,10 @@ fn small_checkpoint() -> Checkpoint {
 
 /// A fresh folder for one test.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}"));
+    // The process id keeps runs apart: a writer child orphaned by an interrupted run
+    // (it stops by itself within 10 s) must not write into the next run's folder.
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
