@@ -87,18 +87,8 @@ impl TorchFigures {
 /// Reads the JSON of torch_ref.py: `runs → "<threads>" → conv → [{shape: {N, C_in,
 /// C_out, H, stride}, fwd_gflops, fwdbwd_gflops}]`.
 pub fn read_torch_json(path: &Path) -> Result<Vec<TorchFigures>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading", e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not JSON: {e}")))?;
-    let runs = json
-        .get("runs")
-        .and_then(|runs| runs.as_object())
-        .ok_or_else(|| Error::file(path, "no \"runs\" object (is it torch_ref.py's output?)"))?;
     let mut figures = Vec::new();
-    for (threads, run) in runs {
-        let threads: usize = threads
-            .parse()
-            .map_err(|_| Error::file(path, format!("run key {threads:?} is not a thread count")))?;
+    for (threads, run) in super::read_torch_runs(path)? {
         let convs = run
             .get("conv")
             .and_then(|c| c.as_array())

@@ -83,3 +83,24 @@ pub fn median_cpu_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_s
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     samples[samples.len() / 2]
 }
+
+/// The runs of the JSON written by ../shared/bench/torch_ref.py, one per thread count:
+/// `{"runs": {"<threads>": {...}}}` → `[(threads, run)]`. Errors name the file.
+pub fn read_torch_runs(path: &std::path::Path) -> crate::Result<Vec<(usize, serde_json::Value)>> {
+    use crate::Error;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading", e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not JSON: {e}")))?;
+    let runs = json
+        .get("runs")
+        .and_then(|runs| runs.as_object())
+        .ok_or_else(|| Error::file(path, "no \"runs\" object (is it torch_ref.py's output?)"))?;
+    runs.iter()
+        .map(|(key, run)| {
+            let threads = key
+                .parse()
+                .map_err(|_| Error::file(path, format!("run key {key:?} is not a thread count")))?;
+            Ok((threads, run.clone()))
+        })
+        .collect()
+}

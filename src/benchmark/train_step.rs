@@ -177,18 +177,8 @@ impl TorchNetworkFigures {
 /// Reads the "train" and "infer" entries of every run of torch_ref.py's JSON
 /// (`{"runs": {"<threads>": {"train": [{"model", "batch", "images_per_s", …}], "infer": […]}}}`).
 pub fn read_torch_network_json(path: &Path) -> Result<Vec<TorchNetworkFigures>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading", e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not JSON: {e}")))?;
-    let runs = json
-        .get("runs")
-        .and_then(|runs| runs.as_object())
-        .ok_or_else(|| Error::file(path, "no \"runs\" object (is it torch_ref.py's output?)"))?;
     let mut figures = Vec::new();
-    for (threads_key, run) in runs {
-        let threads: usize = threads_key
-            .parse()
-            .map_err(|_| Error::file(path, format!("run key {threads_key:?} is not a thread count")))?;
+    for (threads, run) in super::read_torch_runs(path)? {
         let entries = |part: &str| -> Result<Vec<(String, usize, f64)>> {
             let list = run
                 .get(part)
