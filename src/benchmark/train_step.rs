@@ -17,10 +17,19 @@ use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::time::Instant;
 
+/// A model name (`resnet20`) or a description with its conv plan (`resnet20 sbf:rate=0.5`).
+fn parse_model(text: &str) -> Result<ModelSpec> {
+    if text.contains(' ') {
+        ModelSpec::parse_description(text)
+    } else {
+        ModelSpec::parse_name(text)
+    }
+}
+
 /// What to time.
 #[derive(Clone, Debug)]
 pub struct TrainStepBench {
-    /// A model name `ModelSpec::parse_name` accepts, e.g. `resnet20`.
+    /// A model name (`resnet20`) or description with its conv plan (`resnet20 sbf:rate=0.5,groups=2`).
     pub model: String,
     pub batch: usize,
     /// Data-parallel shards each batch is split into (see `train::trainer`).
@@ -100,7 +109,7 @@ pub fn time_train_steps(bench: &TrainStepBench) -> Result<Timing> {
     if bench.steps == 0 {
         return Err(Error::msg("--steps must be at least 1"));
     }
-    let spec = ModelSpec::parse_name(&bench.model)?;
+    let spec = parse_model(&bench.model)?;
     let config = bench_config(bench.batch, bench.shards);
     // The trainer checks the batch against its epoch size; one "epoch" of a million batches.
     let mut trainer = Trainer::new(&spec, config, bench.batch * 1_000_000)?;
@@ -121,7 +130,7 @@ pub fn time_train_steps(bench: &TrainStepBench) -> Result<Timing> {
 
 /// Times evaluation-mode forward passes of `model` on a batch of `batch` random images.
 pub fn time_inference(model: &str, batch: usize, calls: usize, warmup: usize) -> Result<Timing> {
-    let spec = ModelSpec::parse_name(model)?;
+    let spec = parse_model(model)?;
     let mut store = crate::autograd::ParamStore::default();
     let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
     let (images, _) = random_batch(batch, 1);

@@ -13,6 +13,10 @@ pub struct BenchTrainArgs {
     /// Models to time (names as for `sbfnet train --model`); a list runs each.
     #[arg(long, value_delimiter = ',', default_value = "resnet20")]
     model: Vec<String>,
+    /// Which convolutions are dense or SBF, as `sbfnet train --convs` (e.g. "sbf:rate=0.5,groups=2");
+    /// PyTorch's figure beside it is always its dense model's.
+    #[arg(long, default_value = "dense")]
+    convs: String,
     /// Training batch size.
     #[arg(long, default_value_t = 128)]
     batch: usize,
@@ -48,6 +52,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         None => Vec::new(),
     };
     println!("instruction set: {}", sbfnet::benchmark::instruction_set());
+    println!("convolutions: {} (PyTorch figures: its dense model)", args.convs);
     println!(
         "{:<10} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7} {:>11}",
         "model",
@@ -78,7 +83,7 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 .build()
                 .map_err(|e| Error::msg(format!("bench-train: cannot start {threads} threads: {e}")))?;
             let bench = TrainStepBench {
-                model: model.clone(),
+                model: format!("{model} {}", args.convs),
                 batch: args.batch,
                 shards: args.shards.unwrap_or(threads),
                 steps: args.steps,
@@ -112,7 +117,12 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     .build()
                     .map_err(|e| Error::msg(format!("bench-train: cannot start {threads} threads: {e}")))?;
                 let timing = pool.install(|| {
-                    train_step::time_inference(model, args.infer_batch, args.steps, args.warmup)
+                    train_step::time_inference(
+                        &format!("{model} {}", args.convs),
+                        args.infer_batch,
+                        args.steps,
+                        args.warmup,
+                    )
                 })?;
                 let images_per_second = args.infer_batch as f64 / timing.median_seconds;
                 let theirs =
