@@ -44,15 +44,7 @@ fn gradients_with_shards(
     x: &Tensor,
     labels: &[usize],
 ) -> Vec<Tensor> {
-    let mut workers: Vec<Vec<Tensor>> = (0..shards)
-        .map(|_| {
-            store
-                .params
-                .iter()
-                .map(|p| Tensor::zeros(&p.value.shape))
-                .collect()
-        })
-        .collect();
+    let mut workers: Vec<Vec<Tensor>> = (0..shards).map(|_| store.zeros_like_params()).collect();
     data_parallel_gradients(store, &mut workers, x, labels, 0.1, |t, v| net.forward(t, v));
     store.params.iter().map(|p| p.grad.clone()).collect()
 }

@@ -99,6 +99,14 @@ impl ParamStore {
         &mut self.buffers[id.0].value
     }
 
+    /// One zero tensor per parameter, of its shape (gradient and momentum buffers).
+    pub fn zeros_like_params(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| Tensor::zeros(&p.value.shape))
+            .collect()
+    }
+
     /// Sets every gradient to zero.
     pub fn zero_grads(&mut self) {
         for p in &mut self.params {

@@ -79,22 +79,11 @@ pub fn load_dense_and_prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autograd::{Mode, Tape};
     use crate::prune::PruneState;
-    use crate::tensor::Tensor;
     use crate::train::trainer::model_tensors;
     use rand::{rngs::StdRng, SeedableRng};
 
-    fn logits(model: &Model, store: &ParamStore) -> Tensor {
-        let mut tape = Tape::new(store, Mode::Eval);
-        let x = tape.input(Tensor::normal(
-            &[2, 3, 32, 32],
-            1.0,
-            &mut StdRng::seed_from_u64(9),
-        ));
-        let y = model.forward(&mut tape, x);
-        tape.value(y).clone()
-    }
+    use crate::prune::test_logits as logits;
 
     #[test]
     fn converting_at_rate_zero_changes_no_output_and_a_rate_prunes_globally() {

@@ -9,3 +9,18 @@ pub mod schedule;
 pub use assignment::{assignment_metadata, kept_outputs, restore_assignments};
 pub use ramp::{prune_step, PruneSettings, PruneState};
 pub use schedule::{l1_norms, select_templates, LayerFilters, Ramp};
+
+/// Test helper: the evaluation-mode logits of `model` on a fixed random batch [2, 3, 32, 32],
+/// to check that a conversion or a pruning step changes no output.
+#[cfg(test)]
+pub(crate) fn test_logits(model: &crate::nn::Model, store: &crate::autograd::ParamStore) -> crate::Tensor {
+    use rand::{rngs::StdRng, SeedableRng};
+    let mut tape = crate::autograd::Tape::new(store, crate::autograd::Mode::Eval);
+    let x = tape.input(crate::Tensor::normal(
+        &[2, 3, 32, 32],
+        1.0,
+        &mut StdRng::seed_from_u64(9),
+    ));
+    let y = model.forward(&mut tape, x);
+    tape.value(y).clone()
+}

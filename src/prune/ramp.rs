@@ -208,8 +208,6 @@ pub fn prune_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autograd::Mode;
-    use crate::autograd::Tape;
     use crate::nn::ModelSpec;
     use crate::tensor::{max_scaled_difference, Tensor};
     use rand::{rngs::StdRng, SeedableRng};
@@ -221,16 +219,7 @@ mod tests {
         (model, store)
     }
 
-    fn logits(model: &Model, store: &ParamStore) -> Tensor {
-        let mut tape = Tape::new(store, Mode::Eval);
-        let x = tape.input(Tensor::normal(
-            &[2, 3, 32, 32],
-            1.0,
-            &mut StdRng::seed_from_u64(9),
-        ));
-        let y = model.forward(&mut tape, x);
-        tape.value(y).clone()
-    }
+    use crate::prune::test_logits as logits;
 
     #[test]
     fn the_ramp_reaches_the_target_keeps_the_minimum_and_then_freezes() {

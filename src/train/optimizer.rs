@@ -38,11 +38,7 @@ impl Sgd {
     pub fn new(config: SgdConfig, store: &ParamStore) -> Sgd {
         Sgd {
             config,
-            velocity: store
-                .params
-                .iter()
-                .map(|p| Tensor::zeros(&p.value.shape))
-                .collect(),
+            velocity: store.zeros_like_params(),
         }
     }
 

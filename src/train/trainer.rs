@@ -425,15 +425,7 @@ impl Trainer {
         let mut store = ParamStore::default();
         let model = spec.build(&mut store, &mut StdRng::seed_from_u64(config.seed));
         let optimizer = Sgd::new(config.sgd, &store);
-        let worker_gradients = (0..config.shards)
-            .map(|_| {
-                store
-                    .params
-                    .iter()
-                    .map(|p| Tensor::zeros(&p.value.shape))
-                    .collect()
-            })
-            .collect();
+        let worker_gradients = (0..config.shards).map(|_| store.zeros_like_params()).collect();
         Ok(Trainer {
             model,
             schedule: config.schedule_for(train_images),
