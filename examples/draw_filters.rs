@@ -53,6 +53,7 @@ fn transforms(family: TransformFamily, rng: &mut StdRng) -> Tensor {
                 a.iter_mut().for_each(|v| *v += rng.gen_range(-0.45..0.45));
                 a
             }
+            TransformFamily::Zero => vec![], // plain pruning: nothing to draw but zeros
         })
         .collect();
     Tensor::from_vec(&family.param_shape(count, 1, KERNEL), data)

@@ -263,6 +263,7 @@ fn sbf_effective_filters_every_family_groups_2() {
         TransformFamily::Scalar,
         TransformFamily::Affine,
         TransformFamily::Rotation,
+        TransformFamily::Zero,
     ] {
         let params: Vec<f32> = match family {
             TransformFamily::Scalar => Tensor::normal(&[transformed * kernel * kernel], 1.0, &mut rng).data,
@@ -280,6 +281,7 @@ fn sbf_effective_filters_every_family_groups_2() {
                 })
                 .collect(),
             TransformFamily::Rotation => (0..transformed).map(|j| 0.3 + 0.05 * j as f32).collect(),
+            TransformFamily::Zero => vec![], // no parameters: only dB is checked
         };
         let transforms = Tensor::from_vec(&family.param_shape(3, groups, kernel), params);
         check(

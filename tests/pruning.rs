@@ -8,7 +8,7 @@ use sbfnet::autograd::{Mode, Tape};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::{Model, ModelSpec, TransformInit};
-use sbfnet::prune::{PruneSettings, PruneState, Ramp};
+use sbfnet::prune::{PruneSettings, PruneState, Ramp, Saliency};
 use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::trainer::load_model;
 use sbfnet::train::{ScheduleKind, SgdConfig, TrainConfig, Trainer};
@@ -43,6 +43,7 @@ fn pruning_trainer(epochs: usize, images: usize) -> Trainer {
         },
         min_templates: 2,
         init: TransformInit::LeastSquares,
+        saliency: Saliency::L1Relative,
     });
     trainer
 }

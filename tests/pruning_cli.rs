@@ -113,12 +113,53 @@ fn prune_during_training_and_convert_a_dense_run() {
         s(&root.join("x")),
     ]);
     assert!(!ok && text.contains("--rate must be in [0, 1)"), "{text}");
+    // The L1 baseline: the same conversion, the pruned filters zeroed instead of transformed.
+    let l1 = root.join("l1");
+    let (ok, text) = sbfnet(&[
+        "prune",
+        "--from",
+        s(&dense.join("last.ckpt")),
+        "--rate",
+        "0.5",
+        "--min-templates",
+        "2",
+        "--method",
+        "l1",
+        "--data",
+        s(&data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--out",
+        s(&l1),
+    ]);
+    assert!(ok && text.contains("50.0%"), "{text}");
+    let (ok, text) = sbfnet(&[
+        "prune",
+        "--from",
+        s(&dense.join("last.ckpt")),
+        "--rate",
+        "0.5",
+        "--method",
+        "zeros",
+        "--data",
+        s(&data),
+        "--out",
+        s(&root.join("y")),
+    ]);
+    assert!(
+        !ok && text.contains("unknown --method \"zeros\" (expected sbf or l1)"),
+        "{text}"
+    );
     // The report over the three runs: the dense run is every run's baseline.
     std::fs::remove_dir_all(&data).unwrap();
     let (ok, report) = sbfnet(&["report", s(&root)]);
     assert!(ok, "{report}");
     let lines: Vec<&str> = report.lines().collect();
-    assert_eq!(lines.len(), 5, "{report}");
+    assert_eq!(lines.len(), 6, "{report}");
     assert!(
         lines[0].starts_with("| Run | Model | Method | Baseline Acc |"),
         "{report}"
@@ -133,8 +174,15 @@ fn prune_during_training_and_convert_a_dense_run() {
         "{report}"
     );
     assert!(
-        lines[4].starts_with("| pruned | resnet8-w8 | SBF ramp 0.5 |"),
+        lines[4].starts_with("| l1 | resnet8-w8 | L1 pruning converted 0.50 |"),
         "{report}"
     );
+    assert!(
+        lines[5].starts_with("| pruned | resnet8-w8 | SBF ramp 0.50 |"),
+        "{report}"
+    );
+    // At the same rate, plain pruning saves more MACs than SBF (its pruned filters cost nothing).
+    let macs_saved = |line: &str| -> f64 { line.split('|').nth(7).unwrap().trim().parse().unwrap() };
+    assert!(macs_saved(lines[4]) > macs_saved(lines[2]), "{report}");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -10,7 +10,7 @@ use sbfnet::ops::{self, ConvConfig};
 use sbfnet::tensor::max_scaled_difference;
 use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::trainer::{data_parallel_gradients, load_model_tensors};
-use sbfnet::train::{ScheduleKind, SgdConfig, TrainConfig, Trainer};
+use sbfnet::train::{Objective, ScheduleKind, SgdConfig, TrainConfig, Trainer};
 use sbfnet::Tensor;
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -45,7 +45,14 @@ fn gradients_with_shards(
     labels: &[usize],
 ) -> Vec<Tensor> {
     let mut workers: Vec<Vec<Tensor>> = (0..shards).map(|_| store.zeros_like_params()).collect();
-    data_parallel_gradients(store, &mut workers, x, labels, 0.1, |t, v| net.forward(t, v));
+    data_parallel_gradients(
+        store,
+        &mut workers,
+        x,
+        labels,
+        Objective::cross_entropy(0.1),
+        |t, v| net.forward(t, v),
+    );
     store.params.iter().map(|p| p.grad.clone()).collect()
 }
 
@@ -262,4 +269,52 @@ fn two_epochs_on_generated_data_lower_the_loss() {
         after.accuracy
     );
     assert_eq!(after.per_class_images.iter().sum::<usize>(), 64);
+}
+
+/// Knowledge distillation with the teacher term only (w = 1) pulls the student's softened
+/// predictions towards the teacher's, whatever the labels say: the labels given are all 0,
+/// yet the student learns to agree with a teacher that mostly predicts something else.
+#[test]
+fn distillation_pulls_the_student_towards_the_teacher() {
+    use sbfnet::autograd::ParamStore;
+    use sbfnet::train::Distillation;
+    let spec = ModelSpec::parse_name("resnet8-w4").unwrap();
+    let mut teacher_store = ParamStore::default();
+    let teacher = spec.build(&mut teacher_store, &mut StdRng::seed_from_u64(5));
+    let distillation = Distillation {
+        teacher,
+        teacher_store,
+        temperature: 2.0,
+        weight: 1.0,
+        source: "in-memory".into(),
+    };
+    let set = synthetic_set(32, 4, 3);
+    let indices: Vec<usize> = (0..32).collect();
+    let none = Augmentation {
+        crop: false,
+        flip: false,
+        rotation_degrees: 0.0,
+    };
+    let (x, _) = sbfnet::data::augment::make_batch(&set, &indices, &none, &mut StdRng::seed_from_u64(0));
+    let teacher_logits = distillation.teacher_logits(&x);
+    let labels = vec![0; 32];
+    let mut config = tiny_config(1, 2);
+    config.batch_size = 32;
+    config.warmup_epochs = 0;
+    let mut trainer = Trainer::new(&spec, config, 32).unwrap();
+    let soft_loss = |trainer: &Trainer| -> f32 {
+        let mut tape = Tape::new(&trainer.store, Mode::Eval);
+        let input = tape.input(x.clone());
+        let logits = trainer.model.forward(&mut tape, input);
+        let loss = ops::distillation::soft_target_loss(&mut tape, logits, &teacher_logits, 2.0);
+        tape.value(loss).data[0]
+    };
+    let before = soft_loss(&trainer);
+    trainer.distillation = Some(distillation);
+    for _ in 0..30 {
+        assert!(trainer.train_step(&x, &labels).fault.is_none());
+    }
+    let after = soft_loss(&trainer);
+    // Deterministic (seeded): 3.20 -> 2.79 when written.
+    assert!(after < 0.9 * before, "KL(teacher ‖ student) {before} -> {after}");
 }

@@ -1,7 +1,8 @@
 //! `sbfnet prune`: convert a trained dense checkpoint into an SBF model with one global
 //! L1 selection at --rate (SBF-NOTES §6; `prune::convert`), save it as epoch 0 of a new run
 //! in --out, then fine-tune it with the train command's machinery (the assignment stays
-//! fixed: the run has no ramp). All training flags of `sbfnet train` apply to the fine-tuning.
+//! fixed: the run has no ramp). All training flags of `sbfnet train` apply to the fine-tuning,
+//! --teacher included.
 
 use super::train::{self, TrainArgs};
 use clap::Args;
@@ -58,7 +59,9 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     let groups = train.pruning.groups.unwrap_or(2);
     let dense = Checkpoint::load(&from)?;
     let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
-    let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, &from)?;
+    let family = train.pruning.family()?;
+    let saliency = train.pruning.saliency()?;
+    let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, family, &from)?;
     let threads = train
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -81,6 +84,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         rate,
         min_templates,
         init,
+        saliency,
     )?;
     let reshaped: Vec<_> = trainer
         .model
@@ -90,6 +94,8 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         .flatten()
         .collect();
     trainer.parameters_reshaped(&reshaped);
+    // The checkpoint carries the teacher, so the fine-tuning below (a resume) distils too.
+    trainer.distillation = train.distillation()?;
     let state = PruneState::of(&trainer.model);
     println!(
         "converted {} at rate {rate}: {:.1}% of the body filters transformed (templates {})",

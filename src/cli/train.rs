@@ -21,12 +21,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
-use sbfnet::nn::{ConvPlan, ModelSpec, TransformInit};
-use sbfnet::prune::{self, PruneSettings, PruneState, Ramp};
+use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
+use sbfnet::ops::TransformFamily;
+use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
 use sbfnet::train::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::train::metrics::{self, MetricsRow};
 use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
-use sbfnet::train::{validate, ScheduleKind, TrainConfig, Trainer};
+use sbfnet::train::{validate, Distillation, ScheduleKind, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -102,6 +103,39 @@ pub struct TrainArgs {
     pub on_nonfinite: Option<String>,
     #[command(flatten)]
     pub pruning: PruneArgs,
+    /// Distil from this trained model's checkpoint (knowledge distillation, e.g. the dense
+    /// baseline's best.ckpt): the loss becomes (1 − w)·CE + w·τ²·KL(teacher ‖ student)
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Distillation temperature τ [default: 5, the paper's v1 on CIFAR]
+    #[arg(long, allow_negative_numbers = true)]
+    pub kd_temperature: Option<f32>,
+    /// Distillation weight w of the teacher term, in [0, 1] [default: 1, the teacher only, as the paper's v1]
+    #[arg(long, allow_negative_numbers = true)]
+    pub kd_weight: Option<f32>,
+}
+
+impl TrainArgs {
+    /// The distillation of a fresh run, or None without --teacher.
+    pub(super) fn distillation(&self) -> Result<Option<Distillation>> {
+        let Some(teacher) = &self.teacher else {
+            if self.kd_temperature.is_some() || self.kd_weight.is_some() {
+                return Err(Error::msg("--kd-temperature and --kd-weight need --teacher"));
+            }
+            return Ok(None);
+        };
+        Distillation::load(
+            teacher,
+            self.kd_temperature.unwrap_or(5.0),
+            self.kd_weight.unwrap_or(1.0),
+        )
+        .map(Some)
+    }
+
+    /// Whether --prune-rate or --prune-epochs was given.
+    pub fn prune_rate_given(&self) -> bool {
+        self.pruning.prune_rate.is_some() || self.pruning.prune_epochs.is_some()
+    }
 }
 
 /// Generalised pruning from random initialisation (SBF-NOTES §6): every body conv starts as an SBF
@@ -123,13 +157,14 @@ pub struct PruneArgs {
     /// Masks of newly transformed filters: copy (T = 1) or lstsq (least-squares fit) [default: copy]
     #[arg(long)]
     pub mask_init: Option<String>,
-}
-
-impl TrainArgs {
-    /// Whether --prune-rate or --prune-epochs was given.
-    pub fn prune_rate_given(&self) -> bool {
-        self.pruning.prune_rate.is_some() || self.pruning.prune_epochs.is_some()
-    }
+    /// What replaces a pruned filter: sbf (a masked copy of a kept template) or l1 (nothing: plain
+    /// L1 filter pruning, the baseline; the output is zero) [default: sbf]
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Filter ranking: l1-relative (L1 norm / the layer's mean L1 norm) or l1 (plain L1 norm)
+    /// [default: l1-relative]
+    #[arg(long)]
+    pub saliency: Option<String>,
 }
 
 impl PruneArgs {
@@ -138,6 +173,31 @@ impl PruneArgs {
             || self.min_templates.is_some()
             || self.groups.is_some()
             || self.mask_init.is_some()
+            || self.method.is_some()
+            || self.saliency.is_some()
+    }
+
+    /// --method as the transform family of the pruned layers: scalar masks (sbf) or zero (l1).
+    pub fn family(&self) -> Result<TransformFamily> {
+        match self.method.as_deref() {
+            None | Some("sbf") => Ok(TransformFamily::Scalar),
+            Some("l1") => Ok(TransformFamily::Zero),
+            Some(other) => Err(Error::msg(format!(
+                "unknown --method \"{other}\" (expected sbf or l1)"
+            ))),
+        }
+    }
+
+    /// --saliency, parsed.
+    pub fn saliency(&self) -> Result<Saliency> {
+        match &self.saliency {
+            None => Ok(Saliency::L1Relative),
+            Some(text) => Saliency::parse(text).ok_or_else(|| {
+                Error::msg(format!(
+                    "unknown --saliency \"{text}\" (expected l1-relative or l1)"
+                ))
+            }),
+        }
     }
 
     /// The conv plan and pruning settings of a fresh pruning run, or None without --prune-rate.
@@ -145,7 +205,7 @@ impl PruneArgs {
         let Some(rate) = self.prune_rate else {
             if self.any_given() {
                 return Err(Error::msg(
-                    "--prune-epochs, --min-templates, --groups and --mask-init need --prune-rate",
+                    "--prune-epochs, --min-templates, --groups, --mask-init, --method and --saliency need --prune-rate",
                 ));
             }
             return Ok(None);
@@ -165,13 +225,21 @@ impl PruneArgs {
             },
             min_templates: self.min_templates.unwrap_or(8),
             init,
+            saliency: self.saliency()?,
         };
         settings.validate(epochs)?;
         let groups = self.groups.unwrap_or(2);
         if groups == 0 {
             return Err(Error::msg("--groups must be at least 1"));
         }
-        Ok(Some((format!("sbf:rate=0,groups={groups}"), settings)))
+        let family = self.family()?;
+        let plan = ConvKind::Sbf {
+            rate: 0.0,
+            groups,
+            family,
+        }
+        .describe();
+        Ok(Some((plan, settings)))
     }
 }
 
@@ -528,10 +596,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
             }
             let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
+            if args.teacher.is_some() || args.kd_temperature.is_some() || args.kd_weight.is_some() {
+                return Err(Error::file(
+                    path,
+                    "a resumed run keeps the teacher of its checkpoint; drop --teacher/--kd-temperature/--kd-weight",
+                ));
+            }
             if args.pruning.prune_rate.is_some() || args.pruning.any_given() {
                 return Err(Error::file(
                     path,
-                    "a resumed run keeps the pruning settings of its checkpoint; drop the --prune-*/--min-templates/--groups/--mask-init flags",
+                    "a resumed run keeps the pruning settings of its checkpoint; drop the --prune-*/--min-templates/--groups/--mask-init/--method/--saliency flags",
                 ));
             }
             Some((path.clone(), checkpoint, saved))
@@ -608,6 +682,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .pruning
                 .settings(config.epochs)?
                 .map(|(_, settings)| settings);
+            trainer.distillation = args.distillation()?;
             trainer
         }
     };
@@ -625,11 +700,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(pruning) = trainer.pruning {
         println!(
-            "pruning: target rate {} over the first {} epochs, at least {} templates per layer, masks {}",
+            "pruning: target rate {} over the first {} epochs, at least {} templates per layer, masks {}, saliency {}",
             pruning.ramp.target_rate,
             pruning.ramp.epochs,
             pruning.min_templates,
-            prune::ramp::init_name(pruning.init)
+            prune::ramp::init_name(pruning.init),
+            pruning.saliency.name()
+        );
+    }
+    if let Some(kd) = &trainer.distillation {
+        println!(
+            "distilling from {} ({}) at temperature {}, teacher weight {}",
+            kd.source.display(),
+            kd.teacher.description(),
+            kd.temperature,
+            kd.weight
         );
     }
     let pruning_csv = out.join("pruning.csv");

@@ -38,6 +38,10 @@ pub enum TransformFamily {
     Affine,
     /// One angle per output and group, [N−M, G, 1]: the rotation special case of `Affine`.
     Rotation,
+    /// No transform at all: a transformed output is zero (Weff = 0), which is plain filter
+    /// pruning (the L1 baseline of SBF-NOTES §6: "T = 0"). No parameters, no MACs; the
+    /// transform tensor is [N−M, G, 0].
+    Zero,
 }
 
 impl TransformFamily {
@@ -47,6 +51,7 @@ impl TransformFamily {
             TransformFamily::Scalar => kernel * kernel,
             TransformFamily::Affine => 6,
             TransformFamily::Rotation => 1,
+            TransformFamily::Zero => 0,
         }
     }
 
@@ -56,6 +61,7 @@ impl TransformFamily {
             TransformFamily::Scalar => vec![transformed, groups, kernel, kernel],
             TransformFamily::Affine => vec![transformed, groups, 2, 3],
             TransformFamily::Rotation => vec![transformed, groups, 1],
+            TransformFamily::Zero => vec![transformed, groups, 0],
         }
     }
 
@@ -65,6 +71,7 @@ impl TransformFamily {
             TransformFamily::Scalar => vec![1.0; kernel * kernel],
             TransformFamily::Affine => vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
             TransformFamily::Rotation => vec![0.0],
+            TransformFamily::Zero => vec![],
         }
     }
 
@@ -73,6 +80,7 @@ impl TransformFamily {
         match self {
             TransformFamily::Scalar => 1,
             TransformFamily::Affine | TransformFamily::Rotation => 4,
+            TransformFamily::Zero => 0,
         }
     }
 
@@ -82,6 +90,7 @@ impl TransformFamily {
             TransformFamily::Scalar => "scalar",
             TransformFamily::Affine => "affine",
             TransformFamily::Rotation => "rotation",
+            TransformFamily::Zero => "zero",
         }
     }
 }
@@ -94,7 +103,9 @@ fn affine_matrix(family: TransformFamily, params: &[f32]) -> [f32; 6] {
             let (sin, cos) = params[0].sin_cos();
             [cos, -sin, 0.0, sin, cos, 0.0]
         }
-        TransformFamily::Scalar => panic!("affine_matrix: scalar masks have no matrix"),
+        TransformFamily::Scalar | TransformFamily::Zero => {
+            panic!("affine_matrix: the {} family has no matrix", family.name())
+        }
     }
 }
 
@@ -122,6 +133,9 @@ fn bilinear_corners(kernel: usize, px: f32, py: f32) -> impl Iterator<Item = (us
 pub fn sampling_matrix(family: TransformFamily, kernel: usize, params: &[f32]) -> Vec<f32> {
     let taps = kernel * kernel;
     let mut s = vec![0.0; taps * taps]; // [K², K²]
+    if family == TransformFamily::Zero {
+        return s;
+    }
     if family == TransformFamily::Scalar {
         for k in 0..taps {
             s[k * taps + k] = params[k];
@@ -150,6 +164,9 @@ pub fn sampling_matrix_params_grad(
     q: &[f32],
 ) -> Vec<f32> {
     let taps = kernel * kernel;
+    if family == TransformFamily::Zero {
+        return vec![];
+    }
     if family == TransformFamily::Scalar {
         return (0..taps).map(|k| q[k * taps + k]).collect();
     }
@@ -180,7 +197,7 @@ pub fn sampling_matrix_params_grad(
             let (sin, cos) = params[0].sin_cos();
             vec![-sin * d_a[0] - cos * d_a[1] + cos * d_a[3] - sin * d_a[4]]
         }
-        TransformFamily::Scalar => unreachable!(),
+        TransformFamily::Scalar | TransformFamily::Zero => unreachable!(),
     }
 }
 
@@ -213,7 +230,9 @@ pub fn effective_filters(
                 continue;
             };
             let params = &transforms[(r * groups + i / cg) * per..][..per];
-            if family == TransformFamily::Scalar {
+            if family == TransformFamily::Zero {
+                dst.fill(0.0);
+            } else if family == TransformFamily::Scalar {
                 for k in 0..taps {
                     dst[k] = src[k] * params[k];
                 }
@@ -256,6 +275,9 @@ pub fn effective_filters_backward(
             }
             continue;
         };
+        if family == TransformFamily::Zero {
+            continue; // Weff[n] = 0 whatever B is: no gradient flows to the template
+        }
         for g in 0..groups {
             let params = &transforms[(r * groups + g) * per..][..per];
             let s = sampling_matrix(family, kernel, params); // [K², K²]

@@ -6,7 +6,7 @@
 //! transformations). A [`ConvPlan`] says which kind each slot gets.
 //!
 //! Plan text (`--convs`, and the model description stored in checkpoints):
-//! `dense`, or `sbf:rate=R,groups=G[,family=scalar|affine|rotation]`: every
+//! `dense`, or `sbf:rate=R,groups=G[,family=scalar|affine|rotation|zero]`: every
 //! body convolution is an SBF layer with M = max(1, N − round(R·N)) templates
 //! (R = 0: M = N, every filter a template, the start of a pruning run). The
 //! number of templates of a *pruned* layer differs per layer: it is restored
@@ -59,7 +59,7 @@ impl ConvKind {
             .or(text.strip_prefix("sbf").filter(|s| s.is_empty()))
         else {
             return Err(format!(
-                "unknown conv kind \"{text}\" (expected dense or sbf:rate=R,groups=G[,family=scalar|affine|rotation])"
+                "unknown conv kind \"{text}\" (expected dense or sbf:rate=R,groups=G[,family=scalar|affine|rotation|zero])"
             ));
         };
         let (mut rate, mut groups, mut family) = (None, 2, TransformFamily::Scalar);
@@ -74,11 +74,14 @@ impl ConvKind {
                         TransformFamily::Scalar,
                         TransformFamily::Affine,
                         TransformFamily::Rotation,
+                        TransformFamily::Zero,
                     ]
                     .into_iter()
                     .find(|f| f.name() == value)
                     .ok_or_else(|| {
-                        format!("unknown transform family \"{value}\" (expected scalar, affine or rotation)")
+                        format!(
+                        "unknown transform family \"{value}\" (expected scalar, affine, rotation or zero)"
+                    )
                     })?
                 }
                 _ => {

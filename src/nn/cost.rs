@@ -144,4 +144,13 @@ mod tests {
         let total = LayerCost::total("net", &[affine, rotation]);
         assert_eq!(total.params, 240 + 160);
     }
+
+    #[test]
+    fn plain_filter_pruning_costs_the_kept_filters_only() {
+        // The zero family (L1 pruning): M of N filters, no transforms: M/N of the dense layer.
+        let pruned = LayerCost::sbf("p", 16, 16, 6, 3, 2, TransformFamily::Zero, 32, 32, false);
+        let dense = LayerCost::dense("p", 16, 6, 3, 32, 32, false);
+        assert_eq!((pruned.params, pruned.macs), (dense.params, dense.macs));
+        assert_eq!(pruned.dense_macs, 32 * 32 * 9 * 16 * 16);
+    }
 }

@@ -207,7 +207,8 @@ fn dense_to_parts(
     }
     let transformed = out_channels - kept_outputs.len();
     let mut t = identity_transforms(config.family, transformed, config.groups, kernel);
-    if init == TransformInit::LeastSquares {
+    // The zero family has no masks to fit: its transformed outputs are pruned.
+    if init == TransformInit::LeastSquares && config.family != TransformFamily::Zero {
         assert_eq!(
             config.family,
             TransformFamily::Scalar,

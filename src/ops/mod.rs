@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod distillation;
 pub mod linear;
 pub mod loss;
 pub mod pool;

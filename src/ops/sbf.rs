@@ -662,6 +662,47 @@ mod tests {
     }
 
     #[test]
+    fn the_zero_family_is_scalar_masks_fixed_at_zero_i_e_plain_filter_pruning() {
+        // Same output and template gradient as scalar masks that are all 0; no transform parameters.
+        let mut rng = StdRng::seed_from_u64(11);
+        let x = Tensor::normal(&[2, 4, 6, 5], 1.0, &mut rng);
+        let b = Tensor::normal(&[2, 4, 3, 3], 0.5, &mut rng);
+        let seed = Tensor::normal(&[2, 5, 3, 3], 1.0, &mut rng);
+        let assignment = TemplateAssignment::from_kept_outputs(5, &[3, 1]);
+        let run = |family: TransformFamily, t: &Tensor| -> (Tensor, Tensor, Tensor) {
+            let store = ParamStore::default();
+            let mut tape = Tape::new(&store, Mode::Train);
+            let (xv, bv, tv) = (tape.leaf(x.clone()), tape.leaf(b.clone()), tape.leaf(t.clone()));
+            let cfg = SbfConfig {
+                family,
+                ..config(2, 1, 2, SbfPath::Auto)
+            };
+            let y = sbf_conv2d(&mut tape, xv, bv, tv, None, &assignment, cfg);
+            tape.backward_with(y, seed.clone());
+            let grad = |v| tape.grad(v).unwrap().clone();
+            (tape.value(y).clone(), grad(bv), grad(xv))
+        };
+        let zero = run(TransformFamily::Zero, &Tensor::zeros(&[3, 2, 0]));
+        let masked = run(TransformFamily::Scalar, &Tensor::zeros(&[3, 2, 3, 3]));
+        assert_eq!(zero.0.data, masked.0.data, "outputs");
+        assert_eq!(zero.1.data, masked.1.data, "template gradients");
+        assert_eq!(zero.2.data, masked.2.data, "input gradients");
+        // Pruned outputs 0, 2 and 4 are exactly zero; kept outputs 3 and 1 are not.
+        for (n, pruned) in [(0, true), (1, false), (2, true), (3, false), (4, true)] {
+            let plane = &zero.0.data[n * 9..(n + 1) * 9];
+            assert_eq!(plane.iter().all(|v| *v == 0.0), pruned, "output {n}");
+        }
+        gradcheck_case(
+            TransformFamily::Zero,
+            SbfPath::Auto,
+            2,
+            1,
+            Tensor::zeros(&[3, 2, 0]),
+            3,
+        );
+    }
+
+    #[test]
     fn auto_path_takes_the_cheaper_computation() {
         let cfg = SbfConfig::new(1, 1, 2);
         // C = N = 64: two-stage costs 64·M + 2·(64 − M) per tap and pixel vs 64·64 for the dense conv.

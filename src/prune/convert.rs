@@ -7,6 +7,7 @@
 //! lowest-norm filters into transformed copies of the kept ones.
 
 use super::ramp::prune_step;
+use super::schedule::Saliency;
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
 use crate::nn::{ConvKind, Model, ModelSpec, TransformInit};
@@ -15,8 +16,14 @@ use crate::train::checkpoint::Checkpoint;
 use crate::train::trainer::load_model_tensors;
 use std::path::Path;
 
-/// The SBF spec of a dense model: the body becomes `sbf:rate=0,groups=<groups>`.
-pub fn sbf_spec_of_dense(dense: &ModelSpec, groups: usize, path: &Path) -> Result<ModelSpec> {
+/// The SBF spec of a dense model: the body becomes `sbf:rate=0,groups=<groups>` with the
+/// given transform family (scalar for SBF, zero for plain L1 filter pruning).
+pub fn sbf_spec_of_dense(
+    dense: &ModelSpec,
+    groups: usize,
+    family: TransformFamily,
+    path: &Path,
+) -> Result<ModelSpec> {
     if dense.convs.body != ConvKind::Dense || dense.convs.first != ConvKind::Dense {
         return Err(Error::file(
             path,
@@ -30,7 +37,7 @@ pub fn sbf_spec_of_dense(dense: &ModelSpec, groups: usize, path: &Path) -> Resul
     spec.convs.body = ConvKind::Sbf {
         rate: 0.0,
         groups,
-        family: TransformFamily::Scalar,
+        family,
     };
     spec.validate().map_err(|e| Error::file(path, e.message))?;
     Ok(spec)
@@ -46,6 +53,7 @@ pub fn load_dense_and_prune(
     rate: f32,
     min_templates: usize,
     init: TransformInit,
+    saliency: Saliency,
 ) -> Result<()> {
     let mut renamed = Checkpoint {
         model: dense.model.clone(),
@@ -72,7 +80,7 @@ pub fn load_dense_and_prune(
         }
     }
     load_model_tensors(store, &renamed, path)?;
-    prune_step(model, store, rate, min_templates, init);
+    prune_step(model, store, rate, min_templates, init, saliency);
     Ok(())
 }
 
@@ -96,7 +104,7 @@ mod tests {
             tensors: model_tensors(&dense_store),
         };
         let path = Path::new("dense.ckpt");
-        let spec = sbf_spec_of_dense(&dense_spec, 2, path).unwrap();
+        let spec = sbf_spec_of_dense(&dense_spec, 2, TransformFamily::Scalar, path).unwrap();
         for (rate, transformed) in [(0.0, 0), (0.5, 56)] {
             let mut store = ParamStore::default();
             let mut model = spec.build(&mut store, &mut StdRng::seed_from_u64(2));
@@ -108,6 +116,7 @@ mod tests {
                 rate,
                 2,
                 TransformInit::Identity,
+                Saliency::L1,
             )
             .unwrap();
             let state = PruneState::of(&model);
@@ -116,7 +125,9 @@ mod tests {
                 assert_eq!(logits(&model, &store).data, logits(&dense, &dense_store).data);
             }
         }
-        let err = sbf_spec_of_dense(&spec, 2, path).unwrap_err().to_string();
+        let err = sbf_spec_of_dense(&spec, 2, TransformFamily::Scalar, path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not dense"), "{err}");
     }
 }

@@ -8,7 +8,7 @@ pub mod schedule;
 
 pub use assignment::{assignment_metadata, kept_outputs, restore_assignments};
 pub use ramp::{prune_step, PruneSettings, PruneState};
-pub use schedule::{l1_norms, select_templates, LayerFilters, Ramp};
+pub use schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
 
 /// Test helper: the evaluation-mode logits of `model` on a fixed random batch [2, 3, 32, 32],
 /// to check that a conversion or a pruning step changes no output.

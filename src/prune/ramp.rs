@@ -15,7 +15,7 @@
 //! template). The parameters of a reassigned layer change shape, so their
 //! optimizer state is reset by the caller.
 
-use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp};
+use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
 use crate::autograd::{ParamId, ParamStore};
 use crate::error::{Error, Result};
 use crate::nn::{Model, SbfConv2d, TransformInit};
@@ -29,6 +29,8 @@ pub struct PruneSettings {
     /// Each layer keeps at least this many templates (the paper: 8 on CIFAR).
     pub min_templates: usize,
     pub init: TransformInit,
+    /// How filters are ranked ([`Saliency::L1Relative`] unless told otherwise).
+    pub saliency: Saliency,
 }
 
 impl PruneSettings {
@@ -63,6 +65,7 @@ impl PruneSettings {
             ("prune_epochs".into(), self.ramp.epochs.to_string()),
             ("prune_min_templates".into(), self.min_templates.to_string()),
             ("prune_mask_init".into(), init_name(self.init).into()),
+            ("prune_saliency".into(), self.saliency.name().into()),
         ]
     }
 
@@ -85,7 +88,13 @@ impl PruneSettings {
         let epochs = field("prune_epochs")?;
         let min = field("prune_min_templates")?;
         let init = field("prune_mask_init")?;
+        // Checkpoints written before --saliency existed ranked by plain L1.
+        let saliency = match checkpoint.get("prune_saliency") {
+            None => Saliency::L1,
+            Some(text) => Saliency::parse(text).ok_or_else(|| bad("prune_saliency", text))?,
+        };
         Ok(Some(PruneSettings {
+            saliency,
             ramp: Ramp {
                 target_rate: rate.parse().map_err(|_| bad("prune_rate", rate))?,
                 epochs: epochs.parse().map_err(|_| bad("prune_epochs", epochs))?,
@@ -151,10 +160,10 @@ impl PruneState {
     }
 }
 
-/// Scores of a layer's outputs: the L1 norm of its template's filter for a template output
+/// Scores of a layer's outputs: the saliency of its template's filter for a template output
 /// (0 for transformed outputs, which are no longer candidates).
-fn template_scores(layer: &SbfConv2d, store: &ParamStore) -> LayerFilters {
-    let norms = l1_norms(store.value(layer.templates));
+fn template_scores(layer: &SbfConv2d, store: &ParamStore, saliency: Saliency) -> LayerFilters {
+    let norms = saliency.scores(&l1_norms(store.value(layer.templates)));
     let assignment = &layer.assignment;
     LayerFilters {
         scores: (0..layer.out_channels)
@@ -179,6 +188,7 @@ pub fn prune_step(
     rate: f32,
     min_templates: usize,
     init: TransformInit,
+    saliency: Saliency,
 ) -> Vec<ParamId> {
     let mut layers: Vec<&mut SbfConv2d> = model
         .conv_layers_mut()
@@ -189,7 +199,7 @@ pub fn prune_step(
         .iter()
         .map(|layer| LayerFilters {
             min_templates,
-            ..template_scores(layer, store)
+            ..template_scores(layer, store, saliency)
         })
         .collect();
     let chosen = select_templates(&filters, rate);
@@ -239,6 +249,7 @@ mod tests {
                 ramp.rate_at(epoch),
                 min_templates,
                 TransformInit::Identity,
+                Saliency::L1Relative,
             );
             let state = PruneState::of(&model);
             for (before, after) in previous.layers.iter().zip(&state.layers) {
@@ -271,6 +282,7 @@ mod tests {
             ramp.target_rate,
             min_templates,
             TransformInit::Identity,
+            Saliency::L1Relative,
         );
         assert!(reshaped.is_empty());
         let after: Vec<_> = model
@@ -286,7 +298,14 @@ mod tests {
     fn the_minimum_limits_the_rate_when_layers_are_small() {
         let (mut model, mut store) = model("resnet8-w4 sbf:rate=0,groups=2");
         // 4, 4, 8, 8, 16, 16 outputs (56); a minimum of 8 leaves only 8 + 8 transformable filters.
-        prune_step(&mut model, &mut store, 0.9, 8, TransformInit::Identity);
+        prune_step(
+            &mut model,
+            &mut store,
+            0.9,
+            8,
+            TransformInit::Identity,
+            Saliency::L1,
+        );
         let state = PruneState::of(&model);
         assert_eq!(state.templates_text(), "4/4 4/4 8/8 8/8 8/16 8/16");
     }
@@ -295,7 +314,15 @@ mod tests {
     fn pruning_at_rate_zero_changes_no_output_and_copy_init_keeps_kept_filters() {
         let (mut model, mut store) = model("resnet8-w4 sbf:rate=0,groups=2");
         let before = logits(&model, &store);
-        assert!(prune_step(&mut model, &mut store, 0.0, 1, TransformInit::LeastSquares).is_empty());
+        assert!(prune_step(
+            &mut model,
+            &mut store,
+            0.0,
+            1,
+            TransformInit::LeastSquares,
+            Saliency::L1
+        )
+        .is_empty());
         assert_eq!(logits(&model, &store).data, before.data);
         // Prune: kept filters keep their exact values (the others change).
         let weights: Vec<Tensor> = model
@@ -303,7 +330,14 @@ mod tests {
             .iter()
             .filter_map(|(_, l)| l.as_sbf().map(|s| s.effective_weight(&store)))
             .collect();
-        prune_step(&mut model, &mut store, 0.5, 1, TransformInit::Identity);
+        prune_step(
+            &mut model,
+            &mut store,
+            0.5,
+            1,
+            TransformInit::Identity,
+            Saliency::L1,
+        );
         for ((_, layer), old) in model
             .conv_layers()
             .iter()
@@ -334,7 +368,14 @@ mod tests {
             }
         }
         let wanted = layer.effective_weight(&store);
-        prune_step(&mut model, &mut store, 1.0 / 56.0, 1, TransformInit::LeastSquares);
+        prune_step(
+            &mut model,
+            &mut store,
+            1.0 / 56.0,
+            1,
+            TransformInit::LeastSquares,
+            Saliency::L1,
+        );
         let pruned = model.conv_layers()[1].1.as_sbf().unwrap().clone();
         assert_eq!(
             pruned.num_templates(),

@@ -21,7 +21,8 @@ pub struct RunSummary {
     pub folder: String,
     /// e.g. "resnet20".
     pub model: String,
-    /// "dense", "SBF ramp 0.5", "SBF converted 0.5", or the conv plan.
+    /// "dense", "SBF ramp 0.50", "SBF converted 0.50", "L1 pruning ramp 0.50" (the fraction of
+    /// the body's filters transformed or pruned), or the conv plan.
     pub method: String,
     pub is_dense: bool,
     pub accuracy: f32,
@@ -48,11 +49,22 @@ impl RunSummary {
         let is_dense = model.spec.convs == crate::nn::ConvPlan::dense();
         let method = if is_dense {
             "dense".to_string()
-        } else if let Some(rate) = checkpoint.get("prune_rate") {
-            format!("SBF ramp {rate}")
-        } else if dir.join(CONVERSION_NOTE).is_file() {
-            let state = super::PruneState::of(&model);
-            format!("SBF converted {:.2}", state.transformed_fraction())
+        } else if checkpoint.get("prune_rate").is_some() || dir.join(CONVERSION_NOTE).is_file() {
+            // Plain filter pruning is the zero family: its pruned outputs are zero.
+            let method = match &model.spec.convs.body {
+                crate::nn::ConvKind::Sbf {
+                    family: crate::ops::TransformFamily::Zero,
+                    ..
+                } => "L1 pruning",
+                _ => "SBF",
+            };
+            let how = if checkpoint.get("prune_rate").is_some() {
+                "ramp"
+            } else {
+                "converted"
+            };
+            let fraction = super::PruneState::of(&model).transformed_fraction();
+            format!("{method} {how} {fraction:.2}")
         } else {
             model.spec.convs.describe()
         };

@@ -84,6 +84,56 @@ pub fn select_templates(layers: &[LayerFilters], rate: f32) -> Vec<Vec<bool>> {
     result
 }
 
+/// How a filter's importance is scored for the global ranking.
+///
+/// The paper ranks filters by magnitude against one global threshold and notes that this
+/// "naturally leads to a uniform pruning strategy across all layers" (SBF-NOTES §6.1). That
+/// holds for trained filters; from random initialisation it does not: under Kaiming
+/// initialisation a weight has standard deviation √(2 / fan-in), so a filter's L1 norm grows
+/// as √(fan-in) (fan-in = C·K²): every 16-channel filter of a CIFAR ResNet scores half of every
+/// 64-channel one, and the whole first stage would be pruned to its minimum before the third
+/// stage loses one filter. With batch norm after each conv, a layer's weight scale carries no
+/// meaning at all. [`Saliency::L1Relative`] divides each layer's norms by their mean (v1 of
+/// the paper subtracted the layer mean on ImageNet for the same reason), so the one global
+/// threshold compares filters by how they stand within their layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saliency {
+    /// ‖W_n‖₁ (Li et al., ICLR'17): the paper's literal criterion.
+    L1,
+    /// ‖W_n‖₁ / mean over the layer's current templates of ‖W_m‖₁ (the default).
+    L1Relative,
+}
+
+impl Saliency {
+    /// "l1" or "l1-relative", as in `--saliency` and checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Saliency::L1 => "l1",
+            Saliency::L1Relative => "l1-relative",
+        }
+    }
+
+    /// Parses [`Saliency::name`]'s text.
+    pub fn parse(text: &str) -> Option<Saliency> {
+        [Saliency::L1, Saliency::L1Relative]
+            .into_iter()
+            .find(|s| s.name() == text)
+    }
+
+    /// Scores of one layer's template filters from their L1 norms (same order).
+    pub fn scores(self, template_norms: &[f32]) -> Vec<f32> {
+        match self {
+            Saliency::L1 => template_norms.to_vec(),
+            Saliency::L1Relative => {
+                let mean = template_norms.iter().map(|&v| v as f64).sum::<f64>()
+                    / template_norms.len().max(1) as f64;
+                let scale = if mean > 0.0 { (1.0 / mean) as f32 } else { 1.0 };
+                template_norms.iter().map(|v| v * scale).collect()
+            }
+        }
+    }
+}
+
 /// Saliency: the L1 norm of each output filter of a weight [N, ...] (Li et al., ICLR'17).
 pub fn l1_norms(weight: &crate::Tensor) -> Vec<f32> {
     let n = weight.dim(0);
@@ -98,6 +148,36 @@ pub fn l1_norms(weight: &crate::Tensor) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_saliency_is_blind_to_a_layer_scale_and_plain_l1_is_not() {
+        let small = [1.0, 2.0, 3.0, 6.0]; // a layer at scale 1
+        let large: Vec<f32> = small.iter().map(|v| 10.0 * v).collect(); // the same layer ×10
+        assert_eq!(
+            Saliency::L1Relative.scores(&small),
+            Saliency::L1Relative.scores(&large)
+        );
+        assert_eq!(
+            Saliency::L1Relative.scores(&small),
+            vec![1.0 / 3.0, 2.0 / 3.0, 1.0, 2.0]
+        );
+        assert_ne!(Saliency::L1.scores(&small), Saliency::L1.scores(&large));
+        // Globally ranked, relative scores split 4 removals evenly over the two layers.
+        let layer = |norms: &[f32], saliency: Saliency| LayerFilters {
+            scores: saliency.scores(norms),
+            is_template: vec![true; 4],
+            min_templates: 1,
+        };
+        for (saliency, per_layer) in [(Saliency::L1Relative, [2, 2]), (Saliency::L1, [3, 1])] {
+            let chosen = select_templates(&[layer(&small, saliency), layer(&large, saliency)], 0.5);
+            let removed: Vec<usize> = chosen.iter().map(|l| l.iter().filter(|t| !**t).count()).collect();
+            assert_eq!(removed, per_layer, "{}", saliency.name());
+        }
+        for s in [Saliency::L1, Saliency::L1Relative] {
+            assert_eq!(Saliency::parse(s.name()), Some(s));
+        }
+        assert_eq!(Saliency::parse("taylor"), None);
+    }
 
     fn layer(scores: &[f32], min_templates: usize) -> LayerFilters {
         LayerFilters {

@@ -2,6 +2,7 @@
 //! per-epoch metrics and learning curves, checkpoints.
 
 pub mod checkpoint;
+pub mod distillation;
 pub mod metrics;
 pub mod numerics;
 pub mod optimizer;
@@ -9,9 +10,10 @@ pub mod schedule;
 pub mod trainer;
 pub mod validate;
 
+pub use distillation::Distillation;
 pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{
-    evaluate, load_model, EpochResult, Evaluation, Progress, StepResult, TrainConfig, Trainer,
+    evaluate, load_model, EpochResult, Evaluation, Objective, Progress, StepResult, TrainConfig, Trainer,
 };

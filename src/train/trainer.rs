@@ -4,7 +4,7 @@
 //! ```text
 //!   split the batch into S shards of ⌊B/S⌋ or ⌈B/S⌉ images (S = `TrainConfig::shards`)
 //!   in parallel, shard s (n_s images) on its own Tape, all reading the same &ParamStore:
-//!       loss_s = mean cross-entropy over the shard
+//!       loss_s = mean cross-entropy over the shard (or its distillation from a teacher)
 //!       backward seeded with n_s/B, so   ∂(n_s/B · loss_s)/∂w  is this shard's share
 //!   ∂L/∂w = Σ_s ∂(n_s/B · loss_s)/∂w      (summed in shard order: deterministic)
 //!         = gradient of the mean loss over the whole batch
@@ -32,6 +32,7 @@
 //! augmentation come from an RNG derived from (seed, epoch) alone, so resuming
 //! from a checkpoint written at the end of an epoch repeats the run bit for bit.
 
+use super::distillation::Distillation;
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::{Sgd, SgdConfig};
 use super::schedule::{Schedule, ScheduleKind};
@@ -302,6 +303,24 @@ struct ShardResult {
     statistics: Vec<BatchStatistics>,
 }
 
+/// The loss a training step minimises: mean cross-entropy with label smoothing, or its
+/// distillation from a teacher (`ops::distillation`).
+#[derive(Clone, Copy)]
+pub struct Objective<'a> {
+    pub label_smoothing: f32,
+    pub distillation: Option<&'a Distillation>,
+}
+
+impl Objective<'_> {
+    /// Plain cross-entropy with `label_smoothing`.
+    pub fn cross_entropy(label_smoothing: f32) -> Objective<'static> {
+        Objective {
+            label_smoothing,
+            distillation: None,
+        }
+    }
+}
+
 /// The gradient of the mean loss over the batch `x` [B, 3, 32, 32], computed
 /// on `worker_gradients.len()` shards in parallel and written into
 /// `store`'s gradients (overwriting them). `worker_gradients[s]` is shard s's
@@ -312,7 +331,7 @@ pub fn data_parallel_gradients(
     worker_gradients: &mut [Vec<Tensor>],
     x: &Tensor,
     labels: &[usize],
-    label_smoothing: f32,
+    objective: Objective,
     forward: impl Fn(&mut Tape, Var) -> Var + Sync,
 ) -> (f32, usize, Vec<BatchStatistics>) {
     let batch = labels.len();
@@ -333,10 +352,23 @@ pub fn data_parallel_gradients(
             let mut shape = x.shape.clone();
             shape[0] = end - first;
             let shard = Tensor::from_vec(&shape, x.data[first * image_len..end * image_len].to_vec());
+            let teacher_logits = objective.distillation.map(|kd| kd.teacher_logits(&shard));
             let mut tape = Tape::new(shared, Mode::Train);
             let input = tape.input(shard);
             let logits = forward(&mut tape, input);
-            let loss = ops::cross_entropy(&mut tape, logits, &labels[first..end], label_smoothing);
+            let shard_labels = &labels[first..end];
+            let loss = match (objective.distillation, &teacher_logits) {
+                (Some(kd), Some(teacher)) => ops::distillation::distillation_loss(
+                    &mut tape,
+                    logits,
+                    teacher,
+                    shard_labels,
+                    kd.temperature,
+                    kd.weight,
+                    objective.label_smoothing,
+                ),
+                _ => ops::cross_entropy(&mut tape, logits, shard_labels, objective.label_smoothing),
+            };
             let share = (end - first) as f32 / batch as f32;
             let correct = predictions(tape.value(logits))
                 .iter()
@@ -411,6 +443,8 @@ pub struct Trainer {
     /// Generalised pruning (`prune::ramp`): at the start of each epoch of the ramp the
     /// templates of every SBF layer are re-selected; None: the assignment never changes.
     pub pruning: Option<PruneSettings>,
+    /// Knowledge distillation from a teacher; None: plain cross-entropy.
+    pub distillation: Option<Distillation>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
     worker_gradients: Vec<Vec<Tensor>>,
     /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
@@ -440,6 +474,7 @@ impl Trainer {
             on_nonfinite: NonFinitePolicy::Stop,
             batch_hook: None,
             pruning: None,
+            distillation: None,
             worker_gradients,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
@@ -457,7 +492,10 @@ impl Trainer {
             &mut self.worker_gradients,
             x,
             labels,
-            self.config.label_smoothing,
+            Objective {
+                label_smoothing: self.config.label_smoothing,
+                distillation: self.distillation.as_ref(),
+            },
             |tape, input| model.forward(tape, input),
         );
         let mut fault = self.fault_before_update(loss, x, labels);
@@ -607,6 +645,7 @@ impl Trainer {
             rate,
             pruning.min_templates,
             pruning.init,
+            pruning.saliency,
         );
         self.parameters_reshaped(&reshaped);
     }
@@ -635,6 +674,7 @@ impl Trainer {
             metadata.push((key.to_string(), value));
         }
         metadata.extend(self.pruning.iter().flat_map(|p| p.to_metadata()));
+        metadata.extend(self.distillation.iter().flat_map(|d| d.to_metadata()));
         metadata.extend(assignment_metadata(&self.model));
         let mut tensors = model_tensors(&self.store);
         tensors.extend(self.optimizer.export(&self.store));
@@ -672,6 +712,7 @@ impl Trainer {
         let reshaped = restore_assignments(&mut trainer.model, &mut trainer.store, checkpoint, path)?;
         trainer.parameters_reshaped(&reshaped);
         trainer.pruning = PruneSettings::from_checkpoint(checkpoint, path)?;
+        trainer.distillation = Distillation::from_checkpoint(checkpoint, path)?;
         load_model_tensors(&mut trainer.store, checkpoint, path)?;
         let store = &trainer.store;
         trainer
