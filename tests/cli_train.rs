@@ -252,3 +252,114 @@ fn settings_are_refused_before_the_data_is_read() {
     }
     assert!(!root.exists(), "a refused run created {}", root.display());
 }
+
+/// A student distilled from a teacher checkpoint; the teacher is saved with the run and reloaded
+/// on resume, and a missing teacher or a bad setting is a one-line error that names it.
+#[test]
+fn distil_from_a_teacher_then_resume_and_refuse_bad_settings() {
+    let (root, data) = fixture("distil");
+    let common = [
+        "--data",
+        s(&data),
+        "--model",
+        "resnet8-w2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+    ];
+    let limits = ["--train-limit", "16", "--test-limit", "8"];
+    let teacher = root.join("teacher");
+    let output = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &limits,
+            &["--epochs", "1", "--out", s(&teacher)],
+        ]
+        .concat(),
+    );
+    assert!(output.status.success(), "{:?}", text(&output));
+    let teacher_ckpt = teacher.join("last.ckpt");
+    let student = root.join("student");
+    let output = sbfnet(
+        &[
+            &["train"][..],
+            &common,
+            &limits,
+            &[
+                "--epochs",
+                "2",
+                "--teacher",
+                s(&teacher_ckpt),
+                "--kd-temperature",
+                "4",
+                "--kd-weight",
+                "0.5",
+            ],
+            &["--out", s(&student)],
+        ]
+        .concat(),
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("at temperature 4, teacher weight 0.5"),
+        "{stdout}"
+    );
+    // Resume the first epoch's checkpoint: it reloads the teacher.
+    let resumed = sbfnet(&[
+        "train",
+        "--data",
+        s(&data),
+        "--resume",
+        s(&student.join("best.ckpt")),
+    ]);
+    let (stdout, stderr) = text(&resumed);
+    assert!(
+        resumed.status.success() && stdout.contains("distilling from"),
+        "{stdout}\n{stderr}"
+    );
+    // Bad settings and a missing teacher.
+    for (extra, expected) in [
+        (
+            vec!["--kd-weight", "0.5"],
+            "--kd-temperature and --kd-weight need --teacher",
+        ),
+        (
+            vec!["--teacher", s(&teacher_ckpt), "--kd-weight", "2"],
+            "--kd-weight must be in [0, 1], got 2",
+        ),
+        (vec!["--teacher", s(&root.join("none.ckpt"))], "none.ckpt"),
+    ] {
+        let output = sbfnet(
+            &[
+                &["train"][..],
+                &common,
+                &limits,
+                &extra,
+                &["--out", s(&root.join("x"))],
+            ]
+            .concat(),
+        );
+        let (stdout, stderr) = text(&output);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{extra:?}: {stdout}\n{stderr}"
+        );
+    }
+    std::fs::rename(&teacher_ckpt, root.join("moved.ckpt")).unwrap();
+    let output = sbfnet(&[
+        "train",
+        "--data",
+        s(&data),
+        "--resume",
+        s(&student.join("last.ckpt")),
+    ]);
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("the run was distilled from teacher"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
