@@ -33,7 +33,7 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
-fn pruning_trainer(epochs: usize, images: usize) -> Trainer {
+fn pruning_trainer(epochs: usize, images: usize, saliency: Saliency) -> Trainer {
     let spec = ModelSpec::parse_description("resnet8-w8 sbf:rate=0,groups=2").unwrap();
     let mut trainer = Trainer::new(&spec, config(epochs), images).unwrap();
     trainer.pruning = Some(PruneSettings {
@@ -43,7 +43,7 @@ fn pruning_trainer(epochs: usize, images: usize) -> Trainer {
         },
         min_templates: 2,
         init: TransformInit::LeastSquares,
-        saliency: Saliency::L1Relative,
+        saliency,
     });
     trainer
 }
@@ -61,11 +61,21 @@ fn logits(model: &Model, store: &ParamStore) -> Tensor {
 
 #[test]
 fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
+    for saliency in [Saliency::L1Relative, Saliency::Taylor] {
+        pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency);
+    }
+}
+
+fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency: Saliency) {
     let set = synthetic_set(48, 10, 3);
-    let dir = std::env::temp_dir().join(format!("sbfnet-pruning-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "sbfnet-pruning-{}-{}",
+        saliency.name(),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let mut trainer = pruning_trainer(3, set.len());
+    let mut trainer = pruning_trainer(3, set.len(), saliency);
     trainer.train_epoch(&set, |_| {}).unwrap();
     let after_first = PruneState::of(&trainer.model);
     // Epoch 0 of a 2-epoch ramp to 0.5: rate 0.25 of 112 filters → 28 transformed.
@@ -77,6 +87,9 @@ fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
     );
     let path = dir.join("epoch1.ckpt");
     trainer.to_checkpoint().save(&path).unwrap();
+    // Taylor: the evidence of epoch 0 is carried to the pruning step of epoch 1 (and saved).
+    assert_eq!(trainer.taylor.steps > 0, saliency == Saliency::Taylor);
+    let saved_taylor = trainer.taylor.clone();
     for _ in 1..3 {
         let result = trainer.train_epoch(&set, |_| {}).unwrap();
         assert!(result.loss.is_finite());
@@ -107,6 +120,7 @@ fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
     let mut resumed = Trainer::from_checkpoint(&checkpoint, &path, set.len()).unwrap();
     assert_eq!(PruneState::of(&resumed.model), after_first);
     assert_eq!(resumed.pruning, trainer.pruning);
+    assert_eq!(resumed.taylor, saved_taylor);
     for _ in 1..3 {
         resumed.train_epoch(&set, |_| {}).unwrap();
     }

@@ -161,8 +161,8 @@ pub struct PruneArgs {
     /// L1 filter pruning, the baseline; the output is zero) [default: sbf]
     #[arg(long)]
     pub method: Option<String>,
-    /// Filter ranking: l1-relative (L1 norm / the layer's mean L1 norm) or l1 (plain L1 norm)
-    /// [default: l1-relative]
+    /// Filter ranking: l1-relative (L1 norm / the layer's mean L1 norm), l1 (plain L1 norm) or
+    /// taylor (first-order Taylor over the previous epoch / the layer's mean) [default: l1-relative]
     #[arg(long)]
     pub saliency: Option<String>,
 }
@@ -194,7 +194,7 @@ impl PruneArgs {
             None => Ok(Saliency::L1Relative),
             Some(text) => Saliency::parse(text).ok_or_else(|| {
                 Error::msg(format!(
-                    "unknown --saliency \"{text}\" (expected l1-relative or l1)"
+                    "unknown --saliency \"{text}\" (expected l1-relative, l1 or taylor)"
                 ))
             }),
         }

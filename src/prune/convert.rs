@@ -80,7 +80,7 @@ pub fn load_dense_and_prune(
         }
     }
     load_model_tensors(store, &renamed, path)?;
-    prune_step(model, store, rate, min_templates, init, saliency);
+    prune_step(model, store, rate, min_templates, init, saliency, None);
     Ok(())
 }
 

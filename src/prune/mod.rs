@@ -5,10 +5,12 @@ pub mod convert;
 pub mod ramp;
 pub mod report;
 pub mod schedule;
+pub mod taylor;
 
 pub use assignment::{assignment_metadata, kept_outputs, restore_assignments};
 pub use ramp::{prune_step, PruneSettings, PruneState};
 pub use schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
+pub use taylor::TaylorScores;
 
 /// Test helper: the evaluation-mode logits of `model` on a fixed random batch [2, 3, 32, 32],
 /// to check that a conversion or a pruning step changes no output.

@@ -16,6 +16,7 @@
 //! optimizer state is reset by the caller.
 
 use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
+use super::taylor::TaylorScores;
 use crate::autograd::{ParamId, ParamStore};
 use crate::error::{Error, Result};
 use crate::nn::{Model, SbfConv2d, TransformInit};
@@ -162,8 +163,18 @@ impl PruneState {
 
 /// Scores of a layer's outputs: the saliency of its template's filter for a template output
 /// (0 for transformed outputs, which are no longer candidates).
-fn template_scores(layer: &SbfConv2d, store: &ParamStore, saliency: Saliency) -> LayerFilters {
-    let norms = saliency.scores(&l1_norms(store.value(layer.templates)));
+fn template_scores(
+    layer: &SbfConv2d,
+    store: &ParamStore,
+    saliency: Saliency,
+    taylor: Option<&[f32]>,
+) -> LayerFilters {
+    let norms = match (saliency, taylor) {
+        (Saliency::Taylor, Some(sums)) => saliency.scores(sums),
+        // No Taylor evidence yet (before the first step): rank by the relative L1 norm.
+        (Saliency::Taylor, None) => Saliency::L1Relative.scores(&l1_norms(store.value(layer.templates))),
+        _ => saliency.scores(&l1_norms(store.value(layer.templates))),
+    };
     let assignment = &layer.assignment;
     LayerFilters {
         scores: (0..layer.out_channels)
@@ -181,7 +192,8 @@ fn template_scores(layer: &SbfConv2d, store: &ParamStore, saliency: Saliency) ->
 }
 
 /// One global selection at `rate` over every SBF layer of `model`, then `reassign` of every
-/// layer whose templates changed. Returns the ids of the reshaped parameters.
+/// layer whose templates changed. `taylor`: the accumulated sums for [`Saliency::Taylor`] (None
+/// or empty: rank by the relative L1 norm). Returns the ids of the reshaped parameters.
 pub fn prune_step(
     model: &mut Model,
     store: &mut ParamStore,
@@ -189,7 +201,9 @@ pub fn prune_step(
     min_templates: usize,
     init: TransformInit,
     saliency: Saliency,
+    taylor: Option<&TaylorScores>,
 ) -> Vec<ParamId> {
+    let taylor = taylor.filter(|t| t.steps > 0);
     let mut layers: Vec<&mut SbfConv2d> = model
         .conv_layers_mut()
         .into_iter()
@@ -197,9 +211,10 @@ pub fn prune_step(
         .collect();
     let filters: Vec<LayerFilters> = layers
         .iter()
-        .map(|layer| LayerFilters {
+        .enumerate()
+        .map(|(l, layer)| LayerFilters {
             min_templates,
-            ..template_scores(layer, store, saliency)
+            ..template_scores(layer, store, saliency, taylor.map(|t| t.layers[l].as_slice()))
         })
         .collect();
     let chosen = select_templates(&filters, rate);
@@ -250,6 +265,7 @@ mod tests {
                 min_templates,
                 TransformInit::Identity,
                 Saliency::L1Relative,
+                None,
             );
             let state = PruneState::of(&model);
             for (before, after) in previous.layers.iter().zip(&state.layers) {
@@ -283,6 +299,7 @@ mod tests {
             min_templates,
             TransformInit::Identity,
             Saliency::L1Relative,
+            None,
         );
         assert!(reshaped.is_empty());
         let after: Vec<_> = model
@@ -305,6 +322,7 @@ mod tests {
             8,
             TransformInit::Identity,
             Saliency::L1,
+            None,
         );
         let state = PruneState::of(&model);
         assert_eq!(state.templates_text(), "4/4 4/4 8/8 8/8 8/16 8/16");
@@ -320,7 +338,8 @@ mod tests {
             0.0,
             1,
             TransformInit::LeastSquares,
-            Saliency::L1
+            Saliency::L1,
+            None
         )
         .is_empty());
         assert_eq!(logits(&model, &store).data, before.data);
@@ -337,6 +356,7 @@ mod tests {
             1,
             TransformInit::Identity,
             Saliency::L1,
+            None,
         );
         for ((_, layer), old) in model
             .conv_layers()
@@ -375,6 +395,7 @@ mod tests {
             1,
             TransformInit::LeastSquares,
             Saliency::L1,
+            None,
         );
         let pruned = model.conv_layers()[1].1.as_sbf().unwrap().clone();
         assert_eq!(

@@ -102,6 +102,8 @@ pub enum Saliency {
     L1,
     /// ‖W_n‖₁ / mean over the layer's current templates of ‖W_m‖₁ (the default).
     L1Relative,
+    /// First-order Taylor (`prune::taylor`), divided by the layer's mean like `L1Relative`.
+    Taylor,
 }
 
 impl Saliency {
@@ -110,21 +112,23 @@ impl Saliency {
         match self {
             Saliency::L1 => "l1",
             Saliency::L1Relative => "l1-relative",
+            Saliency::Taylor => "taylor",
         }
     }
 
     /// Parses [`Saliency::name`]'s text.
     pub fn parse(text: &str) -> Option<Saliency> {
-        [Saliency::L1, Saliency::L1Relative]
+        [Saliency::L1, Saliency::L1Relative, Saliency::Taylor]
             .into_iter()
             .find(|s| s.name() == text)
     }
 
-    /// Scores of one layer's template filters from their L1 norms (same order).
+    /// Scores of one layer's template filters from their raw evidence (same order): L1 norms, or
+    /// for `Taylor` the accumulated sums.
     pub fn scores(self, template_norms: &[f32]) -> Vec<f32> {
         match self {
             Saliency::L1 => template_norms.to_vec(),
-            Saliency::L1Relative => {
+            Saliency::L1Relative | Saliency::Taylor => {
                 let mean = template_norms.iter().map(|&v| v as f64).sum::<f64>()
                     / template_norms.len().max(1) as f64;
                 let scale = if mean > 0.0 { (1.0 / mean) as f32 } else { 1.0 };
@@ -173,10 +177,10 @@ mod tests {
             let removed: Vec<usize> = chosen.iter().map(|l| l.iter().filter(|t| !**t).count()).collect();
             assert_eq!(removed, per_layer, "{}", saliency.name());
         }
-        for s in [Saliency::L1, Saliency::L1Relative] {
+        for s in [Saliency::L1, Saliency::L1Relative, Saliency::Taylor] {
             assert_eq!(Saliency::parse(s.name()), Some(s));
         }
-        assert_eq!(Saliency::parse("taylor"), None);
+        assert_eq!(Saliency::parse("hessian"), None);
     }
 
     fn layer(scores: &[f32], min_templates: usize) -> LayerFilters {

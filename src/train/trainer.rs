@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Model, ModelSpec};
 use crate::ops;
 use crate::prune::{assignment_metadata, prune_step, restore_assignments, PruneSettings};
+use crate::prune::{Saliency, TaylorScores};
 use crate::tensor::Tensor;
 use crate::train::checkpoint::Checkpoint;
 use rand::rngs::StdRng;
@@ -443,6 +444,8 @@ pub struct Trainer {
     /// Generalised pruning (`prune::ramp`): at the start of each epoch of the ramp the
     /// templates of every SBF layer are re-selected; None: the assignment never changes.
     pub pruning: Option<PruneSettings>,
+    /// First-order Taylor sums since the last pruning step (only with `Saliency::Taylor`).
+    pub taylor: TaylorScores,
     /// Knowledge distillation from a teacher; None: plain cross-entropy.
     pub distillation: Option<Distillation>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
@@ -475,6 +478,7 @@ impl Trainer {
             batch_hook: None,
             pruning: None,
             distillation: None,
+            taylor: TaylorScores::default(),
             worker_gradients,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
@@ -500,6 +504,12 @@ impl Trainer {
         );
         let mut fault = self.fault_before_update(loss, x, labels);
         if fault.is_none() {
+            if let Some(pruning) = self.pruning {
+                // Taylor evidence for the next pruning step (there is none after the ramp).
+                if pruning.saliency == Saliency::Taylor && !pruning.ramp.is_frozen(self.epoch + 1) {
+                    self.taylor.accumulate(&self.model, &self.store);
+                }
+            }
             self.optimizer.step(&mut self.store, learning_rate);
             self.store.apply_batch_statistics(&statistics);
             fault = numerics::first_nonfinite_parameter(&self.store).map(|parameter| FaultKind::Update {
@@ -646,7 +656,9 @@ impl Trainer {
             pruning.min_templates,
             pruning.init,
             pruning.saliency,
+            Some(&self.taylor),
         );
+        self.taylor.clear();
         self.parameters_reshaped(&reshaped);
     }
 
@@ -678,6 +690,7 @@ impl Trainer {
         metadata.extend(assignment_metadata(&self.model));
         let mut tensors = model_tensors(&self.store);
         tensors.extend(self.optimizer.export(&self.store));
+        tensors.extend(self.taylor.to_tensors());
         Checkpoint {
             model: self.model.description(),
             metadata,
@@ -713,6 +726,8 @@ impl Trainer {
         trainer.parameters_reshaped(&reshaped);
         trainer.pruning = PruneSettings::from_checkpoint(checkpoint, path)?;
         trainer.distillation = Distillation::from_checkpoint(checkpoint, path)?;
+        let sbf_layers = crate::prune::PruneState::of(&trainer.model).layers.len();
+        trainer.taylor = TaylorScores::from_checkpoint(checkpoint, path, sbf_layers)?;
         load_model_tensors(&mut trainer.store, checkpoint, path)?;
         let store = &trainer.store;
         trainer
