@@ -8,7 +8,7 @@ use super::train::{self, TrainArgs};
 use clap::Args;
 use sbfnet::data::cifar;
 use sbfnet::nn::{ModelSpec, TransformInit};
-use sbfnet::prune::{self, PruneState};
+use sbfnet::prune::{self, PruneState, Saliency};
 use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::Trainer;
 use sbfnet::{Error, Result};
@@ -61,6 +61,12 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
     let family = train.pruning.family()?;
     let saliency = train.pruning.saliency()?;
+    if saliency == Saliency::Taylor {
+        return Err(Error::msg(
+            "--saliency taylor needs gradients from training steps; a conversion has none: use l1-relative or l1 \
+             (or prune during training with sbfnet train --prune-rate --saliency taylor)",
+        ));
+    }
     let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, family, &from)?;
     let threads = train
         .threads

@@ -10,20 +10,9 @@
 //! The τ² keeps the soft term's gradient on the scale of the hard one's as τ grows (Hinton's
 //! choice). v1 of the paper used w = 1 (ω = 0 in its eq. 7: teacher only) and τ = 5 on CIFAR.
 
-use super::loss::{cross_entropy, softmax_rows};
+use super::loss::{cross_entropy, log_softmax_rows};
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
-
-/// log softmax of each row of a [N, K] slice, by log-sum-exp.
-fn log_softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
-    let mut out = logits.to_vec();
-    for row in out.chunks_mut(classes) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
-        row.iter_mut().for_each(|v| *v -= lse);
-    }
-    out
-}
 
 /// τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), the batch mean, as a [1] tensor. `teacher` [N, K] is a
 /// constant (no gradient flows into the teacher).
@@ -93,13 +82,6 @@ pub fn distillation_loss(
     )
 }
 
-/// The teacher's softened probabilities, for reports and tests: softmax(t / τ) per row.
-pub fn soft_targets(teacher: &Tensor, temperature: f32) -> Vec<f32> {
-    let classes = teacher.shape[1];
-    let softened: Vec<f32> = teacher.data.iter().map(|v| v / temperature).collect();
-    softmax_rows(&softened, classes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +123,7 @@ mod tests {
         let uniform = tape.input(Tensor::zeros(&[2, 3]));
         let loss = soft_target_loss(&mut tape, uniform, &t, 1.0);
         let value = tape.value(loss).data[0] as f64;
-        let q = soft_targets(&t, 1.0);
+        let q = crate::ops::loss::softmax_rows(&t.data, 3);
         let entropy: f64 = q.iter().map(|&p| -(p as f64) * (p as f64).ln()).sum::<f64>() / 2.0;
         assert!((value - (3f64.ln() - entropy)).abs() < 1e-5, "{value}");
     }

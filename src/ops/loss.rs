@@ -24,6 +24,17 @@ pub fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
     p
 }
 
+/// log softmax of each row of a [N, K] slice, by log-sum-exp (no −∞ for a tiny probability).
+pub fn log_softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    for row in out.chunks_mut(classes) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+        row.iter_mut().for_each(|v| *v -= lse);
+    }
+    out
+}
+
 /// The loss above, as a [1] tensor. Panics if a label is out of range.
 pub fn cross_entropy(tape: &mut Tape, logits: Var, labels: &[usize], smoothing: f32) -> Var {
     let zv = tape.value(logits);
@@ -43,16 +54,13 @@ pub fn cross_entropy(tape: &mut Tape, logits: Var, labels: &[usize], smoothing: 
     let target = |n: usize, k: usize| {
         (1.0 - smoothing) * f32::from(u8::from(k == labels[n])) + smoothing / classes as f32
     };
+    let log_p = log_softmax_rows(&zv.data, classes); // [N, K]
     let mut loss = 0.0f64;
     for n in 0..n_batch {
         for k in 0..classes {
             let q = target(n, k);
             if q > 0.0 {
-                // log p computed from the logits (log-sum-exp) so tiny p does not give -inf.
-                let row = &zv.data[n * classes..(n + 1) * classes];
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
-                loss -= (q * (row[k] - lse)) as f64;
+                loss -= (q * log_p[n * classes + k]) as f64;
             }
         }
     }
