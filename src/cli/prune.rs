@@ -7,7 +7,7 @@
 use super::train::{self, TrainArgs};
 use clap::Args;
 use sbfnet::data::cifar;
-use sbfnet::nn::{ModelSpec, TransformInit};
+use sbfnet::nn::ModelSpec;
 use sbfnet::prune::{self, PruneState, Saliency};
 use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::Trainer;
@@ -51,11 +51,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     if min_templates == 0 {
         return Err(Error::msg("--min-templates must be at least 1"));
     }
-    let init = match &train.pruning.mask_init {
-        None => TransformInit::Identity,
-        Some(text) => prune::ramp::parse_init(text)
-            .ok_or_else(|| Error::msg(format!("unknown --mask-init \"{text}\" (expected copy or lstsq)")))?,
-    };
+    let init = train.pruning.mask_init()?;
     let groups = train.pruning.groups.unwrap_or(2);
     let dense = Checkpoint::load(&from)?;
     let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
