@@ -106,9 +106,9 @@ fn fast_conv_matches_naive_on_blocking_edges() {
     }
 }
 
-/// The batch split of the weight gradient (one partial sum per thread) and
-/// the nested image × channel-block split, on 1 and 3 threads, with a batch
-/// that does not divide evenly.
+/// The batch split of the weight gradient (one partial sum per thread, groups
+/// of several images) and the nested image × channel-block split, on 1 and 3
+/// threads, with a batch that does not divide evenly.
 #[test]
 fn fast_conv_matches_naive_on_other_thread_counts() {
     for threads in [1, 3] {
@@ -119,6 +119,9 @@ fn fast_conv_matches_naive_on_other_thread_counts() {
         pool.install(|| {
             check_against_oracle(&(5, 8, 12, 10, 10, 3, 1, 1), 300 + threads as u64);
             check_against_oracle(&(7, 16, 8, 8, 8, 3, 2, 1), 310 + threads as u64);
+            // several images per weight-gradient group with rows a multiple of 8
+            // (the channel-major copy of dy)
+            check_against_oracle(&(8, 16, 12, 8, 8, 3, 1, 1), 320 + threads as u64);
         });
     }
 }

@@ -595,40 +595,47 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 ///
 ///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
 ///
-/// Tiles of 6 output channels × 2 taps, 8 pixels per lane; each task sums a
-/// chunk of the batch (two chunks per thread) into its own partial dW, then
-/// the partials are added in a fixed order (no atomics; the result does not
-/// depend on which thread ran which chunk).
+/// Tiles of 4 output channels × 3 taps (one kernel row), 8 pixels per lane:
+/// 12 accumulators + 3 columns + 1 row fill the 16 registers, and a tile call
+/// streams only 4 planes of dy and one channel of the images, which stay in L1.
+/// Each task sums a chunk of the batch (two chunks per thread) into its own
+/// partial dW, then the partials are added in a fixed order (no atomics; the
+/// result does not depend on which thread ran which chunk).
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    const ROWS: usize = 6;
-    const COLS: usize = 2;
+    const ROWS: usize = 4;
+    const COLS: usize = 3;
     let image = PhaseSplitImage::new(shape);
     let offsets = image.tap_offsets();
     let depth = offsets.len(); // C·K²
     let out_channels = shape.out_channels;
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let input_image_len = shape.in_channels * shape.in_height * shape.in_width;
-    // dy rows are read 8 pixels at a time: rows whose width is not a multiple
-    // of 8 are copied with zero lanes after their end.
+    let output_image_len = out_channels * h_out * w_out;
+    // dy rows are read 8 pixels at a time, and one tile call reads the same
+    // channel of every image of its group. Where the rows are not a multiple
+    // of 8 or a group holds several images, dy is copied per group,
+    // channel-major: [F][group][Ho][dy_row], rows padded with zero lanes. One
+    // channel's planes of the group are then contiguous (in the batch layout
+    // they lie a power of two apart and evict each other from L1).
     let dy_row = w_out.next_multiple_of(LANES);
-    let copy_dy = dy_row != w_out;
-    let dy_image_len = out_channels * h_out * dy_row;
-    let per_image = image.image_len() + if copy_dy { dy_image_len } else { 0 };
+    let dy_plane = h_out * dy_row;
+    let per_image = image.image_len() + out_channels * dy_plane;
 
     // Two chunks per thread: rayon rebalances when a core is slowed by other work.
     let chunks = (2 * rayon::current_num_threads()).clamp(1, shape.batch);
     let images_per_chunk = shape.batch.div_ceil(chunks);
     let chunks = shape.batch.div_ceil(images_per_chunk);
-    // One tile call reads 2 planes of dy and about 1 channel of the image per
+    // One tile call reads ROWS planes of dy and about 1 channel of the image per
     // grouped image: keep that inside L1, and the group's images inside L2.
-    let tile_floats = ROWS * h_out * dy_row + shape.stride * shape.stride * image.plane_len();
+    let tile_floats = ROWS * dy_plane + shape.stride * shape.stride * image.plane_len();
     let group = (WEIGHT_GRAD_TILE_FLOATS / tile_floats)
         .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
         .clamp(1, images_per_chunk);
+    let copy_dy = group > 1 || dy_row != w_out;
     let weight_len = grad_weight.len();
     let slots = vector_slots(0..h_out, 0..w_out);
 
@@ -641,48 +648,53 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
                 let first = chunk * images_per_chunk;
                 let end = shape.batch.min(first + images_per_chunk);
                 let sources_len = group * image.image_len() + SOURCE_SLACK;
-                with_workspace(&TASK_WORKSPACE, sources_len + group * dy_image_len, |task| {
-                    let (sources, dy_copies) = task.split_at_mut(sources_len);
+                let dy_len = if copy_dy {
+                    out_channels * group * dy_plane
+                } else {
+                    0
+                };
+                with_workspace(&TASK_WORKSPACE, sources_len + dy_len, |task| {
+                    let (sources, dy_copy) = task.split_at_mut(sources_len);
                     let mut pairs = PixelPairs::new();
                     for group_first in (first..end).step_by(group) {
                         let group_end = end.min(group_first + group);
+                        let images = group_end - group_first;
                         // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
-                        sources[(group_end - group_first) * image.image_len()..].fill(0.0);
+                        sources[images * image.image_len()..].fill(0.0);
                         for n in group_first..group_end {
                             let g = n - group_first;
                             image.fill(
                                 &input[n * input_image_len..][..input_image_len],
                                 &mut sources[g * image.image_len()..][..image.image_len()],
                             );
-                            if copy_dy {
-                                // dy_copies: [group][F][Ho][dy_row]
-                                let copy = &mut dy_copies[g * dy_image_len..][..dy_image_len];
-                                copy.fill(0.0);
-                                for (row, dy_row_values) in grad_output[n * out_channels * h_out * w_out..]
-                                    .chunks(w_out)
-                                    .take(out_channels * h_out)
-                                    .enumerate()
-                                {
-                                    copy[row * dy_row..][..w_out].copy_from_slice(dy_row_values);
+                        }
+                        // dy, its channel stride and the start of image group_first in it
+                        let (dy, dy_channel_stride, dy_first) = if copy_dy {
+                            // dy_copy: [F][images][Ho][dy_row]
+                            let dy_channel_stride = images * dy_plane;
+                            let dy_copy = &mut dy_copy[..out_channels * dy_channel_stride];
+                            dy_copy.fill(0.0);
+                            for n in group_first..group_end {
+                                let dy_n = &grad_output[n * output_image_len..][..output_image_len];
+                                for (f, plane) in dy_n.chunks(h_out * w_out).enumerate() {
+                                    let copy = &mut dy_copy
+                                        [f * dy_channel_stride + (n - group_first) * dy_plane..][..dy_plane];
+                                    for (row, values) in plane.chunks(w_out).enumerate() {
+                                        copy[row * dy_row..][..w_out].copy_from_slice(values);
+                                    }
                                 }
                             }
-                        }
-                        // (dy, source) index pairs of every 8-pixel vector of the group
-                        let (dy, dy_channel_stride, dy_image_stride, dy_first) = if copy_dy {
-                            (&*dy_copies, h_out * dy_row, dy_image_len, 0)
+                            (&*dy_copy, dy_channel_stride, 0)
                         } else {
-                            (
-                                grad_output,
-                                h_out * w_out,
-                                out_channels * h_out * w_out,
-                                group_first,
-                            )
+                            // one image, rows a multiple of 8: read dy in place
+                            (grad_output, h_out * w_out, group_first * output_image_len)
                         };
+                        // (dy, source) index pairs of every 8-pixel vector of the group
                         pairs.clear();
-                        for g in 0..group_end - group_first {
+                        for g in 0..images {
                             for slot in &slots {
                                 pairs.push(
-                                    (dy_first + g) * dy_image_stride + slot.row * dy_row + slot.col,
+                                    dy_first + g * dy_plane + slot.row * dy_row + slot.col,
                                     g * image.image_len() + slot.row * image.row_stride() + slot.col,
                                 );
                             }
