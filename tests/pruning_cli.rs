@@ -53,7 +53,7 @@ fn prune_during_training_and_convert_a_dense_run() {
                 "--min-templates",
                 "2",
             ],
-            &["--mask-init", "lstsq", "--out", s(&pruned)],
+            &["--mask-init", "copy", "--out", s(&pruned)],
         ]
         .concat(),
     );
@@ -165,7 +165,7 @@ fn prune_during_training_and_convert_a_dense_run() {
         "{report}"
     );
     assert!(
-        lines[2].starts_with("| converted | resnet8-w8 | SBF converted 0.50 |"),
+        lines[2].starts_with("| converted | resnet8-w8 | SBF converted 0.50, lstsq masks |"),
         "{report}"
     );
     assert!(
@@ -178,7 +178,7 @@ fn prune_during_training_and_convert_a_dense_run() {
         "{report}"
     );
     assert!(
-        lines[5].starts_with("| pruned | resnet8-w8 | SBF ramp 0.50 |"),
+        lines[5].starts_with("| pruned | resnet8-w8 | SBF ramp 0.50, copy masks |"),
         "{report}"
     );
     // At the same rate, plain pruning saves more MACs than SBF (its pruned filters cost nothing).

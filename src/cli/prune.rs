@@ -112,8 +112,15 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         .push((train::TEST_IMAGES_KEY.into(), test_images.to_string()));
     // The training loop rewrites the checkpoint's metadata: the conversion is noted beside it.
     let note = out.join(prune::report::CONVERSION_NOTE);
-    std::fs::write(&note, format!("from {}\nrate {rate}\n", from.display()))
-        .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;
+    std::fs::write(
+        &note,
+        format!(
+            "from {}\nrate {rate}\nmask_init {}\n",
+            from.display(),
+            prune::ramp::init_name(init)
+        ),
+    )
+    .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;
     let start = out.join("last.ckpt");
     checkpoint.save(&start)?;
     // Fine-tune: resume the saved epoch-0 run.

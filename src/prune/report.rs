@@ -21,8 +21,9 @@ pub struct RunSummary {
     pub folder: String,
     /// e.g. "resnet20".
     pub model: String,
-    /// "dense", "SBF ramp 0.50", "SBF converted 0.50", "L1 pruning ramp 0.50" (the fraction of
-    /// the body's filters transformed or pruned), or the conv plan.
+    /// "dense", "SBF ramp 0.50, lstsq masks", "SBF converted 0.50, copy masks", "L1 pruning ramp
+    /// 0.50" (the fraction of the body's filters transformed or pruned), or the conv plan; then
+    /// ", l1 saliency" or ", taylor saliency" where it is not the default, ", distilled" with a teacher.
     pub method: String,
     pub is_dense: bool,
     pub accuracy: f32,
@@ -64,9 +65,30 @@ impl RunSummary {
                 "converted"
             };
             let fraction = super::PruneState::of(&model).transformed_fraction();
-            format!("{method} {how} {fraction:.2}")
+            let mut text = format!("{method} {how} {fraction:.2}");
+            // How the masks started (SBF only: pruned filters have none): from the
+            // checkpoint of a ramp, from the conversion note of a converted run.
+            let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).unwrap_or_default();
+            let init = checkpoint.get("prune_mask_init").map(str::to_string).or_else(|| {
+                note.lines()
+                    .find_map(|l| l.strip_prefix("mask_init ").map(str::to_string))
+            });
+            if let (Some(init), "SBF") = (init, method) {
+                text += &format!(", {init} masks");
+            }
+            match checkpoint.get("prune_saliency") {
+                Some(saliency) if saliency != super::Saliency::L1Relative.name() => {
+                    text += &format!(", {saliency} saliency")
+                }
+                _ => {}
+            }
+            text
         } else {
             model.spec.convs.describe()
+        };
+        let method = match checkpoint.get("kd_teacher") {
+            Some(_) => format!("{method}, distilled"),
+            None => method,
         };
         Ok(RunSummary {
             folder: dir
