@@ -673,14 +673,15 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
                             // dy_copy: [F][images][Ho][dy_row]
                             let dy_channel_stride = images * dy_plane;
                             let dy_copy = &mut dy_copy[..out_channels * dy_channel_stride];
-                            dy_copy.fill(0.0);
+                            // every float is written: each row's values, then its zero lanes
                             for n in group_first..group_end {
                                 let dy_n = &grad_output[n * output_image_len..][..output_image_len];
                                 for (f, plane) in dy_n.chunks(h_out * w_out).enumerate() {
                                     let copy = &mut dy_copy
                                         [f * dy_channel_stride + (n - group_first) * dy_plane..][..dy_plane];
-                                    for (row, values) in plane.chunks(w_out).enumerate() {
-                                        copy[row * dy_row..][..w_out].copy_from_slice(values);
+                                    for (row, values) in copy.chunks_mut(dy_row).zip(plane.chunks(w_out)) {
+                                        row[..w_out].copy_from_slice(values);
+                                        row[w_out..].fill(0.0);
                                     }
                                 }
                             }

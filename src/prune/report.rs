@@ -47,10 +47,12 @@ impl RunSummary {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(f64::NAN)
         };
+        // The note `sbfnet prune` leaves in a converted run's folder.
+        let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).ok();
         let is_dense = model.spec.convs == crate::nn::ConvPlan::dense();
         let method = if is_dense {
             "dense".to_string()
-        } else if checkpoint.get("prune_rate").is_some() || dir.join(CONVERSION_NOTE).is_file() {
+        } else if checkpoint.get("prune_rate").is_some() || note.is_some() {
             // Plain filter pruning is the zero family: its pruned outputs are zero.
             let method = match &model.spec.convs.body {
                 crate::nn::ConvKind::Sbf {
@@ -68,10 +70,10 @@ impl RunSummary {
             let mut text = format!("{method} {how} {fraction:.2}");
             // How the masks started (SBF only: pruned filters have none): from the
             // checkpoint of a ramp, from the conversion note of a converted run.
-            let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).unwrap_or_default();
-            let init = checkpoint.get("prune_mask_init").map(str::to_string).or_else(|| {
-                note.lines()
-                    .find_map(|l| l.strip_prefix("mask_init ").map(str::to_string))
+            let init = checkpoint.get("prune_mask_init").or_else(|| {
+                note.as_deref()?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("mask_init "))
             });
             if let (Some(init), "SBF") = (init, method) {
                 text += &format!(", {init} masks");
