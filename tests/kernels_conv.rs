@@ -23,8 +23,11 @@ const NETWORK_SHAPES: [Case; 6] = [
 ];
 
 /// Edges of the blocking: odd channel counts, batch 1 and 3, maps smaller than
-/// one 8-pixel vector or a tile, K = 1, 2, 5, strides 2 and 3, padding 0 and 2.
-const EDGE_SHAPES: [Case; 14] = [
+/// one 8-pixel vector or a tile, K = 1, 2, 5, strides 2 and 3, padding 0 and 2;
+/// batch 1 with rows of 16 (the weight gradient split over output channels,
+/// reading dy in place).
+const EDGE_SHAPES: [Case; 15] = [
+    (1, 3, 12, 16, 16, 3, 1, 1),
     (1, 5, 7, 13, 11, 3, 1, 1),
     (3, 3, 5, 5, 4, 3, 1, 1),
     (2, 6, 10, 9, 9, 1, 1, 0),

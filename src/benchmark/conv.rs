@@ -148,77 +148,201 @@ pub enum Clock {
     CpuPerThread,
 }
 
-/// Times the three kernels of `shape` on random data, in the current rayon pool.
-pub fn time_passes(shape: &ConvShape, min_seconds: f64, clock: Clock) -> PassTimes {
-    let threads = rayon::current_num_threads() as f64;
-    let median_seconds = |f: &mut dyn FnMut(), warmup, reps, min_seconds| match clock {
-        Clock::Wall => median_seconds(f, warmup, reps, min_seconds),
-        Clock::CpuPerThread => median_cpu_seconds(f, warmup, reps, min_seconds * threads) / threads,
-    };
-    let mut rng = StdRng::seed_from_u64(0);
-    // x [N,C,H,W], w [F,C,K,K], dy [N,F,Ho,Wo] and their gradients; allocated once.
-    let x = Tensor::normal(&[shape.input_len()], 1.0, &mut rng);
-    let w = Tensor::normal(&[shape.weight_len()], 0.1, &mut rng);
-    let dy = Tensor::normal(&[shape.output_len()], 1.0, &mut rng);
-    let mut y = vec![0.0; shape.output_len()];
-    let mut dx = vec![0.0; shape.input_len()];
-    let mut dw = vec![0.0; shape.weight_len()];
-    let (warmup, reps) = (2, 5);
-    let forward = median_seconds(
-        &mut || conv::forward(shape, &x.data, &w.data, &mut y),
-        warmup,
-        reps,
-        min_seconds,
-    );
-    let input_grad = median_seconds(
-        &mut || conv::input_grad(shape, &dy.data, &w.data, &mut dx),
-        warmup,
-        reps,
-        min_seconds,
-    );
-    let weight_grad = median_seconds(
-        &mut || conv::weight_grad(shape, &x.data, &dy.data, &mut dw),
-        warmup,
-        reps,
-        min_seconds,
-    );
-    let total = median_seconds(
-        &mut || {
-            conv::forward(shape, &x.data, &w.data, &mut y);
-            conv::input_grad(shape, &dy.data, &w.data, &mut dx);
-            conv::weight_grad(shape, &x.data, &dy.data, &mut dw);
-        },
-        warmup,
-        reps,
-        min_seconds,
-    );
-    PassTimes {
-        forward,
-        input_grad,
-        weight_grad,
-        total,
+/// The median of some samples (the upper one of an even count).
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
+/// One timed pass of the dense convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+    /// forward, input_grad and weight_grad back to back.
+    Total,
+}
+
+impl Pass {
+    pub const ALL: [Pass; 4] = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad, Pass::Total];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::InputGrad => "input grad",
+            Pass::WeightGrad => "weight grad",
+            Pass::Total => "fwd+bwd",
+        }
+    }
+
+    /// FLOPs of the pass: 2·MACs per kernel.
+    pub fn flops(self, shape: &ConvShape) -> f64 {
+        let kernels = if self == Pass::Total { 3.0 } else { 1.0 };
+        kernels * 2.0 * shape.macs() as f64
     }
 }
 
-/// Single-thread throughput of independent `f32x8` FMA chains, in GFLOP/s:
-/// about PEAK_GFLOPS_PER_CORE when f32x8 runs as one 256-bit FMA, half or
-/// less when it falls back to two 128-bit halves or separate multiply and add.
-pub fn fma_throughput_gflops() -> f64 {
+/// Random x, w, dy of one shape and the buffers the passes write; allocated once.
+pub struct PassData {
+    shape: ConvShape,
+    x: Vec<f32>,  // [N, C, H, W]
+    w: Vec<f32>,  // [F, C, K, K]
+    dy: Vec<f32>, // [N, F, Ho, Wo]
+    y: Vec<f32>,  // [N, F, Ho, Wo]
+    dx: Vec<f32>, // [N, C, H, W]
+    dw: Vec<f32>, // [F, C, K, K]
+}
+
+impl PassData {
+    pub fn new(shape: &ConvShape) -> Self {
+        let mut rng = StdRng::seed_from_u64(0);
+        PassData {
+            shape: *shape,
+            x: Tensor::normal(&[shape.input_len()], 1.0, &mut rng).data,
+            w: Tensor::normal(&[shape.weight_len()], 0.1, &mut rng).data,
+            dy: Tensor::normal(&[shape.output_len()], 1.0, &mut rng).data,
+            y: vec![0.0; shape.output_len()],
+            dx: vec![0.0; shape.input_len()],
+            dw: vec![0.0; shape.weight_len()],
+        }
+    }
+
+    /// Runs `pass` once, in the current rayon pool.
+    pub fn run(&mut self, pass: Pass) {
+        let shape = &self.shape;
+        if matches!(pass, Pass::Forward | Pass::Total) {
+            conv::forward(shape, &self.x, &self.w, &mut self.y);
+        }
+        if matches!(pass, Pass::InputGrad | Pass::Total) {
+            conv::input_grad(shape, &self.dy, &self.w, &mut self.dx);
+        }
+        if matches!(pass, Pass::WeightGrad | Pass::Total) {
+            conv::weight_grad(shape, &self.x, &self.dy, &mut self.dw);
+        }
+    }
+}
+
+/// Times the three kernels of `shape` on random data, in the current rayon pool.
+pub fn time_passes(shape: &ConvShape, min_seconds: f64, clock: Clock) -> PassTimes {
+    let threads = rayon::current_num_threads() as f64;
+    let mut data = PassData::new(shape);
+    let (warmup, reps) = (2, 5);
+    let mut time = |pass| {
+        let f = || data.run(pass);
+        match clock {
+            Clock::Wall => median_seconds(f, warmup, reps, min_seconds),
+            Clock::CpuPerThread => median_cpu_seconds(f, warmup, reps, min_seconds * threads) / threads,
+        }
+    };
+    PassTimes {
+        forward: time(Pass::Forward),
+        input_grad: time(Pass::InputGrad),
+        weight_grad: time(Pass::WeightGrad),
+        total: time(Pass::Total),
+    }
+}
+
+/// The speed-up from the first pool to each other, per shape and pass, timed
+/// in alternation: every round times the pass once in each pool (a repetition
+/// of at least `min_seconds`), and the medians over `rounds` rounds are
+/// compared. This VM's speed drifts by tens of percent over minutes, so two
+/// tables timed one after the other cannot give a scaling figure; alternating
+/// within seconds can. Prints one row per shape: the speed-up of each pass.
+pub fn scaling(
+    shapes: &[BenchShape],
+    pools: &[(usize, rayon::ThreadPool)],
+    min_seconds: f64,
+    rounds: usize,
+    out: &mut impl Write,
+) -> std::io::Result<Vec<(BenchShape, [f64; 4])>> {
+    let (first_threads, _) = pools[0];
+    let mut results = Vec::new();
+    for (index, &(threads, _)) in pools.iter().enumerate().skip(1) {
+        writeln!(
+            out,
+            "speed-up {first_threads} → {threads} threads, timed in alternation ({rounds} rounds, medians):"
+        )?;
+        // The machine's own ceiling: independent FMA chains on every thread at once.
+        let mut fma = [Vec::new(), Vec::new()];
+        for _ in 0..rounds.max(1) {
+            for (side, pool_index) in [0, index].into_iter().enumerate() {
+                fma[side].push(fma_throughput_gflops_on(&pools[pool_index].1));
+            }
+        }
+        let [fma_before, fma_after] = fma.map(median);
+        writeln!(
+            out,
+            "f32x8 FMA chains on every thread (the machine's ceiling): {fma_before:.1} → {fma_after:.1} GFLOP/s, ×{:.2}",
+            fma_after / fma_before
+        )?;
+        write!(out, "{:<24}", "N,Cin,Cout,HW,stride")?;
+        for pass in Pass::ALL {
+            write!(out, "{:>13}", pass.name())?;
+        }
+        writeln!(out)?;
+        for shape in shapes {
+            let mut data = PassData::new(&shape.conv_shape());
+            let mut speedups = [0.0; 4];
+            for (column, pass) in Pass::ALL.into_iter().enumerate() {
+                let mut samples = [Vec::new(), Vec::new()];
+                for _ in 0..rounds.max(1) {
+                    for (side, pool_index) in [0, index].into_iter().enumerate() {
+                        let seconds = pools[pool_index]
+                            .1
+                            .install(|| median_seconds(|| data.run(pass), 1, 1, min_seconds));
+                        samples[side].push(seconds);
+                    }
+                }
+                let [before, after] = samples.map(median);
+                speedups[column] = before / after;
+            }
+            write!(
+                out,
+                "{:<24}",
+                format!(
+                    "{},{},{},{},{}",
+                    shape.batch, shape.in_channels, shape.out_channels, shape.size, shape.stride
+                )
+            )?;
+            for speedup in speedups {
+                write!(out, "{:>12.2}×", speedup)?;
+            }
+            writeln!(out)?;
+            results.push((*shape, speedups));
+        }
+    }
+    Ok(results)
+}
+
+/// Throughput of independent `f32x8` FMA chains on every thread of `pool` at
+/// once, in GFLOP/s of the whole pool: about PEAK_GFLOPS_PER_CORE per thread
+/// when f32x8 runs as one 256-bit FMA, half or less when it falls back to two
+/// 128-bit halves or separate multiply and add. It is also the vector peak
+/// the machine really gives that many threads (a VM's cores may share a
+/// physical core or be throttled together): the ceiling of any kernel's
+/// speed-up from 1 to that many threads.
+pub fn fma_throughput_gflops_on(pool: &rayon::ThreadPool) -> f64 {
+    let start = std::time::Instant::now();
+    let flops: f64 = pool.broadcast(|_| fma_chains()).into_iter().sum();
+    flops / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// 12 independent f32x8 FMA chains, 20 million steps each; returns the FLOPs done.
+fn fma_chains() -> f64 {
     use wide::f32x8;
     const CHAINS: usize = 12;
     const STEPS: usize = 20_000_000;
     let multiplier = f32x8::splat(std::hint::black_box(0.999_999));
     let addend = f32x8::splat(std::hint::black_box(1e-7));
     let mut chains = [f32x8::splat(1.0); CHAINS];
-    let start = std::time::Instant::now();
     for _ in 0..STEPS {
         for chain in chains.iter_mut() {
             *chain = chain.mul_add(multiplier, addend);
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
     std::hint::black_box(chains);
-    (STEPS * CHAINS * 8 * 2) as f64 / seconds / 1e9
+    (STEPS * CHAINS * 8 * 2) as f64
 }
 
 /// Benchmarks every shape in the current rayon pool (`threads` threads) and
@@ -247,7 +371,7 @@ pub fn run(
     for shape in shapes {
         let conv_shape = shape.conv_shape();
         let times = time_passes(&conv_shape, min_seconds, clock);
-        let flops = 2.0 * conv_shape.macs() as f64;
+        let flops = Pass::Forward.flops(&conv_shape);
         let reference = torch.and_then(|t| t.find(shape));
         let label = format!(
             "{},{},{},{},{}",
@@ -280,4 +404,41 @@ pub fn run(
         results.push((*shape, times));
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alternating speed-up table: one row per shape with a finite,
+    /// positive speed-up per pass, under a header naming both thread counts.
+    #[test]
+    fn scaling_times_every_pass_in_both_pools() {
+        let pools: Vec<(usize, rayon::ThreadPool)> = [1, 2]
+            .into_iter()
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                (threads, pool)
+            })
+            .collect();
+        let shapes = [BenchShape {
+            batch: 2,
+            in_channels: 3,
+            out_channels: 4,
+            size: 9,
+            stride: 2,
+        }];
+        let mut out = Vec::new();
+        let results = scaling(&shapes, &pools, 0.0, 3, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("speed-up 1 → 2 threads"), "{text}");
+        assert!(text.contains("2,3,4,9,2"), "{text}");
+        assert_eq!(results.len(), 1);
+        for speedup in results[0].1 {
+            assert!(speedup.is_finite() && speedup > 0.0, "{:?}", results[0].1);
+        }
+    }
 }

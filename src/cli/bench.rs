@@ -26,6 +26,11 @@ pub struct BenchArgs {
     /// on a machine shared with other jobs (not comparable with PyTorch's wall times).
     #[arg(long)]
     cpu_time: bool,
+    /// With several --threads: rounds of the speed-up table that times every
+    /// pass in alternation between the first thread count and each other
+    /// (robust to the VM's drifting speed); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    scaling_rounds: usize,
     /// Skip the single-thread f32x8 FMA throughput check.
     #[arg(long)]
     no_fma_check: bool,
@@ -39,25 +44,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(path) => conv::read_torch_json(path)?,
         None => Vec::new(),
     };
-    println!("instruction set: {}", benchmark::instruction_set());
-    if !args.no_fma_check {
-        println!(
-            "f32x8 FMA throughput, 1 thread: {:.1} GFLOP/s (peak {:.0})",
-            conv::fma_throughput_gflops(),
-            benchmark::PEAK_GFLOPS_PER_CORE
-        );
-    }
     let shapes = conv::network_shapes(&args.batch);
-    for &threads in &args.threads {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| Error::msg(format!("bench: cannot start {threads} threads: {e}")))?;
+    let pools = args
+        .threads
+        .iter()
+        .map(|&threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| Error::msg(format!("bench: cannot start {threads} threads: {e}")))?;
+            Ok((threads, pool))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (threads, pool) in &pools {
+        let threads = *threads;
         let reference = torch.iter().find(|figures| figures.threads == threads);
         if args.torch_json.is_some() && reference.is_none() {
             println!("(no PyTorch run with {threads} threads in the JSON)");
         }
         println!();
+        if !args.no_fma_check {
+            println!(
+                "f32x8 FMA throughput of {threads} thread(s) at once: {:.1} GFLOP/s (peak {:.0})",
+                conv::fma_throughput_gflops_on(pool),
+                benchmark::PEAK_GFLOPS_PER_CORE * threads as f64
+            );
+        }
         pool.install(|| {
             let clock = if args.cpu_time {
                 conv::Clock::CpuPerThread
@@ -73,6 +85,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &mut std::io::stdout(),
             )
         })
+        .map_err(|e| Error::msg(format!("bench: writing the table: {e}")))?;
+    }
+    if pools.len() > 1 && args.scaling_rounds > 0 {
+        println!();
+        conv::scaling(
+            &shapes,
+            &pools,
+            args.min_seconds,
+            args.scaling_rounds,
+            &mut std::io::stdout(),
+        )
         .map_err(|e| Error::msg(format!("bench: writing the table: {e}")))?;
     }
     Ok(())

@@ -128,20 +128,24 @@ fn group_bases<const VECTORS: usize>(group: &[VectorSlot], row_stride: usize) ->
 
 /// Packs rows of a row-major matrix m [rows, depth] into panels of ROWS rows,
 /// k-major: packed[panel][k][r] = m[panel·ROWS + r, k] (0 past the last row).
+/// Panels are packed in parallel: at batch 8 a serial pack is a fair share of the call.
 fn pack_row_panels<const ROWS: usize>(
     rows: usize,
     depth: usize,
-    element: impl Fn(usize, usize) -> f32,
+    element: impl Fn(usize, usize) -> f32 + Sync,
     packed: &mut [f32],
 ) {
-    for (panel, panel_data) in packed.chunks_mut(depth * ROWS).enumerate() {
-        for k in 0..depth {
-            for r in 0..ROWS {
-                let row = panel * ROWS + r;
-                panel_data[k * ROWS + r] = if row < rows { element(row, k) } else { 0.0 };
+    packed
+        .par_chunks_mut(depth * ROWS)
+        .enumerate()
+        .for_each(|(panel, panel_data)| {
+            for k in 0..depth {
+                for r in 0..ROWS {
+                    let row = panel * ROWS + r;
+                    panel_data[k * ROWS + r] = if row < rows { element(row, k) } else { 0.0 };
+                }
             }
-        }
-    }
+        });
 }
 
 /// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
@@ -458,21 +462,26 @@ impl InputPhase {
         offsets
     }
 
-    /// A[c, (f,t,u)] = w[f, c, r + s·t, q + s·u], the order of `tap_offsets`.
-    fn weight_element(&self, shape: &ConvShape, weight: &[f32], c: usize, k: usize) -> f32 {
+    /// Where A[c, (f,t,u)] = w[f, c, r + s·t, q + s·u] sits in w, for c = 0, in
+    /// the order of `tap_offsets`; channel c adds c·K². (A table, so that
+    /// packing A does no division per element.)
+    fn weight_offsets(&self, shape: &ConvShape) -> Vec<usize> {
         let ConvShape {
             in_channels,
             kernel,
             stride,
             ..
         } = *shape;
-        let (f, t, u) = (
-            k / (self.row_taps * self.col_taps),
-            (k / self.col_taps) % self.row_taps,
-            k % self.col_taps,
-        );
-        let (kh, kw) = (self.row_phase + stride * t, self.col_phase + stride * u);
-        weight[((f * in_channels + c) * kernel + kh) * kernel + kw]
+        let mut offsets = Vec::with_capacity(self.depth(shape));
+        for f in 0..shape.out_channels {
+            for t in 0..self.row_taps {
+                for u in 0..self.col_taps {
+                    let (kh, kw) = (self.row_phase + stride * t, self.col_phase + stride * u);
+                    offsets.push((f * in_channels * kernel + kh) * kernel + kw);
+                }
+            }
+        }
+        offsets
     }
 }
 
@@ -527,10 +536,12 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
         // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]
         for (phase, (_, _, start)) in phases.iter().zip(&plans) {
             let depth = phase.depth(shape);
+            let weight_offsets = phase.weight_offsets(shape);
+            let channel_stride = shape.kernel * shape.kernel;
             pack_row_panels::<ROWS>(
                 shape.in_channels,
                 depth,
-                |c, k| phase.weight_element(shape, weight, c, k),
+                |c, k| weight[weight_offsets[k] + c * channel_stride],
                 &mut packed[*start..*start + panels * depth * ROWS],
             );
         }
@@ -598,15 +609,85 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 /// Tiles of 4 output channels × 3 taps (one kernel row), 8 pixels per lane:
 /// 12 accumulators + 3 columns + 1 row fill the 16 registers, and a tile call
 /// streams only 4 planes of dy and one channel of the images, which stay in L1.
-/// Each task sums a chunk of the batch (two chunks per thread) into its own
-/// partial dW, then the partials are added in a fixed order (no atomics; the
-/// result does not depend on which thread ran which chunk).
+///
+/// Threads: a large batch is split into chunks of images (two per thread);
+/// each task sums its chunk into its own partial dW and the partials are added
+/// in a fixed order (no atomics; the result does not depend on which thread ran
+/// which chunk). A batch smaller than the thread count is split over output
+/// channels instead (one slice per thread): each task sums every image into
+/// its own rows of dW. (Only then: every task pads every image of the batch,
+/// and at batch 8 that duplicated padding cost more than the partials save.)
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    const ROWS: usize = 4;
+    let depth = shape.in_channels * shape.kernel * shape.kernel; // C·K²
+    let weight_len = grad_weight.len();
+    let threads = rayon::current_num_threads();
+    let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
+    if shape.batch < threads && panels > 1 {
+        // Split over output channels: task i owns dw rows [i·rows_per_task, …).
+        let rows_per_task = panels.div_ceil(threads) * WEIGHT_GRAD_ROWS;
+        grad_weight
+            .par_chunks_mut(rows_per_task * depth)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                let first = task * rows_per_task;
+                let channels = first..first + rows.len() / depth;
+                weight_grad_task(shape, input, grad_output, 0..shape.batch, channels, rows);
+            });
+        return;
+    }
+    // Two chunks per thread: rayon rebalances when a core is slowed by other work.
+    let chunks = (2 * threads).clamp(1, shape.batch);
+    let images_per_chunk = shape.batch.div_ceil(chunks);
+    let chunks = shape.batch.div_ceil(images_per_chunk);
+    with_workspace(&CALL_WORKSPACE, chunks * weight_len, |partials| {
+        partials
+            .par_chunks_mut(weight_len)
+            .enumerate()
+            .for_each(|(chunk, partial)| {
+                partial.fill(0.0);
+                let first = chunk * images_per_chunk;
+                let images = first..shape.batch.min(first + images_per_chunk);
+                weight_grad_task(shape, input, grad_output, images, 0..shape.out_channels, partial);
+            });
+        // grad_weight += Σ_chunk partials[chunk], in chunk order, split over
+        // slices of grad_weight.
+        let slice = weight_len.div_ceil(2 * threads).max(1024);
+        let partials = &*partials;
+        grad_weight
+            .par_chunks_mut(slice)
+            .enumerate()
+            .for_each(|(index, gradient)| {
+                let start = index * slice;
+                for partial in partials.chunks(weight_len) {
+                    for (gradient, value) in gradient.iter_mut().zip(&partial[start..]) {
+                        *gradient += value;
+                    }
+                }
+            });
+    });
+}
+
+/// Output channels per weight-gradient register tile.
+const WEIGHT_GRAD_ROWS: usize = 4;
+
+/// One weight-gradient task, on the calling thread:
+///
+///   rows[f − channels.start, (c,kh,kw)] += Σ_(n ∈ images) Σ_(oh,ow) dy[n, f, oh, ow] · image_n[…]
+///
+/// for f in `channels`; `rows` is [channels.len(), C·K²].
+fn weight_grad_task(
+    shape: &ConvShape,
+    input: &[f32],
+    grad_output: &[f32],
+    images: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
+    const ROWS: usize = WEIGHT_GRAD_ROWS;
     const COLS: usize = 3;
     let image = PhaseSplitImage::new(shape);
     let offsets = image.tap_offsets();
@@ -618,112 +699,91 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     // dy rows are read 8 pixels at a time, and one tile call reads the same
     // channel of every image of its group. Where the rows are not a multiple
     // of 8 or a group holds several images, dy is copied per group,
-    // channel-major: [F][group][Ho][dy_row], rows padded with zero lanes. One
-    // channel's planes of the group are then contiguous (in the batch layout
-    // they lie a power of two apart and evict each other from L1).
+    // channel-major: [channels][group][Ho][dy_row], rows padded with zero
+    // lanes. One channel's planes of the group are then contiguous (in the
+    // batch layout they lie a power of two apart and evict each other from L1).
     let dy_row = w_out.next_multiple_of(LANES);
     let dy_plane = h_out * dy_row;
-    let per_image = image.image_len() + out_channels * dy_plane;
-
-    // Two chunks per thread: rayon rebalances when a core is slowed by other work.
-    let chunks = (2 * rayon::current_num_threads()).clamp(1, shape.batch);
-    let images_per_chunk = shape.batch.div_ceil(chunks);
-    let chunks = shape.batch.div_ceil(images_per_chunk);
+    let per_image = image.image_len() + channels.len() * dy_plane;
     // One tile call reads ROWS planes of dy and about 1 channel of the image per
     // grouped image: keep that inside L1, and the group's images inside L2.
     let tile_floats = ROWS * dy_plane + shape.stride * shape.stride * image.plane_len();
     let group = (WEIGHT_GRAD_TILE_FLOATS / tile_floats)
         .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
-        .clamp(1, images_per_chunk);
+        .clamp(1, images.len().max(1));
     let copy_dy = group > 1 || dy_row != w_out;
-    let weight_len = grad_weight.len();
     let slots = vector_slots(0..h_out, 0..w_out);
-
-    with_workspace(&CALL_WORKSPACE, chunks * weight_len, |partials| {
-        partials
-            .par_chunks_mut(weight_len)
-            .enumerate()
-            .for_each(|(chunk, partial)| {
-                partial.fill(0.0);
-                let first = chunk * images_per_chunk;
-                let end = shape.batch.min(first + images_per_chunk);
-                let sources_len = group * image.image_len() + SOURCE_SLACK;
-                let dy_len = if copy_dy {
-                    out_channels * group * dy_plane
-                } else {
-                    0
-                };
-                with_workspace(&TASK_WORKSPACE, sources_len + dy_len, |task| {
-                    let (sources, dy_copy) = task.split_at_mut(sources_len);
-                    let mut pairs = PixelPairs::new();
-                    for group_first in (first..end).step_by(group) {
-                        let group_end = end.min(group_first + group);
-                        let images = group_end - group_first;
-                        // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
-                        sources[images * image.image_len()..].fill(0.0);
-                        for n in group_first..group_end {
-                            let g = n - group_first;
-                            image.fill(
-                                &input[n * input_image_len..][..input_image_len],
-                                &mut sources[g * image.image_len()..][..image.image_len()],
-                            );
-                        }
-                        // dy, its channel stride and the start of image group_first in it
-                        let (dy, dy_channel_stride, dy_first) = if copy_dy {
-                            // dy_copy: [F][images][Ho][dy_row]
-                            let dy_channel_stride = images * dy_plane;
-                            let dy_copy = &mut dy_copy[..out_channels * dy_channel_stride];
-                            // every float is written: each row's values, then its zero lanes
-                            for n in group_first..group_end {
-                                let dy_n = &grad_output[n * output_image_len..][..output_image_len];
-                                for (f, plane) in dy_n.chunks(h_out * w_out).enumerate() {
-                                    let copy = &mut dy_copy
-                                        [f * dy_channel_stride + (n - group_first) * dy_plane..][..dy_plane];
-                                    for (row, values) in copy.chunks_mut(dy_row).zip(plane.chunks(w_out)) {
-                                        row[..w_out].copy_from_slice(values);
-                                        row[w_out..].fill(0.0);
-                                    }
-                                }
-                            }
-                            (&*dy_copy, dy_channel_stride, 0)
-                        } else {
-                            // one image, rows a multiple of 8: read dy in place
-                            (grad_output, h_out * w_out, group_first * output_image_len)
-                        };
-                        // (dy, source) index pairs of every 8-pixel vector of the group
-                        pairs.clear();
-                        for g in 0..images {
-                            for slot in &slots {
-                                pairs.push(
-                                    dy_first + g * dy_plane + slot.row * dy_row + slot.col,
-                                    g * image.image_len() + slot.row * image.row_stride() + slot.col,
-                                );
-                            }
-                        }
-                        let sources = &*sources;
-                        for f_first in (0..out_channels).step_by(ROWS) {
-                            let rows = ROWS.min(out_channels - f_first);
-                            let row_starts: [usize; ROWS] =
-                                std::array::from_fn(|r| (f_first + r.min(rows - 1)) * dy_channel_stride);
-                            for k_first in (0..depth).step_by(COLS) {
-                                let cols = COLS.min(depth - k_first);
-                                let taps: [usize; COLS] =
-                                    std::array::from_fn(|j| offsets[k_first + j.min(cols - 1)]);
-                                let tile = dot_tile::<ROWS, COLS>(dy, &row_starts, sources, &taps, &pairs);
-                                for r in 0..rows {
-                                    for j in 0..cols {
-                                        partial[(f_first + r) * depth + k_first + j] +=
-                                            tile[r][j].reduce_add();
-                                    }
-                                }
-                            }
+    let sources_len = group * image.image_len() + SOURCE_SLACK;
+    let dy_len = if copy_dy {
+        channels.len() * group * dy_plane
+    } else {
+        0
+    };
+    with_workspace(&TASK_WORKSPACE, sources_len + dy_len, |task| {
+        let (sources, dy_copy) = task.split_at_mut(sources_len);
+        let mut pairs = PixelPairs::new();
+        for group_first in images.clone().step_by(group) {
+            let group_end = images.end.min(group_first + group);
+            let group_len = group_end - group_first;
+            // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
+            sources[group_len * image.image_len()..].fill(0.0);
+            for n in group_first..group_end {
+                let g = n - group_first;
+                image.fill(
+                    &input[n * input_image_len..][..input_image_len],
+                    &mut sources[g * image.image_len()..][..image.image_len()],
+                );
+            }
+            // dy, the stride between its channels, and where (group_first, f = 0) would start in it
+            let (dy, dy_channel_stride, dy_first) = if copy_dy {
+                // dy_copy: [channels][group_len][Ho][dy_row]; channel f at (f − channels.start)
+                let dy_channel_stride = group_len * dy_plane;
+                let dy_copy = &mut dy_copy[..channels.len() * dy_channel_stride];
+                // every float is written: each row's values, then its zero lanes
+                for n in group_first..group_end {
+                    let dy_n = &grad_output[n * output_image_len..][..output_image_len];
+                    for f in channels.clone() {
+                        let plane = &dy_n[f * h_out * w_out..][..h_out * w_out];
+                        let copy = &mut dy_copy
+                            [(f - channels.start) * dy_channel_stride + (n - group_first) * dy_plane..]
+                            [..dy_plane];
+                        for (row, values) in copy.chunks_mut(dy_row).zip(plane.chunks(w_out)) {
+                            row[..w_out].copy_from_slice(values);
+                            row[w_out..].fill(0.0);
                         }
                     }
-                });
-            });
-        for partial in partials.chunks(weight_len) {
-            for (gradient, value) in grad_weight.iter_mut().zip(partial) {
-                *gradient += value;
+                }
+                (&*dy_copy, dy_channel_stride, 0)
+            } else {
+                // one image, rows a multiple of 8: read dy in place, channel f at f
+                let first = group_first * output_image_len + channels.start * h_out * w_out;
+                (grad_output, h_out * w_out, first)
+            };
+            // (dy, source) index pairs of every 8-pixel vector of the group
+            pairs.clear();
+            for g in 0..group_len {
+                for slot in &slots {
+                    pairs.push(
+                        dy_first + g * dy_plane + slot.row * dy_row + slot.col,
+                        g * image.image_len() + slot.row * image.row_stride() + slot.col,
+                    );
+                }
+            }
+            let sources = &*sources;
+            for f_first in (0..channels.len()).step_by(ROWS) {
+                let tile_rows = ROWS.min(channels.len() - f_first);
+                let row_starts: [usize; ROWS] =
+                    std::array::from_fn(|r| (f_first + r.min(tile_rows - 1)) * dy_channel_stride);
+                for k_first in (0..depth).step_by(COLS) {
+                    let cols = COLS.min(depth - k_first);
+                    let taps: [usize; COLS] = std::array::from_fn(|j| offsets[k_first + j.min(cols - 1)]);
+                    let tile = dot_tile::<ROWS, COLS>(dy, &row_starts, sources, &taps, &pairs);
+                    for r in 0..tile_rows {
+                        for j in 0..cols {
+                            rows[(f_first + r) * depth + k_first + j] += tile[r][j].reduce_add();
+                        }
+                    }
+                }
             }
         }
     });
