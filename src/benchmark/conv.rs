@@ -244,11 +244,15 @@ pub fn time_passes(shape: &ConvShape, min_seconds: f64, clock: Clock) -> PassTim
 }
 
 /// The speed-up from the first pool to each other, per shape and pass, timed
-/// in alternation: every round times the pass once in each pool (a repetition
-/// of at least `min_seconds`), and the medians over `rounds` rounds are
-/// compared. This VM's speed drifts by tens of percent over minutes, so two
-/// tables timed one after the other cannot give a scaling figure; alternating
-/// within seconds can. Prints one row per shape: the speed-up of each pass.
+/// in alternation: every round times each pass of each shape once in each
+/// pool (a repetition of at least `min_seconds`, the two back to back), and
+/// the medians over `rounds` rounds are compared. This VM's speed drifts by
+/// tens of percent over minutes and dips for seconds at a time, so two tables
+/// timed one after the other cannot give a scaling figure. Alternating within
+/// a fraction of a second cancels the drift, and since a round runs through
+/// every shape before the next begins, a pass's samples are spread over the
+/// whole benchmark and one dip spoils at most one of them. The first row is
+/// the machine's own ceiling: independent FMA chains on every thread.
 pub fn scaling(
     shapes: &[BenchShape],
     pools: &[(usize, rayon::ThreadPool)],
@@ -257,19 +261,35 @@ pub fn scaling(
     out: &mut impl Write,
 ) -> std::io::Result<Vec<(BenchShape, [f64; 4])>> {
     let (first_threads, _) = pools[0];
+    let rounds = rounds.max(1);
+    let mut data: Vec<PassData> = shapes
+        .iter()
+        .map(|shape| PassData::new(&shape.conv_shape()))
+        .collect();
     let mut results = Vec::new();
     for (index, &(threads, _)) in pools.iter().enumerate().skip(1) {
+        // samples[shape][pass][side]: seconds per call; fma[side]: GFLOP/s
+        let mut samples: Vec<[[Vec<f64>; 2]; 4]> = vec![Default::default(); shapes.len()];
+        let mut fma = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (side, pool_index) in [0, index].into_iter().enumerate() {
+                fma[side].push(fma_throughput_gflops_on(&pools[pool_index].1));
+            }
+            for (shape_data, shape_samples) in data.iter_mut().zip(samples.iter_mut()) {
+                for (pass, pass_samples) in Pass::ALL.into_iter().zip(shape_samples.iter_mut()) {
+                    for (side, pool_index) in [0, index].into_iter().enumerate() {
+                        let seconds = pools[pool_index]
+                            .1
+                            .install(|| median_seconds(|| shape_data.run(pass), 1, 1, min_seconds));
+                        pass_samples[side].push(seconds);
+                    }
+                }
+            }
+        }
         writeln!(
             out,
             "speed-up {first_threads} → {threads} threads, timed in alternation ({rounds} rounds, medians):"
         )?;
-        // The machine's own ceiling: independent FMA chains on every thread at once.
-        let mut fma = [Vec::new(), Vec::new()];
-        for _ in 0..rounds.max(1) {
-            for (side, pool_index) in [0, index].into_iter().enumerate() {
-                fma[side].push(fma_throughput_gflops_on(&pools[pool_index].1));
-            }
-        }
         let [fma_before, fma_after] = fma.map(median);
         writeln!(
             out,
@@ -281,22 +301,8 @@ pub fn scaling(
             write!(out, "{:>13}", pass.name())?;
         }
         writeln!(out)?;
-        for shape in shapes {
-            let mut data = PassData::new(&shape.conv_shape());
-            let mut speedups = [0.0; 4];
-            for (column, pass) in Pass::ALL.into_iter().enumerate() {
-                let mut samples = [Vec::new(), Vec::new()];
-                for _ in 0..rounds.max(1) {
-                    for (side, pool_index) in [0, index].into_iter().enumerate() {
-                        let seconds = pools[pool_index]
-                            .1
-                            .install(|| median_seconds(|| data.run(pass), 1, 1, min_seconds));
-                        samples[side].push(seconds);
-                    }
-                }
-                let [before, after] = samples.map(median);
-                speedups[column] = before / after;
-            }
+        for (shape, shape_samples) in shapes.iter().zip(samples) {
+            let speedups = shape_samples.map(|[before, after]| median(before) / median(after));
             write!(
                 out,
                 "{:<24}",

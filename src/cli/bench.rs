@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// With several --threads: rounds of the speed-up table that times every
     /// pass in alternation between the first thread count and each other
     /// (robust to the VM's drifting speed); 0 skips it.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     scaling_rounds: usize,
     /// Skip the single-thread f32x8 FMA throughput check.
     #[arg(long)]
