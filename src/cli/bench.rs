@@ -31,7 +31,7 @@ pub struct BenchArgs {
     /// (robust to the VM's drifting speed); 0 skips it.
     #[arg(long, default_value_t = 7)]
     scaling_rounds: usize,
-    /// Skip the single-thread f32x8 FMA throughput check.
+    /// Skip the f32x8 FMA throughput check printed above each table.
     #[arg(long)]
     no_fma_check: bool,
 }

@@ -33,7 +33,10 @@
 //! pads its own image into a thread-local buffer that stays in L2.
 //! The weight gradient reduces over the batch: each task sums a chunk of
 //! images (two chunks per thread) into its own partial dW, and the partials
-//! are added at the end, in a fixed order; no atomics.
+//! are added at the end, in a fixed order, in parallel slices; no atomics. A
+//! batch smaller than the thread count is split over output channels instead.
+//! Weight panels are packed in parallel too: at batch 8 a call lasts 0.1–0.5
+//! ms, and any serial part of it shows in the 1 → 2 thread speed-up.
 //!
 //! Memory: the padded copies and packed weights live in thread-local buffers
 //! that grow and are kept between calls (fresh pages are expensive here).
