@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rand::{rngs::StdRng, SeedableRng};
 
-use super::{median_cpu_seconds, median_seconds, PEAK_GFLOPS_PER_CORE};
+use super::{median, median_cpu_seconds, median_seconds, PEAK_GFLOPS_PER_CORE};
 use crate::kernels::{conv, ConvShape};
 use crate::{Error, Result, Tensor};
 
@@ -26,6 +26,14 @@ pub struct BenchShape {
 }
 
 impl BenchShape {
+    /// "N,Cin,Cout,HW,stride", the first column of the tables.
+    pub fn label(&self) -> String {
+        format!(
+            "{},{},{},{},{}",
+            self.batch, self.in_channels, self.out_channels, self.size, self.stride
+        )
+    }
+
     pub fn conv_shape(&self) -> ConvShape {
         ConvShape {
             batch: self.batch,
@@ -146,12 +154,6 @@ pub enum Clock {
     /// CPU seconds of the whole process, divided by the thread count: robust
     /// to other processes on a shared machine; exact for one thread.
     CpuPerThread,
-}
-
-/// The median of some samples (the upper one of an even count).
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    samples[samples.len() / 2]
 }
 
 /// One timed pass of the dense convolution.
@@ -303,14 +305,7 @@ pub fn scaling(
         writeln!(out)?;
         for (shape, shape_samples) in shapes.iter().zip(samples) {
             let speedups = shape_samples.map(|[before, after]| median(before) / median(after));
-            write!(
-                out,
-                "{:<24}",
-                format!(
-                    "{},{},{},{},{}",
-                    shape.batch, shape.in_channels, shape.out_channels, shape.size, shape.stride
-                )
-            )?;
+            write!(out, "{:<24}", shape.label())?;
             for speedup in speedups {
                 write!(out, "{:>12.2}×", speedup)?;
             }
@@ -377,20 +372,16 @@ pub fn run(
     for shape in shapes {
         let conv_shape = shape.conv_shape();
         let times = time_passes(&conv_shape, min_seconds, clock);
-        let flops = Pass::Forward.flops(&conv_shape);
         let reference = torch.and_then(|t| t.find(shape));
-        let label = format!(
-            "{},{},{},{},{}",
-            shape.batch, shape.in_channels, shape.out_channels, shape.size, shape.stride
-        );
+        let label = shape.label();
         let rows = [
-            ("forward", times.forward, flops, reference.map(|r| r.0)),
-            ("input grad", times.input_grad, flops, None),
-            ("weight grad", times.weight_grad, flops, None),
-            ("fwd+bwd", times.total, 3.0 * flops, reference.map(|r| r.1)),
+            (Pass::Forward, times.forward, reference.map(|r| r.0)),
+            (Pass::InputGrad, times.input_grad, None),
+            (Pass::WeightGrad, times.weight_grad, None),
+            (Pass::Total, times.total, reference.map(|r| r.1)),
         ];
-        for (i, (pass, seconds, flops, torch_gflops)) in rows.into_iter().enumerate() {
-            let gflops = flops / seconds / 1e9;
+        for (i, (pass, seconds, torch_gflops)) in rows.into_iter().enumerate() {
+            let gflops = pass.flops(&conv_shape) / seconds / 1e9;
             let (torch_column, ratio_column) = match torch_gflops {
                 Some(t) => (format!("{t:.1}"), format!("{:.2}", gflops / t)),
                 None => (String::new(), String::new()),
@@ -399,7 +390,7 @@ pub fn run(
                 out,
                 "{:<24}{:<12}{:>10.3}{:>9.1}{:>7.0}%{:>12}{:>8}",
                 if i == 0 { label.as_str() } else { "" },
-                pass,
+                pass.name(),
                 seconds * 1e3,
                 gflops,
                 100.0 * gflops / peak,

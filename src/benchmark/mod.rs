@@ -35,7 +35,7 @@ pub fn median_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_secon
     f();
     let one = start.elapsed().as_secs_f64().max(1e-9);
     let calls = ((min_seconds / one).ceil() as usize).clamp(1, 1000);
-    let mut samples: Vec<f64> = (0..reps.max(1))
+    let samples = (0..reps.max(1))
         .map(|_| {
             let start = Instant::now();
             for _ in 0..calls {
@@ -44,7 +44,12 @@ pub fn median_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_secon
             start.elapsed().as_secs_f64() / calls as f64
         })
         .collect();
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    median(samples)
+}
+
+/// The median of some samples (the upper one of an even count).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
     samples[samples.len() / 2]
 }
 
@@ -71,7 +76,7 @@ pub fn median_cpu_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_s
     f();
     let one = (cpu() - start).max(1e-6);
     let calls = ((min_seconds / one).ceil() as usize).clamp(1, 1000);
-    let mut samples: Vec<f64> = (0..reps.max(1))
+    let samples = (0..reps.max(1))
         .map(|_| {
             let start = cpu();
             for _ in 0..calls {
@@ -80,8 +85,7 @@ pub fn median_cpu_seconds(mut f: impl FnMut(), warmup: usize, reps: usize, min_s
             (cpu() - start) / calls as f64
         })
         .collect();
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    samples[samples.len() / 2]
+    median(samples)
 }
 
 /// The runs of the JSON written by ../shared/bench/torch_ref.py, one per thread count:

@@ -625,7 +625,8 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    let depth = shape.in_channels * shape.kernel * shape.kernel; // C·K²
+    let geometry = WeightGradGeometry::new(shape);
+    let depth = geometry.offsets.len(); // C·K²
     let weight_len = grad_weight.len();
     let threads = rayon::current_num_threads();
     let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
@@ -638,7 +639,7 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
             .for_each(|(task, rows)| {
                 let first = task * rows_per_task;
                 let channels = first..first + rows.len() / depth;
-                weight_grad_task(shape, input, grad_output, 0..shape.batch, channels, rows);
+                weight_grad_task(&geometry, input, grad_output, 0..shape.batch, channels, rows);
             });
         return;
     }
@@ -654,7 +655,14 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
                 partial.fill(0.0);
                 let first = chunk * images_per_chunk;
                 let images = first..shape.batch.min(first + images_per_chunk);
-                weight_grad_task(shape, input, grad_output, images, 0..shape.out_channels, partial);
+                weight_grad_task(
+                    &geometry,
+                    input,
+                    grad_output,
+                    images,
+                    0..shape.out_channels,
+                    partial,
+                );
             });
         // grad_weight += Σ_chunk partials[chunk], in chunk order, split over
         // slices of grad_weight.
@@ -677,13 +685,35 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
 /// Output channels per weight-gradient register tile.
 const WEIGHT_GRAD_ROWS: usize = 4;
 
+/// What every weight-gradient task of one call reads: the padded image
+/// layout, the tap offsets into it and the 8-pixel vectors of dy (computed
+/// once per call, not per task).
+struct WeightGradGeometry {
+    image: PhaseSplitImage,
+    /// offset(c, kh, kw) in the padded image, k = (c·K + kh)·K + kw.
+    offsets: Vec<usize>,
+    /// The vectors covering the Ho × Wo output pixels.
+    slots: Vec<VectorSlot>,
+}
+
+impl WeightGradGeometry {
+    fn new(shape: &ConvShape) -> Self {
+        let image = PhaseSplitImage::new(shape);
+        WeightGradGeometry {
+            image,
+            offsets: image.tap_offsets(),
+            slots: vector_slots(0..shape.out_height(), 0..shape.out_width()),
+        }
+    }
+}
+
 /// One weight-gradient task, on the calling thread:
 ///
 ///   rows[f − channels.start, (c,kh,kw)] += Σ_(n ∈ images) Σ_(oh,ow) dy[n, f, oh, ow] · image_n[…]
 ///
 /// for f in `channels`; `rows` is [channels.len(), C·K²].
 fn weight_grad_task(
-    shape: &ConvShape,
+    geometry: &WeightGradGeometry,
     input: &[f32],
     grad_output: &[f32],
     images: std::ops::Range<usize>,
@@ -692,8 +722,12 @@ fn weight_grad_task(
 ) {
     const ROWS: usize = WEIGHT_GRAD_ROWS;
     const COLS: usize = 3;
-    let image = PhaseSplitImage::new(shape);
-    let offsets = image.tap_offsets();
+    let WeightGradGeometry {
+        image,
+        offsets,
+        slots,
+    } = geometry;
+    let shape = &image.shape;
     let depth = offsets.len(); // C·K²
     let out_channels = shape.out_channels;
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
@@ -715,7 +749,6 @@ fn weight_grad_task(
         .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
         .clamp(1, images.len().max(1));
     let copy_dy = group > 1 || dy_row != w_out;
-    let slots = vector_slots(0..h_out, 0..w_out);
     let sources_len = group * image.image_len() + SOURCE_SLACK;
     let dy_len = if copy_dy {
         channels.len() * group * dy_plane
@@ -765,7 +798,7 @@ fn weight_grad_task(
             // (dy, source) index pairs of every 8-pixel vector of the group
             pairs.clear();
             for g in 0..group_len {
-                for slot in &slots {
+                for slot in slots {
                     pairs.push(
                         dy_first + g * dy_plane + slot.row * dy_row + slot.col,
                         g * image.image_len() + slot.row * image.row_stride() + slot.col,
