@@ -36,6 +36,36 @@ impl Tensor {
         }
     }
 
+    /// A tensor whose planes of `plane` values (the last one may be shorter)
+    /// are written in parallel, plane p from `values(p)`: every value is
+    /// written once, with no zero fill first (a zero fill costs as much as the
+    /// writes of a cheap elementwise op). Panics if an iterator runs short.
+    pub fn from_planes<I>(shape: &[usize], plane: usize, values: impl Fn(usize) -> I + Sync) -> Tensor
+    where
+        I: Iterator<Item = f32>,
+    {
+        let len: usize = shape.iter().product();
+        let mut data: Vec<f32> = Vec::with_capacity(len);
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(p, slots)| {
+                let mut written = 0;
+                for (slot, value) in slots.iter_mut().zip(values(p)) {
+                    slot.write(value);
+                    written += 1;
+                }
+                assert_eq!(written, slots.len(), "from_planes: plane {p} ran short");
+            });
+        // SAFETY: the loop above initialised all `len` slots, each plane
+        // checked that it wrote every one of its own (or panicked first).
+        unsafe { data.set_len(len) };
+        Tensor {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
     /// Wraps `data`; panics if its length does not match `shape`.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
         let expected: usize = shape.iter().product();
@@ -189,6 +219,24 @@ mod tests {
             (var / expected - 1.0).abs() < 0.05,
             "variance {var} vs {expected}"
         );
+    }
+
+    #[test]
+    fn from_planes_writes_every_plane_in_place() {
+        // 3 planes of 4 values, the last one short (10 values in all)
+        let t = Tensor::from_planes(&[2, 5], 4, |p| (0..4).map(move |i| (10 * p + i) as f32));
+        assert_eq!(t.shape, vec![2, 5]);
+        assert_eq!(
+            t.data,
+            vec![0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0, 20.0, 21.0]
+        );
+        assert!(Tensor::from_planes(&[0, 3], 3, |_| std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "ran short")]
+    fn from_planes_refuses_a_short_plane() {
+        let _ = Tensor::from_planes(&[8], 4, |p| (0..4 - p).map(|i| i as f32));
     }
 
     #[test]

@@ -44,13 +44,55 @@ impl<'t> BackwardContext<'t> {
 
     /// The gradient accumulator of `var`, created as zeros on first use, or
     /// `None` when nothing upstream of `var` needs a gradient (so the op can
-    /// skip that computation). Backward code must `+=` into it.
+    /// skip that computation). Backward code must `+=` into it; an op whose
+    /// gradient is a fresh tensor hands it to [`Self::accumulate`] instead.
     pub fn grad(&mut self, var: Var) -> Option<&mut Tensor> {
         if !self.requires_grad[var.0] {
             return None;
         }
         let shape = &self.values[var.0].shape;
         Some(self.grads[var.0].get_or_insert_with(|| Tensor::zeros(shape)))
+    }
+
+    /// Whether anything upstream of `var` needs its gradient.
+    pub fn needs_grad(&self, var: Var) -> bool {
+        self.requires_grad[var.0]
+    }
+
+    /// Adds a freshly computed `contribution` to the gradient of `var`: the
+    /// first one becomes the accumulator as it is (no zero-filled buffer, no
+    /// addition), later ones are added to it. Ignored when `var` needs no
+    /// gradient.
+    pub fn accumulate(&mut self, var: Var, contribution: Tensor) {
+        if !self.requires_grad[var.0] {
+            return;
+        }
+        assert_eq!(
+            contribution.shape, self.values[var.0].shape,
+            "accumulate: gradient shape differs from the value's"
+        );
+        match &mut self.grads[var.0] {
+            Some(sum) => sum.add_assign(&contribution),
+            slot => *slot = Some(contribution),
+        }
+    }
+
+    /// Adds `contribution` to the gradient of `var`, copying it in as the
+    /// accumulator when it is the first (a copy instead of zeros plus an addition).
+    pub fn accumulate_copy(&mut self, var: Var, contribution: &Tensor) {
+        if !self.requires_grad[var.0] {
+            return;
+        }
+        match &mut self.grads[var.0] {
+            Some(sum) => sum.add_assign(contribution),
+            slot => {
+                assert_eq!(
+                    contribution.shape, self.values[var.0].shape,
+                    "accumulate_copy: gradient shape differs from the value's"
+                );
+                *slot = Some(contribution.clone())
+            }
+        }
     }
 }
 
@@ -247,6 +289,23 @@ mod tests {
         tape.backward(y);
         assert_eq!(tape.grad(a).unwrap().data, vec![5.0]); // b + 1
         assert_eq!(tape.grad(b).unwrap().data, vec![3.0]); // a
+    }
+
+    /// Gradients handed over whole (ReLU's fresh tensor, add's copied one)
+    /// still sum over every use: y = relu(a) + a + a.
+    #[test]
+    fn handed_over_gradients_sum_over_every_use() {
+        let store = ParamStore::default();
+        let mut tape = Tape::new(&store, Mode::Train);
+        let a = tape.leaf(Tensor::from_vec(&[3], vec![-1.0, 2.0, 0.5]));
+        let c = tape.input(Tensor::from_vec(&[3], vec![1.0, 1.0, 1.0]));
+        let r = crate::ops::relu::relu(&mut tape, a);
+        let ra = crate::ops::shape::add(&mut tape, r, a);
+        let raa = crate::ops::shape::add(&mut tape, ra, a);
+        let y = crate::ops::shape::add(&mut tape, raa, c);
+        tape.backward_with(y, Tensor::from_vec(&[3], vec![1.0, 10.0, 100.0]));
+        assert_eq!(tape.grad(a).unwrap().data, vec![2.0, 30.0, 300.0]);
+        assert!(tape.grad(c).is_none(), "an input needs no gradient");
     }
 
     #[test]

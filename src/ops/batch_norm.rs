@@ -158,17 +158,10 @@ pub fn batch_norm2d(
     let (gv, bv) = (tape.value(gamma), tape.value(beta));
     let a: Vec<f32> = (0..channels).map(|c| gv.data[c] * inv_std[c]).collect();
     let b: Vec<f32> = (0..channels).map(|c| bv.data[c] - mean[c] * a[c]).collect();
-    let mut y = Tensor::zeros(&xv.shape);
-    y.data
-        .par_chunks_mut(plane.max(1))
-        .zip(xv.data.par_chunks(plane.max(1)))
-        .enumerate()
-        .for_each(|(p, (y_plane, x_plane))| {
-            let (a, b) = (a[p % channels], b[p % channels]);
-            for (yi, &xi) in y_plane.iter_mut().zip(x_plane) {
-                *yi = a * xi + b;
-            }
-        });
+    let y = Tensor::from_planes(&xv.shape, plane, |p| {
+        let (a, b) = (a[p % channels], b[p % channels]);
+        xv.data[p * plane..][..plane].iter().map(move |&xi| a * xi + b)
+    });
     let uses_batch_statistics = measured.is_some();
     let out = tape.push(y, &[x, gamma, beta], move |grad_y, ctx| {
         let (xv, gv) = (ctx.value(x), ctx.value(gamma));
@@ -191,7 +184,7 @@ pub fn batch_norm2d(
                 *g += *s as f32;
             }
         }
-        if let Some(gx) = ctx.grad(x) {
+        if ctx.needs_grad(x) {
             // ∂L/∂x = k_r·R + k_x·x + k_1 per channel, from the formula in the module doc:
             //   batch:   k_r = γ·inv_std, k_x = −γ·inv_std²·Σ R·x̂ / M, k_1 = −γ·inv_std·Σ R / M − k_x·μ
             //   running: k_r = γ·inv_std, k_x = k_1 = 0
@@ -208,17 +201,15 @@ pub fn batch_norm2d(
                     }
                 })
                 .collect();
-            gx.data
-                .par_chunks_mut(plane.max(1))
-                .zip(r.par_chunks(plane.max(1)))
-                .zip(xv.data.par_chunks(plane.max(1)))
-                .enumerate()
-                .for_each(|(p, ((gx_plane, r_plane), x_plane))| {
-                    let [k_r, k_x, k_1] = coefficients[p % channels];
-                    for ((g, &ri), &xi) in gx_plane.iter_mut().zip(r_plane).zip(x_plane) {
-                        *g += k_r * ri + k_x * xi + k_1;
-                    }
-                });
+            // written plane by plane as a fresh tensor (no zero-filled accumulator)
+            let grad_x = Tensor::from_planes(&xv.shape, plane, |p| {
+                let [k_r, k_x, k_1] = coefficients[p % channels];
+                let range = p * plane..(p + 1) * plane;
+                (r[range.clone()].iter())
+                    .zip(&xv.data[range])
+                    .map(move |(&ri, &xi)| k_r * ri + k_x * xi + k_1)
+            });
+            ctx.accumulate(x, grad_x);
         }
     });
     (out, measured)

@@ -19,18 +19,17 @@ pub fn relu(tape: &mut Tape, x: Var) -> Var {
             .collect(),
     };
     tape.push(y, &[x], move |grad_y, ctx| {
-        let x_value = ctx.value(x);
-        if let Some(grad_x) = ctx.grad(x) {
-            grad_x
-                .data
-                .par_chunks_mut(PARALLEL_CHUNK)
-                .zip(grad_y.data.par_chunks(PARALLEL_CHUNK))
-                .zip(x_value.data.par_chunks(PARALLEL_CHUNK))
-                .for_each(|((grad_x, grad_y), x_value)| {
-                    for ((gx, &gy), &xv) in grad_x.iter_mut().zip(grad_y).zip(x_value) {
-                        *gx += if xv > 0.0 { gy } else { 0.0 };
-                    }
-                });
+        if ctx.needs_grad(x) {
+            let x_value = ctx.value(x);
+            // ∂L/∂x = ∂L/∂y where x > 0, else 0; written once, no zero fill.
+            let grad_x = Tensor {
+                shape: x_value.shape.clone(),
+                data: (grad_y.data.par_iter().with_min_len(PARALLEL_CHUNK))
+                    .zip(&x_value.data)
+                    .map(|(&gy, &xv)| if xv > 0.0 { gy } else { 0.0 })
+                    .collect(),
+            };
+            ctx.accumulate(x, grad_x);
         }
     })
 }

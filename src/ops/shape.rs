@@ -23,9 +23,7 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     };
     tape.push(y, &[a, b], move |grad_y, ctx| {
         for input in [a, b] {
-            if let Some(g) = ctx.grad(input) {
-                g.add_assign(grad_y);
-            }
+            ctx.accumulate_copy(input, grad_y);
         }
     })
 }
