@@ -67,13 +67,15 @@ impl<'t> BackwardContext<'t> {
         if !self.requires_grad[var.0] {
             return;
         }
-        assert_eq!(
-            contribution.shape, self.values[var.0].shape,
-            "accumulate: gradient shape differs from the value's"
-        );
         match &mut self.grads[var.0] {
-            Some(sum) => sum.add_assign(&contribution),
-            slot => *slot = Some(contribution),
+            Some(sum) => sum.add_assign(&contribution), // checks the shapes
+            slot => {
+                assert_eq!(
+                    contribution.shape, self.values[var.0].shape,
+                    "accumulate: gradient shape differs from the value's"
+                );
+                *slot = Some(contribution)
+            }
         }
     }
 
@@ -84,7 +86,7 @@ impl<'t> BackwardContext<'t> {
             return;
         }
         match &mut self.grads[var.0] {
-            Some(sum) => sum.add_assign(contribution),
+            Some(sum) => sum.add_assign(contribution), // checks the shapes
             slot => {
                 assert_eq!(
                     contribution.shape, self.values[var.0].shape,
