@@ -4,7 +4,8 @@
 //! with a closure that knows how to turn the gradient of that output into
 //! gradients of its inputs (the chain rule, one op at a time).
 //! `backward` walks the records in reverse and lets each closure `+=` into the
-//! gradients of its inputs, so a value used twice gets both contributions.
+//! gradients of its inputs (`ctx.grad`), or hand over a freshly computed one
+//! (`ctx.accumulate`), so a value used twice gets both contributions.
 //!
 //! Parameters do not live on the tape: they live in a [`ParamStore`] that
 //! outlives every step. `tape.param(id)` copies a parameter onto the tape as a
