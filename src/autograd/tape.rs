@@ -83,18 +83,10 @@ impl<'t> BackwardContext<'t> {
     /// Adds `contribution` to the gradient of `var`, copying it in as the
     /// accumulator when it is the first (a copy instead of zeros plus an addition).
     pub fn accumulate_copy(&mut self, var: Var, contribution: &Tensor) {
-        if !self.requires_grad[var.0] {
-            return;
-        }
         match &mut self.grads[var.0] {
             Some(sum) => sum.add_assign(contribution), // checks the shapes
-            slot => {
-                assert_eq!(
-                    contribution.shape, self.values[var.0].shape,
-                    "accumulate_copy: gradient shape differs from the value's"
-                );
-                *slot = Some(contribution.clone())
-            }
+            None if self.requires_grad[var.0] => self.accumulate(var, contribution.clone()),
+            None => {}
         }
     }
 }
