@@ -150,6 +150,50 @@ fn train_one_epoch_then_resume_and_evaluate() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `--eval-every 2` over 3 epochs evaluates after epochs 2 and 3 (the last): epoch 1's test
+/// columns are empty, and resuming the run reads those empty fields back.
+#[test]
+fn evaluate_every_second_epoch_and_resume_the_sparse_metrics() {
+    let (root, data) = fixture("eval-every");
+    let out = root.join("run");
+    let common = [
+        "--data",
+        s(&data),
+        "--model",
+        "resnet8-w2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--train-limit",
+        "16",
+        "--test-limit",
+        "8",
+        "--eval-every",
+        "2",
+    ];
+    let output = sbfnet(&[&["train"][..], &common, &["--epochs", "3", "--out", s(&out)]].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "train failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("test not evaluated"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!((rows[0][4], rows[0][5]), ("", ""), "{csv}");
+    for row in &rows[1..] {
+        let accuracy: f32 = row[5].parse().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{csv}");
+    }
+    // Resuming reads the empty fields back (a malformed row would be refused).
+    let output = sbfnet(&["train", "--resume", s(&out.join("last.ckpt")), "--data", s(&data)]);
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success() && stdout.contains("already finished all 3 epochs"),
+        "{stdout}\n{stderr}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn info_prints_the_layer_table() {
     let output = sbfnet(&["info", "--model", "resnet20"]);
@@ -232,6 +276,10 @@ fn settings_are_refused_before_the_data_is_read() {
         (
             vec!["--test-limit", "0"],
             "--test-limit must be at least 1, got 0",
+        ),
+        (
+            vec!["--eval-every", "0"],
+            "--eval-every must be at least 1, got 0",
         ),
         (vec!["--augment", "mixup"], "unknown --augment \"mixup\""),
     ] {

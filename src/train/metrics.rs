@@ -20,8 +20,10 @@ pub struct MetricsRow {
     pub learning_rate: f32,
     pub train_loss: f32,
     pub train_accuracy: f32,
-    pub test_loss: f32,
-    pub test_accuracy: f32,
+    /// Test-set loss and accuracy; `None` for an epoch the run did not
+    /// evaluate (`--eval-every`), an empty field in the CSV.
+    pub test_loss: Option<f32>,
+    pub test_accuracy: Option<f32>,
     pub images_per_second: f32,
     /// Seconds since the run started (over resumed sessions too).
     pub elapsed_seconds: f64,
@@ -29,14 +31,15 @@ pub struct MetricsRow {
 
 impl MetricsRow {
     fn to_csv(self) -> String {
+        let optional = |value: Option<f32>| value.map_or(String::new(), |v| format!("{v:.5}"));
         format!(
-            "{},{:.6},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1}",
+            "{},{:.6},{:.5},{:.5},{},{},{:.1},{:.1}",
             self.epoch,
             self.learning_rate,
             self.train_loss,
             self.train_accuracy,
-            self.test_loss,
-            self.test_accuracy,
+            optional(self.test_loss),
+            optional(self.test_accuracy),
             self.images_per_second,
             self.elapsed_seconds
         )
@@ -47,13 +50,20 @@ impl MetricsRow {
         if f.len() != 8 {
             return None;
         }
+        // An empty field: not evaluated; anything else must be a number.
+        let optional = |field: &str| -> Option<Option<f32>> {
+            match field {
+                "" => Some(None),
+                text => text.parse().ok().map(Some),
+            }
+        };
         Some(MetricsRow {
             epoch: f[0].parse().ok()?,
             learning_rate: f[1].parse().ok()?,
             train_loss: f[2].parse().ok()?,
             train_accuracy: f[3].parse().ok()?,
-            test_loss: f[4].parse().ok()?,
-            test_accuracy: f[5].parse().ok()?,
+            test_loss: optional(f[4])?,
+            test_accuracy: optional(f[5])?,
             images_per_second: f[6].parse().ok()?,
             elapsed_seconds: f[7].parse().ok()?,
         })
@@ -268,13 +278,15 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
     let last_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
     let finite_losses = rows
         .iter()
-        .flat_map(|r| [r.train_loss, r.test_loss])
+        .flat_map(|r| [Some(r.train_loss), r.test_loss])
+        .flatten()
         .filter(|v| v.is_finite());
     let max_loss = finite_losses.fold(0.0f32, f32::max).max(1e-3) as f64 * 1.05;
-    let series = |f: fn(&MetricsRow) -> f32| -> Vec<(f64, f64)> {
+    // The points of one series: epochs without a (finite) value are skipped,
+    // so a test series evaluated every few epochs joins the epochs it has.
+    let series = |f: fn(&MetricsRow) -> Option<f32>| -> Vec<(f64, f64)> {
         rows.iter()
-            .filter(|r| f(r).is_finite())
-            .map(|r| (r.epoch as f64, f(r) as f64))
+            .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v as f64)))
             .collect()
     };
     let [loss_panel, accuracy_panel] = panels(last_epoch, max_loss);
@@ -282,7 +294,7 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
         &mut image,
         &loss_panel,
         &[
-            (series(|r| r.train_loss), TRAIN_COLOUR),
+            (series(|r| Some(r.train_loss)), TRAIN_COLOUR),
             (series(|r| r.test_loss), TEST_COLOUR),
         ],
     );
@@ -290,7 +302,7 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
         &mut image,
         &accuracy_panel,
         &[
-            (series(|r| r.train_accuracy), TRAIN_COLOUR),
+            (series(|r| Some(r.train_accuracy)), TRAIN_COLOUR),
             (series(|r| r.test_accuracy), TEST_COLOUR),
         ],
     );
@@ -358,8 +370,8 @@ mod tests {
                 learning_rate: 0.1 / e as f32,
                 train_loss: 2.0 / e as f32,
                 train_accuracy: 0.2 * e as f32,
-                test_loss: 2.2 / e as f32,
-                test_accuracy: 0.18 * e as f32,
+                test_loss: Some(2.2 / e as f32),
+                test_accuracy: Some(0.18 * e as f32),
                 images_per_second: 1234.5,
                 elapsed_seconds: 10.0 * e as f64,
             })
@@ -375,12 +387,45 @@ mod tests {
         let back = read_csv(&path).unwrap();
         assert_eq!(back.len(), 3);
         assert_eq!(back[2].epoch, 3);
-        assert!((back[1].test_accuracy - 0.36).abs() < 1e-5);
+        assert!((back[1].test_accuracy.unwrap() - 0.36).abs() < 1e-5);
         std::fs::write(&path, "a,b\n").unwrap();
         assert!(read_csv(&path)
             .unwrap_err()
             .to_string()
             .contains("not an sbfnet metrics file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn epochs_without_evaluation_round_trip_as_empty_fields() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-metrics-sparse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.csv");
+        let mut sparse = rows();
+        sparse[1].test_loss = None;
+        sparse[1].test_accuracy = None;
+        write_csv(&path, &sparse).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with("2,0.050000,1.00000,0.40000,,,"));
+        let back = read_csv(&path).unwrap();
+        assert_eq!((back[1].test_loss, back[1].test_accuracy), (None, None));
+        assert!((back[2].test_accuracy.unwrap() - 0.54).abs() < 1e-5);
+        // The test series joins epochs 1 and 3: the line passes through the
+        // middle of the accuracy panel's epoch 2 at (0.18 + 0.54) / 2.
+        let image = learning_curve(&sparse);
+        let [_, accuracy] = panels(3.0, 2.2 * 1.05);
+        let (x, y) = accuracy.pixel(2.0, 0.36);
+        assert_eq!(*image.get_pixel(x as u32, y as u32), TEST_COLOUR);
+        // A field that is neither empty nor a number is still refused.
+        std::fs::write(&path, format!("{CSV_HEADER}\n1,0.1,2.0,0.2,x,0.5,10.0,1.0\n")).unwrap();
+        assert!(read_csv(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("malformed metrics row"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
