@@ -33,20 +33,25 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn train_one_epoch_then_resume_and_evaluate() {
-    let (root, data) = fixture("train");
-    let out = root.join("run");
-    let common = [
+/// The data folder, the tiny model, batch 8 and 2 threads: what the short runs here share.
+fn tiny_run(data: &Path) -> [&str; 8] {
+    [
         "--data",
-        s(&data),
+        s(data),
         "--model",
         "resnet8-w2",
         "--batch-size",
         "8",
         "--threads",
         "2",
-    ];
+    ]
+}
+
+#[test]
+fn train_one_epoch_then_resume_and_evaluate() {
+    let (root, data) = fixture("train");
+    let out = root.join("run");
+    let common = tiny_run(&data);
     let output = sbfnet(
         &[
             &["train"][..],
@@ -157,21 +162,10 @@ fn evaluate_every_second_epoch_and_resume_the_sparse_metrics() {
     let (root, data) = fixture("eval-every");
     let out = root.join("run");
     let common = [
-        "--data",
-        s(&data),
-        "--model",
-        "resnet8-w2",
-        "--batch-size",
-        "8",
-        "--threads",
-        "2",
-        "--train-limit",
-        "16",
-        "--test-limit",
-        "8",
-        "--eval-every",
-        "2",
-    ];
+        &tiny_run(&data)[..],
+        &["--train-limit", "16", "--test-limit", "8", "--eval-every", "2"],
+    ]
+    .concat();
     let output = sbfnet(&[&["train"][..], &common, &["--epochs", "3", "--out", s(&out)]].concat());
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "train failed:\n{stdout}\n{stderr}");
@@ -306,16 +300,7 @@ fn settings_are_refused_before_the_data_is_read() {
 #[test]
 fn distil_from_a_teacher_then_resume_and_refuse_bad_settings() {
     let (root, data) = fixture("distil");
-    let common = [
-        "--data",
-        s(&data),
-        "--model",
-        "resnet8-w2",
-        "--batch-size",
-        "8",
-        "--threads",
-        "2",
-    ];
+    let common = tiny_run(&data);
     let limits = ["--train-limit", "16", "--test-limit", "8"];
     let teacher = root.join("teacher");
     let output = sbfnet(
