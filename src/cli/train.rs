@@ -63,7 +63,7 @@ pub struct TrainArgs {
     /// Weight decay of conv and linear weights (not BN, not biases) [default: 5e-4]
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
-    /// cosine|step|onecycle [default: cosine]
+    /// cosine|linear|step|onecycle [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
     /// Epochs of linear learning-rate warm-up [default: 2]
@@ -319,7 +319,7 @@ pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConf
     if let Some(v) = &args.schedule {
         config.schedule = ScheduleKind::parse(v).ok_or_else(|| {
             Error::msg(format!(
-                "unknown --schedule \"{v}\" (expected cosine, step or onecycle)"
+                "unknown --schedule \"{v}\" (expected cosine, linear, step or onecycle)"
             ))
         })?;
     }

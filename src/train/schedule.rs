@@ -4,6 +4,8 @@
 //!
 //!   warm-up (s < W):  η(s) = η·(s + 1)/W                       (linear, reaches η at s = W − 1)
 //!   cosine:           η(s) = η·½·(1 + cos(π·(s − W)/(T − W)))   (η at s = W, 0 at s = T)
+//!   linear:           η(s) = η·(T − s)/(T − W)                 (straight to 0: the budget-aware
+//!                     schedule of Li, Yumer & Ramanan 2020, made for runs shortened to a time budget)
 //!   step:             η(s) = η·0.1^k, k = milestones passed (at 50 % and 75 % of T − W after warm-up)
 //!   one-cycle:        rises linearly from η/25 to η over the first 30 % of T (this replaces the
 //!                     warm-up), then falls as a cosine to 0 at s = T (Smith & Topin 2019)
@@ -13,6 +15,7 @@ use std::f64::consts::PI;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleKind {
     Cosine,
+    Linear,
     Step,
     OneCycle,
 }
@@ -21,6 +24,7 @@ impl ScheduleKind {
     pub fn name(&self) -> &'static str {
         match self {
             ScheduleKind::Cosine => "cosine",
+            ScheduleKind::Linear => "linear",
             ScheduleKind::Step => "step",
             ScheduleKind::OneCycle => "onecycle",
         }
@@ -29,6 +33,7 @@ impl ScheduleKind {
     pub fn parse(text: &str) -> Option<ScheduleKind> {
         match text {
             "cosine" => Some(ScheduleKind::Cosine),
+            "linear" => Some(ScheduleKind::Linear),
             "step" => Some(ScheduleKind::Step),
             "onecycle" => Some(ScheduleKind::OneCycle),
             _ => None,
@@ -67,6 +72,10 @@ impl Schedule {
             }
             _ if step < self.warmup_steps => base * (s + 1.0) / self.warmup_steps as f64,
             ScheduleKind::Cosine => base * cosine_from(self.warmup_steps as f64),
+            ScheduleKind::Linear => {
+                let after = (total - self.warmup_steps as f64).max(1.0);
+                base * ((total - s) / after).clamp(0.0, 1.0)
+            }
             ScheduleKind::Step => {
                 let after = (total - self.warmup_steps as f64).max(1.0);
                 let progress = (s - self.warmup_steps as f64) / after;
@@ -118,6 +127,16 @@ mod tests {
     }
 
     #[test]
+    fn linear_falls_in_a_straight_line_to_zero() {
+        let s = schedule(ScheduleKind::Linear);
+        assert!(close(s.learning_rate(9), 0.1)); // the same warm-up as cosine
+        assert!(close(s.learning_rate(10), 0.1));
+        assert!(close(s.learning_rate(60), 0.05));
+        assert!(close(s.learning_rate(85), 0.025));
+        assert_eq!(s.learning_rate(110), 0.0);
+    }
+
+    #[test]
     fn step_drops_tenfold_at_half_and_three_quarters() {
         let s = schedule(ScheduleKind::Step);
         assert!(close(s.learning_rate(59), 0.1));
@@ -137,9 +156,14 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for k in [ScheduleKind::Cosine, ScheduleKind::Step, ScheduleKind::OneCycle] {
+        for k in [
+            ScheduleKind::Cosine,
+            ScheduleKind::Linear,
+            ScheduleKind::Step,
+            ScheduleKind::OneCycle,
+        ] {
             assert_eq!(ScheduleKind::parse(k.name()), Some(k));
         }
-        assert_eq!(ScheduleKind::parse("linear"), None);
+        assert_eq!(ScheduleKind::parse("exponential"), None);
     }
 }
