@@ -197,6 +197,16 @@ fn info_prints_the_layer_table() {
         stdout.contains("stage3.block2.conv2") && stdout.contains("269722") && stdout.contains("40551040"),
         "{stdout}"
     );
+    // A plan that names stage 3: its layers are SBF, stage 2's stay dense.
+    let output = sbfnet(&["info", "--convs", "dense;stage3=sbf:rate=0.75,groups=2"]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let kind_of = |layer: &str| {
+        let line = stdout.lines().find(|l| l.starts_with(layer)).unwrap_or_default();
+        line.split_whitespace().nth(1).unwrap_or_default().to_string()
+    };
+    assert_eq!(kind_of("stage2.block2.conv2"), "conv3x3", "{stdout}");
+    assert_eq!(kind_of("stage3.block0.conv1"), "sbf3x3", "{stdout}");
 }
 
 #[test]
@@ -213,8 +223,15 @@ fn impossible_settings_are_refused_with_one_line() {
         ),
         (vec!["--model", "resnet19"], "6n + 2"),
         (vec!["--model", "alexnet"], "unknown model \"alexnet\""),
-        (vec!["--schedule", "linear"], "unknown --schedule \"linear\""),
+        (
+            vec!["--schedule", "exponential"],
+            "unknown --schedule \"exponential\"",
+        ),
         (vec!["--convs", "sparse"], "--convs \"sparse\": unknown conv kind"),
+        (
+            vec!["--convs", "dense;stage4=sbf:rate=0.5"],
+            "\"stage4\", which is no convolution of resnet20",
+        ),
         (vec!["--batch-size", "64"], "larger than the 40 training images"),
     ] {
         let output = sbfnet(&[&["train", "--data", d, "--out", s(&out)][..], &args].concat());

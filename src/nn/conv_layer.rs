@@ -11,7 +11,8 @@
 //! (R = 0: M = N, every filter a template, the start of a pruning run). The
 //! number of templates of a *pruned* layer differs per layer: it is restored
 //! from the checkpoint's per-layer assignment (see `prune::assignment`), not
-//! from R.
+//! from R. `first=<kind>;` sets the stem's kind, and `;<layer>=<kind>` segments
+//! set the kind of the named layers (`dense;stage3=sbf:rate=0.9,groups=2`).
 
 use super::{Conv2d, LayerCost, SbfConv2d};
 use crate::autograd::{ParamStore, Tape, Var};
@@ -118,11 +119,18 @@ impl ConvKind {
 ///
 /// `first` is the stem convolution that reads the RGB image (3 input
 /// channels: too few for templates to pay off, so it stays dense by default);
-/// `body` is every other 3×3 convolution.
+/// `body` is every other 3×3 convolution, unless an entry of `layers` names it.
+/// `layers` holds `(prefix, kind)` overrides by layer name, later ones winning:
+/// `stage2` names every layer of ResNet stage 2 (`stage2.block0.conv1`, ...),
+/// `stage3.block2.conv2` one layer, `features.conv13` one VGG layer. The
+/// transformation pays most where the two-stage path is fastest (wide layers at
+/// high rates), so a plan can put it there and keep the rest dense, as the
+/// paper's global pruning threshold spreads its rates unevenly across layers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvPlan {
     pub first: ConvKind,
     pub body: ConvKind,
+    pub layers: Vec<(String, ConvKind)>,
 }
 
 impl ConvPlan {
@@ -131,40 +139,106 @@ impl ConvPlan {
         ConvPlan {
             first: ConvKind::Dense,
             body: ConvKind::Dense,
+            layers: Vec::new(),
+        }
+    }
+
+    /// Whether every slot is dense.
+    pub fn is_dense(&self) -> bool {
+        self.first == ConvKind::Dense
+            && self.body == ConvKind::Dense
+            && self.layers.iter().all(|(_, kind)| *kind == ConvKind::Dense)
+    }
+
+    /// The kind of the layer called `layer` (`is_stem`: the convolution that reads the image):
+    /// the last entry of `layers` whose prefix is the name or a dotted prefix of it, else
+    /// `first` or `body`.
+    pub fn kind_of(&self, layer: &str, is_stem: bool) -> &ConvKind {
+        match self
+            .layers
+            .iter()
+            .rev()
+            .find(|(prefix, _)| prefix_names(prefix, layer))
+        {
+            Some((_, kind)) => kind,
+            None if is_stem => &self.first,
+            None => &self.body,
         }
     }
 
     /// Stable text for model descriptions: the body's kind, prefixed by
-    /// `first=<kind>,` when the stem differs from the default (dense).
+    /// `first=<kind>;` when the stem differs from the default (dense), followed by
+    /// `;<layer prefix>=<kind>` for each entry of `layers`.
     pub fn describe(&self) -> String {
-        match self.first {
+        let mut text = match self.first {
             ConvKind::Dense => self.body.describe(),
             ConvKind::Sbf { .. } => format!("first={};{}", self.first.describe(), self.body.describe()),
+        };
+        for (prefix, kind) in &self.layers {
+            text += &format!(";{prefix}={}", kind.describe());
         }
+        text
     }
 
-    /// Parses [`ConvPlan::describe`]'s text. `first=<kind>` ends at the `;` when the stem's
-    /// kind has settings of its own (`first=sbf:rate=0.5,groups=1;sbf:rate=0.5`), else at the first `,`.
+    /// Parses [`ConvPlan::describe`]'s text: `;`-separated segments, each `first=<kind>`, a
+    /// `<layer prefix>=<kind>` override or the body's kind (dense when absent). A plan of two
+    /// parts may also separate them with the first `,` when the stem's kind has no settings
+    /// (`first=dense,sbf:rate=0.5`).
     pub fn parse(text: &str) -> Result<ConvPlan, String> {
-        match text.strip_prefix("first=") {
-            Some(rest) => {
-                let (first, body) =
-                    rest.split_once(';')
-                        .or_else(|| rest.split_once(','))
-                        .ok_or_else(|| {
-                            format!("conv plan \"{text}\": first=<kind> must be followed by the body's kind")
-                        })?;
-                Ok(ConvPlan {
-                    first: ConvKind::parse(first)?,
-                    body: ConvKind::parse(body)?,
-                })
-            }
-            None => Ok(ConvPlan {
-                first: ConvKind::Dense,
-                body: ConvKind::parse(text)?,
-            }),
+        if let Some(rest) = text.strip_prefix("first=").filter(|_| !text.contains(';')) {
+            let (first, body) = rest.split_once(',').ok_or_else(|| {
+                format!("conv plan \"{text}\": first=<kind> must be followed by the body's kind")
+            })?;
+            return Ok(ConvPlan {
+                first: ConvKind::parse(first)?,
+                body: ConvKind::parse(body)?,
+                layers: Vec::new(),
+            });
         }
+        let mut plan = ConvPlan::dense();
+        let mut body_seen = false;
+        for segment in text.split(';') {
+            // `name=kind` names a layer; a kind's own text has no `=` before its `:`.
+            match segment.split_once('=').filter(|(name, _)| !name.contains(':')) {
+                Some(("first", kind)) => plan.first = ConvKind::parse(kind)?,
+                Some((prefix, kind)) => {
+                    let well_formed = !prefix.is_empty()
+                        && prefix.split('.').all(|part| {
+                            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        });
+                    if !well_formed {
+                        return Err(format!(
+                            "conv plan \"{text}\": \"{prefix}\" is not a layer name (e.g. stage2, stage3.block0.conv1, features.conv5)"
+                        ));
+                    }
+                    plan.layers.push((prefix.to_string(), ConvKind::parse(kind)?));
+                }
+                None if body_seen => {
+                    return Err(format!(
+                        "conv plan \"{text}\": two body kinds (name the layers of the second: <layer>=<kind>)"
+                    ))
+                }
+                None => {
+                    plan.body = ConvKind::parse(segment)?;
+                    body_seen = true;
+                }
+            }
+        }
+        if !body_seen {
+            return Err(format!(
+                "conv plan \"{text}\" lacks the body's kind (start it with dense or sbf:rate=R,...)"
+            ));
+        }
+        Ok(plan)
     }
+}
+
+/// Whether `prefix` names `layer`: the whole name, or its first dot-separated parts
+/// (`stage2` names `stage2.block0.conv1`, not `stage20.block0.conv1`).
+pub fn prefix_names(prefix: &str, layer: &str) -> bool {
+    layer
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// A convolution of a model, dense or SBF.
@@ -364,6 +438,44 @@ mod tests {
         ] {
             let plan = ConvPlan::parse(text).unwrap();
             assert_eq!(plan.describe(), text);
+        }
+    }
+
+    #[test]
+    fn layer_entries_pick_the_kind_of_the_layers_they_name() {
+        let text = "dense;stage2=sbf:rate=0.9,groups=2;stage2.block0.conv1=dense";
+        let plan = ConvPlan::parse(text).unwrap();
+        assert_eq!(plan.describe(), text);
+        assert!(!plan.is_dense());
+        let sbf = ConvKind::parse("sbf:rate=0.9,groups=2").unwrap();
+        assert_eq!(plan.kind_of("conv1", true), &ConvKind::Dense);
+        assert_eq!(plan.kind_of("stage1.block2.conv2", false), &ConvKind::Dense);
+        assert_eq!(plan.kind_of("stage2.block1.conv2", false), &sbf);
+        assert_eq!(plan.kind_of("stage2.block0.conv2", false), &sbf);
+        // The later, narrower entry wins; a prefix must end at a dot.
+        assert_eq!(plan.kind_of("stage2.block0.conv1", false), &ConvKind::Dense);
+        assert_eq!(plan.kind_of("stage20.block0.conv1", false), &ConvKind::Dense);
+        // The stem and the body keep their roles beside the entries.
+        let plan = ConvPlan::parse("first=sbf:rate=0,groups=1;sbf:rate=0.5;stage3=dense").unwrap();
+        assert!(matches!(
+            plan.kind_of("conv1", true),
+            ConvKind::Sbf { groups: 1, .. }
+        ));
+        assert!(matches!(
+            plan.kind_of("stage1.block0.conv1", false),
+            ConvKind::Sbf { groups: 2, .. }
+        ));
+        assert_eq!(plan.kind_of("stage3.block0.conv1", false), &ConvKind::Dense);
+        assert!(ConvPlan::parse("dense;stage3=dense").unwrap().is_dense());
+        for (text, reason) in [
+            ("stage3=sbf:rate=0.5", "lacks the body's kind"),
+            ("dense;sbf:rate=0.5", "two body kinds"),
+            ("dense;stage 3=dense", "is not a layer name"),
+            ("dense;stage3.=dense", "is not a layer name"),
+            ("dense;stage3=sparse", "unknown conv kind"),
+        ] {
+            let err = ConvPlan::parse(text).unwrap_err();
+            assert!(err.contains(reason), "{text}: {err}");
         }
     }
 

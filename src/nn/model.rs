@@ -138,13 +138,25 @@ impl ModelSpec {
     /// Refuses a conv plan the model's shapes do not allow (SBF groups that do not divide a
     /// layer's input channels), naming the layer.
     pub fn validate(&self) -> Result<()> {
-        for (layer, is_stem, in_channels) in self.conv_inputs() {
-            let kind = if is_stem {
-                &self.convs.first
-            } else {
-                &self.convs.body
-            };
-            kind.check_channels(&layer, in_channels)
+        let slots = self.conv_inputs();
+        for (prefix, _) in &self.convs.layers {
+            if !slots
+                .iter()
+                .any(|(layer, _, _)| super::conv_layer::prefix_names(prefix, layer))
+            {
+                return Err(Error::msg(format!(
+                    "model {}: the conv plan names \"{prefix}\", which is no convolution of {} (its layers: {} ... {})",
+                    self.description(),
+                    self.name(),
+                    slots[0].0,
+                    slots[slots.len() - 1].0
+                )));
+            }
+        }
+        for (layer, is_stem, in_channels) in slots {
+            self.convs
+                .kind_of(&layer, is_stem)
+                .check_channels(&layer, in_channels)
                 .map_err(|e| Error::msg(format!("model {}: {e}", self.description())))?;
         }
         Ok(())
@@ -522,6 +534,41 @@ mod tests {
         assert!(
             ModelSpec::parse_description("vgg16-w8 first=sbf:rate=0,groups=1;sbf:rate=0.5,groups=2").is_ok()
         );
+    }
+
+    #[test]
+    fn plans_that_name_layers_build_those_layers_as_told() {
+        let spec = ModelSpec::parse_description(
+            "resnet8-w4 dense;stage3=sbf:rate=0.75,groups=2;stage2.block0.conv2=sbf:rate=0.5,groups=2",
+        )
+        .unwrap();
+        let mut store = ParamStore::default();
+        let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+        let kinds: Vec<(String, String)> = model
+            .layer_table(&store)
+            .into_iter()
+            .map(|row| (row.name, row.kind))
+            .collect();
+        let kind = |layer: &str| kinds.iter().find(|(name, _)| name == layer).unwrap().1.clone();
+        assert_eq!(kind("stage1.block0.conv2"), "conv3x3");
+        assert_eq!(kind("stage2.block0.conv1"), "conv3x3");
+        assert_eq!(kind("stage2.block0.conv2"), "sbf3x3 4/8");
+        assert_eq!(kind("stage3.block0.conv1"), "sbf3x3 4/16");
+        assert_eq!(kind("stage3.block0.conv2"), "sbf3x3 4/16");
+        // The description round-trips through a checkpoint's text.
+        assert_eq!(ModelSpec::parse_description(&spec.description()).unwrap(), spec);
+        // A name that is no layer of the model, and groups a named layer cannot take, are refused.
+        let err = ModelSpec::parse_description("resnet8-w4 dense;stage4=sbf:rate=0.5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"stage4\", which is no convolution of resnet8-w4"),
+            "{err}"
+        );
+        let err = ModelSpec::parse_description("resnet8-w6 dense;stage1.block0.conv2=sbf:rate=0.5,groups=4")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("input channels of stage1.block0.conv2"), "{err}");
     }
 
     #[test]

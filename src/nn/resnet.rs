@@ -14,7 +14,7 @@
 //! shortcut is the identity, or "option A" (subsample by 2, zero-pad the new
 //! channels: no parameters) where the shape changes.
 
-use super::conv_layer::{ConvKind, ConvLayer, ConvPlan};
+use super::conv_layer::{ConvLayer, ConvPlan};
 use super::{BatchNorm2d, Linear};
 use crate::autograd::{ParamStore, Tape, Var};
 use crate::ops::{self, ConvConfig};
@@ -41,19 +41,20 @@ impl BasicBlock {
     pub fn new(
         store: &mut ParamStore,
         name: &str,
-        kind: &ConvKind,
+        plan: &ConvPlan,
         in_channels: usize,
         out_channels: usize,
         stride: usize,
         rng: &mut impl Rng,
     ) -> BasicBlock {
         let strided = ConvConfig { stride, padding: 1 };
+        let (conv1_name, conv2_name) = (format!("{name}.conv1"), format!("{name}.conv2"));
         BasicBlock {
             name: name.to_string(),
             conv1: ConvLayer::new(
                 store,
-                &format!("{name}.conv1"),
-                kind,
+                &conv1_name,
+                plan.kind_of(&conv1_name, false),
                 in_channels,
                 out_channels,
                 3,
@@ -63,8 +64,8 @@ impl BasicBlock {
             bn1: BatchNorm2d::new(store, &format!("{name}.bn1"), out_channels),
             conv2: ConvLayer::new(
                 store,
-                &format!("{name}.conv2"),
-                kind,
+                &conv2_name,
+                plan.kind_of(&conv2_name, false),
                 out_channels,
                 out_channels,
                 3,
@@ -119,7 +120,16 @@ impl ResNet {
             "ResNet depth must be 6n + 2 with n ≥ 1, got {depth}"
         );
         let blocks_per_stage = (depth - 2) / 6;
-        let stem = ConvLayer::new(store, "conv1", &plan.first, 3, width, 3, SAME_3X3, rng);
+        let stem = ConvLayer::new(
+            store,
+            "conv1",
+            plan.kind_of("conv1", true),
+            3,
+            width,
+            3,
+            SAME_3X3,
+            rng,
+        );
         let stem_bn = BatchNorm2d::new(store, "bn1", width);
         let mut stages = Vec::new();
         let mut in_channels = width;
@@ -129,8 +139,7 @@ impl ResNet {
                 .map(|b| {
                     let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                     let name = format!("stage{}.block{b}", stage + 1);
-                    let block =
-                        BasicBlock::new(store, &name, &plan.body, in_channels, out_channels, stride, rng);
+                    let block = BasicBlock::new(store, &name, plan, in_channels, out_channels, stride, rng);
                     in_channels = out_channels;
                     block
                 })

@@ -71,8 +71,8 @@ impl Vgg {
                 None => features.push(VggLayer::Pool),
                 Some(channels) => {
                     let out_channels = (channels * width / 64).max(1);
-                    let kind = if conv_index == 0 { &plan.first } else { &plan.body };
                     let name = format!("features.conv{}", conv_index + 1);
+                    let kind = plan.kind_of(&name, conv_index == 0);
                     let config = ConvConfig {
                         stride: 1,
                         padding: 1,

@@ -24,7 +24,7 @@ pub fn sbf_spec_of_dense(
     family: TransformFamily,
     path: &Path,
 ) -> Result<ModelSpec> {
-    if dense.convs.body != ConvKind::Dense || dense.convs.first != ConvKind::Dense {
+    if !dense.convs.is_dense() {
         return Err(Error::file(
             path,
             format!(

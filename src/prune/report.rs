@@ -49,7 +49,7 @@ impl RunSummary {
         };
         // The note `sbfnet prune` leaves in a converted run's folder.
         let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).ok();
-        let is_dense = model.spec.convs == crate::nn::ConvPlan::dense();
+        let is_dense = model.spec.convs.is_dense();
         let method = if is_dense {
             "dense".to_string()
         } else if checkpoint.get("prune_rate").is_some() || note.is_some() {
