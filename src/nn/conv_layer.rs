@@ -143,7 +143,7 @@ impl ConvPlan {
         }
     }
 
-    /// Whether every slot is dense.
+    /// Whether every kind the plan names is dense (then so is every slot).
     pub fn is_dense(&self) -> bool {
         self.first == ConvKind::Dense
             && self.body == ConvKind::Dense
@@ -467,13 +467,18 @@ mod tests {
         ));
         assert_eq!(plan.kind_of("stage3.block0.conv1", false), &ConvKind::Dense);
         assert!(ConvPlan::parse("dense;stage3=dense").unwrap().is_dense());
-        for (text, reason) in [
+        assert_plans_refused(&[
             ("stage3=sbf:rate=0.5", "lacks the body's kind"),
             ("dense;sbf:rate=0.5", "two body kinds"),
             ("dense;stage 3=dense", "is not a layer name"),
             ("dense;stage3.=dense", "is not a layer name"),
             ("dense;stage3=sparse", "unknown conv kind"),
-        ] {
+        ]);
+    }
+
+    /// Each plan text is refused with an error that contains its reason.
+    fn assert_plans_refused(cases: &[(&str, &str)]) {
+        for (text, reason) in cases {
             let err = ConvPlan::parse(text).unwrap_err();
             assert!(err.contains(reason), "{text}: {err}");
         }
@@ -481,7 +486,7 @@ mod tests {
 
     #[test]
     fn bad_sbf_settings_are_refused_with_the_reason() {
-        for (text, reason) in [
+        assert_plans_refused(&[
             ("sbf:rate=1", "outside [0, 1)"),
             ("sbf:rate=-0.1", "outside [0, 1)"),
             ("sbf:groups=2", "lacks rate"),
@@ -489,10 +494,7 @@ mod tests {
             ("sbf:rate=0.5,shape=2", "unknown SBF setting"),
             ("sbf:rate=0.5,family=shear", "unknown transform family"),
             ("sbf:rate=x", "bad SBF setting"),
-        ] {
-            let err = ConvPlan::parse(text).unwrap_err();
-            assert!(err.contains(reason), "{text}: {err}");
-        }
+        ]);
         let kind = ConvKind::parse("sbf:rate=0.5,groups=4").unwrap();
         assert!(kind.check_channels("l", 8).is_ok());
         assert!(kind

@@ -375,6 +375,11 @@ mod tests {
     use crate::tensor::Tensor;
     use rand::{rngs::StdRng, SeedableRng};
 
+    /// The error that refuses a model description.
+    fn refusal(description: &str) -> String {
+        ModelSpec::parse_description(description).unwrap_err().to_string()
+    }
+
     fn built(name: &str) -> (Model, ParamStore) {
         let mut store = ParamStore::default();
         let model = ModelSpec::parse_name(name)
@@ -522,9 +527,7 @@ mod tests {
         let logits = model.forward(&mut tape, x);
         assert_eq!(tape.value(logits).shape, vec![1, 10]);
         // width 6: stage 1 has 6 channels, which 4 groups do not divide.
-        let err = ModelSpec::parse_description("resnet8-w6 sbf:rate=0.5,groups=4")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("resnet8-w6 sbf:rate=0.5,groups=4");
         assert!(
             err.contains("does not divide the 6 input channels of stage1.block0.conv1"),
             "{err}"
@@ -558,16 +561,12 @@ mod tests {
         // The description round-trips through a checkpoint's text.
         assert_eq!(ModelSpec::parse_description(&spec.description()).unwrap(), spec);
         // A name that is no layer of the model, and groups a named layer cannot take, are refused.
-        let err = ModelSpec::parse_description("resnet8-w4 dense;stage4=sbf:rate=0.5")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("resnet8-w4 dense;stage4=sbf:rate=0.5");
         assert!(
             err.contains("\"stage4\", which is no convolution of resnet8-w4"),
             "{err}"
         );
-        let err = ModelSpec::parse_description("resnet8-w6 dense;stage1.block0.conv2=sbf:rate=0.5,groups=4")
-            .unwrap_err()
-            .to_string();
+        let err = refusal("resnet8-w6 dense;stage1.block0.conv2=sbf:rate=0.5,groups=4");
         assert!(err.contains("input channels of stage1.block0.conv2"), "{err}");
     }
 
