@@ -210,6 +210,52 @@ fn info_prints_the_layer_table() {
 }
 
 #[test]
+fn a_time_budget_ends_the_run_when_its_minutes_are_spent() {
+    let (root, data) = fixture("budget");
+    let out = root.join("run");
+    // 1.2 seconds for at most 10,000 epochs of a few steps each: the budget, not --epochs, ends it.
+    let args = [
+        "--epochs",
+        "10000",
+        "--warmup-epochs",
+        "1",
+        "--time-budget",
+        "0.02",
+        "--tta",
+        "flip",
+        "--train-limit",
+        "32",
+        "--test-limit",
+        "16",
+        "--out",
+        s(&out),
+    ];
+    let output = sbfnet(&[&["train"][..], &tiny_run(&data), &args].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("time budget 0.02 min"), "{stdout}");
+    assert!(stdout.contains("epochs fit in 0.02 min (were 10000)"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let epochs = csv.lines().count() - 1;
+    assert!((1..10000).contains(&epochs), "{csv}");
+    // The last epoch run is the last of the plan, and it was evaluated.
+    assert!(
+        stdout.contains(&format!("epoch {epochs:>3}/{epochs}:")),
+        "{stdout}"
+    );
+    let last = csv.lines().last().unwrap();
+    assert!(!last.split(',').nth(5).unwrap().is_empty(), "{csv}");
+    // Resuming the finished run: its plan was saved with it.
+    let output = sbfnet(&["train", "--resume", s(&out.join("last.ckpt")), "--data", s(&data)]);
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success() && stdout.contains(&format!("already finished all {epochs} epochs")),
+        "{stdout}\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn impossible_settings_are_refused_with_one_line() {
     let (root, data) = fixture("refuse");
     let out = root.join("never");
@@ -293,6 +339,18 @@ fn settings_are_refused_before_the_data_is_read() {
             "--eval-every must be at least 1, got 0",
         ),
         (vec!["--augment", "mixup"], "unknown --augment \"mixup\""),
+        (
+            vec!["--time-budget", "0"],
+            "--time-budget must be a positive number of minutes, got 0",
+        ),
+        (
+            vec!["--time-budget", "60", "--prune-rate", "0.5"],
+            "--time-budget cannot be combined with --prune-rate",
+        ),
+        (
+            vec!["--tta", "rotate"],
+            "--tta: unknown test-time augmentation \"rotate\": expected none or flip",
+        ),
     ] {
         let output = sbfnet(
             &[

@@ -30,6 +30,7 @@ fn config(epochs: usize) -> TrainConfig {
         label_smoothing: 0.0,
         augmentation: Augmentation::CROP_FLIP,
         seed: 7,
+        time_budget_minutes: None,
     }
 }
 

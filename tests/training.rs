@@ -133,6 +133,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
             rotation_degrees: 5.0,
         },
         seed: 42,
+        time_budget_minutes: None,
     }
 }
 

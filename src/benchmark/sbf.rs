@@ -2,9 +2,9 @@
 //! forward+backward time, speed-up, MAC reduction and their ratio (how much of
 //! the MAC saving turns into time), plus the GFLOP/s of the stage-1 GEMMs.
 //!
-//! Shapes: the 3×3, stride-1, pad-1 convs of a CIFAR ResNet (16 channels at
-//! 32×32, 32 at 16×16, 64 at 8×8), G = 2, 50 / 70 / 90 % of the filters
-//! transformed. Both layers run through the tape (`ops::conv2d`,
+//! Shapes: the 3×3, pad-1 convs of a CIFAR ResNet (16 channels at 32×32, 32 at
+//! 16×16, 64 at 8×8, and the stride-2 transitions 16→32 at 32×32 and 32→64 at
+//! 16×16), G = 2, 50 / 70 / 90 % of the filters transformed. Both layers run through the tape (`ops::conv2d`,
 //! `ops::sbf_conv2d` with the two-stage path forced), so both pay the same
 //! framework overhead. "GEMM GFLOP/s" is stage 1 alone; "sbf GFLOP/s" is the whole forward
 //! counted at the layer's own MACs (2 flops each).
@@ -33,13 +33,10 @@ fn seconds(f: impl FnMut(), reps: usize) -> f64 {
     }
 }
 
-/// Seconds per call of (forward, forward + backward) of the dense conv C → C, K×K, pad 1.
-fn time_dense(x: &Tensor, weight: &Tensor, reps: usize) -> (f64, f64) {
+/// Seconds per call of (forward, forward + backward) of the dense conv C → N, K×K, pad 1.
+fn time_dense(x: &Tensor, weight: &Tensor, stride: usize, reps: usize) -> (f64, f64) {
     let store = ParamStore::default();
-    let config = ConvConfig {
-        stride: 1,
-        padding: 1,
-    };
+    let config = ConvConfig { stride, padding: 1 };
     let forward = seconds(
         || {
             let mut tape = Tape::new(&store, Mode::Eval);
@@ -98,14 +95,14 @@ pub fn run(batch: usize) -> String {
     let threads = rayon::current_num_threads();
     writeln!(
         out,
-        "SBF layer vs dense conv, batch {batch}, 3×3 stride 1 pad 1, G = 2, {threads} threads ({} time), {}",
+        "SBF layer vs dense conv, batch {batch}, 3×3 pad 1, G = 2, {threads} threads ({} time), {}",
         if threads == 1 { "CPU" } else { "wall" },
         super::instruction_set()
     )
     .unwrap();
     writeln!(
         out,
-        "{:<12} {:>5} {:>3} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>11} {:>11} {:>8}",
+        "{:<22} {:>5} {:>3} {:>10} {:>10} {:>7} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>11} {:>11} {:>8}",
         "shape",
         "rate",
         "M",
@@ -125,31 +122,39 @@ pub fn run(batch: usize) -> String {
     .unwrap();
     let mut rng = StdRng::seed_from_u64(0x5bf);
     let reps = 3;
-    for (channels, size) in [(16, 32), (32, 16), (64, 8)] {
+    // (C inputs, N outputs, input side, stride)
+    for (channels, outputs, size, stride) in [
+        (16, 16, 32, 1),
+        (32, 32, 16, 1),
+        (64, 64, 8, 1),
+        (16, 32, 32, 2),
+        (32, 64, 16, 2),
+    ] {
+        let out_size = (size - 1) / stride + 1;
         let x = Tensor::normal(&[batch, channels, size, size], 1.0, &mut rng);
-        let weight = Tensor::kaiming_normal(&[channels, channels, 3, 3], &mut rng);
+        let weight = Tensor::kaiming_normal(&[outputs, channels, 3, 3], &mut rng);
         for rate in [0.5, 0.7, 0.9] {
-            let templates_count = ((channels as f64 * (1.0 - rate)).round() as usize).max(1);
+            let templates_count = ((outputs as f64 * (1.0 - rate)).round() as usize).max(1);
             let groups = 2;
             let templates = Tensor::kaiming_normal(&[templates_count, channels, 3, 3], &mut rng);
-            let masks = Tensor::normal(&[channels - templates_count, groups, 3, 3], 1.0, &mut rng);
-            let assignment = TemplateAssignment::round_robin(channels, templates_count);
+            let masks = Tensor::normal(&[outputs - templates_count, groups, 3, 3], 1.0, &mut rng);
+            let assignment = TemplateAssignment::round_robin(outputs, templates_count);
             let config = SbfConfig {
                 path: SbfPath::TwoStage,
-                ..SbfConfig::new(1, 1, groups)
+                ..SbfConfig::new(stride, 1, groups)
             };
-            let (dense_forward, dense_both) = time_dense(&x, &weight, reps);
+            let (dense_forward, dense_both) = time_dense(&x, &weight, stride, reps);
             let (sbf_forward, sbf_both) = time_sbf(&x, &templates, &masks, &assignment, config, reps);
             let cost = LayerCost::sbf(
                 "",
                 channels,
-                channels,
+                outputs,
                 templates_count,
                 3,
                 groups,
                 TransformFamily::Scalar,
-                size,
-                size,
+                out_size,
+                out_size,
                 false,
             );
             let mac_reduction = 1.0 / cost.mac_ratio();
@@ -159,10 +164,10 @@ pub fn run(batch: usize) -> String {
                 in_channels: channels,
                 in_height: size,
                 in_width: size,
-                out_channels: channels,
+                out_channels: outputs,
                 templates: templates_count,
                 kernel: 3,
-                stride: 1,
+                stride,
                 padding: 1,
                 groups,
             };
@@ -171,16 +176,21 @@ pub fn run(batch: usize) -> String {
                 || sbf_kernel::stage1_forward(&shape, &x.data, &templates.data, &mut maps),
                 reps,
             );
-            let gflops = 2.0 * (batch * 9 * channels * templates_count * size * size) as f64 / stage1 / 1e9;
-            let auto = match SbfConfig::new(1, 1, groups).resolved_path(channels, channels, templates_count) {
-                SbfPath::TwoStage => "two-stage",
-                _ => "dense",
-            };
+            let gflops =
+                2.0 * (batch * 9 * channels * templates_count * out_size * out_size) as f64 / stage1 / 1e9;
+            let auto =
+                match SbfConfig::new(stride, 1, groups).resolved_path(channels, outputs, templates_count) {
+                    SbfPath::TwoStage => "two-stage",
+                    _ => "dense",
+                };
             let (speed_forward, speed_both) = (dense_forward / sbf_forward, dense_both / sbf_both);
             writeln!(
                 out,
-                "{:<12} {:>5.2} {:>3} {:>8.2}ms {:>8.2}ms {:>7.2} {:>8.2}ms {:>8.2}ms {:>7.2} {:>7.2} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>8}",
-                format!("{channels}ch {size}x{size}"),
+                "{:<22} {:>5.2} {:>3} {:>8.2}ms {:>8.2}ms {:>7.2} {:>8.2}ms {:>8.2}ms {:>7.2} {:>7.2} {:>9.2} {:>9.2} {:>11.1} {:>11.1} {:>8}",
+                match stride {
+                    1 => format!("{channels}ch {size}x{size}"),
+                    _ => format!("{channels}→{outputs} {size}x{size} /{stride}"),
+                },
                 rate,
                 templates_count,
                 dense_forward * 1e3,

@@ -4,7 +4,7 @@ use super::train::{data_folder, limited};
 use clap::Args;
 use sbfnet::data::cifar::{self, CLASS_NAMES};
 use sbfnet::train::checkpoint::Checkpoint;
-use sbfnet::train::{evaluate, load_model};
+use sbfnet::train::{evaluate_views, load_model, TestViews};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
 
@@ -22,17 +22,22 @@ pub struct EvalArgs {
     /// Evaluate on the first N test images only
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Test-time augmentation: none, or flip (each test image and its mirror image, logits
+    /// averaged)
+    #[arg(long, default_value = "none")]
+    pub tta: String,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::msg("--batch-size must be at least 1"));
     }
+    let views = TestViews::parse(&args.tta).map_err(|e| Error::msg(format!("--tta: {}", e.message)))?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let (model, store) = load_model(&checkpoint, &args.checkpoint)?;
     let data = data_folder(args.data.as_deref());
     let test = limited(cifar::load_test_set(&data)?, args.test_limit, "--test-limit")?;
-    let evaluation = evaluate(&model, &store, &test, args.batch_size);
+    let evaluation = evaluate_views(&model, &store, &test, args.batch_size, views);
     let epoch = checkpoint.get("epoch").unwrap_or("?");
     println!(
         "{} after epoch {epoch}: {}",
@@ -40,11 +45,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.checkpoint.display()
     );
     println!(
-        "test accuracy {:.2}%  loss {:.4}  ({} images of {})",
+        "test accuracy {:.2}%  loss {:.4}  ({} images of {}; test-time augmentation: {})",
         100.0 * evaluation.accuracy,
         evaluation.loss,
         evaluation.images,
-        data.display()
+        data.display(),
+        views.describe()
     );
     println!("{:<12} {:>8} {:>7}", "class", "accuracy", "images");
     for (k, name) in CLASS_NAMES.iter().enumerate() {

@@ -27,7 +27,8 @@ use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
 use sbfnet::train::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::train::metrics::{self, MetricsRow};
 use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
-use sbfnet::train::{validate, Distillation, ScheduleKind, TrainConfig, Trainer};
+use sbfnet::train::time_budget::{self, BudgetState};
+use sbfnet::train::{evaluate_views, validate, Distillation, ScheduleKind, TestViews, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -102,6 +103,15 @@ pub struct TrainArgs {
     /// and cannot become best.ckpt [default: 1]
     #[arg(long, allow_negative_numbers = true)]
     pub eval_every: Option<usize>,
+    /// Train to this wall-clock budget in minutes, training and evaluation: after every epoch the
+    /// run re-plans how many epochs fit (at most --epochs) and fits its learning-rate schedule to
+    /// end there; not repeatable bit for bit, since the length depends on the machine's speed
+    #[arg(long, allow_negative_numbers = true)]
+    pub time_budget: Option<f32>,
+    /// Test-time augmentation of those evaluations: none, or flip (each test image and its mirror
+    /// image, logits averaged; twice the evaluation time) [default: none]
+    #[arg(long)]
+    pub tta: Option<String>,
     /// A NaN or infinite loss or gradient: stop (keep the last checkpoint and exit with the step
     /// and layer) or skip (leave the parameters unchanged, count the batch as skipped) [default: stop]
     #[arg(long)]
@@ -345,6 +355,14 @@ pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConf
     if let Some(v) = args.seed {
         config.seed = v;
     }
+    if args.time_budget.is_some() {
+        config.time_budget_minutes = args.time_budget;
+        if args.pruning.prune_rate.is_some() {
+            return Err(Error::msg(
+                "--time-budget cannot be combined with --prune-rate: the pruning ramp needs a run of known length",
+            ));
+        }
+    }
     Ok(config)
 }
 
@@ -428,6 +446,13 @@ fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, pat
         args.seed.is_some(),
         given.seed.to_string(),
         saved.seed.to_string(),
+    );
+    let budget_text = |minutes: Option<f32>| minutes.map_or("none".to_string(), |m| m.to_string());
+    check(
+        "--time-budget",
+        args.time_budget.is_some(),
+        budget_text(given.time_budget_minutes),
+        budget_text(saved.time_budget_minutes),
     );
     if conflicts.is_empty() {
         Ok(())
@@ -582,6 +607,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ))
         })?,
         None => NonFinitePolicy::Stop,
+    };
+    let test_views = match args.tta.as_deref() {
+        Some(text) => TestViews::parse(text).map_err(|e| Error::msg(format!("--tta: {}", e.message)))?,
+        None => TestViews::Plain,
     };
     // The image limits, before the data is read.
     for (flag, limit) in [
@@ -779,9 +808,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.seed,
         on_nonfinite.name()
     );
+    if let Some(minutes) = config.time_budget_minutes {
+        println!(
+            "time budget {minutes} min: the run re-plans its length after every epoch (at most {} epochs)",
+            config.epochs
+        );
+    }
     println!("output {}", out.display());
-    if trainer.epoch >= config.epochs {
-        println!("the run already finished all {} epochs", config.epochs);
+    if trainer.epoch >= trainer.planned_epochs {
+        println!("the run already finished all {} epochs", trainer.planned_epochs);
         return Ok(());
     }
     if trainer.epoch > 0 {
@@ -794,10 +829,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .progress_chars("=> ");
     let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
     let eval_every = args.eval_every.unwrap_or(1);
-    while trainer.epoch < config.epochs {
+    // What training epochs and evaluations cost in this session (for a time budget's plan).
+    let (mut epoch_seconds, mut eval_seconds) = (Vec::new(), None);
+    while trainer.epoch < trainer.planned_epochs {
         let steps = config.steps_per_epoch(train.len());
         let bar = ProgressBar::new(steps as u64).with_style(style.clone());
-        bar.set_prefix(format!("epoch {}/{}", trainer.epoch + 1, config.epochs));
+        bar.set_prefix(format!("epoch {}/{}", trainer.epoch + 1, trainer.planned_epochs));
         let result = trainer.train_epoch(&train, |p| {
             bar.set_position(p.step as u64);
             let skipped = match p.skipped_batches {
@@ -825,13 +862,44 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 result.epoch
             )));
         }
+        epoch_seconds.push(result.seconds);
+        if let Some(minutes) = config.time_budget_minutes {
+            let train_epoch_seconds =
+                time_budget::recent_epoch_seconds(&epoch_seconds).unwrap_or(result.seconds);
+            let planned = time_budget::epochs_within_budget(&BudgetState {
+                budget_seconds: 60.0 * minutes as f64,
+                elapsed_seconds: trainer.elapsed_seconds,
+                epochs_done: trainer.epoch,
+                max_epochs: config.epochs,
+                train_epoch_seconds,
+                // Before the first evaluation: 10 % of an epoch, about what ResNet-20's costs.
+                eval_seconds: eval_seconds.unwrap_or(0.1 * train_epoch_seconds),
+                eval_every,
+            });
+            if planned != trainer.planned_epochs {
+                println!(
+                    "  time budget: {planned} epochs fit in {minutes} min (were {}); the schedule now ends there",
+                    trainer.planned_epochs
+                );
+                trainer.plan_epochs(planned);
+            }
+        }
         // The test set, after every `eval_every`-th epoch and the last.
-        let evaluation = (trainer.epoch % eval_every == 0 || trainer.epoch == config.epochs).then(|| {
-            let started = Instant::now();
-            let evaluation = trainer.evaluate(&test, config.batch_size.max(128));
-            trainer.elapsed_seconds += started.elapsed().as_secs_f64();
-            evaluation
-        });
+        let evaluation =
+            (trainer.epoch % eval_every == 0 || trainer.epoch == trainer.planned_epochs).then(|| {
+                let started = Instant::now();
+                let evaluation = evaluate_views(
+                    &trainer.model,
+                    &trainer.store,
+                    &test,
+                    config.batch_size.max(128),
+                    test_views,
+                );
+                let seconds = started.elapsed().as_secs_f64();
+                trainer.elapsed_seconds += seconds;
+                eval_seconds = Some(seconds);
+                evaluation
+            });
         let best = match &evaluation {
             Some(e) if e.accuracy > trainer.best_test_accuracy => {
                 trainer.best_test_accuracy = e.accuracy;
@@ -895,7 +963,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  {test_text}{}  {:.0} img/s  \
              {:.0}s  (run ETA {:.0}s){skipped}",
             result.epoch,
-            config.epochs,
+            trainer.planned_epochs,
             result.learning_rate,
             result.loss,
             100.0 * result.accuracy,
@@ -903,7 +971,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             result.images_per_second,
             trainer.elapsed_seconds,
             session_started.elapsed().as_secs_f64() / (trainer.epoch - first_epoch) as f64
-                * (config.epochs - trainer.epoch) as f64
+                * (trainer.planned_epochs - trainer.epoch) as f64
         );
     }
     println!(

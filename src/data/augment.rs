@@ -209,10 +209,31 @@ pub fn make_batch_into(
     }
 }
 
+/// The mirror image of every image of a batch: `out[n, c, y, x] = batch[n, c, y, W−1−x]`.
+/// Test-time augmentation evaluates each test image and its mirror image.
+pub fn flip_horizontally(batch: &Tensor) -> Tensor {
+    let width = *batch.shape.last().expect("a batch has dimensions");
+    let mut flipped = batch.clone();
+    for row in flipped.data.chunks_mut(width.max(1)) {
+        row.reverse();
+    }
+    flipped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn flipping_mirrors_each_row_and_flipping_twice_gives_the_batch_back() {
+        // [1, 2, 2, 3]: rows (0 1 2) (3 4 5) | (6 7 8) (9 10 11).
+        let batch = Tensor::from_vec(&[1, 2, 2, 3], (0..12).map(|v| v as f32).collect());
+        let flipped = flip_horizontally(&batch);
+        assert_eq!(flipped.shape, batch.shape);
+        assert_eq!(flipped.data, [2., 1., 0., 5., 4., 3., 8., 7., 6., 11., 10., 9.]);
+        assert_eq!(flip_horizontally(&flipped), batch);
+    }
 
     /// Two images: pixel value = a ramp that identifies position and channel.
     fn ramp_set() -> Cifar10 {

@@ -31,7 +31,9 @@
 //! multiply-accumulates than the dense conv (the ratio is measured: see the constant):
 //! K²·C·M + K²·G·(N−M) < [`TWO_STAGE_MAX_COST_RATIO`]·K²·C·N. At low pruning
 //! rates (e.g. during the pruning ramp) the dense conv is cheaper, and the maps
-//! P (K²·G·M planes per image) would dwarf the output. The affine and rotation
+//! P (K²·G·M planes per image) would dwarf the output. Strided layers also take
+//! the effective filters: their two-stage path (a per-tap im2col, see
+//! `kernels::sbf`) was slower than the dense conv at every rate measured. The affine and rotation
 //! families always use the effective filters (exact: Weff = S·B per group; a
 //! bilinear two-stage kernel is not implemented).
 
@@ -100,10 +102,16 @@ impl SbfConfig {
     }
 
     /// The path actually taken for C inputs, N outputs and M templates (never `Auto`):
-    /// two-stage iff scalar masks and
+    /// two-stage iff scalar masks, stride 1 and
     /// K²·C·M + K²·G·(N−M) < [`TWO_STAGE_MAX_COST_RATIO`] · K²·C·N.
+    ///
+    /// Stride 2, measured by `benchmark::sbf::run` (`sbf_bench 128`, 2026-11-26, 2 threads wall
+    /// time and 1 thread CPU time): at 90 % of the filters transformed (4.8× and 6.7× fewer MACs)
+    /// the two-stage forward + backward took 1.3–2.2× the dense conv's time for 16→32 at 32×32
+    /// and 32→64 at 16×16, and at 50 and 70 % it was slower still or level.
     pub fn resolved_path(&self, in_channels: usize, outputs: usize, templates: usize) -> SbfPath {
         match (self.path, self.family) {
+            (SbfPath::Auto, TransformFamily::Scalar) if self.stride > 1 => SbfPath::EffectiveFilters,
             (SbfPath::Auto, TransformFamily::Scalar) => {
                 let two_stage = (in_channels * templates + self.groups * (outputs - templates)) as f64;
                 if two_stage < TWO_STAGE_MAX_COST_RATIO * (in_channels * outputs) as f64 {
@@ -716,6 +724,14 @@ mod tests {
             ..cfg
         };
         assert_eq!(affine.resolved_path(64, 64, 6), SbfPath::EffectiveFilters);
+        // Strided: the effective filters at any rate; forcing the two-stage path still works.
+        let strided = SbfConfig::new(2, 1, 2);
+        assert_eq!(strided.resolved_path(32, 64, 6), SbfPath::EffectiveFilters);
+        let forced = SbfConfig {
+            path: SbfPath::TwoStage,
+            ..strided
+        };
+        assert_eq!(forced.resolved_path(32, 64, 6), SbfPath::TwoStage);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Training: the data-parallel trainer, SGD, learning-rate schedules,
-//! per-epoch metrics and learning curves, checkpoints.
+//! per-epoch metrics and learning curves, checkpoints, time budgets.
 
 pub mod checkpoint;
 pub mod distillation;
@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod numerics;
 pub mod optimizer;
 pub mod schedule;
+pub mod time_budget;
 pub mod trainer;
 pub mod validate;
 
@@ -15,5 +16,6 @@ pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{
-    evaluate, load_model, EpochResult, Evaluation, Objective, Progress, StepResult, TrainConfig, Trainer,
+    evaluate, evaluate_views, load_model, EpochResult, Evaluation, Objective, Progress, StepResult,
+    TestViews, TrainConfig, Trainer,
 };

@@ -37,7 +37,7 @@ use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::{Sgd, SgdConfig};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::autograd::{BatchStatistics, Mode, ParamId, ParamStore, Tape, Var};
-use crate::data::augment::{make_batch, make_batch_into, Augmentation};
+use crate::data::augment::{flip_horizontally, make_batch, make_batch_into, Augmentation};
 use crate::data::cifar::{Cifar10, NUM_CLASSES};
 use crate::error::{Error, Result};
 use crate::nn::{Model, ModelSpec};
@@ -68,6 +68,9 @@ pub struct TrainConfig {
     pub label_smoothing: f32,
     pub augmentation: Augmentation,
     pub seed: u64,
+    /// Train to this wall-clock budget, training and evaluation (`time_budget`): the run then
+    /// re-plans its length after every epoch and `epochs` is the most it may have.
+    pub time_budget_minutes: Option<f32>,
 }
 
 impl TrainConfig {
@@ -89,6 +92,7 @@ impl TrainConfig {
             label_smoothing: 0.0,
             augmentation: Augmentation::CROP_FLIP,
             seed: 0,
+            time_budget_minutes: None,
         }
     }
 
@@ -143,6 +147,13 @@ impl TrainConfig {
                 self.augmentation.rotation_degrees
             ));
         }
+        if let Some(minutes) = self.time_budget_minutes {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                return fail(format!(
+                    "--time-budget must be a positive number of minutes, got {minutes}"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -151,14 +162,14 @@ impl TrainConfig {
         train_images / self.batch_size
     }
 
-    /// The per-iteration learning-rate schedule of the whole run.
-    pub fn schedule_for(&self, train_images: usize) -> Schedule {
+    /// The per-iteration learning-rate schedule of a run of `epochs` epochs.
+    pub fn schedule_for(&self, train_images: usize, epochs: usize) -> Schedule {
         let steps = self.steps_per_epoch(train_images);
         Schedule {
             kind: self.schedule,
             base: self.learning_rate,
             warmup_steps: self.warmup_epochs * steps,
-            total_steps: self.epochs * steps,
+            total_steps: epochs * steps,
         }
     }
 
@@ -177,6 +188,10 @@ impl TrainConfig {
             ("label_smoothing", self.label_smoothing.to_string()),
             ("augmentation", self.augmentation.describe()),
             ("seed", self.seed.to_string()),
+            (
+                "time_budget_minutes",
+                self.time_budget_minutes.map_or("none".into(), |m| m.to_string()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -220,6 +235,11 @@ impl TrainConfig {
             augmentation: Augmentation::parse(&augmentation_text)
                 .ok_or_else(|| Error::file(path, format!("unknown augmentation \"{augmentation_text}\"")))?,
             seed: field!("seed"),
+            // Absent from checkpoints written before budgets existed.
+            time_budget_minutes: match checkpoint.get("time_budget_minutes") {
+                None | Some("none") => None,
+                Some(_) => Some(field!("time_budget_minutes")),
+            },
         })
     }
 }
@@ -425,6 +445,8 @@ pub struct Trainer {
     pub optimizer: Sgd,
     pub config: TrainConfig,
     pub schedule: Schedule,
+    /// Epochs of the run: `config.epochs`, or fewer as a time budget plans ([`Trainer::plan_epochs`]).
+    pub planned_epochs: usize,
     /// Training images per epoch (fixes the schedule; checked on resume).
     pub train_images: usize,
     /// Epochs completed.
@@ -465,7 +487,8 @@ impl Trainer {
         let worker_gradients = (0..config.shards).map(|_| store.zeros_like_params()).collect();
         Ok(Trainer {
             model,
-            schedule: config.schedule_for(train_images),
+            schedule: config.schedule_for(train_images, config.epochs),
+            planned_epochs: config.epochs,
             optimizer,
             store,
             config,
@@ -682,6 +705,7 @@ impl Trainer {
             ("train_images", self.train_images.to_string()),
             ("best_test_accuracy", self.best_test_accuracy.to_string()),
             ("elapsed_seconds", self.elapsed_seconds.to_string()),
+            ("planned_epochs", self.planned_epochs.to_string()),
         ] {
             metadata.push((key.to_string(), value));
         }
@@ -738,7 +762,17 @@ impl Trainer {
         trainer.step = number(checkpoint, path, "step")?;
         trainer.best_test_accuracy = number(checkpoint, path, "best_test_accuracy")?;
         trainer.elapsed_seconds = number(checkpoint, path, "elapsed_seconds")?;
+        if checkpoint.get("planned_epochs").is_some() {
+            trainer.plan_epochs(number(checkpoint, path, "planned_epochs")?);
+        }
         Ok(trainer)
+    }
+
+    /// Sets the run's length to `epochs` (at most `config.epochs`) and stretches or shrinks
+    /// the learning-rate schedule to end there.
+    pub fn plan_epochs(&mut self, epochs: usize) {
+        self.planned_epochs = epochs.min(self.config.epochs);
+        self.schedule = self.config.schedule_for(self.train_images, self.planned_epochs);
     }
 
     /// Test-set evaluation of the current parameters.
@@ -800,11 +834,54 @@ pub fn load_model(checkpoint: &Checkpoint, path: &Path) -> Result<(Model, ParamS
     Ok((model, store))
 }
 
+/// Which views of each test image an evaluation looks at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestViews {
+    /// The image as it is.
+    #[default]
+    Plain,
+    /// Test-time augmentation: the image and its mirror image; the prediction
+    /// and the loss come from the mean of their two logit vectors.
+    PlainAndMirrored,
+}
+
+impl TestViews {
+    /// `none` or `flip` (the `--tta` flag).
+    pub fn parse(text: &str) -> Result<TestViews> {
+        match text {
+            "none" => Ok(TestViews::Plain),
+            "flip" => Ok(TestViews::PlainAndMirrored),
+            other => Err(Error::msg(format!(
+                "unknown test-time augmentation {other:?}: expected none or flip"
+            ))),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TestViews::Plain => "none",
+            TestViews::PlainAndMirrored => "flip",
+        }
+    }
+}
+
 /// Loss, accuracy and per-class accuracy on `set` in evaluation mode (running
 /// BN statistics, no augmentation). Batches of `batch_size` images are taken
 /// in order; each is split into one shard per rayon thread, evaluated in
 /// parallel, so at most `batch_size` images' activations are alive at once.
 pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: usize) -> Evaluation {
+    evaluate_views(model, store, set, batch_size, TestViews::Plain)
+}
+
+/// [`evaluate`], looking at each image through `views`:
+/// logits = (f(x) + f(mirror(x))) / 2 for [`TestViews::PlainAndMirrored`].
+pub fn evaluate_views(
+    model: &Model,
+    store: &ParamStore,
+    set: &Cifar10,
+    batch_size: usize,
+    views: TestViews,
+) -> Evaluation {
     let indices: Vec<usize> = (0..set.len()).collect();
     let threads = rayon::current_num_threads();
     let mut loss_sum = 0.0f64;
@@ -816,12 +893,23 @@ pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: us
             .par_chunks(shard_size)
             .map(|shard| {
                 let (x, labels) = make_batch(set, shard, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+                let logits = match views {
+                    TestViews::Plain => eval_logits(model, store, x),
+                    TestViews::PlainAndMirrored => {
+                        let mirrored = eval_logits(model, store, flip_horizontally(&x));
+                        let mut logits = eval_logits(model, store, x);
+                        for (a, b) in logits.data.iter_mut().zip(&mirrored.data) {
+                            *a = 0.5 * (*a + b);
+                        }
+                        logits
+                    }
+                };
                 let mut tape = Tape::new(store, Mode::Eval);
-                let input = tape.input(x);
-                let logits = model.forward(&mut tape, input);
+                let predicted = predictions(&logits);
+                let logits = tape.input(logits);
                 let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.0);
                 let loss_sum = tape.value(loss).data[0] as f64 * shard.len() as f64;
-                (loss_sum, predictions(tape.value(logits)), labels)
+                (loss_sum, predicted, labels)
             })
             .collect();
         for (shard_loss, predicted, labels) in shards {
@@ -840,6 +928,14 @@ pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: us
         per_class_accuracy: std::array::from_fn(|k| correct[k] as f32 / seen[k] as f32),
         per_class_images: seen,
     }
+}
+
+/// The model's logits [N, 10] for the images `x` [N, 3, 32, 32], in evaluation mode.
+fn eval_logits(model: &Model, store: &ParamStore, x: Tensor) -> Tensor {
+    let mut tape = Tape::new(store, Mode::Eval);
+    let input = tape.input(x);
+    let logits = model.forward(&mut tape, input);
+    tape.value(logits).clone()
 }
 
 #[cfg(test)]
@@ -879,6 +975,64 @@ mod tests {
     }
 
     #[test]
+    fn mirrored_views_average_the_logits_of_each_image_and_its_mirror_image() {
+        let set = synthetic_set(23, 10, 5);
+        let mut store = ParamStore::default();
+        let model = ModelSpec::parse_name("resnet8-w2")
+            .unwrap()
+            .build(&mut store, &mut StdRng::seed_from_u64(2));
+        let tta = evaluate_views(&model, &store, &set, 8, TestViews::PlainAndMirrored);
+        // By hand: one tape per view over the whole set, logits averaged.
+        let (x, labels) = make_batch(
+            &set,
+            &(0..23).collect::<Vec<_>>(),
+            &Augmentation::NONE,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let plain = eval_logits(&model, &store, x.clone());
+        let mirrored = eval_logits(&model, &store, flip_horizontally(&x));
+        let mean = Tensor::from_vec(
+            &plain.shape,
+            plain
+                .data
+                .iter()
+                .zip(&mirrored.data)
+                .map(|(a, b)| (a + b) / 2.0)
+                .collect(),
+        );
+        let right = predictions(&mean)
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        assert_eq!(tta.accuracy, right as f32 / 23.0);
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let mean = tape.input(mean);
+        let loss = ops::cross_entropy(&mut tape, mean, &labels, 0.0);
+        assert!((tta.loss - tape.value(loss).data[0]).abs() < 1e-5 * tta.loss);
+        // The views really differ: synthetic images are not mirror-symmetric.
+        assert_ne!(tta.loss, evaluate(&model, &store, &set, 8).loss);
+        // A set of mirror images gives the same evaluation.
+        let mut mirror_set = set.clone();
+        for image in mirror_set.images.chunks_mut(32) {
+            image.reverse();
+        }
+        let of_mirrors = evaluate_views(&model, &store, &mirror_set, 8, TestViews::PlainAndMirrored);
+        assert_eq!(of_mirrors.accuracy, tta.accuracy);
+        assert!((of_mirrors.loss - tta.loss).abs() < 1e-5 * tta.loss);
+    }
+
+    #[test]
+    fn test_views_parse_their_flag_values() {
+        assert_eq!(TestViews::parse("none").unwrap(), TestViews::Plain);
+        assert_eq!(TestViews::parse("flip").unwrap(), TestViews::PlainAndMirrored);
+        assert!(TestViews::parse("mirror")
+            .unwrap_err()
+            .message
+            .contains("expected none or flip"));
+    }
+
+    #[test]
     fn predictions_pick_the_first_largest_logit() {
         let logits = Tensor::from_vec(&[3, 3], vec![0.1, 0.9, 0.3, 2.0, 2.0, 1.0, -1.0, -3.0, -0.5]);
         assert_eq!(predictions(&logits), vec![1, 0, 2]);
@@ -910,5 +1064,53 @@ mod tests {
         bad = TrainConfig::recipe();
         bad.sgd.momentum = 1.0;
         assert!(bad.validate(1000).unwrap_err().to_string().contains("--momentum"));
+        bad = TrainConfig::recipe();
+        bad.time_budget_minutes = Some(0.0);
+        assert!(bad
+            .validate(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("--time-budget"));
+        // A budget round-trips; a checkpoint from before budgets existed has none.
+        config.time_budget_minutes = Some(70.5);
+        let budgeted = Checkpoint {
+            metadata: config.to_metadata(),
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            TrainConfig::from_checkpoint(&budgeted, Path::new("c")).unwrap(),
+            config
+        );
+        let mut old = budgeted.clone();
+        old.metadata.retain(|(k, _)| k != "time_budget_minutes");
+        let loaded = TrainConfig::from_checkpoint(&old, Path::new("c")).unwrap();
+        assert_eq!(loaded.time_budget_minutes, None);
+    }
+
+    #[test]
+    fn a_planned_length_reshapes_the_schedule_and_survives_a_checkpoint() {
+        let set = synthetic_set(64, 10, 4);
+        let mut config = TrainConfig::recipe();
+        (
+            config.epochs,
+            config.warmup_epochs,
+            config.batch_size,
+            config.shards,
+        ) = (10, 1, 16, 1);
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let mut trainer = Trainer::new(&spec, config, set.len()).unwrap();
+        assert_eq!((trainer.planned_epochs, trainer.schedule.total_steps), (10, 40));
+        trainer.plan_epochs(6);
+        assert_eq!((trainer.planned_epochs, trainer.schedule.total_steps), (6, 24));
+        assert_eq!(trainer.schedule.warmup_steps, 4);
+        assert_eq!(trainer.schedule.learning_rate(24), 0.0);
+        // Never past --epochs.
+        trainer.plan_epochs(12);
+        assert_eq!(trainer.planned_epochs, 10);
+        trainer.plan_epochs(6);
+        trainer.train_epoch(&set, |_| {}).unwrap();
+        let resumed = Trainer::from_checkpoint(&trainer.to_checkpoint(), Path::new("c"), set.len()).unwrap();
+        assert_eq!(resumed.planned_epochs, 6);
+        assert_eq!(resumed.schedule, trainer.schedule);
     }
 }
