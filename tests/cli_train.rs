@@ -207,6 +207,14 @@ fn info_prints_the_layer_table() {
     };
     assert_eq!(kind_of("stage2.block2.conv2"), "conv3x3", "{stdout}");
     assert_eq!(kind_of("stage3.block0.conv1"), "sbf3x3", "{stdout}");
+    // At rate 0.75 the stride-1 layers take the two-stage path; the strided one does not.
+    let routed = stdout
+        .lines()
+        .find(|l| l.starts_with("computed as effective filters"));
+    assert!(
+        routed.is_some_and(|line| line.ends_with("cost): stage3.block0.conv1")),
+        "{stdout}"
+    );
 }
 
 #[test]

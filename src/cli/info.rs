@@ -3,6 +3,8 @@
 use clap::Args;
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::ParamStore;
+use sbfnet::nn::ConvLayer;
+use sbfnet::ops::sbf::{SbfPath, TWO_STAGE_MAX_COST_RATIO};
 use sbfnet::Result;
 
 #[derive(Args, Debug)]
@@ -82,5 +84,27 @@ pub fn run(args: InfoArgs) -> Result<()> {
         macs as f64 / 1e6,
         100.0 * (1.0 - macs as f64 / dense_macs.max(1) as f64)
     );
+    // Which SBF layers `SbfPath::Auto` computes as effective filters + the dense conv.
+    let through_filters: Vec<String> = model
+        .conv_layers()
+        .into_iter()
+        .filter_map(|(name, layer)| match layer {
+            ConvLayer::Sbf(sbf) => {
+                let path = sbf
+                    .config
+                    .resolved_path(sbf.in_channels, sbf.out_channels, sbf.num_templates());
+                (path == SbfPath::EffectiveFilters).then_some(name)
+            }
+            ConvLayer::Dense(_) => None,
+        })
+        .collect();
+    if !through_filters.is_empty() {
+        println!(
+            "computed as effective filters + the dense conv (strided, or the two-stage path would cost more \
+             than {} of the dense MACs; the MACs above are the two-stage cost): {}",
+            TWO_STAGE_MAX_COST_RATIO,
+            through_filters.join(", ")
+        );
+    }
     Ok(())
 }
