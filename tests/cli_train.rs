@@ -189,6 +189,31 @@ fn evaluate_every_second_epoch_and_resume_the_sparse_metrics() {
 }
 
 #[test]
+fn a_reader_that_stops_early_ends_the_command_without_a_panic() {
+    // As `sbfnet info --model resnet110 | head -1`: the reader closes the pipe at once.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sbfnet"))
+        .args(["info", "--model", "resnet110"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the sbfnet binary runs");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let (_, stderr) = text(&output);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // Ended by SIGPIPE, or finished before the pipe closed.
+        assert!(
+            output.status.signal() == Some(13) || output.status.success(),
+            "{:?}",
+            output.status
+        );
+    }
+}
+
+#[test]
 fn info_prints_the_layer_table() {
     let output = sbfnet(&["info", "--model", "resnet20"]);
     let (stdout, _) = text(&output);
