@@ -32,7 +32,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::msg("--batch-size must be at least 1"));
     }
-    let views = TestViews::parse(&args.tta).map_err(|e| Error::msg(format!("--tta: {}", e.message)))?;
+    let views = TestViews::parse(&args.tta)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let (model, store) = load_model(&checkpoint, &args.checkpoint)?;
     let data = data_folder(args.data.as_deref());

@@ -609,7 +609,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => NonFinitePolicy::Stop,
     };
     let test_views = match args.tta.as_deref() {
-        Some(text) => TestViews::parse(text).map_err(|e| Error::msg(format!("--tta: {}", e.message)))?,
+        Some(text) => TestViews::parse(text)?,
         None => TestViews::Plain,
     };
     // The image limits, before the data is read.

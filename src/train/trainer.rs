@@ -852,7 +852,7 @@ impl TestViews {
             "none" => Ok(TestViews::Plain),
             "flip" => Ok(TestViews::PlainAndMirrored),
             other => Err(Error::msg(format!(
-                "unknown test-time augmentation {other:?}: expected none or flip"
+                "--tta: unknown test-time augmentation {other:?}: expected none or flip"
             ))),
         }
     }
@@ -1044,10 +1044,12 @@ mod tests {
         config.label_smoothing = 0.1;
         config.augmentation.rotation_degrees = 7.5;
         config.shards = 3;
-        let checkpoint = Checkpoint {
+        // A config written to a checkpoint's metadata and read back.
+        let saved = |config: &TrainConfig| Checkpoint {
             metadata: config.to_metadata(),
             ..Checkpoint::default()
         };
+        let checkpoint = saved(&config);
         assert_eq!(
             TrainConfig::from_checkpoint(&checkpoint, Path::new("c")).unwrap(),
             config
@@ -1073,10 +1075,7 @@ mod tests {
             .contains("--time-budget"));
         // A budget round-trips; a checkpoint from before budgets existed has none.
         config.time_budget_minutes = Some(70.5);
-        let budgeted = Checkpoint {
-            metadata: config.to_metadata(),
-            ..Checkpoint::default()
-        };
+        let budgeted = saved(&config);
         assert_eq!(
             TrainConfig::from_checkpoint(&budgeted, Path::new("c")).unwrap(),
             config
