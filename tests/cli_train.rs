@@ -384,6 +384,22 @@ fn settings_are_refused_before_the_data_is_read() {
             vec!["--tta", "rotate"],
             "--tta: unknown test-time augmentation \"rotate\": expected none or flip",
         ),
+        (
+            vec!["--ema", "1"],
+            "--ema 1: the decay must lie strictly between 0 and 1",
+        ),
+        (
+            vec!["--ema", "0.999", "--prune-rate", "0.5"],
+            "--ema cannot be combined with --prune-rate",
+        ),
+        (
+            vec!["--model", "vgg16", "--zero-init-residual"],
+            "--zero-init-residual needs a model with residual blocks, and vgg16 has none",
+        ),
+        (
+            vec!["--augment", "flip+altflip"],
+            "unknown --augment \"flip+altflip\"",
+        ),
     ] {
         let output = sbfnet(
             &[

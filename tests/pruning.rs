@@ -31,6 +31,7 @@ fn config(epochs: usize) -> TrainConfig {
         augmentation: Augmentation::CROP_FLIP,
         seed: 7,
         time_budget_minutes: None,
+        zero_init_residual: false,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::{Mode, ParamStore, Tape, Var};
-use sbfnet::data::augment::Augmentation;
+use sbfnet::data::augment::{Augmentation, Flip};
 use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::{Conv2d, Linear, ModelSpec};
 use sbfnet::ops::{self, ConvConfig};
@@ -129,11 +129,12 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         label_smoothing: 0.0,
         augmentation: Augmentation {
             crop: true,
-            flip: true,
+            flip: Flip::Random,
             rotation_degrees: 5.0,
         },
         seed: 42,
         time_budget_minutes: None,
+        zero_init_residual: false,
     }
 }
 
@@ -293,7 +294,7 @@ fn distillation_pulls_the_student_towards_the_teacher() {
     let indices: Vec<usize> = (0..32).collect();
     let none = Augmentation {
         crop: false,
-        flip: false,
+        flip: Flip::Never,
         rotation_degrees: 0.0,
     };
     let (x, _) = sbfnet::data::augment::make_batch(&set, &indices, &none, &mut StdRng::seed_from_u64(0));

@@ -21,6 +21,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
+use sbfnet::nn::model::Architecture;
 use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
 use sbfnet::ops::TransformFamily;
 use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
@@ -73,9 +74,18 @@ pub struct TrainArgs {
     /// Label smoothing ε [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
-    /// Training augmentation: crop+flip, crop, flip or none [default: crop+flip]
+    /// Training augmentation: crop+flip, crop, flip or none; altflip instead of flip mirrors each
+    /// image in every other epoch instead of at random (e.g. crop+altflip) [default: crop+flip]
     #[arg(long)]
     pub augment: Option<String>,
+    /// Start every residual block as the identity (the γ of its last batch norm at 0):
+    /// --zero-init-residual, --zero-init-residual true|false [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub zero_init_residual: Option<bool>,
+    /// Evaluate and save an exponential moving average of the weights and BN statistics,
+    /// with this decay per step (e.g. 0.999: about the last 1000 steps) [default: none]
+    #[arg(long, allow_negative_numbers = true)]
+    pub ema: Option<f32>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
@@ -345,7 +355,7 @@ pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConf
             .filter(|a| a.rotation_degrees == 0.0)
             .ok_or_else(|| {
                 Error::msg(format!(
-                    "unknown --augment \"{v}\" (expected crop+flip, crop, flip or none)"
+                    "unknown --augment \"{v}\" (expected crop+flip, crop+altflip, crop, flip, altflip or none)"
                 ))
             })?;
     }
@@ -354,6 +364,17 @@ pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConf
     }
     if let Some(v) = args.seed {
         config.seed = v;
+    }
+    if let Some(v) = args.zero_init_residual {
+        config.zero_init_residual = v;
+    }
+    if args.ema.is_some() {
+        config.ema_decay = args.ema;
+        if args.pruning.prune_rate.is_some() {
+            return Err(Error::msg(
+                "--ema cannot be combined with --prune-rate: pruning reshapes the weights it would average",
+            ));
+        }
     }
     if args.time_budget.is_some() {
         config.time_budget_minutes = args.time_budget;
@@ -446,6 +467,19 @@ fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, pat
         args.seed.is_some(),
         given.seed.to_string(),
         saved.seed.to_string(),
+    );
+    check(
+        "--zero-init-residual",
+        args.zero_init_residual.is_some(),
+        given.zero_init_residual.to_string(),
+        saved.zero_init_residual.to_string(),
+    );
+    let decay_text = |decay: Option<f32>| decay.map_or("none".to_string(), |d| d.to_string());
+    check(
+        "--ema",
+        args.ema.is_some(),
+        decay_text(given.ema_decay),
+        decay_text(saved.ema_decay),
     );
     let budget_text = |minutes: Option<f32>| minutes.map_or("none".to_string(), |m| m.to_string());
     check(
@@ -687,6 +721,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     (None, convs) => convs.clone().unwrap_or("dense".into()),
                 };
             let spec = model_spec(args.model.as_deref().unwrap_or("resnet20"), &convs)?;
+            if config.zero_init_residual && !matches!(spec.architecture, Architecture::ResNet { .. }) {
+                return Err(Error::msg(format!(
+                    "--zero-init-residual needs a model with residual blocks, and {} has none",
+                    spec.name()
+                )));
+            }
             // Everything that does not depend on the data's size.
             config.validate(usize::MAX)?;
             (spec, config)
@@ -792,9 +832,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         test.len(),
         config.shards
     );
+    let mut model_options = String::new();
+    if config.zero_init_residual {
+        model_options += ", residual blocks start as the identity";
+    }
+    if let Some(decay) = config.ema_decay {
+        model_options += &format!(", weights averaged (decay {decay})");
+    }
     println!(
         "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \
-         augmentation {}, seed {}, on non-finite: {}",
+         augmentation {}, seed {}{}, on non-finite: {}",
         config.epochs,
         config.batch_size,
         config.learning_rate,
@@ -806,6 +853,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.label_smoothing,
         config.augmentation.describe(),
         config.seed,
+        model_options,
         on_nonfinite.name()
     );
     if let Some(minutes) = config.time_budget_minutes {
@@ -890,7 +938,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 let started = Instant::now();
                 let evaluation = evaluate_views(
                     &trainer.model,
-                    &trainer.store,
+                    trainer.evaluated_store(),
                     &test,
                     config.batch_size.max(128),
                     test_views,

@@ -36,10 +36,12 @@ use super::distillation::Distillation;
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::{Sgd, SgdConfig};
 use super::schedule::{Schedule, ScheduleKind};
+use super::weight_average::WeightAverage;
 use crate::autograd::{BatchStatistics, Mode, ParamId, ParamStore, Tape, Var};
-use crate::data::augment::{flip_horizontally, make_batch, make_batch_into, Augmentation};
+use crate::data::augment::{flip_horizontally, make_batch, make_batch_into, Augmentation, RunPosition};
 use crate::data::cifar::{Cifar10, NUM_CLASSES};
 use crate::error::{Error, Result};
+use crate::nn::model::Network;
 use crate::nn::{Model, ModelSpec};
 use crate::ops;
 use crate::prune::{assignment_metadata, prune_step, restore_assignments, PruneSettings};
@@ -71,6 +73,12 @@ pub struct TrainConfig {
     /// Train to this wall-clock budget, training and evaluation (`time_budget`): the run then
     /// re-plans its length after every epoch and `epochs` is the most it may have.
     pub time_budget_minutes: Option<f32>,
+    /// Start every residual block as the identity: the scale γ of its last batch norm is 0 instead
+    /// of 1 ([`crate::nn::resnet::ResNet::zero_init_residual`]; Goyal et al. 2017). ResNets only.
+    pub zero_init_residual: bool,
+    /// Evaluate and save an exponential moving average of the weights with this decay per
+    /// step ([`WeightAverage`]); None: the live weights.
+    pub ema_decay: Option<f32>,
 }
 
 impl TrainConfig {
@@ -93,6 +101,8 @@ impl TrainConfig {
             augmentation: Augmentation::CROP_FLIP,
             seed: 0,
             time_budget_minutes: None,
+            zero_init_residual: false,
+            ema_decay: None,
         }
     }
 
@@ -147,6 +157,11 @@ impl TrainConfig {
                 self.augmentation.rotation_degrees
             ));
         }
+        if let Some(decay) = self.ema_decay {
+            if !(decay > 0.0 && decay < 1.0) {
+                return fail(format!("--ema {decay}: the decay must lie strictly between 0 and 1"));
+            }
+        }
         if let Some(minutes) = self.time_budget_minutes {
             if !(minutes.is_finite() && minutes > 0.0) {
                 return fail(format!(
@@ -192,6 +207,8 @@ impl TrainConfig {
                 "time_budget_minutes",
                 self.time_budget_minutes.map_or("none".into(), |m| m.to_string()),
             ),
+            ("zero_init_residual", self.zero_init_residual.to_string()),
+            ("ema_decay", self.ema_decay.map_or("none".into(), |d| d.to_string())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -239,6 +256,16 @@ impl TrainConfig {
             time_budget_minutes: match checkpoint.get("time_budget_minutes") {
                 None | Some("none") => None,
                 Some(_) => Some(field!("time_budget_minutes")),
+            },
+            // Absent from checkpoints written before the option existed: they started at γ = 1.
+            zero_init_residual: match checkpoint.get("zero_init_residual") {
+                None => false,
+                Some(_) => field!("zero_init_residual"),
+            },
+            // Absent from checkpoints written before weight averaging existed.
+            ema_decay: match checkpoint.get("ema_decay") {
+                None | Some("none") => None,
+                Some(_) => Some(field!("ema_decay")),
             },
         })
     }
@@ -468,6 +495,8 @@ pub struct Trainer {
     pub pruning: Option<PruneSettings>,
     /// First-order Taylor sums since the last pruning step (only with `Saliency::Taylor`).
     pub taylor: TaylorScores,
+    /// The moving average of the weights that evaluation and checkpoints use (`--ema`).
+    pub average: Option<WeightAverage>,
     /// Knowledge distillation from a teacher; None: plain cross-entropy.
     pub distillation: Option<Distillation>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
@@ -483,7 +512,19 @@ impl Trainer {
         config.validate(train_images)?;
         let mut store = ParamStore::default();
         let model = spec.build(&mut store, &mut StdRng::seed_from_u64(config.seed));
+        if config.zero_init_residual {
+            match &model.network {
+                Network::ResNet(resnet) => resnet.zero_init_residual(&mut store),
+                Network::Vgg(_) => {
+                    return Err(Error::msg(format!(
+                        "--zero-init-residual needs a model with residual blocks, and {} has none",
+                        spec.name()
+                    )))
+                }
+            }
+        }
         let optimizer = Sgd::new(config.sgd, &store);
+        let average = config.ema_decay.map(|decay| WeightAverage::new(decay, &store));
         let worker_gradients = (0..config.shards).map(|_| store.zeros_like_params()).collect();
         Ok(Trainer {
             model,
@@ -501,6 +542,7 @@ impl Trainer {
             batch_hook: None,
             pruning: None,
             distillation: None,
+            average,
             taylor: TaylorScores::default(),
             worker_gradients,
             batch: Tensor::zeros(&[0]),
@@ -539,6 +581,9 @@ impl Trainer {
                 parameter,
                 learning_rate,
             });
+            if let (None, Some(average)) = (&fault, &mut self.average) {
+                average.update(&self.store);
+            }
         }
         self.step += 1;
         StepResult {
@@ -605,10 +650,15 @@ impl Trainer {
         let mut labels = std::mem::take(&mut self.labels);
         let mut skipped = Vec::new();
         for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
+            let position = RunPosition {
+                seed: self.config.seed,
+                epoch: self.epoch,
+            };
             make_batch_into(
                 set,
                 indices,
                 &self.config.augmentation,
+                position,
                 &mut rng,
                 &mut batch,
                 &mut labels,
@@ -693,6 +743,9 @@ impl Trainer {
             for shard in &mut self.worker_gradients {
                 shard[id.0] = Tensor::zeros(&shape);
             }
+            if let Some(average) = &mut self.average {
+                average.store.params[id.0].value = self.store.value(*id).clone();
+            }
         }
     }
 
@@ -712,7 +765,14 @@ impl Trainer {
         metadata.extend(self.pruning.iter().flat_map(|p| p.to_metadata()));
         metadata.extend(self.distillation.iter().flat_map(|d| d.to_metadata()));
         metadata.extend(assignment_metadata(&self.model));
-        let mut tensors = model_tensors(&self.store);
+        // The model a checkpoint holds is the one evaluated: with --ema the averaged weights,
+        // and the live ones that training continues from beside them as `live.*`.
+        let mut tensors = model_tensors(self.evaluated_store());
+        if let Some(average) = &self.average {
+            metadata.push(("ema_updates".into(), average.updates.to_string()));
+            let live = model_tensors(&self.store).into_iter();
+            tensors.extend(live.map(|(name, t)| (format!("{LIVE_PREFIX}{name}"), t)));
+        }
         tensors.extend(self.optimizer.export(&self.store));
         tensors.extend(self.taylor.to_tensors());
         Checkpoint {
@@ -753,6 +813,11 @@ impl Trainer {
         let sbf_layers = crate::prune::PruneState::of(&trainer.model).layers.len();
         trainer.taylor = TaylorScores::from_checkpoint(checkpoint, path, sbf_layers)?;
         load_model_tensors(&mut trainer.store, checkpoint, path)?;
+        if let Some(average) = &mut trainer.average {
+            average.store = trainer.store.clone();
+            average.updates = number(checkpoint, path, "ema_updates")?;
+            load_prefixed_model_tensors(&mut trainer.store, checkpoint, path, LIVE_PREFIX)?;
+        }
         let store = &trainer.store;
         trainer
             .optimizer
@@ -775,11 +840,19 @@ impl Trainer {
         self.schedule = self.config.schedule_for(self.train_images, self.planned_epochs);
     }
 
-    /// Test-set evaluation of the current parameters.
+    /// The weights that are evaluated and saved: the moving average with `--ema`, else the live ones.
+    pub fn evaluated_store(&self) -> &ParamStore {
+        self.average.as_ref().map_or(&self.store, |average| &average.store)
+    }
+
+    /// Test-set evaluation of the current parameters (the averaged ones with `--ema`).
     pub fn evaluate(&self, set: &Cifar10, batch_size: usize) -> Evaluation {
-        evaluate(&self.model, &self.store, set, batch_size)
+        evaluate(&self.model, self.evaluated_store(), set, batch_size)
     }
 }
+
+/// Prefix of the live weights' tensors in a checkpoint of a run with `--ema`.
+pub const LIVE_PREFIX: &str = "live.";
 
 /// Parameters (`param.<name>`) and buffers (`buffer.<name>`) as named tensors.
 pub fn model_tensors(store: &ParamStore) -> Vec<(String, Tensor)> {
@@ -796,15 +869,25 @@ pub fn model_tensors(store: &ParamStore) -> Vec<(String, Tensor)> {
 
 /// Copies parameters and buffers saved by [`model_tensors`] into `store`.
 pub fn load_model_tensors(store: &mut ParamStore, checkpoint: &Checkpoint, path: &Path) -> Result<()> {
+    load_prefixed_model_tensors(store, checkpoint, path, "")
+}
+
+/// [`load_model_tensors`] of the tensors whose names start with `prefix` (`live.param.…`).
+pub fn load_prefixed_model_tensors(
+    store: &mut ParamStore,
+    checkpoint: &Checkpoint,
+    path: &Path,
+    prefix: &str,
+) -> Result<()> {
     let targets = store
         .params
         .iter_mut()
-        .map(|p| (format!("param.{}", p.name), &mut p.value))
+        .map(|p| (format!("{prefix}param.{}", p.name), &mut p.value))
         .chain(
             store
                 .buffers
                 .iter_mut()
-                .map(|b| (format!("buffer.{}", b.name), &mut b.value)),
+                .map(|b| (format!("{prefix}buffer.{}", b.name), &mut b.value)),
         );
     for (name, target) in targets {
         let saved = checkpoint
@@ -1084,6 +1167,96 @@ mod tests {
         old.metadata.retain(|(k, _)| k != "time_budget_minutes");
         let loaded = TrainConfig::from_checkpoint(&old, Path::new("c")).unwrap();
         assert_eq!(loaded.time_budget_minutes, None);
+        // So do zero-initialised residual blocks and the alternating flip; a checkpoint from
+        // before the option existed started its blocks at γ = 1.
+        config.zero_init_residual = true;
+        config.augmentation.flip = crate::data::augment::Flip::Alternating;
+        let zeroed = saved(&config);
+        assert_eq!(TrainConfig::from_checkpoint(&zeroed, Path::new("c")).unwrap(), config);
+        let mut old = zeroed.clone();
+        old.metadata.retain(|(k, _)| k != "zero_init_residual");
+        assert!(!TrainConfig::from_checkpoint(&old, Path::new("c")).unwrap().zero_init_residual);
+    }
+
+    #[test]
+    fn averaged_weights_are_evaluated_and_saved_and_a_resumed_run_repeats_the_uninterrupted_one() {
+        let set = synthetic_set(48, 10, 8);
+        let mut config = TrainConfig::recipe();
+        (config.epochs, config.warmup_epochs, config.batch_size, config.shards) = (3, 1, 16, 2);
+        config.ema_decay = Some(0.9);
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let mut trainer = Trainer::new(&spec, config, set.len()).unwrap();
+        trainer.train_epoch(&set, |_| {}).unwrap();
+        let average = trainer.average.as_ref().unwrap();
+        assert_eq!(average.updates, 3);
+        assert_ne!(average.store.params[0].value, trainer.store.params[0].value);
+        // Evaluation and the checkpoint's model are the averaged weights.
+        let by_hand = evaluate(&trainer.model, &average.store, &set, 16);
+        assert_eq!(trainer.evaluate(&set, 16), by_hand);
+        let checkpoint = trainer.to_checkpoint();
+        let (model, saved) = load_model(&checkpoint, Path::new("c")).unwrap();
+        assert_eq!(evaluate(&model, &saved, &set, 16), by_hand);
+        // A resumed run continues from the live weights, with the average where it was.
+        let mut resumed = Trainer::from_checkpoint(&checkpoint, Path::new("c"), set.len()).unwrap();
+        let values = |store: &ParamStore| store.params.iter().map(|p| p.value.clone()).collect::<Vec<_>>();
+        assert_eq!(values(&resumed.store), values(&trainer.store));
+        let resumed_average = resumed.average.as_ref().unwrap();
+        assert_eq!(resumed_average.updates, 3);
+        assert_eq!(values(&resumed_average.store), values(&average.store));
+        trainer.train_epoch(&set, |_| {}).unwrap();
+        resumed.train_epoch(&set, |_| {}).unwrap();
+        assert_eq!(values(&resumed.store), values(&trainer.store));
+        assert_eq!(values(resumed.evaluated_store()), values(trainer.evaluated_store()));
+    }
+
+    #[test]
+    fn zero_init_residual_starts_every_block_as_the_identity_and_gamma_still_learns() {
+        let set = synthetic_set(32, 10, 6);
+        let mut config = TrainConfig::recipe();
+        (config.epochs, config.warmup_epochs, config.batch_size, config.shards) = (1, 0, 16, 1);
+        config.zero_init_residual = true;
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let mut trainer = Trainer::new(&spec, config.clone(), set.len()).unwrap();
+        let Network::ResNet(resnet) = &trainer.model.network else {
+            panic!("resnet8 is a ResNet")
+        };
+        let blocks: Vec<_> = resnet.stages.iter().flatten().cloned().collect();
+        assert_eq!(blocks.len(), 3);
+        for block in &blocks {
+            assert!(trainer.store.value(block.bn2.gamma).data.iter().all(|&g| g == 0.0));
+            assert!(trainer.store.value(block.bn1.gamma).data.iter().all(|&g| g == 1.0));
+        }
+        // Each block computes relu(shortcut(x)): the first block of stage 1 (stride 1, same
+        // channels) returns relu(x) = x for its non-negative input.
+        let (x, _) = make_batch(&set, &[0, 1], &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+        let mut tape = Tape::new(&trainer.store, Mode::Eval);
+        let input = tape.input(x);
+        let stem = resnet.stem.forward(&mut tape, input);
+        let stem = resnet.stem_bn.forward(&mut tape, stem);
+        let stem = ops::relu(&mut tape, stem);
+        let block = blocks[0].forward(&mut tape, stem);
+        assert_eq!(tape.value(block).data, tape.value(stem).data);
+        // γ gets a gradient and moves away from 0 in the first epoch; the other parameters
+        // are those of a model built without the option.
+        let plain = Trainer::new(&spec, TrainConfig { zero_init_residual: false, ..config }, set.len()).unwrap();
+        for id in 0..trainer.store.params.len() {
+            let id = ParamId(id);
+            let is_bn2_gamma = blocks.iter().any(|b| b.bn2.gamma == id);
+            if !is_bn2_gamma {
+                assert_eq!(trainer.store.value(id), plain.store.value(id));
+            }
+        }
+        trainer.train_epoch(&set, |_| {}).unwrap();
+        for block in &blocks {
+            assert!(trainer.store.value(block.bn2.gamma).data.iter().any(|&g| g != 0.0));
+        }
+        // A VGG has no residual blocks to start as the identity.
+        let vgg = ModelSpec::parse_name("vgg16-w2").unwrap();
+        let refused = Trainer::new(&vgg, TrainConfig { zero_init_residual: true, ..TrainConfig::recipe() }, 1000);
+        match refused {
+            Err(e) => assert!(e.to_string().contains("--zero-init-residual"), "{e}"),
+            Ok(_) => panic!("a VGG was built with --zero-init-residual"),
+        }
     }
 
     #[test]
