@@ -155,6 +155,78 @@ fn train_one_epoch_then_resume_and_evaluate() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The short-run options: alternating flips, identity-initialised blocks and averaged weights.
+/// `sbfnet eval` of the checkpoint sees the averaged model that the run evaluated.
+#[test]
+fn averaged_weights_are_what_the_run_and_eval_both_evaluate() {
+    let (root, data) = fixture("ema");
+    let out = root.join("run");
+    let options = [
+        "--ema",
+        "0.9",
+        "--augment",
+        "crop+altflip",
+        "--zero-init-residual",
+    ];
+    let limits = [
+        "--epochs",
+        "2",
+        "--train-limit",
+        "32",
+        "--test-limit",
+        "16",
+        "--out",
+        s(&out),
+    ];
+    let output = sbfnet(&[&["train"][..], &tiny_run(&data), &options, &limits].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("augmentation crop+altflip, seed 0, residual blocks start as the identity, weights averaged (decay 0.9)"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let (run_loss, run_accuracy): (f32, f32) = (last[4].parse().unwrap(), last[5].parse().unwrap());
+    let output = sbfnet(&[
+        "eval",
+        "--checkpoint",
+        s(&out.join("last.ckpt")),
+        "--data",
+        s(&data),
+        "--test-limit",
+        "16",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let figures: Vec<f32> = stdout
+        .lines()
+        .find(|l| l.starts_with("test accuracy"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches('%').parse().ok())
+        .collect();
+    assert_eq!(
+        format!("{:.2}", figures[0]),
+        format!("{:.2}", 100.0 * run_accuracy),
+        "{stdout}\n{csv}"
+    );
+    assert!((figures[1] - run_loss).abs() < 2e-4, "{stdout}\n{csv}");
+    // The resumed run keeps its average: a contradicting decay is refused.
+    let output = sbfnet(&[
+        "train",
+        "--resume",
+        s(&out.join("last.ckpt")),
+        "--data",
+        s(&data),
+        "--ema",
+        "0.99",
+    ]);
+    let (_, stderr) = text(&output);
+    assert!(stderr.contains("drop --ema 0.99 (the run uses 0.9)"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// `--eval-every 2` over 3 epochs evaluates after epochs 2 and 3 (the last): epoch 1's test
 /// columns are empty, and resuming the run reads those empty fields back.
 #[test]

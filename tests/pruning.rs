@@ -32,6 +32,7 @@ fn config(epochs: usize) -> TrainConfig {
         seed: 7,
         time_budget_minutes: None,
         zero_init_residual: false,
+        ema_decay: None,
     }
 }
 

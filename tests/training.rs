@@ -135,6 +135,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         seed: 42,
         time_budget_minutes: None,
         zero_init_residual: false,
+        ema_decay: None,
     }
 }
 

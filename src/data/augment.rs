@@ -151,7 +151,12 @@ impl ImageTransform {
 
     /// Draws the choices for image `image` in a fixed order (crop, flip, rotation) so a seed
     /// always gives the same batch.
-    fn draw(augmentation: &Augmentation, image: usize, position: RunPosition, rng: &mut impl Rng) -> ImageTransform {
+    fn draw(
+        augmentation: &Augmentation,
+        image: usize,
+        position: RunPosition,
+        rng: &mut impl Rng,
+    ) -> ImageTransform {
         let mut t = ImageTransform::IDENTITY;
         if augmentation.crop {
             t.crop_y = rng.gen_range(0..=2 * CROP_PADDING);
@@ -426,14 +431,23 @@ mod tests {
         let first: Vec<bool> = (0..images).map(|i| alternating_flip(seed, i, 0)).collect();
         // The first epoch mirrors about half the images (a fair coin per image: 1000 ± 3σ).
         let mirrored = first.iter().filter(|&&f| f).count();
-        assert!((1000 - 3 * 23..=1000 + 3 * 23).contains(&mirrored), "{mirrored} of {images}");
+        assert!(
+            (1000 - 3 * 23..=1000 + 3 * 23).contains(&mirrored),
+            "{mirrored} of {images}"
+        );
         for epoch in 1..6 {
             for (i, &f) in first.iter().enumerate() {
-                assert_eq!(alternating_flip(seed, i, epoch), f ^ (epoch % 2 == 1), "image {i} epoch {epoch}");
+                assert_eq!(
+                    alternating_flip(seed, i, epoch),
+                    f ^ (epoch % 2 == 1),
+                    "image {i} epoch {epoch}"
+                );
             }
         }
         // Another seed draws another first epoch.
-        let other = (0..images).filter(|&i| alternating_flip(seed + 1, i, 0) != first[i]).count();
+        let other = (0..images)
+            .filter(|&i| alternating_flip(seed + 1, i, 0) != first[i])
+            .count();
         assert!(other > images / 4, "only {other} images changed with the seed");
     }
 
@@ -450,7 +464,15 @@ mod tests {
             let (mut batch, mut labels) = (Tensor::zeros(&[0]), Vec::new());
             let position = RunPosition { seed: 3, epoch };
             let mut rng = StdRng::seed_from_u64(0);
-            make_batch_into(&set, &indices, &augmentation, position, &mut rng, &mut batch, &mut labels);
+            make_batch_into(
+                &set,
+                &indices,
+                &augmentation,
+                position,
+                &mut rng,
+                &mut batch,
+                &mut labels,
+            );
             batch
         };
         let (even, odd) = (batch_at(4), batch_at(5));
@@ -458,7 +480,11 @@ mod tests {
         assert_eq!(batch_at(6), even);
         let plain = make_batch(&set, &indices, &Augmentation::NONE, &mut StdRng::seed_from_u64(0)).0;
         for (slot, &image) in indices.iter().enumerate() {
-            let expected = if alternating_flip(3, image, 4) { flip_horizontally(&plain) } else { plain.clone() };
+            let expected = if alternating_flip(3, image, 4) {
+                flip_horizontally(&plain)
+            } else {
+                plain.clone()
+            };
             let range = slot * IMAGE_BYTES..(slot + 1) * IMAGE_BYTES;
             assert_eq!(even.data[range.clone()], expected.data[range], "image {image}");
         }

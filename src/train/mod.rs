@@ -16,8 +16,8 @@ pub use distillation::Distillation;
 pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use schedule::{Schedule, ScheduleKind};
-pub use weight_average::WeightAverage;
 pub use trainer::{
     evaluate, evaluate_views, load_model, EpochResult, Evaluation, Objective, Progress, StepResult,
     TestViews, TrainConfig, Trainer,
 };
+pub use weight_average::WeightAverage;

@@ -159,7 +159,9 @@ impl TrainConfig {
         }
         if let Some(decay) = self.ema_decay {
             if !(decay > 0.0 && decay < 1.0) {
-                return fail(format!("--ema {decay}: the decay must lie strictly between 0 and 1"));
+                return fail(format!(
+                    "--ema {decay}: the decay must lie strictly between 0 and 1"
+                ));
             }
         }
         if let Some(minutes) = self.time_budget_minutes {
@@ -208,7 +210,10 @@ impl TrainConfig {
                 self.time_budget_minutes.map_or("none".into(), |m| m.to_string()),
             ),
             ("zero_init_residual", self.zero_init_residual.to_string()),
-            ("ema_decay", self.ema_decay.map_or("none".into(), |d| d.to_string())),
+            (
+                "ema_decay",
+                self.ema_decay.map_or("none".into(), |d| d.to_string()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -842,7 +847,9 @@ impl Trainer {
 
     /// The weights that are evaluated and saved: the moving average with `--ema`, else the live ones.
     pub fn evaluated_store(&self) -> &ParamStore {
-        self.average.as_ref().map_or(&self.store, |average| &average.store)
+        self.average
+            .as_ref()
+            .map_or(&self.store, |average| &average.store)
     }
 
     /// Test-set evaluation of the current parameters (the averaged ones with `--ema`).
@@ -1172,17 +1179,29 @@ mod tests {
         config.zero_init_residual = true;
         config.augmentation.flip = crate::data::augment::Flip::Alternating;
         let zeroed = saved(&config);
-        assert_eq!(TrainConfig::from_checkpoint(&zeroed, Path::new("c")).unwrap(), config);
+        assert_eq!(
+            TrainConfig::from_checkpoint(&zeroed, Path::new("c")).unwrap(),
+            config
+        );
         let mut old = zeroed.clone();
         old.metadata.retain(|(k, _)| k != "zero_init_residual");
-        assert!(!TrainConfig::from_checkpoint(&old, Path::new("c")).unwrap().zero_init_residual);
+        assert!(
+            !TrainConfig::from_checkpoint(&old, Path::new("c"))
+                .unwrap()
+                .zero_init_residual
+        );
     }
 
     #[test]
     fn averaged_weights_are_evaluated_and_saved_and_a_resumed_run_repeats_the_uninterrupted_one() {
         let set = synthetic_set(48, 10, 8);
         let mut config = TrainConfig::recipe();
-        (config.epochs, config.warmup_epochs, config.batch_size, config.shards) = (3, 1, 16, 2);
+        (
+            config.epochs,
+            config.warmup_epochs,
+            config.batch_size,
+            config.shards,
+        ) = (3, 1, 16, 2);
         config.ema_decay = Some(0.9);
         let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
         let mut trainer = Trainer::new(&spec, config, set.len()).unwrap();
@@ -1206,14 +1225,22 @@ mod tests {
         trainer.train_epoch(&set, |_| {}).unwrap();
         resumed.train_epoch(&set, |_| {}).unwrap();
         assert_eq!(values(&resumed.store), values(&trainer.store));
-        assert_eq!(values(resumed.evaluated_store()), values(trainer.evaluated_store()));
+        assert_eq!(
+            values(resumed.evaluated_store()),
+            values(trainer.evaluated_store())
+        );
     }
 
     #[test]
     fn zero_init_residual_starts_every_block_as_the_identity_and_gamma_still_learns() {
         let set = synthetic_set(32, 10, 6);
         let mut config = TrainConfig::recipe();
-        (config.epochs, config.warmup_epochs, config.batch_size, config.shards) = (1, 0, 16, 1);
+        (
+            config.epochs,
+            config.warmup_epochs,
+            config.batch_size,
+            config.shards,
+        ) = (1, 0, 16, 1);
         config.zero_init_residual = true;
         let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
         let mut trainer = Trainer::new(&spec, config.clone(), set.len()).unwrap();
@@ -1223,8 +1250,18 @@ mod tests {
         let blocks: Vec<_> = resnet.stages.iter().flatten().cloned().collect();
         assert_eq!(blocks.len(), 3);
         for block in &blocks {
-            assert!(trainer.store.value(block.bn2.gamma).data.iter().all(|&g| g == 0.0));
-            assert!(trainer.store.value(block.bn1.gamma).data.iter().all(|&g| g == 1.0));
+            assert!(trainer
+                .store
+                .value(block.bn2.gamma)
+                .data
+                .iter()
+                .all(|&g| g == 0.0));
+            assert!(trainer
+                .store
+                .value(block.bn1.gamma)
+                .data
+                .iter()
+                .all(|&g| g == 1.0));
         }
         // Each block computes relu(shortcut(x)): the first block of stage 1 (stride 1, same
         // channels) returns relu(x) = x for its non-negative input.
@@ -1238,7 +1275,15 @@ mod tests {
         assert_eq!(tape.value(block).data, tape.value(stem).data);
         // γ gets a gradient and moves away from 0 in the first epoch; the other parameters
         // are those of a model built without the option.
-        let plain = Trainer::new(&spec, TrainConfig { zero_init_residual: false, ..config }, set.len()).unwrap();
+        let plain = Trainer::new(
+            &spec,
+            TrainConfig {
+                zero_init_residual: false,
+                ..config
+            },
+            set.len(),
+        )
+        .unwrap();
         for id in 0..trainer.store.params.len() {
             let id = ParamId(id);
             let is_bn2_gamma = blocks.iter().any(|b| b.bn2.gamma == id);
@@ -1248,11 +1293,23 @@ mod tests {
         }
         trainer.train_epoch(&set, |_| {}).unwrap();
         for block in &blocks {
-            assert!(trainer.store.value(block.bn2.gamma).data.iter().any(|&g| g != 0.0));
+            assert!(trainer
+                .store
+                .value(block.bn2.gamma)
+                .data
+                .iter()
+                .any(|&g| g != 0.0));
         }
         // A VGG has no residual blocks to start as the identity.
         let vgg = ModelSpec::parse_name("vgg16-w2").unwrap();
-        let refused = Trainer::new(&vgg, TrainConfig { zero_init_residual: true, ..TrainConfig::recipe() }, 1000);
+        let refused = Trainer::new(
+            &vgg,
+            TrainConfig {
+                zero_init_residual: true,
+                ..TrainConfig::recipe()
+            },
+            1000,
+        );
         match refused {
             Err(e) => assert!(e.to_string().contains("--zero-init-residual"), "{e}"),
             Ok(_) => panic!("a VGG was built with --zero-init-residual"),

@@ -76,7 +76,10 @@ mod tests {
         average.update(&store(3.0, 20.0));
         let d = 2.0f32 / 11.0;
         assert_eq!(average.store.params[0].value.data, vec![d + (1.0 - d) * 3.0; 2]);
-        assert_eq!(average.store.buffers[0].value.data, vec![d * 10.0 + (1.0 - d) * 20.0]);
+        assert_eq!(
+            average.store.buffers[0].value.data,
+            vec![d * 10.0 + (1.0 - d) * 20.0]
+        );
         // Once (1 + t)/(10 + t) passes 0.5 (t ≥ 9) the decay is the one asked for.
         assert_eq!(average.decay_at(9), 0.5);
         assert_eq!(average.decay_at(1000), 0.5);
