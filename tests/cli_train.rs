@@ -135,6 +135,14 @@ fn train_one_epoch_then_resume_and_evaluate() {
         "{stdout}"
     );
     assert!(stdout.contains("(20 images"), "{stdout}");
+    // --live needs a run with --ema: without one the saved weights already are the live ones.
+    let best = out.join("best.ckpt");
+    let output = sbfnet(&["eval", "--checkpoint", s(&best), "--data", s(&data), "--live"]);
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("best.ckpt") && stderr.contains("had no --ema"),
+        "{stderr}"
+    );
 
     // A diverging run stops with one line and saves nothing of the bad epoch.
     let diverged = root.join("diverged");
@@ -188,30 +196,39 @@ fn averaged_weights_are_what_the_run_and_eval_both_evaluate() {
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
     let (run_loss, run_accuracy): (f32, f32) = (last[4].parse().unwrap(), last[5].parse().unwrap());
-    let output = sbfnet(&[
-        "eval",
-        "--checkpoint",
-        s(&out.join("last.ckpt")),
-        "--data",
-        s(&data),
-        "--test-limit",
-        "16",
-    ]);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "{stderr}");
-    let figures: Vec<f32> = stdout
-        .lines()
-        .find(|l| l.starts_with("test accuracy"))
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|w| w.trim_end_matches('%').parse().ok())
-        .collect();
+    // [accuracy %, loss, …] of `sbfnet eval` on the last checkpoint, with `extra` flags.
+    let evaluate = |extra: &[&str]| -> Vec<f32> {
+        let last = out.join("last.ckpt");
+        let common = [
+            "eval",
+            "--checkpoint",
+            s(&last),
+            "--data",
+            s(&data),
+            "--test-limit",
+            "16",
+        ];
+        let output = sbfnet(&[&common[..], extra].concat());
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stderr}");
+        stdout
+            .lines()
+            .find(|l| l.starts_with("test accuracy"))
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches('%').parse().ok())
+            .collect()
+    };
+    let figures = evaluate(&[]);
     assert_eq!(
         format!("{:.2}", figures[0]),
         format!("{:.2}", 100.0 * run_accuracy),
-        "{stdout}\n{csv}"
+        "{figures:?}\n{csv}"
     );
-    assert!((figures[1] - run_loss).abs() < 2e-4, "{stdout}\n{csv}");
+    assert!((figures[1] - run_loss).abs() < 2e-4, "{figures:?}\n{csv}");
+    // `--live` evaluates the other copy: after 2 epochs at decay ≤ 0.9 the two differ.
+    let live = evaluate(&["--live"]);
+    assert!((live[1] - figures[1]).abs() > 1e-4, "{live:?} vs {figures:?}");
     // The resumed run keeps its average: a contradicting decay is refused.
     let output = sbfnet(&[
         "train",

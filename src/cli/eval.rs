@@ -4,6 +4,7 @@ use super::train::{data_folder, limited};
 use clap::Args;
 use sbfnet::data::cifar::{self, CLASS_NAMES};
 use sbfnet::train::checkpoint::Checkpoint;
+use sbfnet::train::trainer::{load_prefixed_model_tensors, LIVE_PREFIX};
 use sbfnet::train::{evaluate_views, load_model, TestViews};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ pub struct EvalArgs {
     /// averaged)
     #[arg(long, default_value = "none")]
     pub tta: String,
+    /// With a checkpoint of a `--ema` run: evaluate the live weights (the ones training
+    /// continues from) instead of their moving average
+    #[arg(long)]
+    pub live: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -34,15 +39,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let views = TestViews::parse(&args.tta)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
-    let (model, store) = load_model(&checkpoint, &args.checkpoint)?;
+    let (model, mut store) = load_model(&checkpoint, &args.checkpoint)?;
+    if args.live {
+        if checkpoint.get("ema_updates").is_none() {
+            return Err(Error::file(
+                &args.checkpoint,
+                "--live: the run had no --ema, so its weights are the live ones; drop --live",
+            ));
+        }
+        load_prefixed_model_tensors(&mut store, &checkpoint, &args.checkpoint, LIVE_PREFIX)?;
+    }
     let data = data_folder(args.data.as_deref());
     let test = limited(cifar::load_test_set(&data)?, args.test_limit, "--test-limit")?;
     let evaluation = evaluate_views(&model, &store, &test, args.batch_size, views);
     let epoch = checkpoint.get("epoch").unwrap_or("?");
     println!(
-        "{} after epoch {epoch}: {}",
+        "{} after epoch {epoch}: {}{}",
         model.description(),
-        args.checkpoint.display()
+        args.checkpoint.display(),
+        if args.live { " (live weights)" } else { "" }
     );
     println!(
         "test accuracy {:.2}%  loss {:.4}  ({} images of {}; test-time augmentation: {})",
