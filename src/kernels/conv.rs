@@ -613,7 +613,8 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 /// 12 accumulators + 3 columns + 1 row fill the 16 registers, and a tile call
 /// streams only 4 planes of dy and one channel of the images, which stay in L1.
 ///
-/// Threads: a large batch is split into chunks of images (two per thread);
+/// Threads: a large batch is split into chunks of images (two per thread, or
+/// one when two would hold fewer than 8 images each);
 /// each task sums its chunk into its own partial dW and the partials are added
 /// in a fixed order (no atomics; the result does not depend on which thread ran
 /// which chunk). A batch smaller than the thread count is split over output
@@ -643,8 +644,17 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
             });
         return;
     }
-    // Two chunks per thread: rayon rebalances when a core is slowed by other work.
-    let chunks = (2 * threads).clamp(1, shape.batch);
+    // Two chunks per thread, so that rayon rebalances when a core is slowed by other
+    // work, unless that leaves fewer than WEIGHT_GRAD_MIN_CHUNK images per chunk: a
+    // chunk's images make the reduction of each tile call, and at batch 8 halving it
+    // cost more than the balance gains (the 2-thread call ran shorter tile calls than
+    // the 1-thread one).
+    let chunks_per_thread = if shape.batch >= 2 * threads * WEIGHT_GRAD_MIN_CHUNK {
+        2
+    } else {
+        1
+    };
+    let chunks = (chunks_per_thread * threads).clamp(1, shape.batch);
     let images_per_chunk = shape.batch.div_ceil(chunks);
     let chunks = shape.batch.div_ceil(images_per_chunk);
     with_workspace(&CALL_WORKSPACE, chunks * weight_len, |partials| {
@@ -681,6 +691,9 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
             });
     });
 }
+
+/// Fewest images per weight-gradient chunk before the batch is cut into two chunks per thread.
+const WEIGHT_GRAD_MIN_CHUNK: usize = 8;
 
 /// Output channels per weight-gradient register tile.
 const WEIGHT_GRAD_ROWS: usize = 4;
