@@ -4,7 +4,7 @@ use super::train::{data_folder, limited};
 use clap::Args;
 use sbfnet::data::cifar::{self, CLASS_NAMES};
 use sbfnet::train::checkpoint::Checkpoint;
-use sbfnet::train::trainer::{load_prefixed_model_tensors, LIVE_PREFIX};
+use sbfnet::train::trainer::{load_prefixed_model_tensors, EMA_UPDATES_KEY, LIVE_PREFIX};
 use sbfnet::train::{evaluate_views, load_model, TestViews};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let (model, mut store) = load_model(&checkpoint, &args.checkpoint)?;
     if args.live {
-        if checkpoint.get("ema_updates").is_none() {
+        if checkpoint.get(EMA_UPDATES_KEY).is_none() {
             return Err(Error::file(
                 &args.checkpoint,
                 "--live: the run had no --ema, so its weights are the live ones; drop --live",

@@ -774,7 +774,7 @@ impl Trainer {
         // and the live ones that training continues from beside them as `live.*`.
         let mut tensors = model_tensors(self.evaluated_store());
         if let Some(average) = &self.average {
-            metadata.push(("ema_updates".into(), average.updates.to_string()));
+            metadata.push((EMA_UPDATES_KEY.into(), average.updates.to_string()));
             let live = model_tensors(&self.store).into_iter();
             tensors.extend(live.map(|(name, t)| (format!("{LIVE_PREFIX}{name}"), t)));
         }
@@ -820,7 +820,7 @@ impl Trainer {
         load_model_tensors(&mut trainer.store, checkpoint, path)?;
         if let Some(average) = &mut trainer.average {
             average.store = trainer.store.clone();
-            average.updates = number(checkpoint, path, "ema_updates")?;
+            average.updates = number(checkpoint, path, EMA_UPDATES_KEY)?;
             load_prefixed_model_tensors(&mut trainer.store, checkpoint, path, LIVE_PREFIX)?;
         }
         let store = &trainer.store;
@@ -860,6 +860,9 @@ impl Trainer {
 
 /// Prefix of the live weights' tensors in a checkpoint of a run with `--ema`.
 pub const LIVE_PREFIX: &str = "live.";
+
+/// Metadata key of the moving average's step count; present exactly in checkpoints of `--ema` runs.
+pub const EMA_UPDATES_KEY: &str = "ema_updates";
 
 /// Parameters (`param.<name>`) and buffers (`buffer.<name>`) as named tensors.
 pub fn model_tensors(store: &ParamStore) -> Vec<(String, Tensor)> {
