@@ -109,7 +109,7 @@ fn fast_conv_matches_naive_on_blocking_edges() {
     }
 }
 
-/// The batch split of the weight gradient (one partial sum per thread, groups
+/// The batch split of the weight gradient (one or two chunks per thread, groups
 /// of several images) and the nested image × channel-block split, on 1 and 3
 /// threads, with a batch that does not divide evenly.
 #[test]
@@ -125,6 +125,10 @@ fn fast_conv_matches_naive_on_other_thread_counts() {
             // several images per weight-gradient group with rows a multiple of 8
             // (the channel-major copy of dy)
             check_against_oracle(&(8, 16, 12, 8, 8, 3, 1, 1), 320 + threads as u64);
+            // two weight-gradient chunks per thread on 1 thread (batch ≥ 16), one
+            // per thread on 3: the first chunk sums straight into dW, the others
+            // into partials added after
+            check_against_oracle(&(17, 4, 8, 6, 6, 3, 1, 1), 330 + threads as u64);
         });
     }
 }
@@ -137,6 +141,9 @@ fn reused_workspaces_do_not_leak_between_calls() {
     for (i, case) in [
         (2, 16, 16, 16, 16, 3, 1, 1),
         (1, 3, 4, 5, 5, 3, 2, 1),
+        (2, 16, 16, 16, 16, 3, 1, 1),
+        // the same shape again with other weights: each thread's packed
+        // weight panels must be packed anew for every call
         (2, 16, 16, 16, 16, 3, 1, 1),
     ]
     .iter()

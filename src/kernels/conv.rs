@@ -32,16 +32,23 @@
 //! the product too): disjoint slices of the output, so no locks. Each task
 //! pads its own image into a thread-local buffer that stays in L2.
 //! The weight gradient reduces over the batch: each task sums a chunk of
-//! images (two chunks per thread) into its own partial dW, and the partials
-//! are added at the end, in a fixed order, in parallel slices; no atomics. A
+//! images (one or two chunks per thread) into its own partial dW (the first
+//! chunk straight into dW), and the partials are added at the end, in a fixed
+//! order, in parallel slices; no atomics. A
 //! batch smaller than the thread count is split over output channels instead.
-//! Weight panels are packed in parallel too: at batch 8 a call lasts 0.1–0.5
-//! ms, and any serial part of it shows in the 1 → 2 thread speed-up.
+//! Every thread packs its own copy of the weight panels, on its first task of
+//! a call: the pack is repeated on each thread (a few µs), but each core then
+//! reads the panels from its own cache. (One shared copy, packed half by each
+//! thread, moved half the panels from core to core in every call and cost a
+//! fork-join of its own; at batch 8 a call lasts 0.1–0.5 ms, and both showed
+//! in the 1 → 2 thread speed-up.)
 //!
-//! Memory: the padded copies and packed weights live in thread-local buffers
-//! that grow and are kept between calls (fresh pages are expensive here).
+//! Memory: the padded copies, packed weights and partial sums live in
+//! thread-local buffers that grow and are kept between calls (fresh pages are
+//! expensive here).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::LocalKey;
 
 use rayon::prelude::*;
@@ -52,8 +59,10 @@ use super::microkernel::{
 use super::ConvShape;
 
 thread_local! {
-    /// Buffers of one kernel call on the calling thread (padded batch, packed weights, partial sums).
+    /// Buffers of one kernel call on the calling thread (the weight gradient's partial sums).
     static CALL_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// This thread's packed weight panels and the call they were packed for.
+    static THREAD_PANELS: Cell<(u64, Vec<f32>)> = const { Cell::new((0, Vec::new())) };
     /// Buffers of one parallel task on a worker thread (padded images of a group).
     static TASK_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
@@ -129,26 +138,60 @@ fn group_bases<const VECTORS: usize>(group: &[VectorSlot], row_stride: usize) ->
     })
 }
 
-/// Packs rows of a row-major matrix m [rows, depth] into panels of ROWS rows,
+/// Packs the rows of a matrix m [rows, depth] into panels of ROWS rows,
 /// k-major: packed[panel][k][r] = m[panel·ROWS + r, k] (0 past the last row).
-/// Panels are packed in parallel: at batch 8 a serial pack is a fair share of the call.
-fn pack_row_panels<const ROWS: usize>(
+/// `row(i)` yields m[i, 0..depth] in order. One row at a time, so the reads
+/// stream and the writes (stride ROWS) stay inside one panel in L1.
+fn pack_row_panels<const ROWS: usize, Row: Iterator<Item = f32>>(
     rows: usize,
     depth: usize,
-    element: impl Fn(usize, usize) -> f32 + Sync,
+    row: impl Fn(usize) -> Row,
     packed: &mut [f32],
 ) {
-    packed
-        .par_chunks_mut(depth * ROWS)
-        .enumerate()
-        .for_each(|(panel, panel_data)| {
-            for k in 0..depth {
-                for r in 0..ROWS {
-                    let row = panel * ROWS + r;
-                    panel_data[k * ROWS + r] = if row < rows { element(row, k) } else { 0.0 };
+    for (panel, panel_data) in packed.chunks_mut(depth * ROWS).enumerate() {
+        for r in 0..ROWS {
+            let index = panel * ROWS + r;
+            let slots = panel_data.chunks_exact_mut(ROWS);
+            if index < rows {
+                for (slot, value) in slots.zip(row(index)) {
+                    slot[r] = value;
                 }
+            } else {
+                slots.for_each(|slot| slot[r] = 0.0);
             }
-        });
+        }
+    }
+}
+
+/// Numbers the calls that pack weight panels, so that a thread can tell
+/// whether the panels it holds are this call's.
+static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh number for one kernel call (see [`with_thread_panels`]).
+fn new_call() -> u64 {
+    NEXT_CALL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `work` on this thread's copy of the packed weight panels of kernel
+/// call `call` (`len` floats), packing them with `pack` first if this is the
+/// thread's first task of the call.
+fn with_thread_panels<R>(
+    call: u64,
+    len: usize,
+    pack: impl FnOnce(&mut [f32]),
+    work: impl FnOnce(&[f32]) -> R,
+) -> R {
+    let (mut packed_for, mut panels) = THREAD_PANELS.take();
+    if packed_for != call {
+        if panels.len() < len {
+            panels.resize(len, 0.0);
+        }
+        pack(&mut panels[..len]);
+        packed_for = call;
+    }
+    let result = work(&panels[..len]);
+    THREAD_PANELS.set((packed_for, panels));
+    result
 }
 
 /// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
@@ -289,19 +332,27 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     let slots = vector_slots(0..h_out, 0..w_out);
     let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
     let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
-    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
-        // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]
-        pack_row_panels::<ROWS>(shape.out_channels, depth, |f, k| weight[f * depth + k], packed);
-        let packed = &*packed;
-        output
-            .par_chunks_mut(shape.out_channels * pixels)
-            .zip(input.par_chunks(x_image_len))
-            .for_each(|(y_n, x_n)| {
-                y_n.par_chunks_mut(panels_per_task * ROWS * pixels)
-                    .enumerate()
-                    .for_each(|(task, y_task)| {
-                        // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
-                        with_workspace(&TASK_WORKSPACE, image.image_len() + SOURCE_SLACK, |source| {
+    // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]; one copy per thread
+    let call = new_call();
+    let pack = |packed: &mut [f32]| {
+        pack_row_panels::<ROWS, _>(
+            shape.out_channels,
+            depth,
+            |f| weight[f * depth..][..depth].iter().copied(),
+            packed,
+        )
+    };
+    output
+        .par_chunks_mut(shape.out_channels * pixels)
+        .zip(input.par_chunks(x_image_len))
+        .for_each(|(y_n, x_n)| {
+            y_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                .enumerate()
+                .for_each(|(task, y_task)| {
+                    // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
+                    let source_len = image.image_len() + SOURCE_SLACK;
+                    with_thread_panels(call, packed_len, pack, |packed| {
+                        with_workspace(&TASK_WORKSPACE, source_len, |source| {
                             let (padded, slack) = source.split_at_mut(image.image_len());
                             slack.fill(0.0);
                             image.fill(x_n, padded);
@@ -323,8 +374,8 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
                             }
                         });
                     });
-            });
-    });
+                });
+        });
 }
 
 /// Tasks per image: one when the batch alone keeps every thread busy (twice
@@ -519,45 +570,52 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
     let (height, width) = (shape.in_height, shape.in_width);
     let pixels = height * width;
     let panels = shape.in_channels.div_ceil(ROWS);
-    // Per phase: its tap offsets, its vector slots and where its packed A starts.
+    // Per phase: its tap offsets, where its A sits in w, its vector slots and
+    // where its panels start in the packed weights.
     let mut packed_len = 0;
-    let plans: Vec<(Vec<usize>, Vec<VectorSlot>, usize)> = phases
+    let plans: Vec<PhasePlan> = phases
         .iter()
         .map(|phase| {
             let start = packed_len;
             packed_len += panels * phase.depth(shape) * ROWS;
-            (
-                phase.tap_offsets(&padded),
-                vector_slots(phase.rows.clone(), phase.cols.clone()),
+            PhasePlan {
+                taps: phase.tap_offsets(&padded),
+                weight_offsets: phase.weight_offsets(shape),
+                slots: vector_slots(phase.rows.clone(), phase.cols.clone()),
                 start,
-            )
+            }
         })
         .collect();
     let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
     let dy_image_len = shape.out_channels * shape.out_height() * shape.out_width();
-    with_workspace(&CALL_WORKSPACE, packed_len, |packed| {
-        // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]
-        for (phase, (_, _, start)) in phases.iter().zip(&plans) {
-            let depth = phase.depth(shape);
-            let weight_offsets = phase.weight_offsets(shape);
-            let channel_stride = shape.kernel * shape.kernel;
-            pack_row_panels::<ROWS>(
+    // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]; one copy per thread
+    let call = new_call();
+    let channel_stride = shape.kernel * shape.kernel;
+    let pack = |packed: &mut [f32]| {
+        for plan in &plans {
+            let depth = plan.taps.len();
+            pack_row_panels::<ROWS, _>(
                 shape.in_channels,
                 depth,
-                |c, k| weight[weight_offsets[k] + c * channel_stride],
-                &mut packed[*start..*start + panels * depth * ROWS],
+                |c| {
+                    let channel = &weight[c * channel_stride..];
+                    plan.weight_offsets.iter().map(move |&offset| channel[offset])
+                },
+                &mut packed[plan.start..][..panels * depth * ROWS],
             );
         }
-        let packed = &*packed;
-        grad_input
-            .par_chunks_mut(shape.in_channels * pixels)
-            .zip(grad_output.par_chunks(dy_image_len))
-            .for_each(|(dx_n, dy_n)| {
-                dx_n.par_chunks_mut(panels_per_task * ROWS * pixels)
-                    .enumerate()
-                    .for_each(|(task, dx_task)| {
-                        // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
-                        with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
+    };
+    grad_input
+        .par_chunks_mut(shape.in_channels * pixels)
+        .zip(grad_output.par_chunks(dy_image_len))
+        .for_each(|(dx_n, dy_n)| {
+            dx_n.par_chunks_mut(panels_per_task * ROWS * pixels)
+                .enumerate()
+                .for_each(|(task, dx_task)| {
+                    // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
+                    let source_len = padded.image_len() + SOURCE_SLACK;
+                    with_thread_panels(call, packed_len, pack, |packed| {
+                        with_workspace(&TASK_WORKSPACE, source_len, |source| {
                             let (padded_dy, slack) = source.split_at_mut(padded.image_len());
                             slack.fill(0.0);
                             padded.fill(dy_n, padded_dy);
@@ -565,11 +623,11 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                             for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
                                 let panel = task * panels_per_task + task_panel;
                                 let rows = dx_panel.len() / pixels;
-                                for (phase, (offsets, slots, start)) in phases.iter().zip(&plans) {
-                                    let depth = offsets.len();
-                                    let a = &packed[start + panel * depth * ROWS..][..depth * ROWS];
-                                    let source = GatherMatrix::new(source, offsets);
-                                    for group in slots.chunks(VECTORS) {
+                                for (phase, plan) in phases.iter().zip(&plans) {
+                                    let depth = plan.taps.len();
+                                    let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
+                                    let source = GatherMatrix::new(source, &plan.taps);
+                                    for group in plan.slots.chunks(VECTORS) {
                                         let bases = group_bases::<VECTORS>(group, padded.cols);
                                         let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
                                         for (v, slot) in group.iter().enumerate() {
@@ -594,8 +652,20 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                             }
                         });
                     });
-            });
-    });
+                });
+        });
+}
+
+/// What the input gradient needs of one phase, computed once per call.
+struct PhasePlan {
+    /// offset(f, t, u) into the padded dy (see `InputPhase::tap_offsets`).
+    taps: Vec<usize>,
+    /// Where A[0, (f,t,u)] sits in w (see `InputPhase::weight_offsets`).
+    weight_offsets: Vec<usize>,
+    /// The vectors covering the phase's input pixels.
+    slots: Vec<VectorSlot>,
+    /// Where the phase's panels start in the packed weights.
+    start: usize,
 }
 
 /// Images whose padded copies one weight-gradient task keeps at once (about
@@ -615,9 +685,9 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 ///
 /// Threads: a large batch is split into chunks of images (two per thread, or
 /// one when two would hold fewer than 8 images each);
-/// each task sums its chunk into its own partial dW and the partials are added
-/// in a fixed order (no atomics; the result does not depend on which thread ran
-/// which chunk). A batch smaller than the thread count is split over output
+/// the first chunk is summed straight into dW, every other into its own
+/// partial dW, and the partials are added in a fixed order (no atomics; the
+/// result does not depend on which thread ran which chunk). A batch smaller than the thread count is split over output
 /// channels instead (one slice per thread): each task sums every image into
 /// its own rows of dW. (Only then: every task pads every image of the batch,
 /// and at batch 8 that duplicated padding cost more than the partials save.)
@@ -657,25 +727,25 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     let chunks = (chunks_per_thread * threads).clamp(1, shape.batch);
     let images_per_chunk = shape.batch.div_ceil(chunks);
     let chunks = shape.batch.div_ceil(images_per_chunk);
-    with_workspace(&CALL_WORKSPACE, chunks * weight_len, |partials| {
-        partials
-            .par_chunks_mut(weight_len)
-            .enumerate()
-            .for_each(|(chunk, partial)| {
-                partial.fill(0.0);
-                let first = chunk * images_per_chunk;
-                let images = first..shape.batch.min(first + images_per_chunk);
-                weight_grad_task(
-                    &geometry,
-                    input,
-                    grad_output,
-                    images,
-                    0..shape.out_channels,
-                    partial,
-                );
-            });
-        // grad_weight += Σ_chunk partials[chunk], in chunk order, split over
-        // slices of grad_weight.
+    with_workspace(&CALL_WORKSPACE, (chunks - 1) * weight_len, |partials| {
+        // Chunk 0 sums straight into grad_weight (the kernel accumulates);
+        // chunk i > 0 into its own zeroed partials[i − 1] [F, C·K²].
+        let mut sums: Vec<&mut [f32]> = Vec::with_capacity(chunks);
+        sums.push(&mut *grad_weight);
+        sums.extend(partials.chunks_mut(weight_len));
+        sums.into_par_iter().enumerate().for_each(|(chunk, sum)| {
+            if chunk > 0 {
+                sum.fill(0.0);
+            }
+            let first = chunk * images_per_chunk;
+            let images = first..shape.batch.min(first + images_per_chunk);
+            weight_grad_task(&geometry, input, grad_output, images, 0..shape.out_channels, sum);
+        });
+        // grad_weight += Σ_(chunk > 0) partials[chunk − 1], in chunk order,
+        // split over slices of grad_weight.
+        if partials.is_empty() {
+            return;
+        }
         let slice = weight_len.div_ceil(2 * threads).max(1024);
         let partials = &*partials;
         grad_weight
