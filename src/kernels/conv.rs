@@ -684,13 +684,14 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 /// streams only 4 planes of dy and one channel of the images, which stay in L1.
 ///
 /// Threads: a large batch is split into chunks of images (two per thread, or
-/// one when two would hold fewer than 8 images each);
-/// the first chunk is summed straight into dW, every other into its own
-/// partial dW, and the partials are added in a fixed order (no atomics; the
-/// result does not depend on which thread ran which chunk). A batch smaller than the thread count is split over output
-/// channels instead (one slice per thread): each task sums every image into
-/// its own rows of dW. (Only then: every task pads every image of the batch,
-/// and at batch 8 that duplicated padding cost more than the partials save.)
+/// one when two would hold fewer than 8 images each); the first chunk is
+/// summed straight into dW, every other into its own partial dW, and the
+/// partials are added in a fixed order (no atomics; the result does not depend
+/// on which thread ran which chunk). A small batch is split over output
+/// channels instead (one slice per thread), where each task sums every image
+/// into its own rows of dW: always when the batch is smaller than the thread
+/// count, and otherwise when padding the whole batch on every thread costs
+/// less than the partials ([`split_over_channels`]).
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
@@ -701,7 +702,7 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
     let weight_len = grad_weight.len();
     let threads = rayon::current_num_threads();
     let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
-    if shape.batch < threads && panels > 1 {
+    if split_over_channels(shape, threads, geometry.image.image_len(), weight_len) {
         // Split over output channels: task i owns dw rows [i·rows_per_task, …).
         let rows_per_task = panels.div_ceil(threads) * WEIGHT_GRAD_ROWS;
         grad_weight
@@ -760,6 +761,27 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
                 }
             });
     });
+}
+
+/// Whether the weight gradient splits over output channels rather than images.
+///
+/// Over images, each chunk past the first costs a partial dW: zeroed, summed
+/// into and added back (about 2·|dW| floats of traffic, the second half read
+/// from another core's cache). Over channels, every thread pads every image
+/// (N·|padded image| floats) but keeps its tile reductions over the whole
+/// batch. A batch smaller than the thread count always splits over channels;
+/// a batch that gives every thread one chunk (fewer than 8 images per chunk
+/// otherwise) does where its padded batch is at most 2·|dW| floats: deep
+/// layers on small maps (64→64 at 8×8: 51 200 against 73 728), not the
+/// 16-channel 32×32 maps (147 968 against 4 608).
+fn split_over_channels(shape: &ConvShape, threads: usize, image_len: usize, weight_len: usize) -> bool {
+    let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
+    if threads < 2 || panels < 2 {
+        return false;
+    }
+    let one_chunk_per_thread = shape.batch < 2 * threads * WEIGHT_GRAD_MIN_CHUNK;
+    shape.batch < threads
+        || (one_chunk_per_thread && panels >= threads && shape.batch * image_len <= 2 * weight_len)
 }
 
 /// Fewest images per weight-gradient chunk before the batch is cut into two chunks per thread.
@@ -906,4 +928,41 @@ fn weight_grad_task(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(batch: usize, channels: usize, size: usize, stride: usize) -> ConvShape {
+        ConvShape {
+            batch,
+            in_channels: channels,
+            in_height: size,
+            in_width: size,
+            out_channels: channels * stride,
+            kernel: 3,
+            stride,
+            padding: 1,
+        }
+    }
+
+    fn splits(shape: &ConvShape, threads: usize) -> bool {
+        let image_len = PhaseSplitImage::new(shape).image_len();
+        split_over_channels(shape, threads, image_len, shape.weight_len())
+    }
+
+    /// The weight gradient's split on the benchmark's shapes: over channels
+    /// only for deep layers on small maps at a small batch, or a batch smaller
+    /// than the thread count; never on one thread.
+    #[test]
+    fn weight_grad_splits_over_channels_where_padding_is_cheaper_than_partials() {
+        assert!(splits(&shape(8, 64, 8, 1), 2));
+        assert!(!splits(&shape(8, 16, 32, 1), 2));
+        assert!(!splits(&shape(8, 32, 16, 1), 2));
+        assert!(!splits(&shape(8, 32, 16, 2), 2));
+        assert!(!splits(&shape(128, 64, 8, 1), 2));
+        assert!(splits(&shape(1, 16, 32, 1), 2));
+        assert!(!splits(&shape(8, 64, 8, 1), 1));
+    }
 }
