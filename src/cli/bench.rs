@@ -28,7 +28,8 @@ pub struct BenchArgs {
     cpu_time: bool,
     /// With several --threads: rounds of the speed-up table that times every
     /// pass in alternation between the first thread count and each other
-    /// (robust to the VM's drifting speed); 0 skips it.
+    /// (robust to the VM's drifting speed) and prints median against median
+    /// and best against best, under a fork-join control row; 0 skips it.
     #[arg(long, default_value_t = 7)]
     scaling_rounds: usize,
     /// Skip the f32x8 FMA throughput check printed above each table.
