@@ -251,8 +251,8 @@ pub fn time_passes(shape: &ConvShape, min_seconds: f64, clock: Clock) -> PassTim
 /// the samples of all rounds are compared two ways: median against median,
 /// and best against best. This VM's speed drifts by tens of percent over
 /// minutes, and for seconds at a time it runs its two virtual cores as little
-/// more than one (a balanced pure-FMA fork-join then speeds up ×1.1; see the
-/// control row). Alternating within a fraction of a second cancels the drift;
+/// more than one (then even the control row, pure FMA work, falls well short
+/// of ×2: ×1.66 by the medians in one sitting). Alternating within a fraction of a second cancels the drift;
 /// since a round runs through every shape before the next begins, a pass's
 /// samples are spread over the whole benchmark, and the best sample of each
 /// side is one taken while the machine gave both cores.

@@ -34,8 +34,9 @@
 //! The weight gradient reduces over the batch: each task sums a chunk of
 //! images (one or two chunks per thread) into its own partial dW (the first
 //! chunk straight into dW), and the partials are added at the end, in a fixed
-//! order, in parallel slices; no atomics. A
-//! batch smaller than the thread count is split over output channels instead.
+//! order, in parallel slices; no atomics. A batch smaller than the thread
+//! count, or a small batch of a deep layer on a small map, is split over
+//! output channels instead.
 //! Every thread packs its own copy of the weight panels, on its first task of
 //! a call: the pack is repeated on each thread (a few µs), but each core then
 //! reads the panels from its own cache. (One shared copy, packed half by each
@@ -772,8 +773,8 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
 /// batch. A batch smaller than the thread count always splits over channels;
 /// a batch that gives every thread one chunk (fewer than 8 images per chunk
 /// otherwise) does where its padded batch is at most 2·|dW| floats: deep
-/// layers on small maps (64→64 at 8×8: 51 200 against 73 728), not the
-/// 16-channel 32×32 maps (147 968 against 4 608).
+/// layers on small maps (at batch 8, 64→64 at 8×8: 51 200 against 73 728),
+/// not the 16-channel 32×32 maps (147 968 against 4 608).
 fn split_over_channels(shape: &ConvShape, threads: usize, image_len: usize, weight_len: usize) -> bool {
     let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
     if threads < 2 || panels < 2 {
