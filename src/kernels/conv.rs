@@ -863,7 +863,7 @@ fn weight_grad_task(
     };
     with_workspace(&TASK_WORKSPACE, sources_len + dy_len, |task| {
         let (sources, dy_copy) = task.split_at_mut(sources_len);
-        let mut pairs = PixelPairs::new();
+        let mut pairs = PixelPairs::with_capacity(group * slots.len());
         for group_first in images.clone().step_by(group) {
             let group_end = images.end.min(group_first + group);
             let group_len = group_end - group_first;

@@ -166,6 +166,15 @@ impl PixelPairs {
         }
     }
 
+    /// Room for `pairs` pairs, allocated once (a task fills it group by group).
+    pub fn with_capacity(pairs: usize) -> Self {
+        PixelPairs {
+            pairs: Vec::with_capacity(pairs),
+            max_grad: 0,
+            max_source: 0,
+        }
+    }
+
     pub fn clear(&mut self) {
         self.pairs.clear();
         self.max_grad = 0;
