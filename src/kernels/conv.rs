@@ -195,6 +195,28 @@ fn with_thread_panels<R>(
     result
 }
 
+/// The inputs of one task of the forward pass or the input gradient: this
+/// thread's packed weight panels of `call` (see [`with_thread_panels`]) and a
+/// task workspace of `image_len` floats written by `fill` (one padded image)
+/// followed by SOURCE_SLACK zeros, which the microkernel may read past the end.
+fn with_task_inputs<R>(
+    call: u64,
+    packed_len: usize,
+    pack: impl FnOnce(&mut [f32]),
+    image_len: usize,
+    fill: impl FnOnce(&mut [f32]),
+    work: impl FnOnce(&[f32], &[f32]) -> R,
+) -> R {
+    with_thread_panels(call, packed_len, pack, |packed| {
+        with_workspace(&TASK_WORKSPACE, image_len + SOURCE_SLACK, |source| {
+            let (image, slack) = source.split_at_mut(image_len);
+            slack.fill(0.0);
+            fill(image);
+            work(packed, source)
+        })
+    })
+}
+
 /// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
 /// every tap of a strided convolution reads neighbouring floats for
 /// neighbouring outputs:
@@ -351,12 +373,14 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
                 .enumerate()
                 .for_each(|(task, y_task)| {
                     // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
-                    let source_len = image.image_len() + SOURCE_SLACK;
-                    with_thread_panels(call, packed_len, pack, |packed| {
-                        with_workspace(&TASK_WORKSPACE, source_len, |source| {
-                            let (padded, slack) = source.split_at_mut(image.image_len());
-                            slack.fill(0.0);
-                            image.fill(x_n, padded);
+                    let fill = |padded: &mut [f32]| image.fill(x_n, padded);
+                    with_task_inputs(
+                        call,
+                        packed_len,
+                        pack,
+                        image.image_len(),
+                        fill,
+                        |packed, source| {
                             let source = GatherMatrix::with_runs(source, &offsets, RUN);
                             for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
                                 let panel = task * panels_per_task + task_panel;
@@ -373,8 +397,8 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
                                     }
                                 }
                             }
-                        });
-                    });
+                        },
+                    );
                 });
         });
 }
@@ -614,13 +638,14 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                 .enumerate()
                 .for_each(|(task, dx_task)| {
                     // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
-                    let source_len = padded.image_len() + SOURCE_SLACK;
-                    with_thread_panels(call, packed_len, pack, |packed| {
-                        with_workspace(&TASK_WORKSPACE, source_len, |source| {
-                            let (padded_dy, slack) = source.split_at_mut(padded.image_len());
-                            slack.fill(0.0);
-                            padded.fill(dy_n, padded_dy);
-                            let source = &*source;
+                    let fill = |padded_dy: &mut [f32]| padded.fill(dy_n, padded_dy);
+                    with_task_inputs(
+                        call,
+                        packed_len,
+                        pack,
+                        padded.image_len(),
+                        fill,
+                        |packed, source| {
                             for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
                                 let panel = task * panels_per_task + task_panel;
                                 let rows = dx_panel.len() / pixels;
@@ -651,8 +676,8 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                                     }
                                 }
                             }
-                        });
-                    });
+                        },
+                    );
                 });
         });
 }
