@@ -365,41 +365,66 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
             packed,
         )
     };
-    output
-        .par_chunks_mut(shape.out_channels * pixels)
-        .zip(input.par_chunks(x_image_len))
-        .for_each(|(y_n, x_n)| {
-            y_n.par_chunks_mut(panels_per_task * ROWS * pixels)
-                .enumerate()
-                .for_each(|(task, y_task)| {
-                    // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
-                    let fill = |padded: &mut [f32]| image.fill(x_n, padded);
-                    with_task_inputs(
-                        call,
-                        packed_len,
-                        pack,
-                        image.image_len(),
-                        fill,
-                        |packed, source| {
-                            let source = GatherMatrix::with_runs(source, &offsets, RUN);
-                            for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
-                                let panel = task * panels_per_task + task_panel;
-                                let a = &packed[panel * depth * ROWS..][..depth * ROWS];
-                                let rows = y_panel.len() / pixels;
-                                for group in slots.chunks(VECTORS) {
-                                    let bases = group_bases::<VECTORS>(group, image.row_stride());
-                                    let tile = gemm_tile::<ROWS, VECTORS, RUN>(a, &source, &bases);
-                                    for (v, slot) in group.iter().enumerate() {
-                                        for r in 0..rows {
-                                            let start = r * pixels + slot.row * w_out + slot.col;
-                                            store_lanes(y_panel, start, tile[r][v], slot.lanes);
-                                        }
-                                    }
+    let (y_image_len, task_len) = (shape.out_channels * pixels, panels_per_task * ROWS * pixels);
+    for_each_image_task(
+        output,
+        y_image_len,
+        task_len,
+        input,
+        x_image_len,
+        |task, y_task, x_n| {
+            // source: [C][s][s][rows][cols] of image n, then SOURCE_SLACK zeros
+            let fill = |padded: &mut [f32]| image.fill(x_n, padded);
+            with_task_inputs(
+                call,
+                packed_len,
+                pack,
+                image.image_len(),
+                fill,
+                |packed, source| {
+                    let source = GatherMatrix::with_runs(source, &offsets, RUN);
+                    for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
+                        let panel = task * panels_per_task + task_panel;
+                        let a = &packed[panel * depth * ROWS..][..depth * ROWS];
+                        let rows = y_panel.len() / pixels;
+                        for group in slots.chunks(VECTORS) {
+                            let bases = group_bases::<VECTORS>(group, image.row_stride());
+                            let tile = gemm_tile::<ROWS, VECTORS, RUN>(a, &source, &bases);
+                            for (v, slot) in group.iter().enumerate() {
+                                for r in 0..rows {
+                                    let start = r * pixels + slot.row * w_out + slot.col;
+                                    store_lanes(y_panel, start, tile[r][v], slot.lanes);
                                 }
                             }
-                        },
-                    );
-                });
+                        }
+                    }
+                },
+            );
+        },
+    );
+}
+
+/// The parallel tasks of the forward pass and the input gradient: each image
+/// of `output` (`output_image_len` floats, its source image `source_image_len`
+/// floats of `source`) is cut into tasks of `task_len` floats (blocks of row
+/// panels), and `task(index within the image, its output floats, the source
+/// image)` runs for each, in parallel over images and tasks.
+fn for_each_image_task(
+    output: &mut [f32],
+    output_image_len: usize,
+    task_len: usize,
+    source: &[f32],
+    source_image_len: usize,
+    task: impl Fn(usize, &mut [f32], &[f32]) + Sync,
+) {
+    output
+        .par_chunks_mut(output_image_len)
+        .zip(source.par_chunks(source_image_len))
+        .for_each(|(output_image, source_image)| {
+            output_image
+                .par_chunks_mut(task_len)
+                .enumerate()
+                .for_each(|(index, output_task)| task(index, output_task, source_image));
         });
 }
 
@@ -630,56 +655,49 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
             );
         }
     };
-    grad_input
-        .par_chunks_mut(shape.in_channels * pixels)
-        .zip(grad_output.par_chunks(dy_image_len))
-        .for_each(|(dx_n, dy_n)| {
-            dx_n.par_chunks_mut(panels_per_task * ROWS * pixels)
-                .enumerate()
-                .for_each(|(task, dx_task)| {
-                    // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
-                    let fill = |padded_dy: &mut [f32]| padded.fill(dy_n, padded_dy);
-                    with_task_inputs(
-                        call,
-                        packed_len,
-                        pack,
-                        padded.image_len(),
-                        fill,
-                        |packed, source| {
-                            for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
-                                let panel = task * panels_per_task + task_panel;
-                                let rows = dx_panel.len() / pixels;
-                                for (phase, plan) in phases.iter().zip(&plans) {
-                                    let depth = plan.taps.len();
-                                    let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
-                                    let source = GatherMatrix::new(source, &plan.taps);
-                                    for group in plan.slots.chunks(VECTORS) {
-                                        let bases = group_bases::<VECTORS>(group, padded.cols);
-                                        let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
-                                        for (v, slot) in group.iter().enumerate() {
-                                            // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
-                                            let ih =
-                                                slot.row * shape.stride + phase.row_phase - shape.padding;
-                                            let iw =
-                                                slot.col * shape.stride + phase.col_phase - shape.padding;
-                                            for r in 0..rows {
-                                                let start = r * pixels + ih * width + iw;
-                                                add_lanes(
-                                                    dx_panel,
-                                                    start,
-                                                    shape.stride,
-                                                    tile[r][v],
-                                                    slot.lanes,
-                                                );
-                                            }
-                                        }
+    let (dx_image_len, task_len) = (shape.in_channels * pixels, panels_per_task * ROWS * pixels);
+    for_each_image_task(
+        grad_input,
+        dx_image_len,
+        task_len,
+        grad_output,
+        dy_image_len,
+        |task, dx_task, dy_n| {
+            // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
+            let fill = |padded_dy: &mut [f32]| padded.fill(dy_n, padded_dy);
+            with_task_inputs(
+                call,
+                packed_len,
+                pack,
+                padded.image_len(),
+                fill,
+                |packed, source| {
+                    for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
+                        let panel = task * panels_per_task + task_panel;
+                        let rows = dx_panel.len() / pixels;
+                        for (phase, plan) in phases.iter().zip(&plans) {
+                            let depth = plan.taps.len();
+                            let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
+                            let source = GatherMatrix::new(source, &plan.taps);
+                            for group in plan.slots.chunks(VECTORS) {
+                                let bases = group_bases::<VECTORS>(group, padded.cols);
+                                let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
+                                for (v, slot) in group.iter().enumerate() {
+                                    // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                    let ih = slot.row * shape.stride + phase.row_phase - shape.padding;
+                                    let iw = slot.col * shape.stride + phase.col_phase - shape.padding;
+                                    for r in 0..rows {
+                                        let start = r * pixels + ih * width + iw;
+                                        add_lanes(dx_panel, start, shape.stride, tile[r][v], slot.lanes);
                                     }
                                 }
                             }
-                        },
-                    );
-                });
-        });
+                        }
+                    }
+                },
+            );
+        },
+    );
 }
 
 /// What the input gradient needs of one phase, computed once per call.
