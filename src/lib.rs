@@ -9,8 +9,11 @@
 //! A convolution has N filters `W[n] ∈ R^{C×K×K}`. The SBF layer keeps only M < N of
 //! them, the **templates** `B [M, C, K, K]`; every other output n is a cheap transform
 //! of its template `m(n) = n mod M`: a learned K×K **mask** per input-channel **group**
-//! (G groups of C/G channels), `Weff[n,i,kh,kw] = B[m(n),i,kh,kw] · T[n, g(i), kh, kw]`.
-//! Template outputs keep the identity (no mask). Because a mask does not depend on the
+//! (G groups of C/G channels), `Weff[n,i,kh,kw] = B[m(n),i,kh,kw] · T[n−M, g(i), kh, kw]`
+//! for n ≥ M, with the masks `T [N−M, G, K, K]`. Outputs 0..M are the templates
+//! themselves (no mask). This is a fresh layer's round-robin layout; after pruning,
+//! the kept filters stay at their own output positions and the r-th pruned one reads
+//! mask row r ([`ops::TemplateAssignment`]). Because a mask does not depend on the
 //! channel within a group, it factors out of the channel sum, giving **two stages**:
 //! stage 1, a grouped 1×1 convolution of x with each of the K² tap slices of B (the maps
 //! `P [G, K², M, H, W]`, one GEMM); stage 2, a gather that sums, for each output pixel,
@@ -31,9 +34,11 @@
 //!   [`nn::Linear`]), [`nn::cost`] (MACs and parameters per layer), [`nn::model`] (ResNet / VGG specs)
 //! - [`data`] — the CIFAR-10 binary format ([`data::cifar`]), [`data::download`],
 //!   [`data::augment`] (crops, flips, normalisation), [`data::synthetic`] (small generated sets for tests)
-//! - [`train`] — the data-parallel trainer, SGD, learning-rate schedules, checkpoints,
-//!   [`train::numerics`] (non-finite detection), [`train::validate`] (settings checked before a run)
+//! - [`checkpoint`] — the checkpoint file format (atomic writes, checksums) and a model's
+//!   parameters, buffers and SBF assignments saved in it and rebuilt from it
 //! - [`prune`] — generalised pruning (saliency, the ramp, template selection)
+//! - [`train`] — the data-parallel trainer, SGD, learning-rate schedules, evaluation,
+//!   [`train::numerics`] (non-finite detection), [`train::validate`] (settings checked before a run)
 //! - [`gradcheck`] — the central finite-difference checker
 //! - [`benchmark`] — timing helpers for `sbfnet bench` and `sbfnet bench-train`
 //! - [`memory`] — glibc malloc tuning (keep freed memory across training steps)
@@ -91,6 +96,7 @@
 
 pub mod autograd;
 pub mod benchmark;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod gradcheck;

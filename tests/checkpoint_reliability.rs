@@ -5,7 +5,7 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sbfnet::train::checkpoint::{fnv1a64, write_atomically, Checkpoint, FORMAT_VERSION};
+use sbfnet::checkpoint::{fnv1a64, write_atomically, Checkpoint, FORMAT_VERSION};
 use sbfnet::Tensor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

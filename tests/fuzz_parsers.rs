@@ -21,8 +21,8 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use sbfnet::checkpoint::{fnv1a64, Checkpoint};
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES, RECORD_BYTES};
-use sbfnet::train::checkpoint::{fnv1a64, Checkpoint};
 use sbfnet::Tensor;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

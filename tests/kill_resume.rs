@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use sbfnet::train::checkpoint::{temporary_path, Checkpoint};
+use sbfnet::checkpoint::{temporary_path, Checkpoint};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;

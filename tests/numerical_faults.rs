@@ -11,10 +11,10 @@ mod common;
 
 use common::*;
 use rand::{rngs::StdRng, SeedableRng};
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::{make_batch, Augmentation};
 use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::ModelSpec;
-use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::numerics::{all_finite, NonFinitePolicy, Site};
 use sbfnet::train::{TrainConfig, Trainer};
 

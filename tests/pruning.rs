@@ -5,12 +5,12 @@
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::ParamStore;
 use sbfnet::autograd::{Mode, Tape};
+use sbfnet::checkpoint::load_model;
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::{Model, ModelSpec, TransformInit};
 use sbfnet::prune::{PruneSettings, PruneState, Ramp, Saliency};
-use sbfnet::train::checkpoint::Checkpoint;
-use sbfnet::train::trainer::load_model;
 use sbfnet::train::{ScheduleKind, SgdConfig, TrainConfig, Trainer};
 use sbfnet::Tensor;
 

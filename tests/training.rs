@@ -3,13 +3,14 @@
 
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::{Mode, ParamStore, Tape, Var};
+use sbfnet::checkpoint::load_model_tensors;
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::{Augmentation, Flip};
 use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::{Conv2d, Linear, ModelSpec};
 use sbfnet::ops::{self, ConvConfig};
 use sbfnet::tensor::max_scaled_difference;
-use sbfnet::train::checkpoint::Checkpoint;
-use sbfnet::train::trainer::{data_parallel_gradients, load_model_tensors};
+use sbfnet::train::data_parallel_gradients;
 use sbfnet::train::{Objective, ScheduleKind, SgdConfig, TrainConfig, Trainer};
 use sbfnet::Tensor;
 

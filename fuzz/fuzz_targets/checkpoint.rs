@@ -1,4 +1,4 @@
-//! libFuzzer target: `sbfnet::train::checkpoint::Checkpoint::from_bytes`.
+//! libFuzzer target: `sbfnet::checkpoint::Checkpoint::from_bytes`.
 //!
 //! A random 64-bit checksum is a wall no fuzzer climbs, so when the first byte is odd the rest of
 //! the input is taken as a checkpoint body and its FNV-1a checksum is appended: the fuzzer then
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sbfnet::train::checkpoint::{fnv1a64, Checkpoint};
+use sbfnet::checkpoint::{fnv1a64, Checkpoint};
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {

@@ -40,9 +40,9 @@ pub struct Buffer {
 pub struct BatchStatistics {
     pub running_mean: BufferId,
     pub running_var: BufferId,
-    /// Mean of each channel over the shard, [C].
+    /// Mean of each channel over the shard, `[C]`.
     pub mean: Vec<f32>,
-    /// Biased variance of each channel over the shard, [C].
+    /// Biased variance of each channel over the shard, `[C]`.
     pub var: Vec<f32>,
     /// Number of values per channel in the shard (N·H·W).
     pub count: usize,

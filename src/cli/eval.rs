@@ -2,10 +2,11 @@
 
 use super::train::{data_folder, limited};
 use clap::Args;
+use sbfnet::checkpoint::load_model;
+use sbfnet::checkpoint::Checkpoint;
+use sbfnet::checkpoint::{load_prefixed_model_tensors, EMA_UPDATES_KEY, LIVE_PREFIX};
 use sbfnet::data::cifar::{self, CLASS_NAMES};
-use sbfnet::train::checkpoint::Checkpoint;
-use sbfnet::train::trainer::{load_prefixed_model_tensors, EMA_UPDATES_KEY, LIVE_PREFIX};
-use sbfnet::train::{evaluate_views, load_model, TestViews};
+use sbfnet::train::{evaluate_views, TestViews};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
 

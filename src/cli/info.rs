@@ -22,9 +22,7 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let (model, store) = match &args.checkpoint {
-        Some(path) => {
-            sbfnet::train::trainer::load_model(&sbfnet::train::checkpoint::Checkpoint::load(path)?, path)?
-        }
+        Some(path) => sbfnet::checkpoint::load_model(&sbfnet::checkpoint::Checkpoint::load(path)?, path)?,
         None => {
             let spec = super::train::model_spec(&args.model, &args.convs)?;
             let mut store = ParamStore::default();

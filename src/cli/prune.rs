@@ -6,10 +6,10 @@
 
 use super::train::{self, TrainArgs};
 use clap::Args;
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar;
 use sbfnet::nn::ModelSpec;
 use sbfnet::prune::{self, PruneState, Saliency};
-use sbfnet::train::checkpoint::Checkpoint;
 use sbfnet::train::Trainer;
 use sbfnet::{Error, Result};
 use std::path::PathBuf;

@@ -19,13 +19,13 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use sbfnet::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
 use sbfnet::nn::model::Architecture;
 use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
 use sbfnet::ops::TransformFamily;
 use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
-use sbfnet::train::checkpoint::{remove_stale_temporaries, Checkpoint};
 use sbfnet::train::metrics::{self, MetricsRow};
 use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
 use sbfnet::train::time_budget::{self, BudgetState};

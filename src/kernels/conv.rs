@@ -7,7 +7,7 @@
 //! All three passes are matrix products computed by the register-tiled FMA
 //! microkernels of `kernels::microkernel`, without an im2col matrix.
 //!
-//! Forward: y[n] [F, Ho·Wo] = w [F, C·K²] · B, with B[(c,kh,kw), (oh,ow)] =
+//! Forward: `y[n]` [F, Ho·Wo] = w [F, C·K²] · B, with B[(c,kh,kw), (oh,ow)] =
 //! x[n, c, oh·s+kh−p, ow·s+kw−p] read straight from a zero-padded,
 //! phase-split copy of the image (`PhaseSplitImage`), where that element sits
 //! at `base(oh, ow) + offset(c, kh, kw)` and 8 neighbouring ow are 8
@@ -18,13 +18,15 @@
 //! let (I, J) = ((ih+p) div s, (iw+p) div s); only the taps kh = r + s·t,
 //! kw = q + s·u reach them, from output pixel (I − t, J − u):
 //!
+//! ```text
 //!   dx[n,c,ih,iw] += Σ_f Σ_t Σ_u  dy[n, f, I−t, J−u] · w[f, c, r+s·t, q+s·u]
+//! ```
 //!
 //! For every phase this is again A · B with A[c, (f,t,u)] = w[f,c,r+s·t,q+s·u]
 //! and B read from a zero-padded copy of dy. No FLOP is spent on the zeros a
 //! strided transpose-convolution would insert.
 //!
-//! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n,f,oh,ow] · B[(c,kh,kw),(oh,ow)],
+//! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) `dy[n,f,oh,ow]` · B[(c,kh,kw),(oh,ow)],
 //! a reduction over pixels, 8 pixels per lane, with the same B as forward.
 //!
 //! Threads (rayon): forward and input gradient split over images (and, when
@@ -592,7 +594,9 @@ impl InputPhase {
 /// `grad_input += ∂L/∂x`; see [`super::conv_naive::input_grad`] and the module
 /// comment for the phase split:
 ///
+/// ```text
 ///   dx[n,c,ih,iw] += Σ_(f,t,u) w[f, c, r+s·t, q+s·u] · dy_padded_n[base(I,J) + offset(f,t,u)]
+/// ```
 pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_input: &mut [f32]) {
     shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
     if grad_input.is_empty() || grad_output.is_empty() {
@@ -735,7 +739,7 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 /// channels instead (one slice per thread), where each task sums every image
 /// into its own rows of dW: always when the batch is smaller than the thread
 /// count, and otherwise when padding the whole batch on every thread costs
-/// less than the partials ([`split_over_channels`]).
+/// less than the partials (`split_over_channels`).
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {

@@ -7,7 +7,9 @@
 //!   weight w [F, C, K, K]
 //!   output y [N, F, Ho, Wo],  Ho = (H + 2p − K)/s + 1
 //!
+//! ```text
 //!   y[n,f,oh,ow] = Σ_c Σ_kh Σ_kw  x[n, c, oh·s + kh − p, ow·s + kw − p] · w[f, c, kh, kw]
+//! ```
 //!
 //! where x outside the image reads as 0.
 
@@ -47,8 +49,8 @@ pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f
     }
 }
 
-/// `grad_input += ∂L/∂x`:  dx[n,c,ih,iw] = Σ over (f, oh, ow, kh, kw) that read
-/// (ih, iw) of dy[n,f,oh,ow] · w[f,c,kh,kw].
+/// `grad_input += ∂L/∂x`:  `dx[n,c,ih,iw]` = Σ over (f, oh, ow, kh, kw) that read
+/// (ih, iw) of `dy[n,f,oh,ow]` · `w[f,c,kh,kw]`.
 pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_input: &mut [f32]) {
     shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
     let ConvShape {
@@ -81,7 +83,7 @@ pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_i
     }
 }
 
-/// `grad_weight += ∂L/∂w`:  dw[f,c,kh,kw] = Σ_n Σ_oh Σ_ow dy[n,f,oh,ow] · x[n,c,oh·s+kh−p, ow·s+kw−p].
+/// `grad_weight += ∂L/∂w`:  `dw[f,c,kh,kw]` = Σ_n Σ_oh Σ_ow `dy[n,f,oh,ow]` · x[n,c,oh·s+kh−p, ow·s+kw−p].
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     let ConvShape {

@@ -22,7 +22,7 @@ pub const LANES: usize = 8;
 /// unused lanes of a vector that overhangs the last row stay inside the buffer.
 pub const SOURCE_SLACK: usize = 2 * LANES;
 
-/// B[k, j .. j+8] = source[j + offsets[k] .. j + offsets[k] + 8]: a matrix read
+/// B[k, j .. j+8] = source[j + `offsets[k]` .. j + `offsets[k]` + 8]: a matrix read
 /// out of `source` through a table of per-row offsets.
 ///
 /// `run`: the rows come in runs of `run` neighbouring floats,
@@ -81,7 +81,9 @@ unsafe fn load(pointer: *const f32) -> f32x8 {
 
 /// One register tile of C = A · B (forward pass and input gradient):
 ///
+/// ```text
 ///   tile[r][v] = Σ_k  a[k·ROWS + r] · B[k, bases[v] .. bases[v] + 8]
+/// ```
 ///
 /// `a` is one packed panel of A (ROWS rows interleaved, k-major); each
 /// `bases[v]` selects 8 neighbouring columns of B.
@@ -197,7 +199,9 @@ impl Default for PixelPairs {
 /// One register tile of the weight gradient dW = dY · Bᵀ, a reduction over
 /// pixels, 8 pixels per lane:
 ///
+/// ```text
 ///   tile[r][j] = Σ_(g, s) in pairs  grad[g + row_starts[r] .. +8] ⊙ source[s + tap_offsets[j] .. +8]
+/// ```
 ///
 /// (lane-wise; the caller sums the 8 lanes once at the end).
 #[inline(always)]

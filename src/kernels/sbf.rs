@@ -59,11 +59,13 @@
 //!    against its oracle. At stride 1 with "same" padding the gather reads each tap's map as
 //!    one long shifted range and undoes the few reads that wrap around a row end;
 //! 5. the fused layer kernels the op calls ([`two_stage_forward`], [`two_stage_backward`]): both
+//! ```text
 //!    stages per image with P[b] in per-worker scratch (the batch's P is never materialised;
 //!    backward recomputes P[b]). Stride-1 "same"-padded layers (the CIFAR ResNet's 3×3 convs) run
 //!    in row bands instead ([`two_stage_forward_banded`], [`two_stage_backward_banded`]): per
 //!    image and band of output rows, stage 1 of the band plus its ±p halo rows into guarded
 //!    planes that stay in cache, then register-accumulated gathers with column masks.
+//! ```
 //!
 //! Contract (as for every kernel): forward kernels overwrite their output,
 //! gradient kernels accumulate (`+=`), except `gather_maps_grad`, which
@@ -133,8 +135,8 @@ impl SbfShape {
     pub fn masks_len(&self) -> usize {
         self.transformed() * self.groups * self.taps()
     }
-    /// Whether P lives on the input grid (stride 1: P[b,g,tap,m,y,x], H·W per plane) or at the
-    /// output positions (stride > 1: P[b,g,tap,m,h,w], Ho·Wo per plane).
+    /// Whether P lives on the input grid (stride 1: `P[b,g,tap,m,y,x]`, H·W per plane) or at the
+    /// output positions (stride > 1: `P[b,g,tap,m,h,w]`, Ho·Wo per plane).
     pub fn maps_on_input_grid(&self) -> bool {
         self.stride == 1
     }
@@ -158,7 +160,7 @@ impl SbfShape {
     pub fn output_len(&self) -> usize {
         self.batch * self.out_channels * self.out_plane()
     }
-    /// Flat index of P[b,g,tap,m,0].
+    /// Flat index of `P[b,g,tap,m,0]`.
     #[inline]
     pub fn map_offset(&self, b: usize, g: usize, tap: usize, m: usize) -> usize {
         (((b * self.groups + g) * self.taps() + tap) * self.templates + m) * self.map_plane()
@@ -233,14 +235,14 @@ impl SbfShape {
 ///
 /// `template_of[n] = m(n)`; `mask_row[n] = None` for the template's identity
 /// output (a plain convolution with B_m) and `Some(r)` for a transformed
-/// output, whose mask is T[r]. Invariants (checked by [`TemplateAssignment::validate`]):
+/// output, whose mask is `T[r]`. Invariants (checked by [`TemplateAssignment::validate`]):
 /// every template has exactly one identity output, and the mask rows of the
 /// N−M transformed outputs are exactly 0..N−M.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemplateAssignment {
-    /// [N] → template index m(n) < M
+    /// `[N]` → template index m(n) < M
     pub template_of: Vec<usize>,
-    /// [N] → None (identity) or Some(row of T)
+    /// `[N]` → None (identity) or Some(row of T)
     pub mask_row: Vec<Option<usize>>,
 }
 
@@ -259,7 +261,7 @@ impl TemplateAssignment {
     }
 
     /// The assignment after pruning: the kept filters stay at their output
-    /// positions (kept_outputs[k] becomes template k, identity), the r-th
+    /// positions (`kept_outputs[k]` becomes template k, identity), the r-th
     /// pruned position (in increasing order) is transformed from template
     /// r mod M with mask row r.
     pub fn from_kept_outputs(outputs: usize, kept_outputs: &[usize]) -> TemplateAssignment {
@@ -301,7 +303,7 @@ impl TemplateAssignment {
         self.mask_row.iter().filter(|r| r.is_none()).count()
     }
 
-    /// The identity output of each template: [M].
+    /// The identity output of each template: `[M]`.
     pub fn identity_outputs(&self) -> Vec<usize> {
         let mut out = vec![usize::MAX; self.templates()];
         for n in 0..self.outputs() {
@@ -312,7 +314,7 @@ impl TemplateAssignment {
         out
     }
 
-    /// The outputs that read each template: [M] lists of n with m(n) = m.
+    /// The outputs that read each template: `[M]` lists of n with m(n) = m.
     pub fn outputs_of_templates(&self, templates: usize) -> Vec<Vec<usize>> {
         let mut lists = vec![Vec::new(); templates];
         for (n, &m) in self.template_of.iter().enumerate() {
@@ -397,7 +399,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Σ_j x[j]·y[j]
+/// Σ_j `x[j]·y[j]`
 #[inline]
 pub fn dot(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len().min(y.len());
@@ -731,7 +733,7 @@ pub fn add_tap_columns(
 }
 
 /// Repacks B [M, C, K, K] as per-group GEMM operands `[G, K², M, Cg]`:
-/// packed[g][tap][m][i] = B[m, g·Cg + i, tap]. Per group this is one [K²·M × Cg] matrix
+/// `packed[g][tap][m][i]` = B[m, g·Cg + i, tap]. Per group this is one [K²·M × Cg] matrix
 /// (stride 1) or K² matrices [M × Cg] (one per tap, stride > 1).
 pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
     let (m_count, taps, cg, c) = (
@@ -755,7 +757,7 @@ pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
 }
 
 /// The transpose of each per-group operand of [`pack_templates`]: `[G, Cg, K², M]`,
-/// packed[g][i][tap][m] = B[m, g·Cg + i, tap].
+/// `packed[g][i][tap][m]` = B[m, g·Cg + i, tap].
 pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
     let (m_count, taps, cg, c) = (
         shape.templates,
@@ -1477,7 +1479,7 @@ pub fn gather_masks_grad(
         });
 }
 
-/// dP, fast: a gather over the outputs of each template (no atomics): one plane dP[b,g,tap,m] per
+/// dP, fast: a gather over the outputs of each template (no atomics): one plane `dP[b,g,tap,m]` per
 /// task (in parallel); for each output n with m(n) = m and each output row h, one f32x8 axpy of the
 /// row of R into the plane segment it read (for stride 1 this is the solve h = y − kh + p).
 pub fn gather_maps_grad(
@@ -1517,7 +1519,7 @@ pub fn gather_maps_grad(
 // P[b] (one stage-1 GEMM per image) when dT is wanted, rather than keeping the batch's P
 // alive between forward and backward. Peak memory is then one P[b] and one dP[b] per worker.
 
-/// The layer's forward: per image (in parallel) stage 1 into a scratch P[b], then stage 2 from
+/// The layer's forward: per image (in parallel) stage 1 into a scratch `P[b]`, then stage 2 from
 /// it. Overwrites output [Bt, N, Ho, Wo].
 pub fn two_stage_forward(
     shape: &SbfShape,
@@ -1578,8 +1580,8 @@ pub struct TwoStageGrads<'a> {
     pub masks: Option<&'a mut [f32]>,
 }
 
-/// The layer's backward (view B), per image in parallel: dT from a recomputed P[b] and R[b];
-/// dP[b] by the gather over outputs; then dB (partial sums per worker) and dX[b] from dP[b].
+/// The layer's backward (view B), per image in parallel: dT from a recomputed `P[b]` and `R[b]`;
+/// `dP[b]` by the gather over outputs; then dB (partial sums per worker) and `dX[b]` from `dP[b]`.
 /// Accumulates into `grads`.
 pub fn two_stage_backward(
     shape: &SbfShape,

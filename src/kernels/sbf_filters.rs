@@ -12,8 +12,8 @@
 //!   Weff[n,i,k] = Σ_{k'} S_{row(n),g(i)}[k,k'] · B[m(n),i,k']   transformed output
 //! ```
 //!
-//! - scalar masks:  S = diag(T[row,g,:])                            (K² parameters)
-//! - affine:        row k of S holds the bilinear weights of the point A·[u,v,1]ᵀ   (6 parameters)
+//! - scalar masks:  S = diag(`T[row,g,:]`)                            (K² parameters)
+//! - affine:        row k of S holds the bilinear weights of the point `A·[u,v,1]ᵀ`   (6 parameters)
 //! - rotation:      affine with A = [[cos θ, −sin θ, 0], [sin θ, cos θ, 0]]          (1 parameter)
 //!
 //! Coordinates are kernel-centred: tap (kh, kw) sits at (u, v) = (kw − c, kh − c),

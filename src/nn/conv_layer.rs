@@ -10,7 +10,7 @@
 //! body convolution is an SBF layer with M = max(1, N − round(R·N)) templates
 //! (R = 0: M = N, every filter a template, the start of a pruning run). The
 //! number of templates of a *pruned* layer differs per layer: it is restored
-//! from the checkpoint's per-layer assignment (see `prune::assignment`), not
+//! from the checkpoint's per-layer assignment (see `checkpoint::assignment`), not
 //! from R. `first=<kind>;` sets the stem's kind, and `;<layer>=<kind>` segments
 //! set the kind of the named layers (`dense;stage3=sbf:rate=0.9,groups=2`).
 

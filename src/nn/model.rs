@@ -219,7 +219,7 @@ pub struct LayerRow {
     pub name: String,
     /// e.g. "conv3x3", "linear", "batch norm".
     pub kind: String,
-    /// Output [C, H, W] (or [features] for the classifier).
+    /// Output [C, H, W] (or `[features]` for the classifier).
     pub output: Vec<usize>,
     pub params: usize,
     /// Multiply-accumulates of the forward pass for one image.

@@ -158,7 +158,7 @@ impl ResNet {
     /// Sets the scale γ of every block's last batch norm to 0, so each block starts as
     /// `relu(shortcut(x))`: the network begins as a shallow one and the residual branches grow
     /// in from zero (Goyal et al. 2017, "Accurate, large minibatch SGD", §5.1). γ still gets
-    /// its gradient, ∂L/∂γ[c] = Σ ∂L/∂y[n,c,h,w]·x̂[n,c,h,w], so it learns from the first step.
+    /// its gradient, `∂L/∂γ[c]` = Σ `∂L/∂y[n,c,h,w]·x̂[n,c,h,w]`, so it learns from the first step.
     pub fn zero_init_residual(&self, store: &mut ParamStore) {
         for block in self.stages.iter().flatten() {
             store.value_mut(block.bn2.gamma).data.fill(0.0);

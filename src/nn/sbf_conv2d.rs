@@ -1,6 +1,6 @@
 //! `SbfConv2d`: the SBF layer. It owns M templates B [M, C, K, K], the
 //! transforms of the N−M other outputs (scalar masks T [N−M, G, K, K] by
-//! default), an optional bias [N], and the template assignment.
+//! default), an optional bias `[N]`, and the template assignment.
 //!
 //! `y = sbf_conv2d(x; B, T) + bias`; see `ops::sbf` for the math and the two
 //! computation paths.
@@ -30,7 +30,7 @@ pub struct SbfConv2d {
     /// [N−M, G, K, K] scalar masks, [N−M, G, 2, 3] affine, [N−M, G, 1] rotation (no weight decay:
     /// it would pull the transforms towards 0, i.e. towards plain pruning).
     pub transforms: ParamId,
-    /// [N], no weight decay; `None` when batch norm follows.
+    /// `[N]`, no weight decay; `None` when batch norm follows.
     pub bias: Option<ParamId>,
     pub assignment: TemplateAssignment,
     pub config: SbfConfig,
@@ -60,8 +60,8 @@ impl SbfConv2d {
         SbfConv2d::from_parts(store, name, b, t, bias, assignment, config)
     }
 
-    /// Converts a dense weight [N, C, K, K] (and bias [N]): the filters at `kept_outputs` become the
-    /// templates, in place (kept_outputs[k] is template k and keeps its output channel); every other
+    /// Converts a dense weight [N, C, K, K] (and bias `[N]`): the filters at `kept_outputs` become the
+    /// templates, in place (`kept_outputs[k]` is template k and keeps its output channel); every other
     /// output is transformed from template r mod M (r: its rank among the pruned positions).
     pub fn from_dense(
         store: &mut ParamStore,

@@ -1,10 +1,12 @@
 //! Batch normalisation over the N, H, W axes of an NCHW tensor.
 //!
 //! Training (batch statistics; M = N·H·W values per channel c):
+//! ```text
 //!   μ[c] = (1/M) Σ x,   σ²[c] = (1/M) Σ (x − μ)²,   x̂ = (x − μ)/√(σ² + ε)
 //!   y = γ[c]·x̂ + β[c]
 //!   ∂L/∂β = Σ R,   ∂L/∂γ = Σ R·x̂
 //!   ∂L/∂x = γ/(M·√(σ²+ε)) · (M·R − Σ R − x̂·Σ R·x̂)      (sums over the channel's M values)
+//! ```
 //!
 //! Evaluation (running statistics μ_r, σ²_r are constants):
 //!   y = γ·(x − μ_r)/√(σ²_r + ε) + β,   ∂L/∂x = R·γ/√(σ²_r + ε)
@@ -18,7 +20,7 @@ use rayon::prelude::*;
 pub enum Statistics<'r> {
     /// Mean and variance of this batch (training).
     Batch,
-    /// Fixed running mean and variance (evaluation), each [C].
+    /// Fixed running mean and variance (evaluation), each `[C]`.
     Running { mean: &'r [f32], var: &'r [f32] },
 }
 
@@ -90,13 +92,13 @@ fn channel_sums(
     (first, second)
 }
 
-/// y = γ·x̂ + β.  x [N,C,H,W], γ [C], β [C] → y [N,C,H,W], plus the batch
+/// y = γ·x̂ + β.  x `[N,C,H,W]`, γ `[C]`, β `[C]` → y `[N,C,H,W]`, plus the batch
 /// statistics when `statistics` is `Batch`.
 ///
 /// Fast version of [`batch_norm2d_naive`]: the statistics in one pass per
 /// plane (sums shifted by the channel's first value, so Σ(x−s)² stays
 /// accurate), y = a·x + b in one pass, and x̂ recomputed from x in backward
-/// instead of being kept (one [N,C,H,W] buffer less per layer).
+/// instead of being kept (one `[N,C,H,W]` buffer less per layer).
 pub fn batch_norm2d(
     tape: &mut Tape,
     x: Var,

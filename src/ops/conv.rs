@@ -1,11 +1,15 @@
 //! conv2d: dense K×K convolution with stride, zero padding and optional bias.
 //!
+//! ```text
 //!   y[n,f,oh,ow] = b[f] + Σ_c Σ_kh Σ_kw x[n,c,oh·s+kh−p, ow·s+kw−p] · w[f,c,kh,kw]
+//! ```
 //!
 //! Backward (R = ∂L/∂y):
+//! ```text
 //!   ∂L/∂x[n,c,ih,iw] = Σ_{f,kh,kw : ih = oh·s+kh−p, iw = ow·s+kw−p} R[n,f,oh,ow] · w[f,c,kh,kw]
 //!   ∂L/∂w[f,c,kh,kw] = Σ_{n,oh,ow} R[n,f,oh,ow] · x[n,c,oh·s+kh−p, ow·s+kw−p]
 //!   ∂L/∂b[f]         = Σ_{n,oh,ow} R[n,f,oh,ow]
+//! ```
 //!
 //! The loops live in `kernels::conv` (fast) and `kernels::conv_naive` (oracle).
 
@@ -50,7 +54,7 @@ pub fn conv_shape(op: &str, x: &Tensor, w: &Tensor, config: ConvConfig) -> ConvS
     }
 }
 
-/// y = conv2d(x, w) + b.  x [N,C,H,W], w [F,C,K,K], b [F] → y [N,F,Ho,Wo].
+/// y = conv2d(x, w) + b.  x `[N,C,H,W]`, w `[F,C,K,K]`, b `[F]` → y `[N,F,Ho,Wo]`.
 pub fn conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, config: ConvConfig) -> Var {
     let shape = conv_shape("conv2d", tape.value(x), tape.value(w), config);
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
@@ -83,7 +87,7 @@ pub fn conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, config: ConvCo
     })
 }
 
-/// y[n,f,:,:] += b[f] for a [N, F, plane] buffer.
+/// `y[n,f,:,:]` += `b[f]` for a [N, F, plane] buffer.
 pub fn add_channel_bias(y: &mut [f32], bias: &[f32], plane: usize) {
     for (i, chunk) in y.chunks_mut(plane).enumerate() {
         let b = bias[i % bias.len()];
@@ -91,7 +95,7 @@ pub fn add_channel_bias(y: &mut [f32], bias: &[f32], plane: usize) {
     }
 }
 
-/// db[f] += Σ_{n, plane} dy[n,f,plane] for a [N, F, plane] buffer.
+/// `db[f]` += Σ_{n, plane} `dy[n,f,plane]` for a [N, F, plane] buffer.
 pub fn accumulate_channel_sums(grad_y: &[f32], grad_b: &mut [f32], plane: usize) {
     let channels = grad_b.len();
     for (i, chunk) in grad_y.chunks(plane).enumerate() {

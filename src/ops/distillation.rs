@@ -1,11 +1,13 @@
 //! Knowledge distillation from a teacher's logits (Hinton et al. 2015; SBF-NOTES §6.3).
 //!
+//! ```text
 //!   student logits s [N, K], teacher logits t [N, K] (constants), temperature τ, weight w:
 //!   p[n,k]  = softmax(s[n] / τ)[k]          (the student, softened)
 //!   q[n,k]  = softmax(t[n] / τ)[k]          (the teacher, softened)
 //!   KD      = (1/N) Σ_n Σ_k q[n,k] · (log q[n,k] − log p[n,k])     (KL(q ‖ p), per image)
 //!   L       = (1 − w) · CE(s, labels) + w · τ² · KD
 //!   ∂(τ²·KD)/∂s[n,k] = τ · (p[n,k] − q[n,k]) / N
+//! ```
 //!
 //! The τ² keeps the soft term's gradient on the scale of the hard one's as τ grows (Hinton's
 //! choice). v1 of the paper used w = 1 (ω = 0 in its eq. 7: teacher only) and τ = 5 on CIFAR.
@@ -14,7 +16,7 @@ use super::loss::{cross_entropy, log_softmax_rows};
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
 
-/// τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), the batch mean, as a [1] tensor. `teacher` [N, K] is a
+/// τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), the batch mean, as a `[1]` tensor. `teacher` [N, K] is a
 /// constant (no gradient flows into the teacher).
 pub fn soft_target_loss(tape: &mut Tape, logits: Var, teacher: &Tensor, temperature: f32) -> Var {
     let s = tape.value(logits);

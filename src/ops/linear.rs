@@ -1,9 +1,11 @@
 //! Linear (fully connected): y = x·Wᵀ + b.
 //!
+//! ```text
 //!   x [N, I], W [O, I], b [O] → y [N, O],   y[n,o] = b[o] + Σ_i x[n,i] · W[o,i]
 //!   ∂L/∂x[n,i] = Σ_o R[n,o] · W[o,i]
 //!   ∂L/∂W[o,i] = Σ_n R[n,o] · x[n,i]
 //!   ∂L/∂b[o]   = Σ_n R[n,o]
+//! ```
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;

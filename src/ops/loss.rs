@@ -1,10 +1,12 @@
 //! Mean softmax cross-entropy, with optional label smoothing.
 //!
+//! ```text
 //!   logits z [N, K], labels t[n] ∈ 0..K, smoothing ε:
 //!   p[n,k] = exp(z[n,k]) / Σ_j exp(z[n,j])
 //!   q[n,k] = (1 − ε)·[k = t[n]] + ε/K
 //!   L = −(1/N) Σ_n Σ_k q[n,k] · log p[n,k]
 //!   ∂L/∂z[n,k] = (p[n,k] − q[n,k]) / N
+//! ```
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
@@ -35,7 +37,7 @@ pub fn log_softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {
     out
 }
 
-/// The loss above, as a [1] tensor. Panics if a label is out of range.
+/// The loss above, as a `[1]` tensor. Panics if a label is out of range.
 pub fn cross_entropy(tape: &mut Tape, logits: Var, labels: &[usize], smoothing: f32) -> Var {
     let zv = tape.value(logits);
     let (n_batch, classes) = match zv.shape[..] {

@@ -5,9 +5,11 @@ use crate::tensor::Tensor;
 
 /// 2×2 max pool, stride 2 (odd trailing rows/columns are dropped).
 ///
+/// ```text
 ///   x [N, C, H, W] → y [N, C, H/2, W/2]
 ///   y[n,c,oh,ow] = max_{dh,dw ∈ {0,1}} x[n, c, 2·oh + dh, 2·ow + dw]
 ///   ∂L/∂x flows only to the position that won the max (the first, on ties).
+/// ```
 pub fn max_pool2x2(tape: &mut Tape, x: Var) -> Var {
     let [n_batch, channels, h_in, w_in] = tape.value(x).nchw("max_pool2x2");
     let (h_out, w_out) = (h_in / 2, w_in / 2);
@@ -45,8 +47,8 @@ pub fn max_pool2x2(tape: &mut Tape, x: Var) -> Var {
     })
 }
 
-/// Global average pool: x [N, C, H, W] → y [N, C],  y[n,c] = (1/HW) Σ_{h,w} x[n,c,h,w];
-/// ∂L/∂x[n,c,h,w] = ∂L/∂y[n,c] / HW.
+/// Global average pool: x [N, C, H, W] → y [N, C],  `y[n,c]` = (1/HW) Σ_{h,w} `x[n,c,h,w]`;
+/// `∂L/∂x[n,c,h,w]` = `∂L/∂y[n,c]` / HW.
 pub fn global_avg_pool(tape: &mut Tape, x: Var) -> Var {
     let [n_batch, channels, h, w] = tape.value(x).nchw("global_avg_pool");
     let plane = h * w;

@@ -1,4 +1,4 @@
-//! ReLU: y = max(x, 0);  ∂L/∂x = ∂L/∂y · [x > 0].
+//! ReLU: y = max(x, 0);  ∂L/∂x = ∂L/∂y · `[x > 0]`.
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::{Tensor, PARALLEL_CHUNK};

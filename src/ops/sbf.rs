@@ -13,6 +13,7 @@
 //! Two mathematically identical ways to compute it:
 //!
 //! - **two-stage** (`kernels::sbf`, scalar masks): stage 1, a grouped 1×1
+//! ```text
 //!   convolution of x with each of the K² tap slices of B, giving the maps
 //!   P [Bt, G, K², M, plane] (plane = H·W at stride 1, Ho·Wo otherwise:
 //!   see `kernels::sbf`); stage 2, a gather that sums for each output the
@@ -23,6 +24,7 @@
 //!   backward recomputes P[b]).
 //!   Backward ("view B"): dT from the (recomputed) maps, dP as the transpose of
 //!   the gather, then dB and dX as the gradients of the grouped 1×1 stage.
+//! ```
 //! - **effective filters** (`kernels::sbf_filters` + the dense conv): materialise
 //!   Weff, convolve. Backward ("view A"): the conv's dWeff, then the chain rule
 //!   through Weff into dB and dT; dX is the conv's input gradient.
@@ -239,7 +241,7 @@ pub fn sbf_effective_filters(
 /// y = SBF(x; templates, transforms) + bias.
 ///
 /// x [Bt, C, H, W], templates [M, C, K, K], transforms [N−M, G, K, K] (scalar) /
-/// [N−M, G, 2, 3] (affine) / [N−M, G, 1] (rotation), bias [N] → y [Bt, N, Ho, Wo].
+/// [N−M, G, 2, 3] (affine) / [N−M, G, 1] (rotation), bias `[N]` → y [Bt, N, Ho, Wo].
 pub fn sbf_conv2d(
     tape: &mut Tape,
     x: Var,

@@ -9,11 +9,11 @@
 use super::ramp::prune_step;
 use super::schedule::Saliency;
 use crate::autograd::ParamStore;
+use crate::checkpoint::load_model_tensors;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{ConvKind, Model, ModelSpec, TransformInit};
 use crate::ops::TransformFamily;
-use crate::train::checkpoint::Checkpoint;
-use crate::train::trainer::load_model_tensors;
 use std::path::Path;
 
 /// The SBF spec of a dense model: the body becomes `sbf:rate=0,groups=<groups>` with the
@@ -87,8 +87,8 @@ pub fn load_dense_and_prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::model_tensors;
     use crate::prune::PruneState;
-    use crate::train::trainer::model_tensors;
     use rand::{rngs::StdRng, SeedableRng};
 
     use crate::prune::test_logits as logits;

@@ -18,9 +18,9 @@
 use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
 use super::taylor::TaylorScores;
 use crate::autograd::{ParamId, ParamStore};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{Model, SbfConv2d, TransformInit};
-use crate::train::checkpoint::Checkpoint;
 use std::path::Path;
 
 /// How a run prunes.

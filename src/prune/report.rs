@@ -7,9 +7,9 @@
 //! MACs beside the dense network of the same name. The baseline of a run is the best accuracy
 //! of the dense run of the same model name in the folder.
 
+use crate::checkpoint::load_model;
+use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::train::checkpoint::Checkpoint;
-use crate::train::trainer::load_model;
 use std::path::Path;
 
 /// The file `sbfnet prune` writes in a converted run's folder (source checkpoint and rate).

@@ -35,9 +35,9 @@ impl Ramp {
 /// One prunable layer as the selection sees it.
 #[derive(Clone, Debug)]
 pub struct LayerFilters {
-    /// Saliency of each output filter (higher = more important), [N].
+    /// Saliency of each output filter (higher = more important), `[N]`.
     pub scores: Vec<f32>,
-    /// Whether each output filter is currently a template, [N].
+    /// Whether each output filter is currently a template, `[N]`.
     pub is_template: Vec<bool>,
     /// The layer keeps at least this many templates (or all N if N is smaller).
     pub min_templates: usize,

@@ -1,6 +1,6 @@
 //! First-order Taylor saliency (Molchanov et al., CVPR'19; SBF-NOTES §6.1, the paper's option).
 //!
-//! Removing template m changes the loss by about −Σ_{i,k} B[m,i,k]·∂L/∂B[m,i,k] (first order), so
+//! Removing template m changes the loss by about −Σ_{i,k} `B[m,i,k]·∂L/∂B[m,i,k]` (first order), so
 //! its importance over an epoch is the sum over the steps of the square of that product:
 //!
 //! ```text
@@ -14,10 +14,10 @@
 //! from random initialisation) there is no evidence and the ranking falls back to `l1-relative`.
 
 use crate::autograd::ParamStore;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::Model;
 use crate::tensor::Tensor;
-use crate::train::checkpoint::Checkpoint;
 use std::path::Path;
 
 /// The running sums, per SBF layer (forward order), per template.

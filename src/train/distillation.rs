@@ -6,11 +6,11 @@
 //! Checkpoints of the student keep the teacher's path, τ and w, so `--resume` reloads it.
 
 use crate::autograd::{Mode, ParamStore, Tape};
+use crate::checkpoint::load_model;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::Model;
 use crate::tensor::Tensor;
-use crate::train::checkpoint::Checkpoint;
-use crate::train::trainer::load_model;
 use std::path::{Path, PathBuf};
 
 /// A teacher model and how strongly the student follows it.

@@ -5,8 +5,8 @@
 //! blue = training set, orange = test set; light grid lines at quarters of
 //! each axis range; labels in a 3×5 pixel font.
 
+use crate::checkpoint::write_atomically;
 use crate::error::{Error, Result};
-use crate::train::checkpoint::write_atomically;
 use image::{Rgb, RgbImage};
 use std::path::Path;
 

@@ -3,8 +3,10 @@
 //! SGD's last iterate jitters around the minimum it is heading for; an average of the
 //! recent iterates sits nearer its centre. After every optimisation step t (1, 2, …):
 //!
+//! ```text
 //!   d_t        = min(decay, (1 + t) / (10 + t))          (short memory while the run is young)
 //!   average[i] = d_t · average[i] + (1 − d_t) · live[i]   for every parameter and buffer
+//! ```
 //!
 //! The batch-norm running statistics are averaged the same way, so the averaged model's
 //! statistics describe the average of about 1 / (1 − decay) batches instead of the last

@@ -4,8 +4,8 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::synthetic::{synthetic_set, write_cifar_folder};
-use sbfnet::train::checkpoint::Checkpoint;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

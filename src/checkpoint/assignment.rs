@@ -8,10 +8,10 @@
 //! the tensors are read, so a pruned model reloads exactly.
 
 use crate::autograd::{ParamId, ParamStore};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{Model, TransformInit};
 use crate::ops::TemplateAssignment;
-use crate::train::checkpoint::Checkpoint;
 use std::path::Path;
 
 /// Metadata key of a layer's assignment.
@@ -19,7 +19,7 @@ pub fn assignment_key(layer: &str) -> String {
     format!("assignment.{layer}")
 }
 
-/// The output position of each template, in template order: kept[m] = the n with m(n) = m and no mask.
+/// The output position of each template, in template order: `kept[m]` = the n with m(n) = m and no mask.
 pub fn kept_outputs(assignment: &TemplateAssignment) -> Vec<usize> {
     let mut kept: Vec<(usize, usize)> = (0..assignment.outputs())
         .filter(|&n| assignment.mask_row[n].is_none())

@@ -1,0 +1,298 @@
+//! Every setting of a training run, its validation, and its record in checkpoints.
+
+use super::optimizer::SgdConfig;
+use super::schedule::{Schedule, ScheduleKind};
+use crate::checkpoint::Checkpoint;
+use crate::data::augment::Augmentation;
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Every setting of a training run (saved in checkpoints).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Shards each batch is split into (one rayon task each); the command line sets it to --threads.
+    pub shards: usize,
+    /// Peak learning rate.
+    pub learning_rate: f32,
+    pub sgd: SgdConfig,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: usize,
+    pub label_smoothing: f32,
+    pub augmentation: Augmentation,
+    pub seed: u64,
+    /// Train to this wall-clock budget, training and evaluation (`time_budget`): the run then
+    /// re-plans its length after every epoch and `epochs` is the most it may have.
+    pub time_budget_minutes: Option<f32>,
+    /// Start every residual block as the identity: the scale γ of its last batch norm is 0 instead
+    /// of 1 ([`crate::nn::resnet::ResNet::zero_init_residual`]; Goyal et al. 2017). ResNets only.
+    pub zero_init_residual: bool,
+    /// Evaluate and save an exponential moving average of the weights with this decay per
+    /// step ([`super::WeightAverage`]); None: the live weights.
+    pub ema_decay: Option<f32>,
+}
+
+impl TrainConfig {
+    /// The default recipe: 50 epochs, batch 128, SGD with Nesterov momentum 0.9,
+    /// weight decay 5e-4, learning rate 0.1 with 2 warm-up epochs then cosine to 0, crop + flip.
+    pub fn recipe() -> TrainConfig {
+        TrainConfig {
+            epochs: 50,
+            batch_size: 128,
+            shards: 1,
+            learning_rate: 0.1,
+            sgd: SgdConfig {
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 5e-4,
+            },
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 2,
+            label_smoothing: 0.0,
+            augmentation: Augmentation::CROP_FLIP,
+            seed: 0,
+            time_budget_minutes: None,
+            zero_init_residual: false,
+            ema_decay: None,
+        }
+    }
+
+    /// Refuses impossible settings with one line that names the setting.
+    pub fn validate(&self, train_images: usize) -> Result<()> {
+        let fail = |m: String| Err(Error::msg(m));
+        if self.epochs == 0 {
+            return fail("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return fail("--batch-size must be at least 1".into());
+        }
+        if self.shards == 0 {
+            return fail("--threads must be at least 1".into());
+        }
+        if self.batch_size < self.shards {
+            return fail(format!(
+                "--batch-size {} is smaller than --threads {}: every thread needs at least one image",
+                self.batch_size, self.shards
+            ));
+        }
+        if self.batch_size > train_images {
+            return fail(format!(
+                "--batch-size {} is larger than the {train_images} training images",
+                self.batch_size
+            ));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return fail(format!(
+                "--lr must be a positive number, got {}",
+                self.learning_rate
+            ));
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) {
+            return fail(format!("--momentum must be in [0, 1), got {}", self.sgd.momentum));
+        }
+        if !(self.sgd.weight_decay >= 0.0 && self.sgd.weight_decay.is_finite()) {
+            return fail(format!(
+                "--weight-decay must be ≥ 0, got {}",
+                self.sgd.weight_decay
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return fail(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..=180.0).contains(&self.augmentation.rotation_degrees) {
+            return fail(format!(
+                "--rotate must be in [0, 180] degrees, got {}",
+                self.augmentation.rotation_degrees
+            ));
+        }
+        if let Some(decay) = self.ema_decay {
+            if !(decay > 0.0 && decay < 1.0) {
+                return fail(format!(
+                    "--ema {decay}: the decay must lie strictly between 0 and 1"
+                ));
+            }
+        }
+        if let Some(minutes) = self.time_budget_minutes {
+            if !(minutes.is_finite() && minutes > 0.0) {
+                return fail(format!(
+                    "--time-budget must be a positive number of minutes, got {minutes}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Iterations per epoch: the last incomplete batch of each (reshuffled) epoch is dropped.
+    pub fn steps_per_epoch(&self, train_images: usize) -> usize {
+        train_images / self.batch_size
+    }
+
+    /// The per-iteration learning-rate schedule of a run of `epochs` epochs.
+    pub fn schedule_for(&self, train_images: usize, epochs: usize) -> Schedule {
+        let steps = self.steps_per_epoch(train_images);
+        Schedule {
+            kind: self.schedule,
+            base: self.learning_rate,
+            warmup_steps: self.warmup_epochs * steps,
+            total_steps: epochs * steps,
+        }
+    }
+
+    /// Key/value pairs for a checkpoint (floats in Rust's shortest round-trip form).
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        [
+            ("epochs", self.epochs.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("shards", self.shards.to_string()),
+            ("learning_rate", self.learning_rate.to_string()),
+            ("momentum", self.sgd.momentum.to_string()),
+            ("nesterov", self.sgd.nesterov.to_string()),
+            ("weight_decay", self.sgd.weight_decay.to_string()),
+            ("schedule", self.schedule.name().to_string()),
+            ("warmup_epochs", self.warmup_epochs.to_string()),
+            ("label_smoothing", self.label_smoothing.to_string()),
+            ("augmentation", self.augmentation.describe()),
+            ("seed", self.seed.to_string()),
+            (
+                "time_budget_minutes",
+                self.time_budget_minutes.map_or("none".into(), |m| m.to_string()),
+            ),
+            ("zero_init_residual", self.zero_init_residual.to_string()),
+            (
+                "ema_decay",
+                self.ema_decay.map_or("none".into(), |d| d.to_string()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Reads [`TrainConfig::to_metadata`]'s pairs back; `path` names the checkpoint in errors.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, path: &Path) -> Result<TrainConfig> {
+        fn field<T: std::str::FromStr>(checkpoint: &Checkpoint, path: &Path, key: &str) -> Result<T> {
+            let text = checkpoint.get(key).ok_or_else(|| {
+                Error::file(path, format!("checkpoint lacks the training setting \"{key}\""))
+            })?;
+            text.parse().map_err(|_| {
+                Error::file(
+                    path,
+                    format!("checkpoint setting {key} = \"{text}\" is not valid"),
+                )
+            })
+        }
+        macro_rules! field {
+            ($key:expr) => {
+                field(checkpoint, path, $key)?
+            };
+        }
+        let schedule_text: String = field!("schedule");
+        let augmentation_text: String = field!("augmentation");
+        Ok(TrainConfig {
+            epochs: field!("epochs"),
+            batch_size: field!("batch_size"),
+            shards: field!("shards"),
+            learning_rate: field!("learning_rate"),
+            sgd: SgdConfig {
+                momentum: field!("momentum"),
+                nesterov: field!("nesterov"),
+                weight_decay: field!("weight_decay"),
+            },
+            schedule: ScheduleKind::parse(&schedule_text)
+                .ok_or_else(|| Error::file(path, format!("unknown schedule \"{schedule_text}\"")))?,
+            warmup_epochs: field!("warmup_epochs"),
+            label_smoothing: field!("label_smoothing"),
+            augmentation: Augmentation::parse(&augmentation_text)
+                .ok_or_else(|| Error::file(path, format!("unknown augmentation \"{augmentation_text}\"")))?,
+            seed: field!("seed"),
+            // Absent from checkpoints written before budgets existed.
+            time_budget_minutes: match checkpoint.get("time_budget_minutes") {
+                None | Some("none") => None,
+                Some(_) => Some(field!("time_budget_minutes")),
+            },
+            // Absent from checkpoints written before the option existed: they started at γ = 1.
+            zero_init_residual: match checkpoint.get("zero_init_residual") {
+                None => false,
+                Some(_) => field!("zero_init_residual"),
+            },
+            // Absent from checkpoints written before weight averaging existed.
+            ema_decay: match checkpoint.get("ema_decay") {
+                None | Some("none") => None,
+                Some(_) => Some(field!("ema_decay")),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_metadata_round_trips_and_bad_settings_are_named() {
+        let mut config = TrainConfig::recipe();
+        config.label_smoothing = 0.1;
+        config.augmentation.rotation_degrees = 7.5;
+        config.shards = 3;
+        // A config written to a checkpoint's metadata and read back.
+        let saved = |config: &TrainConfig| Checkpoint {
+            metadata: config.to_metadata(),
+            ..Checkpoint::default()
+        };
+        let checkpoint = saved(&config);
+        assert_eq!(
+            TrainConfig::from_checkpoint(&checkpoint, Path::new("c")).unwrap(),
+            config
+        );
+        let mut broken = checkpoint.clone();
+        broken.metadata.retain(|(k, _)| k != "momentum");
+        let err = TrainConfig::from_checkpoint(&broken, Path::new("c.ckpt"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "c.ckpt: checkpoint lacks the training setting \"momentum\"");
+        let mut bad = TrainConfig::recipe();
+        bad.learning_rate = -1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--lr"));
+        bad = TrainConfig::recipe();
+        bad.sgd.momentum = 1.0;
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("--momentum"));
+        bad = TrainConfig::recipe();
+        bad.time_budget_minutes = Some(0.0);
+        assert!(bad
+            .validate(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("--time-budget"));
+        // A budget round-trips; a checkpoint from before budgets existed has none.
+        config.time_budget_minutes = Some(70.5);
+        let budgeted = saved(&config);
+        assert_eq!(
+            TrainConfig::from_checkpoint(&budgeted, Path::new("c")).unwrap(),
+            config
+        );
+        let mut old = budgeted.clone();
+        old.metadata.retain(|(k, _)| k != "time_budget_minutes");
+        let loaded = TrainConfig::from_checkpoint(&old, Path::new("c")).unwrap();
+        assert_eq!(loaded.time_budget_minutes, None);
+        // So do zero-initialised residual blocks and the alternating flip; a checkpoint from
+        // before the option existed started its blocks at γ = 1.
+        config.zero_init_residual = true;
+        config.augmentation.flip = crate::data::augment::Flip::Alternating;
+        let zeroed = saved(&config);
+        assert_eq!(
+            TrainConfig::from_checkpoint(&zeroed, Path::new("c")).unwrap(),
+            config
+        );
+        let mut old = zeroed.clone();
+        old.metadata.retain(|(k, _)| k != "zero_init_residual");
+        assert!(
+            !TrainConfig::from_checkpoint(&old, Path::new("c"))
+                .unwrap()
+                .zero_init_residual
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! Test-set evaluation: loss and accuracy in evaluation mode, with optional
+//! test-time views (the image and its mirror image).
+
+use crate::autograd::{Mode, ParamStore, Tape};
+use crate::data::augment::{flip_horizontally, make_batch, Augmentation};
+use crate::data::cifar::{Cifar10, NUM_CLASSES};
+use crate::error::{Error, Result};
+use crate::nn::Model;
+use crate::ops;
+use crate::tensor::Tensor;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+/// Accuracy and loss on a set, in evaluation mode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub images: usize,
+    pub loss: f32,
+    pub accuracy: f32,
+    /// Accuracy of each class (NaN for a class with no image).
+    pub per_class_accuracy: [f32; NUM_CLASSES],
+    pub per_class_images: [usize; NUM_CLASSES],
+}
+
+/// Index of the largest value of each row of logits [N, K].
+pub fn predictions(logits: &Tensor) -> Vec<usize> {
+    let classes = logits.dim(1);
+    logits
+        .data
+        .chunks(classes)
+        .map(|row| (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best }))
+        .collect()
+}
+
+/// Which views of each test image an evaluation looks at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestViews {
+    /// The image as it is.
+    #[default]
+    Plain,
+    /// Test-time augmentation: the image and its mirror image; the prediction
+    /// and the loss come from the mean of their two logit vectors.
+    PlainAndMirrored,
+}
+
+impl TestViews {
+    /// `none` or `flip` (the `--tta` flag).
+    pub fn parse(text: &str) -> Result<TestViews> {
+        match text {
+            "none" => Ok(TestViews::Plain),
+            "flip" => Ok(TestViews::PlainAndMirrored),
+            other => Err(Error::msg(format!(
+                "--tta: unknown test-time augmentation {other:?}: expected none or flip"
+            ))),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            TestViews::Plain => "none",
+            TestViews::PlainAndMirrored => "flip",
+        }
+    }
+}
+
+/// Loss, accuracy and per-class accuracy on `set` in evaluation mode (running
+/// BN statistics, no augmentation). Batches of `batch_size` images are taken
+/// in order; each is split into one shard per rayon thread, evaluated in
+/// parallel, so at most `batch_size` images' activations are alive at once.
+pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: usize) -> Evaluation {
+    evaluate_views(model, store, set, batch_size, TestViews::Plain)
+}
+
+/// [`evaluate`], looking at each image through `views`:
+/// logits = (f(x) + f(mirror(x))) / 2 for [`TestViews::PlainAndMirrored`].
+pub fn evaluate_views(
+    model: &Model,
+    store: &ParamStore,
+    set: &Cifar10,
+    batch_size: usize,
+    views: TestViews,
+) -> Evaluation {
+    let indices: Vec<usize> = (0..set.len()).collect();
+    let threads = rayon::current_num_threads();
+    let mut loss_sum = 0.0f64;
+    let (mut correct, mut seen) = ([0usize; NUM_CLASSES], [0usize; NUM_CLASSES]);
+    for batch in indices.chunks(batch_size.max(1)) {
+        let shard_size = batch.len().div_ceil(threads);
+        // Per shard: (loss sum, predictions and labels).
+        let shards: Vec<(f64, Vec<usize>, Vec<usize>)> = batch
+            .par_chunks(shard_size)
+            .map(|shard| {
+                let (x, labels) = make_batch(set, shard, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+                let logits = match views {
+                    TestViews::Plain => eval_logits(model, store, x),
+                    TestViews::PlainAndMirrored => {
+                        let mirrored = eval_logits(model, store, flip_horizontally(&x));
+                        let mut logits = eval_logits(model, store, x);
+                        for (a, b) in logits.data.iter_mut().zip(&mirrored.data) {
+                            *a = 0.5 * (*a + b);
+                        }
+                        logits
+                    }
+                };
+                let mut tape = Tape::new(store, Mode::Eval);
+                let predicted = predictions(&logits);
+                let logits = tape.input(logits);
+                let loss = ops::cross_entropy(&mut tape, logits, &labels, 0.0);
+                let loss_sum = tape.value(loss).data[0] as f64 * shard.len() as f64;
+                (loss_sum, predicted, labels)
+            })
+            .collect();
+        for (shard_loss, predicted, labels) in shards {
+            loss_sum += shard_loss;
+            for (&p, &t) in predicted.iter().zip(&labels) {
+                seen[t] += 1;
+                correct[t] += usize::from(p == t);
+            }
+        }
+    }
+    let images = set.len();
+    Evaluation {
+        images,
+        loss: (loss_sum / images.max(1) as f64) as f32,
+        accuracy: correct.iter().sum::<usize>() as f32 / images.max(1) as f32,
+        per_class_accuracy: std::array::from_fn(|k| correct[k] as f32 / seen[k] as f32),
+        per_class_images: seen,
+    }
+}
+
+/// The model's logits [N, 10] for the images `x` [N, 3, 32, 32], in evaluation mode.
+fn eval_logits(model: &Model, store: &ParamStore, x: Tensor) -> Tensor {
+    let mut tape = Tape::new(store, Mode::Eval);
+    let input = tape.input(x);
+    let logits = model.forward(&mut tape, input);
+    tape.value(logits).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::synthetic_set;
+    use crate::nn::ModelSpec;
+
+    #[test]
+    fn evaluation_counts_every_image_once_and_does_not_depend_on_the_batch_size() {
+        let set = synthetic_set(37, 10, 3);
+        let mut store = ParamStore::default();
+        let model = ModelSpec::parse_name("resnet8-w2")
+            .unwrap()
+            .build(&mut store, &mut StdRng::seed_from_u64(1));
+        let a = evaluate(&model, &store, &set, 5);
+        let b = evaluate(&model, &store, &set, 64);
+        assert_eq!(a.images, 37);
+        assert_eq!(a.per_class_images.iter().sum::<usize>(), 37);
+        assert_eq!((a.accuracy, a.per_class_images), (b.accuracy, b.per_class_images));
+        assert!((a.loss - b.loss).abs() < 1e-5 * a.loss);
+        // Accuracy by hand from the logits of one tape over the whole set.
+        let (x, labels) = make_batch(
+            &set,
+            &(0..37).collect::<Vec<_>>(),
+            &Augmentation::NONE,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let input = tape.input(x);
+        let logits = model.forward(&mut tape, input);
+        let right = predictions(tape.value(logits))
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        assert_eq!(a.accuracy, right as f32 / 37.0);
+    }
+
+    #[test]
+    fn mirrored_views_average_the_logits_of_each_image_and_its_mirror_image() {
+        let set = synthetic_set(23, 10, 5);
+        let mut store = ParamStore::default();
+        let model = ModelSpec::parse_name("resnet8-w2")
+            .unwrap()
+            .build(&mut store, &mut StdRng::seed_from_u64(2));
+        let tta = evaluate_views(&model, &store, &set, 8, TestViews::PlainAndMirrored);
+        // By hand: one tape per view over the whole set, logits averaged.
+        let (x, labels) = make_batch(
+            &set,
+            &(0..23).collect::<Vec<_>>(),
+            &Augmentation::NONE,
+            &mut StdRng::seed_from_u64(0),
+        );
+        let plain = eval_logits(&model, &store, x.clone());
+        let mirrored = eval_logits(&model, &store, flip_horizontally(&x));
+        let mean = Tensor::from_vec(
+            &plain.shape,
+            plain
+                .data
+                .iter()
+                .zip(&mirrored.data)
+                .map(|(a, b)| (a + b) / 2.0)
+                .collect(),
+        );
+        let right = predictions(&mean)
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        assert_eq!(tta.accuracy, right as f32 / 23.0);
+        let mut tape = Tape::new(&store, Mode::Eval);
+        let mean = tape.input(mean);
+        let loss = ops::cross_entropy(&mut tape, mean, &labels, 0.0);
+        assert!((tta.loss - tape.value(loss).data[0]).abs() < 1e-5 * tta.loss);
+        // The views really differ: synthetic images are not mirror-symmetric.
+        assert_ne!(tta.loss, evaluate(&model, &store, &set, 8).loss);
+        // A set of mirror images gives the same evaluation.
+        let mut mirror_set = set.clone();
+        for image in mirror_set.images.chunks_mut(32) {
+            image.reverse();
+        }
+        let of_mirrors = evaluate_views(&model, &store, &mirror_set, 8, TestViews::PlainAndMirrored);
+        assert_eq!(of_mirrors.accuracy, tta.accuracy);
+        assert!((of_mirrors.loss - tta.loss).abs() < 1e-5 * tta.loss);
+    }
+
+    #[test]
+    fn test_views_parse_their_flag_values() {
+        assert_eq!(TestViews::parse("none").unwrap(), TestViews::Plain);
+        assert_eq!(TestViews::parse("flip").unwrap(), TestViews::PlainAndMirrored);
+        assert!(TestViews::parse("mirror")
+            .unwrap_err()
+            .message
+            .contains("expected none or flip"));
+    }
+
+    #[test]
+    fn predictions_pick_the_first_largest_logit() {
+        let logits = Tensor::from_vec(&[3, 3], vec![0.1, 0.9, 0.3, 2.0, 2.0, 1.0, -1.0, -3.0, -0.5]);
+        assert_eq!(predictions(&logits), vec![1, 0, 2]);
+    }
+}
