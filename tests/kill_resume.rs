@@ -233,3 +233,68 @@ fn a_run_killed_at_random_moments_and_restarted_each_time_ends_as_the_uninterrup
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Starts the run with a pause before `pause_step`, waits for the pause, sends SIGINT (Ctrl-C)
+/// and returns the run's exit code and the whole of its standard output.
+fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, String) {
+    let mut child = train_command(data, out, &[])
+        .env("SBFNET_TEST_PAUSE_AT_STEP", pause_step.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let paused = format!("test hook: paused before step {pause_step}");
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let found = line == paused;
+        seen.push(line);
+        if found {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&paused),
+        "the run ended without pausing:\n{}",
+        seen.join("\n")
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    (status.code(), seen.join("\n"))
+}
+
+#[test]
+fn ctrl_c_stops_between_steps_says_how_to_resume_and_the_resumed_run_is_the_uninterrupted_one() {
+    let (root, data) = fixture("ctrl-c");
+    let reference = uninterrupted_run(&root, &data, "reference");
+
+    // In epoch 2: epoch 1 is saved, the run names the command that continues it.
+    let out = root.join("interrupted");
+    let (code, stdout) = interrupt_at(&data, &out, STEPS_PER_EPOCH + 2);
+    assert_eq!(code, Some(130), "{stdout}");
+    let resume = format!("sbfnet train --resume {}", out.join("last.ckpt").display());
+    assert!(
+        stdout.contains("stopped in epoch 2 after 2 of 4 steps"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&resume), "{stdout}");
+    assert_eq!(epoch_of(&out.join("last.ckpt")), 1);
+    resume_and_compare(&data, &out, &reference);
+
+    // In epoch 1: nothing was saved, and the folder the run made is gone.
+    let early = root.join("interrupted-early");
+    let (code, stdout) = interrupt_at(&data, &early, 2);
+    assert_eq!(code, Some(130), "{stdout}");
+    assert!(
+        stdout.contains("no epoch was finished, so nothing was saved"),
+        "{stdout}"
+    );
+    assert!(!early.exists(), "an empty run folder was left behind");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -89,11 +89,15 @@ fn prune_during_training_and_convert_a_dense_run() {
         "--data",
         s(&data),
         "--epochs",
-        "1",
+        "2",
         "--batch-size",
         "8",
         "--threads",
         "2",
+        "--eval-every",
+        "2",
+        "--on-nonfinite",
+        "skip",
         "--out",
         s(&converted),
     ]);
@@ -102,7 +106,12 @@ fn prune_during_training_and_convert_a_dense_run() {
         text.contains("converted resnet8-w8 dense at rate 0.5: 50.0%"),
         "{text}"
     );
-    assert!(text.contains("epoch   1/1"), "{text}");
+    // The fine-tuning honours the output flags (it used to drop them).
+    assert!(text.contains("on non-finite: skip"), "{text}");
+    assert!(
+        text.contains("epoch   1/2") && text.contains("test not evaluated") && text.contains("epoch   2/2"),
+        "{text}"
+    );
     let (ok, text) = sbfnet(&[
         "prune",
         "--from",

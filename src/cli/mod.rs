@@ -6,6 +6,8 @@ mod bench_train;
 mod download;
 mod eval;
 mod info;
+mod interrupt;
+mod progress;
 mod prune;
 mod report;
 mod train;

@@ -10,7 +10,7 @@ use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar;
 use sbfnet::nn::ModelSpec;
 use sbfnet::prune::{self, PruneState, Saliency};
-use sbfnet::train::Trainer;
+use sbfnet::train::{Trainer, TEST_IMAGES_KEY};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
 
@@ -64,18 +64,23 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         ));
     }
     let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, family, &from)?;
+    let output = train::OutputSettings::of(&train)?;
     let threads = train
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let config = train::fresh_config(&train, threads)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::msg(format!("cannot start {threads} threads: {e}")))?;
     let data = train::data_folder(train.data.as_deref());
-    let train_images = train::limited(
+    let train_set = train::limited(
         cifar::load_training_set(&data)?,
         train.train_limit,
         "--train-limit",
-    )?
-    .len();
-    let test_images = train::limited(cifar::load_test_set(&data)?, train.test_limit, "--test-limit")?.len();
+    )?;
+    let test_set = train::limited(cifar::load_test_set(&data)?, train.test_limit, "--test-limit")?;
+    let (train_images, test_images) = (train_set.len(), test_set.len());
 
     let mut trainer = Trainer::new(&spec, config, train_images)?;
     prune::convert::load_dense_and_prune(
@@ -109,7 +114,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     let mut checkpoint = trainer.to_checkpoint();
     checkpoint
         .metadata
-        .push((train::TEST_IMAGES_KEY.into(), test_images.to_string()));
+        .push((TEST_IMAGES_KEY.into(), test_images.to_string()));
     // The training loop rewrites the checkpoint's metadata: the conversion is noted beside it.
     let note = out.join(prune::report::CONVERSION_NOTE);
     std::fs::write(
@@ -123,12 +128,16 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;
     let start = out.join("last.ckpt");
     checkpoint.save(&start)?;
-    // Fine-tune: resume the saved epoch-0 run.
-    train::run(TrainArgs {
-        data: train.data,
-        threads: train.threads,
-        out: Some(out),
-        resume: Some(start),
-        ..TrainArgs::default()
-    })
+    // Fine-tune from the saved epoch 0, exactly as `sbfnet train --resume` would continue it.
+    let mut trainer = Trainer::from_checkpoint(&checkpoint, &start, train_images)?;
+    trainer.on_nonfinite = output.on_nonfinite;
+    train::print_run_header(
+        &trainer,
+        &data,
+        (train_images, test_images),
+        threads,
+        &out,
+        &output,
+    );
+    train::train_to_end(&mut trainer, &train_set, &test_set, &out, true, &output)
 }

@@ -15,24 +15,28 @@
 //! `SBFNET_TEST_POISON_STEP` puts a NaN into the first pixel of those steps'
 //! batches (a fault injected for tests/numerical_faults.rs);
 //! `SBFNET_TEST_PAUSE_AT_STEP` prints "test hook: paused before step <n>" and
-//! sleeps a minute before those steps (for tests/kill_resume.rs to kill it there).
+//! sleeps a minute (or until Ctrl-C) before those steps (for tests/kill_resume.rs to
+//! kill or interrupt it there).
+//!
+//! Ctrl-C stops the run between two steps: the epoch in progress is not saved, the
+//! process prints the command that resumes the run from `last.ckpt` and exits with 130.
+//! A run stopped before its first epoch ends removes the folder it made.
 
+use super::interrupt;
+use super::progress::ProgressLines;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use sbfnet::checkpoint::{remove_stale_temporaries, Checkpoint};
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
 use sbfnet::nn::model::Architecture;
 use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
 use sbfnet::ops::TransformFamily;
-use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
-use sbfnet::train::metrics::{self, MetricsRow};
-use sbfnet::train::numerics::{NonFinitePolicy, NumericalFault};
-use sbfnet::train::time_budget::{self, BudgetState};
-use sbfnet::train::{evaluate_views, validate, Distillation, ScheduleKind, TestViews, TrainConfig, Trainer};
+use sbfnet::prune::{self, PruneSettings, Ramp, Saliency};
+use sbfnet::train::numerics::NonFinitePolicy;
+use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
+use sbfnet::train::{validate, Distillation, ScheduleKind, TestViews, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
@@ -68,7 +72,7 @@ pub struct TrainArgs {
     /// cosine|linear|step|onecycle [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Epochs of linear learning-rate warm-up [default: 2]
+    /// Epochs of linear learning-rate warm-up [default: 2, at most the epochs less one]
     #[arg(long, allow_negative_numbers = true)]
     pub warmup_epochs: Option<usize>,
     /// Label smoothing ε [default: 0]
@@ -274,9 +278,6 @@ impl PruneArgs {
     }
 }
 
-/// Checkpoint metadata: the number of test images the run evaluates on.
-pub(super) const TEST_IMAGES_KEY: &str = "test_images";
-
 /// The data folder: --data, else $SBFNET_DATA, else the first of the usual places that exists.
 pub fn data_folder(flag: Option<&Path>) -> PathBuf {
     if let Some(path) = flag {
@@ -343,10 +344,13 @@ pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConf
             ))
         })?;
     }
-    if let Some(v) = args.warmup_epochs {
-        validate::check_warmup(v, config.epochs)?;
-        config.warmup_epochs = v;
-    }
+    config.warmup_epochs = match args.warmup_epochs {
+        Some(v) => {
+            validate::check_warmup(v, config.epochs)?;
+            v
+        }
+        None => TrainConfig::default_warmup_epochs(config.epochs),
+    };
     if let Some(v) = args.label_smoothing {
         config.label_smoothing = v;
     }
@@ -501,55 +505,6 @@ fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, pat
     }
 }
 
-/// Rewrites `pruning.csv` with one row per epoch up to `epoch` (rows of later epochs, left by an
-/// interrupted session, are dropped): epoch, transformed fraction, MACs per image, parameters,
-/// and the templates M/N of every SBF layer.
-fn write_pruning_log(
-    path: &Path,
-    epoch: usize,
-    state: &PruneState,
-    macs: usize,
-    params: usize,
-) -> Result<()> {
-    let header = format!(
-        "epoch,transformed_fraction,macs,params,{}",
-        state
-            .layers
-            .iter()
-            .map(|l| l.0.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let mut lines: Vec<String> = match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .skip(1)
-            .filter(|line| {
-                line.split(',')
-                    .next()
-                    .and_then(|e| e.parse::<usize>().ok())
-                    .is_some_and(|e| e < epoch)
-            })
-            .map(str::to_string)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let templates: Vec<String> = state.layers.iter().map(|(_, m, n)| format!("{m}/{n}")).collect();
-    lines.push(format!(
-        "{epoch},{:.5},{macs},{params},{}",
-        state.transformed_fraction(),
-        templates.join(",")
-    ));
-    let text = std::iter::once(header)
-        .chain(lines)
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n";
-    let temporary = path.with_extension("csv.tmp");
-    std::fs::write(&temporary, text).map_err(|e| Error::io(&temporary, "cannot write the pruning log", e))?;
-    std::fs::rename(&temporary, path).map_err(|e| Error::io(path, "cannot write the pruning log", e))
-}
-
 /// "runs/<model>-<YYYYmmdd-HHMMSS>" in UTC.
 fn default_out_folder(model: &str) -> PathBuf {
     let seconds = std::time::SystemTime::now()
@@ -572,6 +527,26 @@ fn default_out_folder(model: &str) -> PathBuf {
         time / 60 % 60,
         time % 60
     ))
+}
+
+/// Creates `base`, or `base-2`, `base-3`, … when it exists already (another run started in
+/// the same second), and returns the folder it made.
+fn claim_new_folder(base: &Path) -> Result<PathBuf> {
+    if let Some(parent) = base.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "cannot create the runs folder", e))?;
+    }
+    for attempt in 1.. {
+        let folder = match attempt {
+            1 => base.to_path_buf(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        };
+        match std::fs::create_dir(&folder) {
+            Ok(()) => return Ok(folder),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&folder, "cannot create the output folder", e)),
+        }
+    }
+    unreachable!("the attempts above never end without returning")
 }
 
 /// Checks that the output folder can be made (a folder given with --out must
@@ -610,52 +585,9 @@ fn hook_steps(name: &str) -> Result<Vec<usize>> {
         .map_err(|_| Error::msg(format!("{name}=\"{text}\" is not a list of step numbers")))
 }
 
-/// The one line a run stopped by a numerical fault exits with.
-fn diverged(fault: &NumericalFault, out: &Path) -> Error {
-    let kept = if fault.epoch > 1 {
-        format!(
-            "{} (epoch {}) is kept",
-            out.join("last.ckpt").display(),
-            fault.epoch - 1
-        )
-    } else {
-        "no checkpoint was written yet".into()
-    };
-    let hint = if fault.kind.can_skip() {
-        "try a lower --lr or more --warmup-epochs, or --on-nonfinite skip to skip such batches"
-    } else {
-        "try a lower --lr or more --warmup-epochs"
-    };
-    Error::msg(format!(
-        "training diverged at {fault}; nothing of epoch {} is saved, {kept} ({hint})",
-        fault.epoch
-    ))
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     // 1. Settings, all checked before any data is read.
-    let on_nonfinite = match &args.on_nonfinite {
-        Some(text) => NonFinitePolicy::parse(text).ok_or_else(|| {
-            Error::msg(format!(
-                "unknown --on-nonfinite \"{text}\" (expected stop or skip)"
-            ))
-        })?,
-        None => NonFinitePolicy::Stop,
-    };
-    let test_views = match args.tta.as_deref() {
-        Some(text) => TestViews::parse(text)?,
-        None => TestViews::Plain,
-    };
-    // The image limits, before the data is read.
-    for (flag, limit) in [
-        ("--train-limit", args.train_limit),
-        ("--test-limit", args.test_limit),
-        ("--eval-every", args.eval_every),
-    ] {
-        if let Some(n) = limit {
-            validate::check_at_least(flag, n, 1)?;
-        }
-    }
+    let output = OutputSettings::of(&args)?;
     let (poison_steps, pause_steps) = (
         hook_steps("SBFNET_TEST_POISON_STEP")?,
         hook_steps("SBFNET_TEST_PAUSE_AT_STEP")?,
@@ -767,12 +699,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             trainer
         }
     };
-    trainer.on_nonfinite = on_nonfinite;
+    trainer.on_nonfinite = output.on_nonfinite;
     if !poison_steps.is_empty() || !pause_steps.is_empty() {
         trainer.batch_hook = Some(Box::new(move |step, batch| {
             if pause_steps.contains(&step) {
                 println!("test hook: paused before step {step}");
-                std::thread::sleep(std::time::Duration::from_secs(60));
+                // A minute, or until Ctrl-C asks the run to stop.
+                let stop = interrupt::stop_on_ctrl_c();
+                let started = std::time::Instant::now();
+                while started.elapsed().as_secs() < 60 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
             }
             if poison_steps.contains(&step) {
                 batch.data[0] = f32::NAN;
@@ -798,25 +735,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
             kd.weight
         );
     }
-    let pruning_csv = out.join("pruning.csv");
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
-    for file in ["last.ckpt", "best.ckpt", "metrics.csv", "learning_curve.png"] {
-        for stale in remove_stale_temporaries(&out.join(file))? {
-            println!(
-                "removed {}: the partial write of an interrupted run",
-                stale.display()
-            );
+    // A run without --out claims a fresh folder now, so two runs started in the same second
+    // cannot share one.
+    let (out, out_existed) = match (&args.out, &resumed) {
+        (None, None) => (claim_new_folder(&out)?, false),
+        _ => {
+            let existed = out.is_dir();
+            (out, existed)
         }
-    }
-    let csv_path = out.join("metrics.csv");
-    let mut rows: Vec<MetricsRow> = if resumed.is_some() && csv_path.exists() {
-        metrics::read_csv(&csv_path)?
-            .into_iter()
-            .filter(|r| r.epoch <= trainer.epoch)
-            .collect()
-    } else {
-        Vec::new()
     };
+    print_run_header(&trainer, &data, (train.len(), test.len()), threads, &out, &output);
+    if trainer.epoch >= trainer.planned_epochs {
+        println!("the run already finished all {} epochs", trainer.planned_epochs);
+        return Ok(());
+    }
+    if trainer.epoch > 0 {
+        println!("resuming after epoch {} (step {})", trainer.epoch, trainer.step);
+    }
+
+    // 4. The epochs, in the library's loop.
+    train_to_end(&mut trainer, &train, &test, &out, out_existed, &output)
+}
+
+/// The lines that open a run: model, data, settings, output folder.
+pub(super) fn print_run_header(
+    trainer: &Trainer,
+    data: &Path,
+    images: (usize, usize),
+    threads: usize,
+    out: &Path,
+    output: &OutputSettings,
+) {
+    let config = &trainer.config;
     let table = trainer.model.layer_table(&trainer.store);
     let macs: usize = table.iter().map(|r| r.macs).sum();
     println!(
@@ -828,8 +778,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     println!(
         "data {} ({} training, {} test images), {threads} threads, {} shards per batch",
         data.display(),
-        train.len(),
-        test.len(),
+        images.0,
+        images.1,
         config.shards
     );
     let mut model_options = String::new();
@@ -854,7 +804,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.augmentation.describe(),
         config.seed,
         model_options,
-        on_nonfinite.name()
+        output.on_nonfinite.name()
     );
     if let Some(minutes) = config.time_budget_minutes {
         println!(
@@ -863,169 +813,109 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     println!("output {}", out.display());
-    if trainer.epoch >= trainer.planned_epochs {
-        println!("the run already finished all {} epochs", trainer.planned_epochs);
-        return Ok(());
-    }
-    if trainer.epoch > 0 {
-        println!("resuming after epoch {} (step {})", trainer.epoch, trainer.step);
-    }
+}
 
-    // 4. The epochs.
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-        .map_err(|e| Error::msg(format!("progress bar: {e}")))?
-        .progress_chars("=> ");
-    let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
-    let eval_every = args.eval_every.unwrap_or(1);
-    // What training epochs and evaluations cost in this session (for a time budget's plan).
-    let (mut epoch_seconds, mut eval_seconds) = (Vec::new(), None);
-    while trainer.epoch < trainer.planned_epochs {
-        let steps = config.steps_per_epoch(train.len());
-        let bar = ProgressBar::new(steps as u64).with_style(style.clone());
-        bar.set_prefix(format!("epoch {}/{}", trainer.epoch + 1, trainer.planned_epochs));
-        let result = trainer.train_epoch(&train, |p| {
-            bar.set_position(p.step as u64);
-            let skipped = match p.skipped_batches {
-                0 => String::new(),
-                n => format!(" ({n} skipped)"),
-            };
-            bar.set_message(format!(
-                "loss {:.3} acc {:.1}% {:.0} img/s lr {:.4}{skipped}",
-                p.loss,
-                100.0 * p.accuracy,
-                p.images_per_second,
-                p.learning_rate
-            ));
-        });
-        bar.finish_and_clear();
-        // A fault keeps the last good checkpoint: nothing of this epoch is saved.
-        let result = result.map_err(|fault| diverged(&fault, &out))?;
-        for fault in &result.skipped {
-            println!("skipped {fault}");
-        }
-        if result.skipped.len() == steps {
-            return Err(Error::msg(format!(
-                "training diverged: every batch of epoch {} had a non-finite loss or gradient and was skipped; \
-                 nothing of it is saved (try a lower --lr or more --warmup-epochs)",
-                result.epoch
-            )));
-        }
-        epoch_seconds.push(result.seconds);
-        if let Some(minutes) = config.time_budget_minutes {
-            let train_epoch_seconds =
-                time_budget::recent_epoch_seconds(&epoch_seconds).unwrap_or(result.seconds);
-            let planned = time_budget::epochs_within_budget(&BudgetState {
-                budget_seconds: 60.0 * minutes as f64,
-                elapsed_seconds: trainer.elapsed_seconds,
-                epochs_done: trainer.epoch,
-                max_epochs: config.epochs,
-                train_epoch_seconds,
-                // Before the first evaluation: 10 % of an epoch, about what ResNet-20's costs.
-                eval_seconds: eval_seconds.unwrap_or(0.1 * train_epoch_seconds),
-                eval_every,
-            });
-            if planned != trainer.planned_epochs {
-                println!(
-                    "  time budget: {planned} epochs fit in {minutes} min (were {}); the schedule now ends there",
-                    trainer.planned_epochs
-                );
-                trainer.plan_epochs(planned);
+/// The settings of what a run writes and evaluates, and of its response to a non-finite
+/// number: taken from the flags, also when resuming.
+pub(super) struct OutputSettings {
+    pub on_nonfinite: NonFinitePolicy,
+    pub test_views: TestViews,
+    pub eval_every: usize,
+}
+
+impl OutputSettings {
+    /// Parsed and checked before any data is read (the image limits too).
+    pub(super) fn of(args: &TrainArgs) -> Result<OutputSettings> {
+        let on_nonfinite = match &args.on_nonfinite {
+            Some(text) => NonFinitePolicy::parse(text).ok_or_else(|| {
+                Error::msg(format!(
+                    "unknown --on-nonfinite \"{text}\" (expected stop or skip)"
+                ))
+            })?,
+            None => NonFinitePolicy::Stop,
+        };
+        let test_views = match args.tta.as_deref() {
+            Some(text) => TestViews::parse(text)?,
+            None => TestViews::Plain,
+        };
+        for (flag, limit) in [
+            ("--train-limit", args.train_limit),
+            ("--test-limit", args.test_limit),
+            ("--eval-every", args.eval_every),
+        ] {
+            if let Some(n) = limit {
+                validate::check_at_least(flag, n, 1)?;
             }
         }
-        // The test set, after every `eval_every`-th epoch and the last.
-        let evaluation =
-            (trainer.epoch % eval_every == 0 || trainer.epoch == trainer.planned_epochs).then(|| {
-                let started = Instant::now();
-                let evaluation = evaluate_views(
-                    &trainer.model,
-                    trainer.evaluated_store(),
-                    &test,
-                    config.batch_size.max(128),
-                    test_views,
-                );
-                let seconds = started.elapsed().as_secs_f64();
-                trainer.elapsed_seconds += seconds;
-                eval_seconds = Some(seconds);
-                evaluation
-            });
-        let best = match &evaluation {
-            Some(e) if e.accuracy > trainer.best_test_accuracy => {
-                trainer.best_test_accuracy = e.accuracy;
-                true
-            }
-            _ => false,
-        };
-        rows.push(MetricsRow {
-            epoch: result.epoch,
-            learning_rate: result.learning_rate,
-            train_loss: result.loss,
-            train_accuracy: result.accuracy,
-            test_loss: evaluation.as_ref().map(|e| e.loss),
-            test_accuracy: evaluation.as_ref().map(|e| e.accuracy),
-            images_per_second: result.images_per_second,
-            elapsed_seconds: trainer.elapsed_seconds,
-        });
-        // Metrics first: a run killed before last.ckpt is written resumes from the
-        // epoch before, and drops the rows after that epoch when it reads metrics.csv.
-        metrics::write_csv(&csv_path, &rows)?;
-        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
-        let mut checkpoint = trainer.to_checkpoint();
-        checkpoint
-            .metadata
-            .push((TEST_IMAGES_KEY.into(), test.len().to_string()));
-        if best {
-            checkpoint.save(&out.join("best.ckpt"))?;
-        }
-        checkpoint.save(&out.join("last.ckpt"))?;
-        let skipped = match result.skipped.len() {
-            0 => String::new(),
-            n => format!("  {n} batch(es) skipped (non-finite)"),
-        };
-        if trainer.pruning.is_some() {
-            let state = PruneState::of(&trainer.model);
-            let macs: usize = trainer
-                .model
-                .layer_table(&trainer.store)
-                .iter()
-                .map(|r| r.macs)
-                .sum();
-            println!(
-                "  pruning: {:.1}% of the SBF filters transformed, {:.2} M MACs, templates {}",
-                100.0 * state.transformed_fraction(),
-                macs as f64 / 1e6,
-                state.templates_text()
-            );
-            write_pruning_log(
-                &pruning_csv,
-                result.epoch,
-                &state,
-                macs,
-                trainer.store.num_scalars(),
-            )?;
-        }
-        let test_text = match &evaluation {
-            Some(e) => format!("test loss {:.4} acc {:5.2}%", e.loss, 100.0 * e.accuracy),
-            None => "test not evaluated".to_string(),
-        };
-        println!(
-            "epoch {:>3}/{}: lr {:.5}  train loss {:.4} acc {:5.2}%  {test_text}{}  {:.0} img/s  \
-             {:.0}s  (run ETA {:.0}s){skipped}",
-            result.epoch,
-            trainer.planned_epochs,
-            result.learning_rate,
-            result.loss,
-            100.0 * result.accuracy,
-            if best { " (best)" } else { "" },
-            result.images_per_second,
-            trainer.elapsed_seconds,
-            session_started.elapsed().as_secs_f64() / (trainer.epoch - first_epoch) as f64
-                * (trainer.planned_epochs - trainer.epoch) as f64
-        );
+        Ok(OutputSettings {
+            on_nonfinite,
+            test_views,
+            eval_every: args.eval_every.unwrap_or(1),
+        })
     }
-    println!(
-        "done: best test accuracy {:.2}%; checkpoints, metrics.csv and learning_curve.png in {}",
-        100.0 * trainer.best_test_accuracy,
-        out.display()
-    );
+}
+
+/// Trains `trainer` to its last planned epoch in `out`, drawing progress. Ctrl-C stops it
+/// between two steps: the process then exits with status 130 after the line that resumes it.
+pub(super) fn train_to_end(
+    trainer: &mut Trainer,
+    train: &Cifar10,
+    test: &Cifar10,
+    out: &Path,
+    out_existed: bool,
+    output: &OutputSettings,
+) -> Result<()> {
+    let options = RunOptions {
+        out: out.to_path_buf(),
+        eval_every: output.eval_every,
+        test_views: output.test_views,
+        stop: Some(interrupt::stop_on_ctrl_c()),
+        remove_unused_folder: !out_existed,
+    };
+    let mut progress = ProgressLines::new()?;
+    let summary = training::run(trainer, train, test, &options, &mut progress)?;
+    progress.finish();
+    match summary.end {
+        RunEnd::Finished => println!(
+            "done: best test accuracy {:.2}%; checkpoints, metrics.csv and learning_curve.png in {}",
+            100.0 * summary.best_test_accuracy,
+            out.display()
+        ),
+        RunEnd::Stopped { epoch, step, steps } => {
+            let resume = out.join("last.ckpt");
+            if summary.epochs == 0 || !resume.exists() {
+                println!(
+                    "stopped in epoch {epoch} after {step} of {steps} steps; no epoch was finished, so nothing \
+                     was saved"
+                );
+            } else {
+                println!(
+                    "stopped in epoch {epoch} after {step} of {steps} steps; the epoch in progress is not saved. \
+                     {} holds epoch {}: resume with\n  sbfnet train --resume {}",
+                    resume.display(),
+                    summary.epochs,
+                    resume.display()
+                );
+            }
+            std::process::exit(130);
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_new_folder;
+
+    #[test]
+    fn runs_started_in_the_same_second_get_folders_of_their_own() {
+        let root = std::env::temp_dir().join(format!("sbfnet-claim-{}", std::process::id()));
+        let base = root.join("runs").join("resnet20-20261206-120000");
+        let first = claim_new_folder(&base).unwrap();
+        let second = claim_new_folder(&base).unwrap();
+        assert_eq!(first, base);
+        assert_eq!(second, root.join("runs").join("resnet20-20261206-120000-2"));
+        assert!(first.is_dir() && second.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

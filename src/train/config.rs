@@ -48,7 +48,7 @@ impl TrainConfig {
                 weight_decay: 5e-4,
             },
             schedule: ScheduleKind::Cosine,
-            warmup_epochs: 2,
+            warmup_epochs: TrainConfig::default_warmup_epochs(50),
             label_smoothing: 0.0,
             augmentation: Augmentation::CROP_FLIP,
             seed: 0,
@@ -56,6 +56,13 @@ impl TrainConfig {
             zero_init_residual: false,
             ema_decay: None,
         }
+    }
+
+    /// The warm-up a run of `epochs` epochs gets unless told otherwise: 2 epochs, but never the
+    /// whole run (a 1-epoch run has none, a 2-epoch run warms up for 1), so that the learning
+    /// rate of a short trial run still reaches its peak and decays.
+    pub fn default_warmup_epochs(epochs: usize) -> usize {
+        2.min(epochs.saturating_sub(1))
     }
 
     /// Refuses impossible settings with one line that names the setting.
@@ -231,6 +238,13 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_warm_up_never_fills_a_short_run() {
+        let warmups: Vec<usize> = (0..6).map(TrainConfig::default_warmup_epochs).collect();
+        assert_eq!(warmups, [0, 0, 1, 2, 2, 2]);
+        assert_eq!(TrainConfig::recipe().warmup_epochs, 2);
+    }
 
     #[test]
     fn config_metadata_round_trips_and_bad_settings_are_named() {

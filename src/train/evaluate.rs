@@ -81,6 +81,18 @@ pub fn evaluate_views(
     batch_size: usize,
     views: TestViews,
 ) -> Evaluation {
+    evaluate_views_with_progress(model, store, set, batch_size, views, &mut |_, _| {})
+}
+
+/// [`evaluate_views`], calling `progress(images done, images)` after every batch.
+pub fn evaluate_views_with_progress(
+    model: &Model,
+    store: &ParamStore,
+    set: &Cifar10,
+    batch_size: usize,
+    views: TestViews,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Evaluation {
     let indices: Vec<usize> = (0..set.len()).collect();
     let threads = rayon::current_num_threads();
     let mut loss_sum = 0.0f64;
@@ -118,6 +130,7 @@ pub fn evaluate_views(
                 correct[t] += usize::from(p == t);
             }
         }
+        progress(seen.iter().sum(), set.len());
     }
     let images = set.len();
     Evaluation {

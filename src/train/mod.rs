@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod numerics;
 pub mod optimizer;
 pub mod parallel;
+pub mod run;
 pub mod schedule;
 pub mod time_budget;
 pub mod trainer;
@@ -16,10 +17,13 @@ pub mod weight_average;
 
 pub use config::TrainConfig;
 pub use distillation::Distillation;
-pub use evaluate::{evaluate, evaluate_views, Evaluation, TestViews};
+pub use evaluate::{evaluate, evaluate_views, evaluate_views_with_progress, Evaluation, TestViews};
 pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use parallel::{data_parallel_gradients, Objective};
+pub use run::{
+    run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, TEST_IMAGES_KEY,
+};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{EpochResult, Progress, StepResult, Trainer};
 pub use weight_average::WeightAverage;

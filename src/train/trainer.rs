@@ -58,6 +58,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// The RNG of epoch `epoch` (shuffle and augmentation): a function of (seed, epoch) only.
@@ -276,8 +277,22 @@ impl Trainer {
     pub fn train_epoch(
         &mut self,
         set: &Cifar10,
-        mut progress: impl FnMut(&Progress),
+        progress: impl FnMut(&Progress),
     ) -> std::result::Result<EpochResult, NumericalFault> {
+        let never = AtomicBool::new(false);
+        let finished = self.train_epoch_until(set, progress, &never)?;
+        Ok(finished.expect("an epoch that nobody stops finishes"))
+    }
+
+    /// [`Trainer::train_epoch`] that checks `stop` before every step: once it is set, the
+    /// epoch ends early with `Ok(None)`, and the trainer is left mid-epoch (to be dropped or
+    /// reloaded from the last checkpoint, as after a fault).
+    pub fn train_epoch_until(
+        &mut self,
+        set: &Cifar10,
+        mut progress: impl FnMut(&Progress),
+        stop: &AtomicBool,
+    ) -> std::result::Result<Option<EpochResult>, NumericalFault> {
         assert_eq!(
             set.len(),
             self.train_images,
@@ -297,6 +312,10 @@ impl Trainer {
         let mut labels = std::mem::take(&mut self.labels);
         let mut skipped = Vec::new();
         for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                (self.batch, self.labels) = (batch, labels);
+                return Ok(None);
+            }
             let position = RunPosition {
                 seed: self.config.seed,
                 epoch: self.epoch,
@@ -350,7 +369,7 @@ impl Trainer {
         self.epoch += 1;
         let seconds = started.elapsed().as_secs_f64();
         self.elapsed_seconds += seconds;
-        Ok(EpochResult {
+        Ok(Some(EpochResult {
             epoch: self.epoch,
             learning_rate,
             loss: (loss_sum / images.max(1) as f64) as f32,
@@ -358,7 +377,7 @@ impl Trainer {
             images_per_second: (images as f64 / seconds.max(1e-9)) as f32,
             seconds,
             skipped,
-        })
+        }))
     }
 
     /// The pruning step of the current epoch, if it is in the ramp: one global selection at

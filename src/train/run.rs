@@ -1,0 +1,420 @@
+//! A whole training run: the epoch loop that `sbfnet train`, `sbfnet prune` and
+//! examples/train_tiny.rs share.
+//!
+//! ```text
+//!   for each epoch until the planned last one:
+//!       train one epoch (stop between steps when asked; a numerical fault ends the run)
+//!       with a time budget: re-plan how many epochs fit, and stretch or shrink the schedule
+//!       every `eval_every`-th epoch and the last: evaluate on the test set
+//!       write, each atomically, in this order:
+//!           metrics.csv, learning_curve.png        (rows up to this epoch)
+//!           best.ckpt                              (when the test accuracy is the best so far)
+//!           last.ckpt
+//!           pruning.csv                            (a run with a pruning ramp)
+//! ```
+//! The order makes every moment safe to be killed in: `last.ckpt` is always a finished
+//! epoch, and a resumed run drops the metrics rows written after it. What happens is
+//! reported to an [`Observer`]; the command line draws a progress bar from it.
+
+use super::evaluate::{evaluate_views_with_progress, Evaluation, TestViews};
+use super::metrics::{self, MetricsRow};
+use super::numerics::NumericalFault;
+use super::time_budget::{self, BudgetState};
+use super::trainer::{EpochResult, Progress, Trainer};
+use crate::checkpoint::remove_stale_temporaries;
+use crate::data::cifar::Cifar10;
+use crate::error::{Error, Result};
+use crate::prune::PruneState;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Metadata key of the number of test images a run evaluates on (a resumed run keeps it).
+pub const TEST_IMAGES_KEY: &str = "test_images";
+
+/// Where a run writes and how it evaluates: output settings, not training ones (a resumed
+/// run may change them without changing what it learns).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run's folder: checkpoints, metrics.csv, learning_curve.png, pruning.csv.
+    pub out: PathBuf,
+    /// Evaluate after every `eval_every`-th epoch and after the last (at least 1).
+    pub eval_every: usize,
+    /// The views of each test image an evaluation averages.
+    pub test_views: TestViews,
+    /// Checked before every step: once set, the run stops (see [`RunEnd::Stopped`]).
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Remove `out` when the run ends before it wrote anything there and the folder is empty
+    /// (the caller made the folder for this run).
+    pub remove_unused_folder: bool,
+}
+
+impl RunOptions {
+    /// Evaluate every epoch on the plain test images; never stopped from outside.
+    pub fn new(out: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            out: out.into(),
+            eval_every: 1,
+            test_views: TestViews::Plain,
+            stop: None,
+            remove_unused_folder: false,
+        }
+    }
+}
+
+/// The pruning state after an epoch of a run with a pruning ramp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PruningSummary {
+    /// Fraction of the SBF layers' filters that are transformed copies.
+    pub transformed_fraction: f64,
+    /// MACs per image of the whole model.
+    pub macs: usize,
+    /// Templates M/N of every SBF layer.
+    pub templates: String,
+}
+
+/// What an epoch gave, as an [`Observer`] sees it.
+#[derive(Clone, Debug)]
+pub struct EpochReport {
+    pub result: EpochResult,
+    /// The run's length as now planned (a time budget may change it).
+    pub planned_epochs: usize,
+    /// None after an epoch that `eval_every` skips.
+    pub evaluation: Option<Evaluation>,
+    /// The evaluation is the best so far (`best.ckpt` was written).
+    pub best: bool,
+    /// Seconds of training and evaluation over the whole run, resumed sessions included.
+    pub elapsed_seconds: f64,
+    /// Estimated seconds until the last planned epoch ends, from this session's epochs.
+    pub remaining_seconds: f64,
+    pub pruning: Option<PruningSummary>,
+}
+
+/// Receives what a run does, as it does it. Every method has an empty default.
+pub trait Observer {
+    /// Epoch `epoch` (1-based) of `planned_epochs` starts; it has `steps` steps.
+    fn epoch_started(&mut self, _epoch: usize, _planned_epochs: usize, _steps: usize) {}
+    /// After every training step.
+    fn step(&mut self, _progress: &Progress) {}
+    /// The test set is being evaluated: `done` of `total` images.
+    fn evaluating(&mut self, _done: usize, _total: usize) {}
+    /// After an epoch's files are written.
+    fn epoch_finished(&mut self, _report: &EpochReport) {}
+    /// Something worth a line: a re-planned budget, a skipped batch, a removed temporary file.
+    fn note(&mut self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl Observer for Silent {}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEnd {
+    /// Every planned epoch is done.
+    Finished,
+    /// Stopped through [`RunOptions::stop`] during epoch `epoch` (1-based), after `step` of its
+    /// `steps` steps. That epoch is not saved: `last.ckpt` holds the epoch before.
+    Stopped { epoch: usize, step: usize, steps: usize },
+}
+
+/// What [`run`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub end: RunEnd,
+    /// Epochs completed (over every session of the run).
+    pub epochs: usize,
+    pub best_test_accuracy: f32,
+}
+
+/// Trains `trainer` from where it stands to its last planned epoch, evaluating on `test` and
+/// writing into `options.out` (created if missing). A trainer resumed from a checkpoint
+/// continues its run: the rows of `metrics.csv` after its epoch are dropped.
+pub fn run(
+    trainer: &mut Trainer,
+    train: &Cifar10,
+    test: &Cifar10,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunSummary> {
+    if options.eval_every == 0 {
+        return Err(Error::msg("eval_every must be at least 1"));
+    }
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
+    for file in [
+        "last.ckpt",
+        "best.ckpt",
+        "metrics.csv",
+        "learning_curve.png",
+        "pruning.csv",
+    ] {
+        for stale in remove_stale_temporaries(&out.join(file))? {
+            observer.note(&format!(
+                "removed {}: the partial write of an interrupted run",
+                stale.display()
+            ));
+        }
+    }
+    let csv_path = out.join("metrics.csv");
+    let mut rows: Vec<MetricsRow> = if trainer.epoch > 0 && csv_path.exists() {
+        metrics::read_csv(&csv_path)?
+            .into_iter()
+            .filter(|r| r.epoch <= trainer.epoch)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let never = AtomicBool::new(false);
+    let stop = options.stop.as_deref().unwrap_or(&never);
+    let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
+    // What training epochs and evaluations cost in this session (for a time budget's plan).
+    let (mut epoch_seconds, mut eval_seconds) = (Vec::new(), None);
+    while trainer.epoch < trainer.planned_epochs {
+        let steps = trainer.config.steps_per_epoch(train.len());
+        observer.epoch_started(trainer.epoch + 1, trainer.planned_epochs, steps);
+        let mut steps_done = 0;
+        let result = trainer.train_epoch_until(
+            train,
+            |p| {
+                steps_done = p.step;
+                observer.step(p);
+            },
+            stop,
+        );
+        // A fault keeps the last good checkpoint: nothing of this epoch is saved.
+        let result = match result {
+            Ok(Some(result)) => result,
+            Ok(None) => {
+                let end = RunEnd::Stopped {
+                    epoch: trainer.epoch + 1,
+                    step: steps_done,
+                    steps,
+                };
+                remove_if_unused(options, trainer.epoch);
+                return Ok(summary(trainer, end));
+            }
+            Err(fault) => {
+                remove_if_unused(options, trainer.epoch);
+                return Err(diverged(&fault, out));
+            }
+        };
+        for fault in &result.skipped {
+            observer.note(&format!("skipped {fault}"));
+        }
+        if result.skipped.len() == steps {
+            return Err(Error::msg(format!(
+                "training diverged: every batch of epoch {} had a non-finite loss or gradient and was skipped; \
+                 nothing of it is saved (try a lower --lr or more --warmup-epochs)",
+                result.epoch
+            )));
+        }
+        epoch_seconds.push(result.seconds);
+        replan_to_budget(
+            trainer,
+            &epoch_seconds,
+            eval_seconds,
+            options.eval_every,
+            observer,
+        );
+        let evaluation = (trainer.epoch.is_multiple_of(options.eval_every)
+            || trainer.epoch == trainer.planned_epochs)
+            .then(|| {
+                let started = Instant::now();
+                let evaluation = evaluate_views_with_progress(
+                    &trainer.model,
+                    trainer.evaluated_store(),
+                    test,
+                    trainer.config.batch_size.max(128),
+                    options.test_views,
+                    &mut |done, total| observer.evaluating(done, total),
+                );
+                let seconds = started.elapsed().as_secs_f64();
+                trainer.elapsed_seconds += seconds;
+                eval_seconds = Some(seconds);
+                evaluation
+            });
+        let best = match &evaluation {
+            Some(e) if e.accuracy > trainer.best_test_accuracy => {
+                trainer.best_test_accuracy = e.accuracy;
+                true
+            }
+            _ => false,
+        };
+        rows.push(MetricsRow {
+            epoch: result.epoch,
+            learning_rate: result.learning_rate,
+            train_loss: result.loss,
+            train_accuracy: result.accuracy,
+            test_loss: evaluation.as_ref().map(|e| e.loss),
+            test_accuracy: evaluation.as_ref().map(|e| e.accuracy),
+            images_per_second: result.images_per_second,
+            elapsed_seconds: trainer.elapsed_seconds,
+        });
+        // Metrics first: a run killed before last.ckpt is written resumes from the
+        // epoch before, and drops the rows after that epoch when it reads metrics.csv.
+        metrics::write_csv(&csv_path, &rows)?;
+        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
+        let mut checkpoint = trainer.to_checkpoint();
+        checkpoint
+            .metadata
+            .push((TEST_IMAGES_KEY.into(), test.len().to_string()));
+        if best {
+            checkpoint.save(&out.join("best.ckpt"))?;
+        }
+        checkpoint.save(&out.join("last.ckpt"))?;
+        let pruning = match trainer.pruning {
+            Some(_) => Some(log_pruning(trainer, &out.join("pruning.csv"), result.epoch)?),
+            None => None,
+        };
+        let session_epochs = (trainer.epoch - first_epoch) as f64;
+        observer.epoch_finished(&EpochReport {
+            planned_epochs: trainer.planned_epochs,
+            evaluation,
+            best,
+            elapsed_seconds: trainer.elapsed_seconds,
+            remaining_seconds: session_started.elapsed().as_secs_f64() / session_epochs
+                * (trainer.planned_epochs - trainer.epoch) as f64,
+            pruning,
+            result,
+        });
+    }
+    Ok(summary(trainer, RunEnd::Finished))
+}
+
+fn summary(trainer: &Trainer, end: RunEnd) -> RunSummary {
+    RunSummary {
+        end,
+        epochs: trainer.epoch,
+        best_test_accuracy: trainer.best_test_accuracy,
+    }
+}
+
+/// With a time budget: after every epoch, plan how many epochs fit from the mean of the last
+/// epochs and the last evaluation, at most the configured epochs, and reshape the schedule.
+fn replan_to_budget(
+    trainer: &mut Trainer,
+    epoch_seconds: &[f64],
+    eval_seconds: Option<f64>,
+    eval_every: usize,
+    observer: &mut dyn Observer,
+) {
+    let Some(minutes) = trainer.config.time_budget_minutes else {
+        return;
+    };
+    let last = *epoch_seconds.last().expect("called after an epoch");
+    let train_epoch_seconds = time_budget::recent_epoch_seconds(epoch_seconds).unwrap_or(last);
+    let planned = time_budget::epochs_within_budget(&BudgetState {
+        budget_seconds: 60.0 * minutes as f64,
+        elapsed_seconds: trainer.elapsed_seconds,
+        epochs_done: trainer.epoch,
+        max_epochs: trainer.config.epochs,
+        train_epoch_seconds,
+        // Before the first evaluation: 10 % of an epoch, about what ResNet-20's costs.
+        eval_seconds: eval_seconds.unwrap_or(0.1 * train_epoch_seconds),
+        eval_every,
+    });
+    if planned != trainer.planned_epochs {
+        observer.note(&format!(
+            "time budget: {planned} epochs fit in {minutes} min (were {}); the schedule now ends there",
+            trainer.planned_epochs
+        ));
+        trainer.plan_epochs(planned);
+    }
+}
+
+/// A run that ends before its first epoch is saved leaves no empty folder behind.
+fn remove_if_unused(options: &RunOptions, epochs_done: usize) {
+    if options.remove_unused_folder && epochs_done == 0 {
+        // Fails, and keeps the folder, when anything is in it.
+        let _ = std::fs::remove_dir(&options.out);
+    }
+}
+
+/// The one line a run stopped by a numerical fault ends with.
+fn diverged(fault: &NumericalFault, out: &Path) -> Error {
+    let kept = if fault.epoch > 1 {
+        format!(
+            "{} (epoch {}) is kept",
+            out.join("last.ckpt").display(),
+            fault.epoch - 1
+        )
+    } else {
+        "no checkpoint was written yet".into()
+    };
+    let hint = if fault.kind.can_skip() {
+        "try a lower --lr or more --warmup-epochs, or --on-nonfinite skip to skip such batches"
+    } else {
+        "try a lower --lr or more --warmup-epochs"
+    };
+    Error::msg(format!(
+        "training diverged at {fault}; nothing of epoch {} is saved, {kept} ({hint})",
+        fault.epoch
+    ))
+}
+
+/// The pruning state after `epoch`, appended to `pruning.csv`.
+fn log_pruning(trainer: &Trainer, path: &Path, epoch: usize) -> Result<PruningSummary> {
+    let state = PruneState::of(&trainer.model);
+    let macs: usize = trainer
+        .model
+        .layer_table(&trainer.store)
+        .iter()
+        .map(|r| r.macs)
+        .sum();
+    write_pruning_log(path, epoch, &state, macs, trainer.store.num_scalars())?;
+    Ok(PruningSummary {
+        transformed_fraction: state.transformed_fraction(),
+        macs,
+        templates: state.templates_text(),
+    })
+}
+
+/// Rewrites `pruning.csv` with one row per epoch up to `epoch` (rows of later epochs, left by an
+/// interrupted session, are dropped): epoch, transformed fraction, MACs per image, parameters,
+/// and the templates M/N of every SBF layer.
+fn write_pruning_log(
+    path: &Path,
+    epoch: usize,
+    state: &PruneState,
+    macs: usize,
+    params: usize,
+) -> Result<()> {
+    let header = format!(
+        "epoch,transformed_fraction,macs,params,{}",
+        state
+            .layers
+            .iter()
+            .map(|l| l.0.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut lines: Vec<String> = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                line.split(',')
+                    .next()
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_some_and(|e| e < epoch)
+            })
+            .map(str::to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let templates: Vec<String> = state.layers.iter().map(|(_, m, n)| format!("{m}/{n}")).collect();
+    lines.push(format!(
+        "{epoch},{:.5},{macs},{params},{}",
+        state.transformed_fraction(),
+        templates.join(",")
+    ));
+    let text = std::iter::once(header)
+        .chain(lines)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    crate::checkpoint::write_atomically(path, text.as_bytes())
+}
