@@ -15,6 +15,22 @@
 //! The order makes every moment safe to be killed in: `last.ckpt` is always a finished
 //! epoch, and a resumed run drops the metrics rows written after it. What happens is
 //! reported to an [`Observer`]; the command line draws a progress bar from it.
+//!
+//! ```
+//! use sbfnet::data::synthetic::synthetic_set;
+//! use sbfnet::nn::ModelSpec;
+//! use sbfnet::train::{run, RunEnd, RunOptions, Silent, TrainConfig, Trainer};
+//!
+//! let (train, test) = (synthetic_set(64, 10, 1), synthetic_set(32, 10, 2));
+//! let config = TrainConfig { epochs: 2, batch_size: 32, ..TrainConfig::recipe() };
+//! let mut trainer = Trainer::new(&ModelSpec::parse_name("resnet8-w4")?, config, train.len())?;
+//! let out = std::env::temp_dir().join(format!("sbfnet-run-doc-{}", std::process::id()));
+//! let summary = run(&mut trainer, &train, &test, &RunOptions::new(&out), &mut Silent)?;
+//! assert_eq!((summary.end, summary.epochs), (RunEnd::Finished, 2));
+//! assert!(out.join("last.ckpt").exists() && out.join("metrics.csv").exists());
+//! # std::fs::remove_dir_all(&out).unwrap();
+//! # Ok::<(), sbfnet::Error>(())
+//! ```
 
 use super::evaluate::{evaluate_views_with_progress, Evaluation, TestViews};
 use super::metrics::{self, MetricsRow};
