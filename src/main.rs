@@ -7,7 +7,7 @@ fn main() {
     sbfnet::memory::retain_freed_memory();
     end_quietly_on_a_closed_pipe();
     if let Err(error) = cli::run() {
-        eprintln!("error: {error}");
+        eprintln!("error: {}", cli::with_flags(&error.to_string()));
         std::process::exit(1);
     }
 }

@@ -393,7 +393,7 @@ fn impossible_settings_are_refused_with_one_line() {
         (vec!["--model", "alexnet"], "unknown model \"alexnet\""),
         (
             vec!["--schedule", "exponential"],
-            "unknown --schedule \"exponential\"",
+            "--schedule \"exponential\" is unknown",
         ),
         (vec!["--convs", "sparse"], "--convs \"sparse\": unknown conv kind"),
         (
@@ -460,7 +460,7 @@ fn settings_are_refused_before_the_data_is_read() {
             vec!["--eval-every", "0"],
             "--eval-every must be at least 1, got 0",
         ),
-        (vec!["--augment", "mixup"], "unknown --augment \"mixup\""),
+        (vec!["--augment", "mixup"], "--augment \"mixup\" is unknown"),
         (
             vec!["--time-budget", "0"],
             "--time-budget must be a positive number of minutes, got 0",
@@ -487,7 +487,7 @@ fn settings_are_refused_before_the_data_is_read() {
         ),
         (
             vec!["--augment", "flip+altflip"],
-            "unknown --augment \"flip+altflip\"",
+            "--augment \"flip+altflip\" is unknown",
         ),
     ] {
         let output = sbfnet(

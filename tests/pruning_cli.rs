@@ -163,6 +163,18 @@ fn prune_during_training_and_convert_a_dense_run() {
         !ok && text.contains("unknown --method \"zeros\" (expected sbf or l1)"),
         "{text}"
     );
+    // Its --help lists only what it takes: the model comes from --from, the rate from --rate.
+    let (ok, help) = sbfnet(&["prune", "--help"]);
+    assert!(
+        ok && help.contains("--min-templates") && help.contains("--eval-every"),
+        "{help}"
+    );
+    for refused in ["--model", "--convs", "--resume", "--prune-rate", "--prune-epochs"] {
+        assert!(
+            !help.contains(refused),
+            "sbfnet prune --help lists {refused}:\n{help}"
+        );
+    }
     // The report over the three runs: the dense run is every run's baseline.
     std::fs::remove_dir_all(&data).unwrap();
     let (ok, report) = sbfnet(&["report", s(&root)]);

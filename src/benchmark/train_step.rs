@@ -107,7 +107,7 @@ pub fn random_batch(batch: usize, seed: u64) -> (Tensor, Vec<usize>) {
 /// Times training steps of `bench.model` on the current rayon pool.
 pub fn time_train_steps(bench: &TrainStepBench) -> Result<Timing> {
     if bench.steps == 0 {
-        return Err(Error::msg("--steps must be at least 1"));
+        return Err(Error::msg("`steps` must be at least 1"));
     }
     let spec = parse_model(&bench.model)?;
     let config = bench_config(bench.batch, bench.shards);

@@ -5,6 +5,7 @@ mod bench;
 mod bench_train;
 mod download;
 mod eval;
+mod flags;
 mod info;
 mod interrupt;
 mod progress;
@@ -13,6 +14,7 @@ mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
+pub use flags::with_flags;
 
 #[derive(Parser)]
 #[command(

@@ -4,7 +4,7 @@
 //! fixed: the run has no ramp). All training flags of `sbfnet train` apply to the fine-tuning,
 //! --teacher included.
 
-use super::train::{self, TrainArgs};
+use super::train::{self, ConversionArgs, RunArgs};
 use clap::Args;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar;
@@ -23,18 +23,19 @@ pub struct PruneCommandArgs {
     #[arg(long)]
     pub rate: f32,
     #[command(flatten)]
-    pub train: TrainArgs,
+    pub conversion: ConversionArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(args: PruneCommandArgs) -> Result<()> {
-    let PruneCommandArgs { from, rate, train } = args;
-    if train.resume.is_some() || train.prune_rate_given() || train.model.is_some() || train.convs.is_some() {
-        return Err(Error::msg(
-            "sbfnet prune takes its model from --from and its rate from --rate: drop --resume, --prune-rate, \
-             --prune-epochs, --model and --convs",
-        ));
-    }
-    let out = train
+    let PruneCommandArgs {
+        from,
+        rate,
+        conversion,
+        run,
+    } = args;
+    let out = run
         .out
         .clone()
         .ok_or_else(|| Error::msg("sbfnet prune needs --out <folder> for the converted run"))?;
@@ -47,16 +48,16 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     if !(0.0..1.0).contains(&rate) {
         return Err(Error::msg(format!("--rate must be in [0, 1), got {rate}")));
     }
-    let min_templates = train.pruning.min_templates.unwrap_or(8);
+    let min_templates = conversion.min_templates.unwrap_or(8);
     if min_templates == 0 {
         return Err(Error::msg("--min-templates must be at least 1"));
     }
-    let init = train.pruning.mask_init()?;
-    let groups = train.pruning.groups.unwrap_or(2);
+    let init = conversion.mask_init()?;
+    let groups = conversion.groups.unwrap_or(2);
     let dense = Checkpoint::load(&from)?;
     let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
-    let family = train.pruning.family()?;
-    let saliency = train.pruning.saliency()?;
+    let family = conversion.family()?;
+    let saliency = conversion.saliency()?;
     if saliency == Saliency::Taylor {
         return Err(Error::msg(
             "--saliency taylor needs gradients from training steps; a conversion has none: use l1-relative or l1 \
@@ -64,22 +65,18 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         ));
     }
     let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, family, &from)?;
-    let output = train::OutputSettings::of(&train)?;
-    let threads = train
+    let output = train::OutputSettings::of(&run)?;
+    let threads = run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = train::fresh_config(&train, threads)?;
+    let config = train::fresh_config(&run, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .map_err(|e| Error::msg(format!("cannot start {threads} threads: {e}")))?;
-    let data = train::data_folder(train.data.as_deref());
-    let train_set = train::limited(
-        cifar::load_training_set(&data)?,
-        train.train_limit,
-        "--train-limit",
-    )?;
-    let test_set = train::limited(cifar::load_test_set(&data)?, train.test_limit, "--test-limit")?;
+    let data = train::data_folder(run.data.as_deref());
+    let train_set = train::limited(cifar::load_training_set(&data)?, run.train_limit, "--train-limit")?;
+    let test_set = train::limited(cifar::load_test_set(&data)?, run.test_limit, "--test-limit")?;
     let (train_images, test_images) = (train_set.len(), test_set.len());
 
     let mut trainer = Trainer::new(&spec, config, train_images)?;
@@ -102,7 +99,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         .collect();
     trainer.parameters_reshaped(&reshaped);
     // The checkpoint carries the teacher, so the fine-tuning below (a resume) distils too.
-    trainer.distillation = train.distillation()?;
+    trainer.distillation = run.distillation()?;
     let state = PruneState::of(&trainer.model);
     println!(
         "converted {} at rate {rate}: {:.1}% of the body filters transformed (templates {})",

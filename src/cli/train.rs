@@ -26,7 +26,6 @@ use super::interrupt;
 use super::progress::ProgressLines;
 use clap::Args;
 use sbfnet::checkpoint::Checkpoint;
-use sbfnet::data::augment::Augmentation;
 use sbfnet::data::cifar::{self, Cifar10, IMAGE_BYTES};
 use sbfnet::nn::model::Architecture;
 use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
@@ -34,16 +33,13 @@ use sbfnet::ops::TransformFamily;
 use sbfnet::prune::{self, PruneSettings, Ramp, Saliency};
 use sbfnet::train::numerics::NonFinitePolicy;
 use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
-use sbfnet::train::{validate, Distillation, ScheduleKind, TestViews, TrainConfig, Trainer};
+use sbfnet::train::{validate, Distillation, TestViews, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The flags of `sbfnet train`: the model, a run to resume, pruning, and the [`RunArgs`].
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
-    /// CIFAR-10 binary folder [default: $SBFNET_DATA, else ../shared/data/cifar-10-batches-bin,
-    /// else ./data/cifar-10-batches-bin]
-    #[arg(long)]
-    pub data: Option<PathBuf>,
     /// resnet20|resnet32|resnet44|resnet56|resnet110|vgg16 (any resnet6n+2; -w<k> sets the width) [default: resnet20]
     #[arg(long)]
     pub model: Option<String>,
@@ -51,6 +47,23 @@ pub struct TrainArgs {
     /// starts with first=<kind>,) [default: dense]
     #[arg(long)]
     pub convs: Option<String>,
+    /// Continue the run saved in this checkpoint (e.g. runs/x/last.ckpt)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub pruning: PruneArgs,
+}
+
+/// The flags of a training run that `sbfnet train` and `sbfnet prune` share: the data, the
+/// recipe, the output and the teacher.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// CIFAR-10 binary folder [default: $SBFNET_DATA, else ../shared/data/cifar-10-batches-bin,
+    /// else ./data/cifar-10-batches-bin]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Epochs of the whole run [default: 50]
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
@@ -103,9 +116,6 @@ pub struct TrainArgs {
     /// Output folder [default: runs/<model>-<UTC time>; when resuming: the checkpoint's folder]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run saved in this checkpoint (e.g. runs/x/last.ckpt)
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
     /// Train on the first N training images only (quick runs)
     #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
@@ -130,8 +140,6 @@ pub struct TrainArgs {
     /// and layer) or skip (leave the parameters unchanged, count the batch as skipped) [default: stop]
     #[arg(long)]
     pub on_nonfinite: Option<String>,
-    #[command(flatten)]
-    pub pruning: PruneArgs,
     /// Distil from this trained model's checkpoint (knowledge distillation, e.g. the dense
     /// baseline's best.ckpt): the loss becomes (1 − w)·CE + w·τ²·KL(teacher ‖ student)
     #[arg(long)]
@@ -144,7 +152,7 @@ pub struct TrainArgs {
     pub kd_weight: Option<f32>,
 }
 
-impl TrainArgs {
+impl RunArgs {
     /// The distillation of a fresh run, or None without --teacher.
     pub(super) fn distillation(&self) -> Result<Option<Distillation>> {
         let Some(teacher) = &self.teacher else {
@@ -161,13 +169,36 @@ impl TrainArgs {
         .map(Some)
     }
 
-    /// Whether --prune-rate or --prune-epochs was given.
-    pub fn prune_rate_given(&self) -> bool {
-        self.pruning.prune_rate.is_some() || self.pruning.prune_epochs.is_some()
+    /// The training settings these flags set, as (setting, text), in the order of
+    /// `sbfnet::train::settings::SETTINGS`.
+    pub(super) fn given_settings(&self) -> Vec<(&'static str, String)> {
+        fn text<T: ToString>(value: &Option<T>) -> Option<String> {
+            value.as_ref().map(T::to_string)
+        }
+        [
+            ("epochs", text(&self.epochs)),
+            ("batch_size", text(&self.batch_size)),
+            ("learning_rate", text(&self.lr)),
+            ("momentum", text(&self.momentum)),
+            ("nesterov", text(&self.nesterov)),
+            ("weight_decay", text(&self.weight_decay)),
+            ("schedule", text(&self.schedule)),
+            ("warmup_epochs", text(&self.warmup_epochs)),
+            ("label_smoothing", text(&self.label_smoothing)),
+            ("augmentation", text(&self.augment)),
+            ("rotation", text(&self.rotate)),
+            ("seed", text(&self.seed)),
+            ("time_budget_minutes", text(&self.time_budget)),
+            ("zero_init_residual", text(&self.zero_init_residual)),
+            ("ema_decay", text(&self.ema)),
+        ]
+        .into_iter()
+        .filter_map(|(setting, value)| Some((setting, value?)))
+        .collect()
     }
 }
 
-/// Generalised pruning from random initialisation (SBF-NOTES §6): every body conv starts as an SBF
+/// Generalised pruning from random initialisation (docs/sbf.md): every body conv starts as an SBF
 /// layer with all filters templates; each epoch of the ramp re-selects the templates globally.
 #[derive(Args, Debug, Default)]
 pub struct PruneArgs {
@@ -177,6 +208,14 @@ pub struct PruneArgs {
     /// Epochs of the linear pruning ramp [default: ⌈2·epochs/15⌉, the paper's 40 of 300]
     #[arg(long)]
     pub prune_epochs: Option<usize>,
+    #[command(flatten)]
+    pub conversion: ConversionArgs,
+}
+
+/// How filters are chosen and replaced: the flags that pruning during training and converting a
+/// trained network (`sbfnet prune`) share.
+#[derive(Args, Debug, Default)]
+pub struct ConversionArgs {
     /// Templates every layer keeps at least [default: 8]
     #[arg(long)]
     pub min_templates: Option<usize>,
@@ -198,14 +237,54 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     fn any_given(&self) -> bool {
+        let c = &self.conversion;
         self.prune_epochs.is_some()
-            || self.min_templates.is_some()
-            || self.groups.is_some()
-            || self.mask_init.is_some()
-            || self.method.is_some()
-            || self.saliency.is_some()
+            || c.min_templates.is_some()
+            || c.groups.is_some()
+            || c.mask_init.is_some()
+            || c.method.is_some()
+            || c.saliency.is_some()
     }
 
+    /// The conv plan and pruning settings of a fresh pruning run, or None without --prune-rate.
+    pub fn settings(&self, epochs: usize) -> Result<Option<(String, PruneSettings)>> {
+        let Some(rate) = self.prune_rate else {
+            if self.any_given() {
+                return Err(Error::msg(
+                    "--prune-epochs, --min-templates, --groups, --mask-init, --method and --saliency need --prune-rate",
+                ));
+            }
+            return Ok(None);
+        };
+        let init = self.conversion.mask_init()?;
+        let settings = PruneSettings {
+            ramp: Ramp {
+                target_rate: rate,
+                epochs: self
+                    .prune_epochs
+                    .unwrap_or(PruneSettings::default_ramp_epochs(epochs)),
+            },
+            min_templates: self.conversion.min_templates.unwrap_or(8),
+            init,
+            saliency: self.conversion.saliency()?,
+        };
+        settings.validate(epochs)?;
+        let groups = self.conversion.groups.unwrap_or(2);
+        if groups == 0 {
+            return Err(Error::msg("--groups must be at least 1"));
+        }
+        let family = self.conversion.family()?;
+        let plan = ConvKind::Sbf {
+            rate: 0.0,
+            groups,
+            family,
+        }
+        .describe();
+        Ok(Some((plan, settings)))
+    }
+}
+
+impl ConversionArgs {
     /// --method as the transform family of the pruned layers: scalar masks (sbf) or zero (l1).
     pub fn family(&self) -> Result<TransformFamily> {
         match self.method.as_deref() {
@@ -218,7 +297,7 @@ impl PruneArgs {
     }
 
     /// --mask-init, parsed. The default is lstsq: at ~50 % fewer MACs it gave 79.78 % against 77.93 %
-    /// for copy masks (README, "Pruning results on the real data").
+    /// for copy masks (docs/results.md).
     pub fn mask_init(&self) -> Result<TransformInit> {
         match &self.mask_init {
             None => Ok(TransformInit::LeastSquares),
@@ -238,43 +317,6 @@ impl PruneArgs {
                 ))
             }),
         }
-    }
-
-    /// The conv plan and pruning settings of a fresh pruning run, or None without --prune-rate.
-    pub fn settings(&self, epochs: usize) -> Result<Option<(String, PruneSettings)>> {
-        let Some(rate) = self.prune_rate else {
-            if self.any_given() {
-                return Err(Error::msg(
-                    "--prune-epochs, --min-templates, --groups, --mask-init, --method and --saliency need --prune-rate",
-                ));
-            }
-            return Ok(None);
-        };
-        let init = self.mask_init()?;
-        let settings = PruneSettings {
-            ramp: Ramp {
-                target_rate: rate,
-                epochs: self
-                    .prune_epochs
-                    .unwrap_or(PruneSettings::default_ramp_epochs(epochs)),
-            },
-            min_templates: self.min_templates.unwrap_or(8),
-            init,
-            saliency: self.saliency()?,
-        };
-        settings.validate(epochs)?;
-        let groups = self.groups.unwrap_or(2);
-        if groups == 0 {
-            return Err(Error::msg("--groups must be at least 1"));
-        }
-        let family = self.family()?;
-        let plan = ConvKind::Sbf {
-            rate: 0.0,
-            groups,
-            family,
-        }
-        .describe();
-        Ok(Some((plan, settings)))
     }
 }
 
@@ -316,182 +358,30 @@ pub fn limited(mut set: Cifar10, limit: Option<usize>, flag: &str) -> Result<Cif
 }
 
 /// The settings of a fresh run: the recipe, changed by the flags given.
-pub(super) fn fresh_config(args: &TrainArgs, threads: usize) -> Result<TrainConfig> {
+pub(super) fn fresh_config(args: &RunArgs, threads: usize) -> Result<TrainConfig> {
     let mut config = TrainConfig::recipe();
     config.shards = threads;
-    if let Some(v) = args.epochs {
-        config.epochs = v;
+    for (setting, text) in args.given_settings() {
+        config.set(setting, &text)?;
     }
-    if let Some(v) = args.batch_size {
-        config.batch_size = v;
-    }
-    if let Some(v) = args.lr {
-        config.learning_rate = v;
-    }
-    if let Some(v) = args.momentum {
-        config.sgd.momentum = v;
-    }
-    if let Some(v) = args.nesterov {
-        config.sgd.nesterov = v;
-    }
-    if let Some(v) = args.weight_decay {
-        config.sgd.weight_decay = v;
-    }
-    if let Some(v) = &args.schedule {
-        config.schedule = ScheduleKind::parse(v).ok_or_else(|| {
-            Error::msg(format!(
-                "unknown --schedule \"{v}\" (expected cosine, linear, step or onecycle)"
-            ))
-        })?;
-    }
-    config.warmup_epochs = match args.warmup_epochs {
-        Some(v) => {
-            validate::check_warmup(v, config.epochs)?;
-            v
-        }
-        None => TrainConfig::default_warmup_epochs(config.epochs),
-    };
-    if let Some(v) = args.label_smoothing {
-        config.label_smoothing = v;
-    }
-    if let Some(v) = &args.augment {
-        config.augmentation = Augmentation::parse(v)
-            .filter(|a| a.rotation_degrees == 0.0)
-            .ok_or_else(|| {
-                Error::msg(format!(
-                    "unknown --augment \"{v}\" (expected crop+flip, crop+altflip, crop, flip, altflip or none)"
-                ))
-            })?;
-    }
-    if let Some(v) = args.rotate {
-        config.augmentation.rotation_degrees = v;
-    }
-    if let Some(v) = args.seed {
-        config.seed = v;
-    }
-    if let Some(v) = args.zero_init_residual {
-        config.zero_init_residual = v;
-    }
-    if args.ema.is_some() {
-        config.ema_decay = args.ema;
-        if args.pruning.prune_rate.is_some() {
-            return Err(Error::msg(
-                "--ema cannot be combined with --prune-rate: pruning reshapes the weights it would average",
-            ));
-        }
-    }
-    if args.time_budget.is_some() {
-        config.time_budget_minutes = args.time_budget;
-        if args.pruning.prune_rate.is_some() {
-            return Err(Error::msg(
-                "--time-budget cannot be combined with --prune-rate: the pruning ramp needs a run of known length",
-            ));
-        }
+    match args.warmup_epochs {
+        Some(warmup) => validate::check_warmup(warmup, config.epochs)?,
+        None => config.warmup_epochs = TrainConfig::default_warmup_epochs(config.epochs),
     }
     Ok(config)
 }
 
 /// A resumed run keeps its settings: a flag that contradicts the checkpoint is refused.
-fn check_resume_flags(args: &TrainArgs, saved: &TrainConfig, threads: usize, path: &Path) -> Result<()> {
-    let given = fresh_config(args, threads)?;
+fn check_resume_flags(args: &RunArgs, saved: &TrainConfig, path: &Path) -> Result<()> {
     let mut conflicts = Vec::new();
-    let mut check = |flag: &str, set: bool, wanted: String, kept: String| {
-        if set && wanted != kept {
-            conflicts.push(format!("{flag} {wanted} (the run uses {kept})"));
+    for (setting, text) in args.given_settings() {
+        let mut wanted = saved.clone();
+        wanted.set(setting, &text)?;
+        let (wanted, kept) = (wanted.get(setting), saved.get(setting));
+        if wanted != kept {
+            conflicts.push(format!("`{setting}` {wanted} (the run uses {kept})"));
         }
-    };
-    check(
-        "--epochs",
-        args.epochs.is_some(),
-        given.epochs.to_string(),
-        saved.epochs.to_string(),
-    );
-    check(
-        "--batch-size",
-        args.batch_size.is_some(),
-        given.batch_size.to_string(),
-        saved.batch_size.to_string(),
-    );
-    check(
-        "--lr",
-        args.lr.is_some(),
-        given.learning_rate.to_string(),
-        saved.learning_rate.to_string(),
-    );
-    check(
-        "--momentum",
-        args.momentum.is_some(),
-        given.sgd.momentum.to_string(),
-        saved.sgd.momentum.to_string(),
-    );
-    check(
-        "--nesterov",
-        args.nesterov.is_some(),
-        given.sgd.nesterov.to_string(),
-        saved.sgd.nesterov.to_string(),
-    );
-    let (wd, saved_wd) = (given.sgd.weight_decay, saved.sgd.weight_decay);
-    check(
-        "--weight-decay",
-        args.weight_decay.is_some(),
-        wd.to_string(),
-        saved_wd.to_string(),
-    );
-    let (schedule, saved_schedule) = (given.schedule.name(), saved.schedule.name());
-    check(
-        "--schedule",
-        args.schedule.is_some(),
-        schedule.into(),
-        saved_schedule.into(),
-    );
-    let warmup = given.warmup_epochs.to_string();
-    check(
-        "--warmup-epochs",
-        args.warmup_epochs.is_some(),
-        warmup,
-        saved.warmup_epochs.to_string(),
-    );
-    let smoothing = given.label_smoothing.to_string();
-    check(
-        "--label-smoothing",
-        args.label_smoothing.is_some(),
-        smoothing,
-        saved.label_smoothing.to_string(),
-    );
-    let augment_given = args.augment.is_some() || args.rotate.is_some();
-    let augmentation = given.augmentation.describe();
-    check(
-        "--augment/--rotate",
-        augment_given,
-        augmentation,
-        saved.augmentation.describe(),
-    );
-    check(
-        "--seed",
-        args.seed.is_some(),
-        given.seed.to_string(),
-        saved.seed.to_string(),
-    );
-    check(
-        "--zero-init-residual",
-        args.zero_init_residual.is_some(),
-        given.zero_init_residual.to_string(),
-        saved.zero_init_residual.to_string(),
-    );
-    let decay_text = |decay: Option<f32>| decay.map_or("none".to_string(), |d| d.to_string());
-    check(
-        "--ema",
-        args.ema.is_some(),
-        decay_text(given.ema_decay),
-        decay_text(saved.ema_decay),
-    );
-    let budget_text = |minutes: Option<f32>| minutes.map_or("none".to_string(), |m| m.to_string());
-    check(
-        "--time-budget",
-        args.time_budget.is_some(),
-        budget_text(given.time_budget_minutes),
-        budget_text(saved.time_budget_minutes),
-    );
+    }
     if conflicts.is_empty() {
         Ok(())
     } else {
@@ -587,7 +477,7 @@ fn hook_steps(name: &str) -> Result<Vec<usize>> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // 1. Settings, all checked before any data is read.
-    let output = OutputSettings::of(&args)?;
+    let output = OutputSettings::of(&args.run)?;
     let (poison_steps, pause_steps) = (
         hook_steps("SBFNET_TEST_POISON_STEP")?,
         hook_steps("SBFNET_TEST_PAUSE_AT_STEP")?,
@@ -603,7 +493,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 checkpoint.expect_model(&model_spec(&name, &convs)?.description(), path)?;
             }
             let saved = TrainConfig::from_checkpoint(&checkpoint, path)?;
-            if args.teacher.is_some() || args.kd_temperature.is_some() || args.kd_weight.is_some() {
+            if args.run.teacher.is_some() || args.run.kd_temperature.is_some() || args.run.kd_weight.is_some()
+            {
                 return Err(Error::file(
                     path,
                     "a resumed run keeps the teacher of its checkpoint; drop --teacher/--kd-temperature/--kd-weight",
@@ -622,12 +513,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // A resumed run keeps its thread count unless told otherwise: the kernels
     // split their work by it, so it decides the last bits of every sum.
     let threads = args
+        .run
         .threads
         .or(resumed.as_ref().map(|(_, _, saved)| saved.shards))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     validate::check_at_least("--threads", threads, 1)?;
     if let Some((path, _, saved)) = &resumed {
-        check_resume_flags(&args, saved, threads, path)?;
+        check_resume_flags(&args.run, saved, path)?;
         if threads != saved.shards {
             println!(
                 "note: the run was started with --threads {}; with {threads} threads it continues with {} \
@@ -642,7 +534,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             saved.clone(),
         ),
         None => {
-            let config = fresh_config(&args, threads)?;
+            if args.pruning.prune_rate.is_some() {
+                if args.run.ema.is_some() {
+                    return Err(Error::msg(
+                        "--ema cannot be combined with --prune-rate: pruning reshapes the weights it would average",
+                    ));
+                }
+                if args.run.time_budget.is_some() {
+                    return Err(Error::msg(
+                        "--time-budget cannot be combined with --prune-rate: the pruning ramp needs a run of known length",
+                    ));
+                }
+            }
+            let config = fresh_config(&args.run, threads)?;
             let pruning = args.pruning.settings(config.epochs)?;
             let convs =
                 match (&pruning, &args.convs) {
@@ -664,12 +568,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (spec, config)
         }
     };
-    let out = match (&args.out, &resumed) {
+    let out = match (&args.run.out, &resumed) {
         (Some(out), _) => out.clone(),
         (None, Some((path, ..))) => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         (None, None) => default_out_folder(&spec.name()),
     };
-    check_out_folder(&out, args.out.is_some(), resumed.is_some())?;
+    check_out_folder(&out, args.run.out.is_some(), resumed.is_some())?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
@@ -680,9 +584,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let (_, checkpoint, _) = resumed.as_ref()?;
         checkpoint.get(key)?.parse().ok()
     };
-    let train_limit = args.train_limit.or_else(|| saved_count("train_images"));
-    let test_limit = args.test_limit.or_else(|| saved_count(TEST_IMAGES_KEY));
-    let data = data_folder(args.data.as_deref());
+    let train_limit = args.run.train_limit.or_else(|| saved_count("train_images"));
+    let test_limit = args.run.test_limit.or_else(|| saved_count(TEST_IMAGES_KEY));
+    let data = data_folder(args.run.data.as_deref());
     let train = limited(cifar::load_training_set(&data)?, train_limit, "--train-limit")?;
     let test = limited(cifar::load_test_set(&data)?, test_limit, "--test-limit")?;
 
@@ -695,7 +599,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .pruning
                 .settings(config.epochs)?
                 .map(|(_, settings)| settings);
-            trainer.distillation = args.distillation()?;
+            trainer.distillation = args.run.distillation()?;
             trainer
         }
     };
@@ -737,7 +641,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     // A run without --out claims a fresh folder now, so two runs started in the same second
     // cannot share one.
-    let (out, out_existed) = match (&args.out, &resumed) {
+    let (out, out_existed) = match (&args.run.out, &resumed) {
         (None, None) => (claim_new_folder(&out)?, false),
         _ => {
             let existed = out.is_dir();
@@ -825,7 +729,7 @@ pub(super) struct OutputSettings {
 
 impl OutputSettings {
     /// Parsed and checked before any data is read (the image limits too).
-    pub(super) fn of(args: &TrainArgs) -> Result<OutputSettings> {
+    pub(super) fn of(args: &RunArgs) -> Result<OutputSettings> {
         let on_nonfinite = match &args.on_nonfinite {
             Some(text) => NonFinitePolicy::parse(text).ok_or_else(|| {
                 Error::msg(format!(

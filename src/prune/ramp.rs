@@ -44,16 +44,16 @@ impl PruneSettings {
     pub fn validate(&self, epochs: usize) -> Result<()> {
         if !(0.0..1.0).contains(&self.ramp.target_rate) {
             return Err(Error::msg(format!(
-                "--prune-rate must be in [0, 1), got {}",
+                "`target_rate` must be in [0, 1), got {}",
                 self.ramp.target_rate
             )));
         }
         if self.min_templates == 0 {
-            return Err(Error::msg("--min-templates must be at least 1"));
+            return Err(Error::msg("`min_templates` must be at least 1"));
         }
         if self.ramp.epochs > epochs {
             return Err(Error::msg(format!(
-                "--prune-epochs {} is longer than the run's {epochs} epochs",
+                "`ramp_epochs` {} is longer than the run's {epochs} epochs",
                 self.ramp.epochs
             )));
         }

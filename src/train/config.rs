@@ -2,6 +2,7 @@
 
 use super::optimizer::SgdConfig;
 use super::schedule::{Schedule, ScheduleKind};
+use super::settings::SETTINGS;
 use crate::checkpoint::Checkpoint;
 use crate::data::augment::Augmentation;
 use crate::error::{Error, Result};
@@ -65,68 +66,68 @@ impl TrainConfig {
         2.min(epochs.saturating_sub(1))
     }
 
-    /// Refuses impossible settings with one line that names the setting.
+    /// Refuses impossible settings with one line that names the setting (in backticks).
     pub fn validate(&self, train_images: usize) -> Result<()> {
         let fail = |m: String| Err(Error::msg(m));
         if self.epochs == 0 {
-            return fail("--epochs must be at least 1".into());
+            return fail("`epochs` must be at least 1".into());
         }
         if self.batch_size == 0 {
-            return fail("--batch-size must be at least 1".into());
+            return fail("`batch_size` must be at least 1".into());
         }
         if self.shards == 0 {
-            return fail("--threads must be at least 1".into());
+            return fail("`shards` must be at least 1".into());
         }
         if self.batch_size < self.shards {
             return fail(format!(
-                "--batch-size {} is smaller than --threads {}: every thread needs at least one image",
+                "`batch_size` {} is smaller than `shards` {}: every shard needs at least one image",
                 self.batch_size, self.shards
             ));
         }
         if self.batch_size > train_images {
             return fail(format!(
-                "--batch-size {} is larger than the {train_images} training images",
+                "`batch_size` {} is larger than the {train_images} training images",
                 self.batch_size
             ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return fail(format!(
-                "--lr must be a positive number, got {}",
+                "`learning_rate` must be a positive number, got {}",
                 self.learning_rate
             ));
         }
         if !(0.0..1.0).contains(&self.sgd.momentum) {
-            return fail(format!("--momentum must be in [0, 1), got {}", self.sgd.momentum));
+            return fail(format!("`momentum` must be in [0, 1), got {}", self.sgd.momentum));
         }
         if !(self.sgd.weight_decay >= 0.0 && self.sgd.weight_decay.is_finite()) {
             return fail(format!(
-                "--weight-decay must be ≥ 0, got {}",
+                "`weight_decay` must be ≥ 0, got {}",
                 self.sgd.weight_decay
             ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return fail(format!(
-                "--label-smoothing must be in [0, 1), got {}",
+                "`label_smoothing` must be in [0, 1), got {}",
                 self.label_smoothing
             ));
         }
         if !(0.0..=180.0).contains(&self.augmentation.rotation_degrees) {
             return fail(format!(
-                "--rotate must be in [0, 180] degrees, got {}",
+                "`rotation` must be in [0, 180] degrees, got {}",
                 self.augmentation.rotation_degrees
             ));
         }
         if let Some(decay) = self.ema_decay {
             if !(decay > 0.0 && decay < 1.0) {
                 return fail(format!(
-                    "--ema {decay}: the decay must lie strictly between 0 and 1"
+                    "`ema_decay` {decay}: the decay must lie strictly between 0 and 1"
                 ));
             }
         }
         if let Some(minutes) = self.time_budget_minutes {
             if !(minutes.is_finite() && minutes > 0.0) {
                 return fail(format!(
-                    "--time-budget must be a positive number of minutes, got {minutes}"
+                    "`time_budget_minutes` must be a positive number of minutes, got {minutes}"
                 ));
             }
         }
@@ -149,89 +150,37 @@ impl TrainConfig {
         }
     }
 
-    /// Key/value pairs for a checkpoint (floats in Rust's shortest round-trip form).
+    /// Key/value pairs for a checkpoint: every saved setting of [`SETTINGS`] under its name.
     pub fn to_metadata(&self) -> Vec<(String, String)> {
-        [
-            ("epochs", self.epochs.to_string()),
-            ("batch_size", self.batch_size.to_string()),
-            ("shards", self.shards.to_string()),
-            ("learning_rate", self.learning_rate.to_string()),
-            ("momentum", self.sgd.momentum.to_string()),
-            ("nesterov", self.sgd.nesterov.to_string()),
-            ("weight_decay", self.sgd.weight_decay.to_string()),
-            ("schedule", self.schedule.name().to_string()),
-            ("warmup_epochs", self.warmup_epochs.to_string()),
-            ("label_smoothing", self.label_smoothing.to_string()),
-            ("augmentation", self.augmentation.describe()),
-            ("seed", self.seed.to_string()),
-            (
-                "time_budget_minutes",
-                self.time_budget_minutes.map_or("none".into(), |m| m.to_string()),
-            ),
-            ("zero_init_residual", self.zero_init_residual.to_string()),
-            (
-                "ema_decay",
-                self.ema_decay.map_or("none".into(), |d| d.to_string()),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        SETTINGS
+            .iter()
+            .filter(|s| s.saved)
+            .map(|s| (s.name.to_string(), (s.get)(self)))
+            .collect()
     }
 
     /// Reads [`TrainConfig::to_metadata`]'s pairs back; `path` names the checkpoint in errors.
+    /// A setting that a checkpoint predates takes the value it had before it existed.
     pub fn from_checkpoint(checkpoint: &Checkpoint, path: &Path) -> Result<TrainConfig> {
-        fn field<T: std::str::FromStr>(checkpoint: &Checkpoint, path: &Path, key: &str) -> Result<T> {
-            let text = checkpoint.get(key).ok_or_else(|| {
-                Error::file(path, format!("checkpoint lacks the training setting \"{key}\""))
-            })?;
-            text.parse().map_err(|_| {
+        let mut config = TrainConfig::recipe();
+        for setting in SETTINGS.iter().filter(|s| s.saved) {
+            let text = checkpoint
+                .get(setting.name)
+                .or(setting.before_it_existed)
+                .ok_or_else(|| {
+                    Error::file(
+                        path,
+                        format!("checkpoint lacks the training setting \"{}\"", setting.name),
+                    )
+                })?;
+            (setting.set)(&mut config, text).map_err(|why| {
                 Error::file(
                     path,
-                    format!("checkpoint setting {key} = \"{text}\" is not valid"),
+                    format!("checkpoint setting {} = \"{text}\": {why}", setting.name),
                 )
-            })
+            })?;
         }
-        macro_rules! field {
-            ($key:expr) => {
-                field(checkpoint, path, $key)?
-            };
-        }
-        let schedule_text: String = field!("schedule");
-        let augmentation_text: String = field!("augmentation");
-        Ok(TrainConfig {
-            epochs: field!("epochs"),
-            batch_size: field!("batch_size"),
-            shards: field!("shards"),
-            learning_rate: field!("learning_rate"),
-            sgd: SgdConfig {
-                momentum: field!("momentum"),
-                nesterov: field!("nesterov"),
-                weight_decay: field!("weight_decay"),
-            },
-            schedule: ScheduleKind::parse(&schedule_text)
-                .ok_or_else(|| Error::file(path, format!("unknown schedule \"{schedule_text}\"")))?,
-            warmup_epochs: field!("warmup_epochs"),
-            label_smoothing: field!("label_smoothing"),
-            augmentation: Augmentation::parse(&augmentation_text)
-                .ok_or_else(|| Error::file(path, format!("unknown augmentation \"{augmentation_text}\"")))?,
-            seed: field!("seed"),
-            // Absent from checkpoints written before budgets existed.
-            time_budget_minutes: match checkpoint.get("time_budget_minutes") {
-                None | Some("none") => None,
-                Some(_) => Some(field!("time_budget_minutes")),
-            },
-            // Absent from checkpoints written before the option existed: they started at γ = 1.
-            zero_init_residual: match checkpoint.get("zero_init_residual") {
-                None => false,
-                Some(_) => field!("zero_init_residual"),
-            },
-            // Absent from checkpoints written before weight averaging existed.
-            ema_decay: match checkpoint.get("ema_decay") {
-                None | Some("none") => None,
-                Some(_) => Some(field!("ema_decay")),
-            },
-        })
+        Ok(config)
     }
 }
 
@@ -270,17 +219,21 @@ mod tests {
         assert_eq!(err, "c.ckpt: checkpoint lacks the training setting \"momentum\"");
         let mut bad = TrainConfig::recipe();
         bad.learning_rate = -1.0;
-        assert!(bad.validate(1000).unwrap_err().to_string().contains("--lr"));
+        assert!(bad
+            .validate(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("`learning_rate`"));
         bad = TrainConfig::recipe();
         bad.sgd.momentum = 1.0;
-        assert!(bad.validate(1000).unwrap_err().to_string().contains("--momentum"));
+        assert!(bad.validate(1000).unwrap_err().to_string().contains("`momentum`"));
         bad = TrainConfig::recipe();
         bad.time_budget_minutes = Some(0.0);
         assert!(bad
             .validate(1000)
             .unwrap_err()
             .to_string()
-            .contains("--time-budget"));
+            .contains("`time_budget_minutes`"));
         // A budget round-trips; a checkpoint from before budgets existed has none.
         config.time_budget_minutes = Some(70.5);
         let budgeted = saved(&config);

@@ -30,11 +30,11 @@ impl Distillation {
     pub fn load(path: &Path, temperature: f32, weight: f32) -> Result<Distillation> {
         if !(temperature > 0.0 && temperature.is_finite()) {
             return Err(Error::msg(format!(
-                "--kd-temperature must be > 0, got {temperature}"
+                "`kd_temperature` must be > 0, got {temperature}"
             )));
         }
         if !(0.0..=1.0).contains(&weight) {
-            return Err(Error::msg(format!("--kd-weight must be in [0, 1], got {weight}")));
+            return Err(Error::msg(format!("`kd_weight` must be in [0, 1], got {weight}")));
         }
         let checkpoint = Checkpoint::load(path)?;
         let (teacher, teacher_store) = load_model(&checkpoint, path)?;

@@ -51,7 +51,7 @@ impl TestViews {
             "none" => Ok(TestViews::Plain),
             "flip" => Ok(TestViews::PlainAndMirrored),
             other => Err(Error::msg(format!(
-                "--tta: unknown test-time augmentation {other:?}: expected none or flip"
+                "`test_views`: unknown test-time augmentation {other:?}: expected none or flip"
             ))),
         }
     }

@@ -10,6 +10,7 @@ pub mod optimizer;
 pub mod parallel;
 pub mod run;
 pub mod schedule;
+pub mod settings;
 pub mod time_budget;
 pub mod trainer;
 pub mod validate;

@@ -223,7 +223,7 @@ pub fn run(
         if result.skipped.len() == steps {
             return Err(Error::msg(format!(
                 "training diverged: every batch of epoch {} had a non-finite loss or gradient and was skipped; \
-                 nothing of it is saved (try a lower --lr or more --warmup-epochs)",
+                 nothing of it is saved (try a lower `learning_rate` or more `warmup_epochs`)",
                 result.epoch
             )));
         }
@@ -361,9 +361,9 @@ fn diverged(fault: &NumericalFault, out: &Path) -> Error {
         "no checkpoint was written yet".into()
     };
     let hint = if fault.kind.can_skip() {
-        "try a lower --lr or more --warmup-epochs, or --on-nonfinite skip to skip such batches"
+        "try a lower `learning_rate` or more `warmup_epochs`, or `on_nonfinite` skip to skip such batches"
     } else {
-        "try a lower --lr or more --warmup-epochs"
+        "try a lower `learning_rate` or more `warmup_epochs`"
     };
     Error::msg(format!(
         "training diverged at {fault}; nothing of epoch {} is saved, {kept} ({hint})",

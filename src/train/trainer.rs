@@ -165,7 +165,7 @@ impl Trainer {
                 Network::ResNet(resnet) => resnet.zero_init_residual(&mut store),
                 Network::Vgg(_) => {
                     return Err(Error::msg(format!(
-                        "--zero-init-residual needs a model with residual blocks, and {} has none",
+                        "`zero_init_residual` needs a model with residual blocks, and {} has none",
                         spec.name()
                     )))
                 }
@@ -466,7 +466,7 @@ impl Trainer {
                 path,
                 format!(
                     "the checkpoint's run trained on {saved_images} images per epoch, this one has {train_images} \
-                     (use the same data and --train-limit to resume)"
+                     (use the same data and `train_images` to resume)"
                 ),
             ));
         }
@@ -646,8 +646,8 @@ mod tests {
             1000,
         );
         match refused {
-            Err(e) => assert!(e.to_string().contains("--zero-init-residual"), "{e}"),
-            Ok(_) => panic!("a VGG was built with --zero-init-residual"),
+            Err(e) => assert!(e.to_string().contains("`zero_init_residual`"), "{e}"),
+            Ok(_) => panic!("a VGG was built with zero_init_residual"),
         }
     }
 

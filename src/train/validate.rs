@@ -48,7 +48,7 @@ pub fn check_warmup(warmup: usize, epochs: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::msg(format!(
-            "--warmup-epochs {warmup} is longer than the run (--epochs {epochs}): the learning rate would \
+            "`warmup_epochs` {warmup} is longer than the run (`epochs` {epochs}): the learning rate would \
              never reach its peak"
         )))
     }
@@ -120,7 +120,7 @@ mod tests {
         check_warmup(0, 1).unwrap();
         let err = check_warmup(5, 3).unwrap_err().to_string();
         assert!(
-            err.starts_with("--warmup-epochs 5 is longer than the run (--epochs 3)"),
+            err.starts_with("`warmup_epochs` 5 is longer than the run (`epochs` 3)"),
             "{err}"
         );
     }
