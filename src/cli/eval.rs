@@ -1,6 +1,6 @@
 //! `sbfnet eval`: test accuracy, loss and per-class accuracy of a checkpoint.
 
-use super::train::{data_folder, limited};
+use super::args::{data_folder, limited};
 use clap::Args;
 use sbfnet::checkpoint::load_model;
 use sbfnet::checkpoint::Checkpoint;

@@ -24,7 +24,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let (model, store) = match &args.checkpoint {
         Some(path) => sbfnet::checkpoint::load_model(&sbfnet::checkpoint::Checkpoint::load(path)?, path)?,
         None => {
-            let spec = super::train::model_spec(&args.model, &args.convs)?;
+            let spec = super::args::model_spec(&args.model, &args.convs)?;
             let mut store = ParamStore::default();
             let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
             (model, store)

@@ -1,6 +1,7 @@
 //! Command-line parsing (clap) and one module per subcommand. The command line
 //! only parses and validates settings; the work is done by the library.
 
+mod args;
 mod bench;
 mod bench_train;
 mod download;
@@ -8,6 +9,7 @@ mod eval;
 mod flags;
 mod info;
 mod interrupt;
+mod out_folder;
 mod progress;
 mod prune;
 mod report;
@@ -34,7 +36,7 @@ enum Command {
     /// Download the CIFAR-10 binary set (MD5-verified) into a data folder.
     Download(download::DownloadArgs),
     /// Train a model on CIFAR-10 (or resume a run): progress bar, metrics.csv, learning curve, checkpoints.
-    Train(Box<train::TrainArgs>),
+    Train(Box<args::TrainArgs>),
     /// Test accuracy, loss and per-class accuracy of a checkpoint.
     Eval(eval::EvalArgs),
     /// Convert a trained dense checkpoint to SBF layers at a global rate, then fine-tune it.

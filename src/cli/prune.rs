@@ -4,7 +4,8 @@
 //! fixed: the run has no ramp). All training flags of `sbfnet train` apply to the fine-tuning,
 //! --teacher included.
 
-use super::train::{self, ConversionArgs, RunArgs};
+use super::args::{self, ConversionArgs, RunArgs};
+use super::train;
 use clap::Args;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar;
@@ -65,18 +66,18 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         ));
     }
     let spec = prune::convert::sbf_spec_of_dense(&dense_spec, groups, family, &from)?;
-    let output = train::OutputSettings::of(&run)?;
+    let output = args::OutputSettings::of(&run)?;
     let threads = run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = train::fresh_config(&run, threads)?;
+    let config = args::fresh_config(&run, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
         .map_err(|e| Error::msg(format!("cannot start {threads} threads: {e}")))?;
-    let data = train::data_folder(run.data.as_deref());
-    let train_set = train::limited(cifar::load_training_set(&data)?, run.train_limit, "--train-limit")?;
-    let test_set = train::limited(cifar::load_test_set(&data)?, run.test_limit, "--test-limit")?;
+    let data = args::data_folder(run.data.as_deref());
+    let train_set = args::limited(cifar::load_training_set(&data)?, run.train_limit, "--train-limit")?;
+    let test_set = args::limited(cifar::load_test_set(&data)?, run.test_limit, "--test-limit")?;
     let (train_images, test_images) = (train_set.len(), test_set.len());
 
     let mut trainer = Trainer::new(&spec, config, train_images)?;

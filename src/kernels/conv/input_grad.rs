@@ -1,0 +1,283 @@
+//! The input gradient: every input pixel gathers from dy, one product per stride phase.
+
+use super::super::microkernel::{add_lanes, gemm_tile, GatherMatrix, LANES};
+use super::super::ConvShape;
+use super::*;
+
+/// Output gradient dy[n] [F, Ho, Wo] zero-padded by T − 1 rows/columns before
+/// (T = ⌈K/s⌉ taps per phase at most) and enough after, so that every input
+/// pixel reads its T × T window of output pixels at unit stride:
+///
+///   image[f][i][j] = dy[n, f, i − (T−1), j − (T−1)]   (0 outside dy)
+#[derive(Clone, Copy, Debug)]
+struct PaddedGradOutput {
+    shape: ConvShape,
+    border: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl PaddedGradOutput {
+    fn new(shape: &ConvShape) -> Self {
+        let taps = (shape.kernel - 1) / shape.stride + 1;
+        let last_row = (shape.in_height - 1 + shape.padding) / shape.stride;
+        let last_col = (shape.in_width - 1 + shape.padding) / shape.stride;
+        PaddedGradOutput {
+            shape: *shape,
+            border: taps - 1,
+            rows: last_row + taps,
+            cols: last_col + taps,
+        }
+    }
+
+    fn plane_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn image_len(&self) -> usize {
+        self.shape.out_channels * self.plane_len()
+    }
+
+    fn fill(&self, dy_image: &[f32], image: &mut [f32]) {
+        let (h_out, w_out) = (self.shape.out_height(), self.shape.out_width());
+        image.fill(0.0);
+        for f in 0..self.shape.out_channels {
+            for oh in 0..h_out.min(self.rows - self.border) {
+                let len = w_out.min(self.cols - self.border);
+                let start = f * self.plane_len() + (oh + self.border) * self.cols + self.border;
+                image[start..start + len].copy_from_slice(&dy_image[(f * h_out + oh) * w_out..][..len]);
+            }
+        }
+    }
+}
+
+/// The input pixels of one phase (r, q) of the input gradient:
+/// ih = I·s + r − p, iw = J·s + q − p, reached by the taps kh = r + s·t
+/// (t < row_taps) and kw = q + s·u (u < col_taps).
+#[derive(Clone, Debug)]
+struct InputPhase {
+    row_phase: usize,
+    col_phase: usize,
+    row_taps: usize,
+    col_taps: usize,
+    /// I of the phase's pixels.
+    rows: std::ops::Range<usize>,
+    /// J of the phase's pixels.
+    cols: std::ops::Range<usize>,
+}
+
+impl InputPhase {
+    /// Every phase that receives gradient (s > K leaves some pixels untouched).
+    fn all(shape: &ConvShape) -> Vec<InputPhase> {
+        let ConvShape {
+            kernel,
+            stride,
+            padding,
+            ..
+        } = *shape;
+        // Taps ≡ phase (mod s) below K, and the I with 0 ≤ I·s + phase − p < size.
+        let taps = |phase: usize| {
+            if phase < kernel {
+                (kernel - 1 - phase) / stride + 1
+            } else {
+                0
+            }
+        };
+        let range = |phase: usize, size: usize| {
+            let first = padding.saturating_sub(phase).div_ceil(stride);
+            let end = if size + padding > phase {
+                (size - 1 + padding - phase) / stride + 1
+            } else {
+                0
+            };
+            first..end.max(first)
+        };
+        let mut phases = Vec::new();
+        for row_phase in 0..stride {
+            for col_phase in 0..stride {
+                let phase = InputPhase {
+                    row_phase,
+                    col_phase,
+                    row_taps: taps(row_phase),
+                    col_taps: taps(col_phase),
+                    rows: range(row_phase, shape.in_height),
+                    cols: range(col_phase, shape.in_width),
+                };
+                if phase.row_taps > 0
+                    && phase.col_taps > 0
+                    && !phase.rows.is_empty()
+                    && !phase.cols.is_empty()
+                {
+                    phases.push(phase);
+                }
+            }
+        }
+        phases
+    }
+
+    /// Reduction length F · row_taps · col_taps.
+    fn depth(&self, shape: &ConvShape) -> usize {
+        shape.out_channels * self.row_taps * self.col_taps
+    }
+
+    /// offset(f, t, u) of dy[f, I−t, J−u] from base(I, J) = I·cols + J.
+    fn tap_offsets(&self, padded: &PaddedGradOutput) -> Vec<usize> {
+        let mut offsets = Vec::with_capacity(self.depth(&padded.shape));
+        for f in 0..padded.shape.out_channels {
+            for t in 0..self.row_taps {
+                for u in 0..self.col_taps {
+                    offsets
+                        .push(f * padded.plane_len() + (padded.border - t) * padded.cols + padded.border - u);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// Where A[c, (f,t,u)] = w[f, c, r + s·t, q + s·u] sits in w, for c = 0, in
+    /// the order of `tap_offsets`; channel c adds c·K². (A table, so that
+    /// packing A does no division per element.)
+    fn weight_offsets(&self, shape: &ConvShape) -> Vec<usize> {
+        let ConvShape {
+            in_channels,
+            kernel,
+            stride,
+            ..
+        } = *shape;
+        let mut offsets = Vec::with_capacity(self.depth(shape));
+        for f in 0..shape.out_channels {
+            for t in 0..self.row_taps {
+                for u in 0..self.col_taps {
+                    let (kh, kw) = (self.row_phase + stride * t, self.col_phase + stride * u);
+                    offsets.push((f * in_channels * kernel + kh) * kernel + kw);
+                }
+            }
+        }
+        offsets
+    }
+}
+
+/// `grad_input += ∂L/∂x`; see [`crate::kernels::conv_naive::input_grad`] and the module
+/// comment for the phase split:
+///
+/// ```text
+///   dx[n,c,ih,iw] += Σ_(f,t,u) w[f, c, r+s·t, q+s·u] · dy_padded_n[base(I,J) + offset(f,t,u)]
+/// ```
+pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_input: &mut [f32]) {
+    shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
+    if grad_input.is_empty() || grad_output.is_empty() {
+        return;
+    }
+    let phases = InputPhase::all(shape);
+    let vectors: usize = phases
+        .iter()
+        .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(LANES))
+        .sum();
+    match choose_tiling(shape.in_channels, vectors) {
+        Tiling::Rows2Vectors6 => input_grad_tiled::<2, 6>(shape, &phases, grad_output, weight, grad_input),
+        Tiling::Rows6Vectors2 => input_grad_tiled::<6, 2>(shape, &phases, grad_output, weight, grad_input),
+    }
+}
+
+fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
+    shape: &ConvShape,
+    phases: &[InputPhase],
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    let padded = PaddedGradOutput::new(shape);
+    let (height, width) = (shape.in_height, shape.in_width);
+    let pixels = height * width;
+    let panels = shape.in_channels.div_ceil(ROWS);
+    // Per phase: its tap offsets, where its A sits in w, its vector slots and
+    // where its panels start in the packed weights.
+    let mut packed_len = 0;
+    let plans: Vec<PhasePlan> = phases
+        .iter()
+        .map(|phase| {
+            let start = packed_len;
+            packed_len += panels * phase.depth(shape) * ROWS;
+            PhasePlan {
+                taps: phase.tap_offsets(&padded),
+                weight_offsets: phase.weight_offsets(shape),
+                slots: vector_slots(phase.rows.clone(), phase.cols.clone()),
+                start,
+            }
+        })
+        .collect();
+    let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
+    let dy_image_len = shape.out_channels * shape.out_height() * shape.out_width();
+    // packed: per phase [panels][F·Tr·Tq][ROWS], panels of A [C, F·Tr·Tq]; one copy per thread
+    let call = new_call();
+    let channel_stride = shape.kernel * shape.kernel;
+    let pack = |packed: &mut [f32]| {
+        for plan in &plans {
+            let depth = plan.taps.len();
+            pack_row_panels::<ROWS, _>(
+                shape.in_channels,
+                depth,
+                |c| {
+                    let channel = &weight[c * channel_stride..];
+                    plan.weight_offsets.iter().map(move |&offset| channel[offset])
+                },
+                &mut packed[plan.start..][..panels * depth * ROWS],
+            );
+        }
+    };
+    let (dx_image_len, task_len) = (shape.in_channels * pixels, panels_per_task * ROWS * pixels);
+    for_each_image_task(
+        grad_input,
+        dx_image_len,
+        task_len,
+        grad_output,
+        dy_image_len,
+        |task, dx_task, dy_n| {
+            // source: [F][rows][cols] padded dy of image n, then SOURCE_SLACK zeros
+            let fill = |padded_dy: &mut [f32]| padded.fill(dy_n, padded_dy);
+            with_task_inputs(
+                call,
+                packed_len,
+                pack,
+                padded.image_len(),
+                fill,
+                |packed, source| {
+                    for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
+                        let panel = task * panels_per_task + task_panel;
+                        let rows = dx_panel.len() / pixels;
+                        for (phase, plan) in phases.iter().zip(&plans) {
+                            let depth = plan.taps.len();
+                            let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
+                            let source = GatherMatrix::new(source, &plan.taps);
+                            for group in plan.slots.chunks(VECTORS) {
+                                let bases = group_bases::<VECTORS>(group, padded.cols);
+                                let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
+                                for (v, slot) in group.iter().enumerate() {
+                                    // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                    let ih = slot.row * shape.stride + phase.row_phase - shape.padding;
+                                    let iw = slot.col * shape.stride + phase.col_phase - shape.padding;
+                                    for r in 0..rows {
+                                        let start = r * pixels + ih * width + iw;
+                                        add_lanes(dx_panel, start, shape.stride, tile[r][v], slot.lanes);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+        },
+    );
+}
+
+/// What the input gradient needs of one phase, computed once per call.
+struct PhasePlan {
+    /// offset(f, t, u) into the padded dy (see `InputPhase::tap_offsets`).
+    taps: Vec<usize>,
+    /// Where A[0, (f,t,u)] sits in w (see `InputPhase::weight_offsets`).
+    weight_offsets: Vec<usize>,
+    /// The vectors covering the phase's input pixels.
+    slots: Vec<VectorSlot>,
+    /// Where the phase's panels start in the packed weights.
+    start: usize,
+}

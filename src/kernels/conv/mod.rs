@@ -1,0 +1,359 @@
+//! The dense convolution the ops call: the fast path (SIMD + threads).
+//! Each function has the same contract as its twin in `conv_naive` (the
+//! oracle): `forward` overwrites, `input_grad` and `weight_grad` accumulate.
+//!
+//! Shapes: x [N, C, H, W], w [F, C, K, K], y [N, F, Ho, Wo], stride s, padding p.
+//!
+//! All three passes are matrix products computed by the register-tiled FMA
+//! microkernels of `kernels::microkernel`, without an im2col matrix.
+//!
+//! Forward: `y[n]` [F, Ho·Wo] = w [F, C·K²] · B, with B[(c,kh,kw), (oh,ow)] =
+//! x[n, c, oh·s+kh−p, ow·s+kw−p] read straight from a zero-padded,
+//! phase-split copy of the image (`PhaseSplitImage`), where that element sits
+//! at `base(oh, ow) + offset(c, kh, kw)` and 8 neighbouring ow are 8
+//! neighbouring floats.
+//!
+//! Input gradient: each input pixel gathers from the output gradient. Split
+//! the input pixels by their phase (r, q) = ((ih+p) mod s, (iw+p) mod s) and
+//! let (I, J) = ((ih+p) div s, (iw+p) div s); only the taps kh = r + s·t,
+//! kw = q + s·u reach them, from output pixel (I − t, J − u):
+//!
+//! ```text
+//!   dx[n,c,ih,iw] += Σ_f Σ_t Σ_u  dy[n, f, I−t, J−u] · w[f, c, r+s·t, q+s·u]
+//! ```
+//!
+//! For every phase this is again A · B with A[c, (f,t,u)] = w[f,c,r+s·t,q+s·u]
+//! and B read from a zero-padded copy of dy. No FLOP is spent on the zeros a
+//! strided transpose-convolution would insert.
+//!
+//! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) `dy[n,f,oh,ow]` · B[(c,kh,kw),(oh,ow)],
+//! a reduction over pixels, 8 pixels per lane, with the same B as forward.
+//!
+//! Threads (rayon): forward and input gradient split over images (and, when
+//! the batch is smaller than twice the threads, over blocks of output rows of
+//! the product too): disjoint slices of the output, so no locks. Each task
+//! pads its own image into a thread-local buffer that stays in L2.
+//! The weight gradient reduces over the batch: each task sums a chunk of
+//! images (one or two chunks per thread) into its own partial dW (the first
+//! chunk straight into dW), and the partials are added at the end, in a fixed
+//! order, in parallel slices; no atomics. A batch smaller than the thread
+//! count, or a small batch of a deep layer on a small map, is split over
+//! output channels instead.
+//! Every thread packs its own copy of the weight panels, on its first task of
+//! a call: the pack is repeated on each thread (a few µs), but each core then
+//! reads the panels from its own cache. (One shared copy, packed half by each
+//! thread, moved half the panels from core to core in every call and cost a
+//! fork-join of its own; at batch 8 a call lasts 0.1–0.5 ms, and both showed
+//! in the 1 → 2 thread speed-up.)
+//!
+//! Memory: the padded copies, packed weights and partial sums live in
+//! thread-local buffers that grow and are kept between calls (fresh pages are
+//! expensive here).
+
+mod forward;
+mod input_grad;
+mod weight_grad;
+
+pub use forward::forward;
+pub use input_grad::input_grad;
+pub use weight_grad::weight_grad;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::LocalKey;
+
+use rayon::prelude::*;
+
+use super::microkernel::{LANES, SOURCE_SLACK};
+use super::ConvShape;
+
+thread_local! {
+    /// Buffers of one kernel call on the calling thread (the weight gradient's partial sums).
+    static CALL_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// This thread's packed weight panels and the call they were packed for.
+    static THREAD_PANELS: Cell<(u64, Vec<f32>)> = const { Cell::new((0, Vec::new())) };
+    /// Buffers of one parallel task on a worker thread (padded images of a group).
+    static TASK_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `work` on the first `len` floats of a thread-local buffer that grows
+/// and is kept for the next call. The contents are stale: `work` must write
+/// what it reads. (The buffer is taken out while in use, so a nested call on
+/// the same thread gets a fresh one instead of a double borrow.)
+fn with_workspace<R>(
+    slot: &'static LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    work: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = slot.take();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let result = work(&mut buffer[..len]);
+    slot.set(buffer);
+    result
+}
+
+/// The two register tilings compiled: ROWS × VECTORS 8-lane accumulators.
+#[derive(Clone, Copy, Debug)]
+enum Tiling {
+    Rows6Vectors2,
+    Rows2Vectors6,
+}
+
+/// The tiling that wastes the fewest padded multiply-adds for `rows` rows of
+/// the product and `vectors` 8-pixel vectors.
+fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
+    let padded = |tile_rows: usize, tile_vectors: usize| {
+        rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
+    };
+    // 6 × 2 when it wastes at most as much: it loads less per multiply-add.
+    if padded(6, 2) <= padded(2, 6) {
+        Tiling::Rows6Vectors2
+    } else {
+        Tiling::Rows2Vectors6
+    }
+}
+
+/// 8 neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).
+#[derive(Clone, Copy, Debug)]
+struct VectorSlot {
+    row: usize,
+    col: usize,
+    lanes: usize,
+}
+
+/// The vectors covering rows × cols, row by row, 8 columns at a time.
+fn vector_slots(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Vec<VectorSlot> {
+    let mut slots = Vec::new();
+    for row in rows {
+        for col in cols.clone().step_by(LANES) {
+            slots.push(VectorSlot {
+                row,
+                col,
+                lanes: LANES.min(cols.end - col),
+            });
+        }
+    }
+    slots
+}
+
+/// `bases[v]` for a group of up to VECTORS slots; missing ones repeat the last
+/// (computed and thrown away).
+fn group_bases<const VECTORS: usize>(group: &[VectorSlot], row_stride: usize) -> [usize; VECTORS] {
+    std::array::from_fn(|v| {
+        let slot = group[v.min(group.len() - 1)];
+        slot.row * row_stride + slot.col
+    })
+}
+
+/// Packs the rows of a matrix m [rows, depth] into panels of ROWS rows,
+/// k-major: packed[panel][k][r] = m[panel·ROWS + r, k] (0 past the last row).
+/// `row(i)` yields m[i, 0..depth] in order. One row at a time, so the reads
+/// stream and the writes (stride ROWS) stay inside one panel in L1.
+fn pack_row_panels<const ROWS: usize, Row: Iterator<Item = f32>>(
+    rows: usize,
+    depth: usize,
+    row: impl Fn(usize) -> Row,
+    packed: &mut [f32],
+) {
+    for (panel, panel_data) in packed.chunks_mut(depth * ROWS).enumerate() {
+        for r in 0..ROWS {
+            let index = panel * ROWS + r;
+            let slots = panel_data.chunks_exact_mut(ROWS);
+            if index < rows {
+                for (slot, value) in slots.zip(row(index)) {
+                    slot[r] = value;
+                }
+            } else {
+                slots.for_each(|slot| slot[r] = 0.0);
+            }
+        }
+    }
+}
+
+/// Numbers the calls that pack weight panels, so that a thread can tell
+/// whether the panels it holds are this call's.
+static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh number for one kernel call (see [`with_thread_panels`]).
+fn new_call() -> u64 {
+    NEXT_CALL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `work` on this thread's copy of the packed weight panels of kernel
+/// call `call` (`len` floats), packing them with `pack` first if this is the
+/// thread's first task of the call.
+fn with_thread_panels<R>(
+    call: u64,
+    len: usize,
+    pack: impl FnOnce(&mut [f32]),
+    work: impl FnOnce(&[f32]) -> R,
+) -> R {
+    let (mut packed_for, mut panels) = THREAD_PANELS.take();
+    if packed_for != call {
+        if panels.len() < len {
+            panels.resize(len, 0.0);
+        }
+        pack(&mut panels[..len]);
+        packed_for = call;
+    }
+    let result = work(&panels[..len]);
+    THREAD_PANELS.set((packed_for, panels));
+    result
+}
+
+/// The inputs of one task of the forward pass or the input gradient: this
+/// thread's packed weight panels of `call` (see [`with_thread_panels`]) and a
+/// task workspace of `image_len` floats written by `fill` (one padded image)
+/// followed by SOURCE_SLACK zeros, which the microkernel may read past the end.
+fn with_task_inputs<R>(
+    call: u64,
+    packed_len: usize,
+    pack: impl FnOnce(&mut [f32]),
+    image_len: usize,
+    fill: impl FnOnce(&mut [f32]),
+    work: impl FnOnce(&[f32], &[f32]) -> R,
+) -> R {
+    with_thread_panels(call, packed_len, pack, |packed| {
+        with_workspace(&TASK_WORKSPACE, image_len + SOURCE_SLACK, |source| {
+            let (image, slack) = source.split_at_mut(image_len);
+            slack.fill(0.0);
+            fill(image);
+            work(packed, source)
+        })
+    })
+}
+
+/// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
+/// every tap of a strided convolution reads neighbouring floats for
+/// neighbouring outputs:
+///
+///   image[c][ph][pw][i][j] = x[n, c, i·s + ph − p, j·s + pw − p]   (0 outside x)
+///
+/// Tap (c, kh, kw) of output (oh, ow) is then image[c][kh mod s][kw mod s]
+/// [oh + kh div s][ow + kw div s] = `base(oh, ow) + tap_offset(c, kh, kw)`.
+#[derive(Clone, Copy, Debug)]
+struct PhaseSplitImage {
+    shape: ConvShape,
+    /// Rows i of one phase plane: Ho + (K−1) div s.
+    rows: usize,
+    /// Columns j of one phase plane: Wo + (K−1) div s.
+    cols: usize,
+}
+
+impl PhaseSplitImage {
+    fn new(shape: &ConvShape) -> Self {
+        let reach = (shape.kernel - 1) / shape.stride;
+        PhaseSplitImage {
+            shape: *shape,
+            rows: shape.out_height() + reach,
+            cols: shape.out_width() + reach,
+        }
+    }
+
+    fn plane_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Floats of one image: C · s² planes.
+    fn image_len(&self) -> usize {
+        self.shape.in_channels * self.shape.stride * self.shape.stride * self.plane_len()
+    }
+
+    /// offset(c, kh, kw) for k = (c·K + kh)·K + kw, the column order of w [F, C·K²].
+    fn tap_offsets(&self) -> Vec<usize> {
+        let ConvShape {
+            in_channels,
+            kernel,
+            stride,
+            ..
+        } = self.shape;
+        let mut offsets = Vec::with_capacity(in_channels * kernel * kernel);
+        for c in 0..in_channels {
+            for kh in 0..kernel {
+                for kw in 0..kernel {
+                    let plane = (c * stride + kh % stride) * stride + kw % stride;
+                    offsets.push(plane * self.plane_len() + (kh / stride) * self.cols + kw / stride);
+                }
+            }
+        }
+        offsets
+    }
+
+    /// base(oh, ow) for the first of 8 neighbouring outputs.
+    fn row_stride(&self) -> usize {
+        self.cols
+    }
+
+    /// Writes image = padded, phase-split x_image [C, H, W].
+    fn fill(&self, x_image: &[f32], image: &mut [f32]) {
+        let ConvShape {
+            in_channels,
+            in_height,
+            in_width,
+            stride,
+            padding,
+            ..
+        } = self.shape;
+        image.fill(0.0);
+        for c in 0..in_channels {
+            for ih in 0..in_height {
+                let x_row = &x_image[(c * in_height + ih) * in_width..][..in_width];
+                let (phase_row, i) = ((ih + padding) % stride, (ih + padding) / stride);
+                if i >= self.rows {
+                    continue;
+                }
+                if stride == 1 {
+                    let start = (c * self.rows + i) * self.cols + padding;
+                    let len = in_width.min(self.cols.saturating_sub(padding));
+                    image[start..start + len].copy_from_slice(&x_row[..len]);
+                    continue;
+                }
+                // Phase pw holds the columns iw = j·s + pw − p, from the first j with iw ≥ 0.
+                for phase_col in 0..stride {
+                    let plane = (c * stride + phase_row) * stride + phase_col;
+                    let row = &mut image[plane * self.plane_len() + i * self.cols..][..self.cols];
+                    let first_j = padding.saturating_sub(phase_col).div_ceil(stride);
+                    let first_iw = first_j * stride + phase_col - padding;
+                    let columns = x_row.iter().skip(first_iw).step_by(stride);
+                    for (destination, &value) in row.iter_mut().skip(first_j).zip(columns) {
+                        *destination = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parallel tasks of the forward pass and the input gradient: each image
+/// of `output` (`output_image_len` floats, its source image `source_image_len`
+/// floats of `source`) is cut into tasks of `task_len` floats (blocks of row
+/// panels), and `task(index within the image, its output floats, the source
+/// image)` runs for each, in parallel over images and tasks.
+fn for_each_image_task(
+    output: &mut [f32],
+    output_image_len: usize,
+    task_len: usize,
+    source: &[f32],
+    source_image_len: usize,
+    task: impl Fn(usize, &mut [f32], &[f32]) + Sync,
+) {
+    output
+        .par_chunks_mut(output_image_len)
+        .zip(source.par_chunks(source_image_len))
+        .for_each(|(output_image, source_image)| {
+            output_image
+                .par_chunks_mut(task_len)
+                .enumerate()
+                .for_each(|(index, output_task)| task(index, output_task, source_image));
+        });
+}
+
+/// Tasks per image: one when the batch alone keeps every thread busy (twice
+/// over, for balance), otherwise the image's row panels are split too.
+fn tasks_per_image(batch: usize, panels: usize) -> usize {
+    (2 * rayon::current_num_threads())
+        .div_ceil(batch)
+        .clamp(1, panels)
+}
