@@ -18,7 +18,7 @@
 //! Test hook: with `SBFNET_TEST_PAUSE_MID_WRITE=<seconds>` in the environment,
 //! [`write_atomically`] writes the first half of the temporary file, flushes
 //! it, and sleeps that long before writing the rest, so that a test can kill
-//! the process in the middle of a write (tests/kill_resume.rs).
+//! the process in the middle of a write (tests/cli/kill_resume.rs).
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -368,7 +368,7 @@ mod tests {
         );
     }
 
-    /// Found by tests/fuzz_parsers.rs: a tensor name holding a newline made a two-line error.
+    /// Found by tests/train/fuzz_parsers.rs: a tensor name holding a newline made a two-line error.
     #[test]
     fn errors_quote_tensor_names_from_the_file_on_one_line() {
         let checkpoint = Checkpoint {

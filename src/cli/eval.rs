@@ -2,11 +2,12 @@
 
 use super::args::{data_folder, limited};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use sbfnet::checkpoint::load_model;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::checkpoint::{load_prefixed_model_tensors, EMA_UPDATES_KEY, LIVE_PREFIX};
 use sbfnet::data::cifar::{self, CLASS_NAMES};
-use sbfnet::train::{evaluate_views, TestViews};
+use sbfnet::train::{evaluate_views_with_progress, TestViews};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
 
@@ -52,7 +53,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let data = data_folder(args.data.as_deref());
     let test = limited(cifar::load_test_set(&data)?, args.test_limit, "--test-limit")?;
-    let evaluation = evaluate_views(&model, &store, &test, args.batch_size, views);
+    let bar = ProgressBar::new(test.len() as u64).with_style(
+        ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} images ETA {eta}")
+            .map_err(|e| Error::msg(format!("progress bar: {e}")))?
+            .progress_chars("=> "),
+    );
+    let evaluation =
+        evaluate_views_with_progress(&model, &store, &test, args.batch_size, views, &mut |done, _| {
+            bar.set_position(done as u64)
+        });
+    bar.finish_and_clear();
     let epoch = checkpoint.get("epoch").unwrap_or("?");
     println!(
         "{} after epoch {epoch}: {}{}",

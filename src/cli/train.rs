@@ -13,9 +13,9 @@
 //!
 //! Test hooks (environment variables holding 1-based step numbers, "6" or "5,6,7"):
 //! `SBFNET_TEST_POISON_STEP` puts a NaN into the first pixel of those steps'
-//! batches (a fault injected for tests/numerical_faults.rs);
+//! batches (a fault injected for tests/cli/numerical_faults.rs);
 //! `SBFNET_TEST_PAUSE_AT_STEP` prints "test hook: paused before step <n>" and
-//! sleeps a minute (or until Ctrl-C) before those steps (for tests/kill_resume.rs to
+//! sleeps a minute (or until Ctrl-C) before those steps (for tests/cli/kill_resume.rs to
 //! kill or interrupt it there).
 //!
 //! Ctrl-C stops the run between two steps: the epoch in progress is not saved, the

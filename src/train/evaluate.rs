@@ -156,13 +156,35 @@ mod tests {
     use crate::data::synthetic::synthetic_set;
     use crate::nn::ModelSpec;
 
-    #[test]
-    fn evaluation_counts_every_image_once_and_does_not_depend_on_the_batch_size() {
-        let set = synthetic_set(37, 10, 3);
+    /// A half-width ResNet-8 initialised from `seed`.
+    fn tiny_model(seed: u64) -> (Model, ParamStore) {
         let mut store = ParamStore::default();
         let model = ModelSpec::parse_name("resnet8-w2")
             .unwrap()
-            .build(&mut store, &mut StdRng::seed_from_u64(1));
+            .build(&mut store, &mut StdRng::seed_from_u64(seed));
+        (model, store)
+    }
+
+    /// The whole set as one batch, unaugmented, and its labels.
+    fn whole_set(set: &Cifar10) -> (Tensor, Vec<usize>) {
+        let all: Vec<usize> = (0..set.len()).collect();
+        make_batch(set, &all, &Augmentation::NONE, &mut StdRng::seed_from_u64(0))
+    }
+
+    /// The fraction of `labels` that the largest of `logits` picks.
+    fn accuracy_by_hand(logits: &Tensor, labels: &[usize]) -> f32 {
+        let right = predictions(logits)
+            .iter()
+            .zip(labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        right as f32 / labels.len() as f32
+    }
+
+    #[test]
+    fn evaluation_counts_every_image_once_and_does_not_depend_on_the_batch_size() {
+        let set = synthetic_set(37, 10, 3);
+        let (model, store) = tiny_model(1);
         let a = evaluate(&model, &store, &set, 5);
         let b = evaluate(&model, &store, &set, 64);
         assert_eq!(a.images, 37);
@@ -170,38 +192,20 @@ mod tests {
         assert_eq!((a.accuracy, a.per_class_images), (b.accuracy, b.per_class_images));
         assert!((a.loss - b.loss).abs() < 1e-5 * a.loss);
         // Accuracy by hand from the logits of one tape over the whole set.
-        let (x, labels) = make_batch(
-            &set,
-            &(0..37).collect::<Vec<_>>(),
-            &Augmentation::NONE,
-            &mut StdRng::seed_from_u64(0),
+        let (x, labels) = whole_set(&set);
+        assert_eq!(
+            a.accuracy,
+            accuracy_by_hand(&eval_logits(&model, &store, x), &labels)
         );
-        let mut tape = Tape::new(&store, Mode::Eval);
-        let input = tape.input(x);
-        let logits = model.forward(&mut tape, input);
-        let right = predictions(tape.value(logits))
-            .iter()
-            .zip(&labels)
-            .filter(|(p, t)| p == t)
-            .count();
-        assert_eq!(a.accuracy, right as f32 / 37.0);
     }
 
     #[test]
     fn mirrored_views_average_the_logits_of_each_image_and_its_mirror_image() {
         let set = synthetic_set(23, 10, 5);
-        let mut store = ParamStore::default();
-        let model = ModelSpec::parse_name("resnet8-w2")
-            .unwrap()
-            .build(&mut store, &mut StdRng::seed_from_u64(2));
+        let (model, store) = tiny_model(2);
         let tta = evaluate_views(&model, &store, &set, 8, TestViews::PlainAndMirrored);
         // By hand: one tape per view over the whole set, logits averaged.
-        let (x, labels) = make_batch(
-            &set,
-            &(0..23).collect::<Vec<_>>(),
-            &Augmentation::NONE,
-            &mut StdRng::seed_from_u64(0),
-        );
+        let (x, labels) = whole_set(&set);
         let plain = eval_logits(&model, &store, x.clone());
         let mirrored = eval_logits(&model, &store, flip_horizontally(&x));
         let mean = Tensor::from_vec(
@@ -213,12 +217,7 @@ mod tests {
                 .map(|(a, b)| (a + b) / 2.0)
                 .collect(),
         );
-        let right = predictions(&mean)
-            .iter()
-            .zip(&labels)
-            .filter(|(p, t)| p == t)
-            .count();
-        assert_eq!(tta.accuracy, right as f32 / 23.0);
+        assert_eq!(tta.accuracy, accuracy_by_hand(&mean, &labels));
         let mut tape = Tape::new(&store, Mode::Eval);
         let mean = tape.input(mean);
         let loss = ops::cross_entropy(&mut tape, mean, &labels, 0.0);

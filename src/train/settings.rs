@@ -41,79 +41,52 @@ fn optional_text<T: ToString>(value: Option<T>) -> String {
     value.map_or("none".into(), |v| v.to_string())
 }
 
+/// A saved setting that is one field of the config, read and written with `FromStr`/`ToString`;
+/// optionally with the value of checkpoints written before it existed.
+macro_rules! plain {
+    ($name:literal, $($field:ident).+) => {
+        plain!($name, $($field).+, None)
+    };
+    ($name:literal, $($field:ident).+, $before:expr) => {
+        Setting {
+            name: $name,
+            get: |c| c.$($field).+.to_string(),
+            set: |c, t| {
+                c.$($field).+ = number(t)?;
+                Ok(())
+            },
+            saved: true,
+            before_it_existed: $before,
+        }
+    };
+}
+
+/// A saved setting that may be absent ("none"), as older checkpoints were.
+macro_rules! optional {
+    ($name:literal, $($field:ident).+) => {
+        Setting {
+            name: $name,
+            get: |c| optional_text(c.$($field).+),
+            set: |c, t| {
+                c.$($field).+ = optional(t)?;
+                Ok(())
+            },
+            saved: true,
+            before_it_existed: Some("none"),
+        }
+    };
+}
+
 /// Every setting, in the order a run describes them. `augmentation` comes before `rotation`, so
 /// that setting both in this order gives the rotation asked for.
 pub const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "epochs",
-        get: |c| c.epochs.to_string(),
-        set: |c, t| {
-            c.epochs = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "batch_size",
-        get: |c| c.batch_size.to_string(),
-        set: |c, t| {
-            c.batch_size = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "shards",
-        get: |c| c.shards.to_string(),
-        set: |c, t| {
-            c.shards = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "learning_rate",
-        get: |c| c.learning_rate.to_string(),
-        set: |c, t| {
-            c.learning_rate = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "momentum",
-        get: |c| c.sgd.momentum.to_string(),
-        set: |c, t| {
-            c.sgd.momentum = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "nesterov",
-        get: |c| c.sgd.nesterov.to_string(),
-        set: |c, t| {
-            c.sgd.nesterov = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "weight_decay",
-        get: |c| c.sgd.weight_decay.to_string(),
-        set: |c, t| {
-            c.sgd.weight_decay = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
+    plain!("epochs", epochs),
+    plain!("batch_size", batch_size),
+    plain!("shards", shards),
+    plain!("learning_rate", learning_rate),
+    plain!("momentum", sgd.momentum),
+    plain!("nesterov", sgd.nesterov),
+    plain!("weight_decay", sgd.weight_decay),
     Setting {
         name: "schedule",
         get: |c| c.schedule.name().to_string(),
@@ -125,26 +98,8 @@ pub const SETTINGS: &[Setting] = &[
         saved: true,
         before_it_existed: None,
     },
-    Setting {
-        name: "warmup_epochs",
-        get: |c| c.warmup_epochs.to_string(),
-        set: |c, t| {
-            c.warmup_epochs = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "label_smoothing",
-        get: |c| c.label_smoothing.to_string(),
-        set: |c, t| {
-            c.label_smoothing = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
+    plain!("warmup_epochs", warmup_epochs),
+    plain!("label_smoothing", label_smoothing),
     Setting {
         name: "augmentation",
         get: |c| c.augmentation.describe(),
@@ -167,47 +122,11 @@ pub const SETTINGS: &[Setting] = &[
         saved: false,
         before_it_existed: None,
     },
-    Setting {
-        name: "seed",
-        get: |c| c.seed.to_string(),
-        set: |c, t| {
-            c.seed = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: None,
-    },
-    Setting {
-        name: "time_budget_minutes",
-        get: |c| optional_text(c.time_budget_minutes),
-        set: |c, t| {
-            c.time_budget_minutes = optional(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: Some("none"),
-    },
-    Setting {
-        name: "zero_init_residual",
-        get: |c| c.zero_init_residual.to_string(),
-        set: |c, t| {
-            c.zero_init_residual = number(t)?;
-            Ok(())
-        },
-        saved: true,
-        // Such runs started every block's last γ at 1.
-        before_it_existed: Some("false"),
-    },
-    Setting {
-        name: "ema_decay",
-        get: |c| optional_text(c.ema_decay),
-        set: |c, t| {
-            c.ema_decay = optional(t)?;
-            Ok(())
-        },
-        saved: true,
-        before_it_existed: Some("none"),
-    },
+    plain!("seed", seed),
+    optional!("time_budget_minutes", time_budget_minutes),
+    // Checkpoints from before this setting started every block's last γ at 1.
+    plain!("zero_init_residual", zero_init_residual, Some("false")),
+    optional!("ema_decay", ema_decay),
 ];
 
 /// The setting called `name`.

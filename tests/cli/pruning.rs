@@ -36,13 +36,21 @@ fn prune_during_training_and_convert_a_dense_run() {
         "--threads",
         "2",
     ];
+    prune_from_random_initialisation(&root, &common);
+    convert_a_dense_run(&root, &data, &common);
+    std::fs::remove_dir_all(&data).unwrap();
+    report_the_runs(&root);
+    let _ = std::fs::remove_dir_all(&root);
+}
 
+/// `sbfnet train --prune-rate` into `<root>/pruned`.
+fn prune_from_random_initialisation(root: &Path, common: &[&str]) {
     // Pruning from random init: 2 epochs, ramp of 1 epoch to 0.5 with at least 2 templates.
     let pruned = root.join("pruned");
     let (ok, text) = sbfnet(
         &[
             &["train"][..],
-            &common,
+            common,
             &[
                 "--epochs",
                 "2",
@@ -72,35 +80,37 @@ fn prune_during_training_and_convert_a_dense_run() {
         ok && info.contains("resnet8-w8 sbf:rate=0,groups=2") && info.contains("fewer than dense"),
         "{info}"
     );
+}
 
+/// A dense run into `<root>/dense`, converted by `sbfnet prune` into `<root>/converted` (SBF)
+/// and `<root>/l1` (the L1 baseline).
+fn convert_a_dense_run(root: &Path, data: &Path, common: &[&str]) {
     // A dense run, converted at rate 0.5 and fine-tuned one epoch.
     let dense = root.join("dense");
-    let (ok, text) = sbfnet(&[&["train"][..], &common, &["--epochs", "1", "--out", s(&dense)]].concat());
+    let (ok, text) = sbfnet(&[&["train"][..], common, &["--epochs", "1", "--out", s(&dense)]].concat());
     assert!(ok, "{text}");
-    let converted = root.join("converted");
-    let (ok, text) = sbfnet(&[
-        "prune",
-        "--from",
-        s(&dense.join("last.ckpt")),
-        "--rate",
-        "0.5",
-        "--min-templates",
-        "2",
-        "--data",
-        s(&data),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--threads",
-        "2",
-        "--eval-every",
-        "2",
-        "--on-nonfinite",
-        "skip",
-        "--out",
-        s(&converted),
-    ]);
+    let from = dense.join("last.ckpt");
+    // `sbfnet prune --from <dense> --data <data> --batch-size 8 --threads 2 --out <root>/<out> <extra>`
+    let prune = |out: &str, extra: &[&str]| {
+        let out = root.join(out);
+        let fixed = ["prune", "--from", s(&from), "--data", s(data), "--out", s(&out)];
+        sbfnet(&[&fixed[..], &["--batch-size", "8", "--threads", "2"], extra].concat())
+    };
+    let (ok, text) = prune(
+        "converted",
+        &[
+            "--rate",
+            "0.5",
+            "--min-templates",
+            "2",
+            "--epochs",
+            "2",
+            "--eval-every",
+            "2",
+            "--on-nonfinite",
+            "skip",
+        ],
+    );
     assert!(ok, "{text}");
     assert!(
         text.contains("converted resnet8-w8 dense at rate 0.5: 50.0%"),
@@ -112,53 +122,24 @@ fn prune_during_training_and_convert_a_dense_run() {
         text.contains("epoch   1/2") && text.contains("test not evaluated") && text.contains("epoch   2/2"),
         "{text}"
     );
-    let (ok, text) = sbfnet(&[
-        "prune",
-        "--from",
-        s(&dense.join("last.ckpt")),
-        "--rate",
-        "1",
-        "--out",
-        s(&root.join("x")),
-    ]);
+    let (ok, text) = prune("x", &["--rate", "1"]);
     assert!(!ok && text.contains("--rate must be in [0, 1)"), "{text}");
     // The L1 baseline: the same conversion, the pruned filters zeroed instead of transformed.
-    let l1 = root.join("l1");
-    let (ok, text) = sbfnet(&[
-        "prune",
-        "--from",
-        s(&dense.join("last.ckpt")),
-        "--rate",
-        "0.5",
-        "--min-templates",
-        "2",
-        "--method",
+    let (ok, text) = prune(
         "l1",
-        "--data",
-        s(&data),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--threads",
-        "2",
-        "--out",
-        s(&l1),
-    ]);
+        &[
+            "--rate",
+            "0.5",
+            "--min-templates",
+            "2",
+            "--method",
+            "l1",
+            "--epochs",
+            "1",
+        ],
+    );
     assert!(ok && text.contains("50.0%"), "{text}");
-    let (ok, text) = sbfnet(&[
-        "prune",
-        "--from",
-        s(&dense.join("last.ckpt")),
-        "--rate",
-        "0.5",
-        "--method",
-        "zeros",
-        "--data",
-        s(&data),
-        "--out",
-        s(&root.join("y")),
-    ]);
+    let (ok, text) = prune("y", &["--rate", "0.5", "--method", "zeros"]);
     assert!(
         !ok && text.contains("unknown --method \"zeros\" (expected sbf or l1)"),
         "{text}"
@@ -175,35 +156,25 @@ fn prune_during_training_and_convert_a_dense_run() {
             "sbfnet prune --help lists {refused}:\n{help}"
         );
     }
-    // The report over the three runs: the dense run is every run's baseline.
-    std::fs::remove_dir_all(&data).unwrap();
-    let (ok, report) = sbfnet(&["report", s(&root)]);
+}
+
+/// `sbfnet report` over the four runs: the dense run is every run's baseline.
+fn report_the_runs(root: &Path) {
+    let (ok, report) = sbfnet(&["report", s(root)]);
     assert!(ok, "{report}");
     let lines: Vec<&str> = report.lines().collect();
     assert_eq!(lines.len(), 6, "{report}");
-    assert!(
-        lines[0].starts_with("| Run | Model | Method | Baseline Acc |"),
-        "{report}"
-    );
-    assert!(
-        lines[2].starts_with("| converted | resnet8-w8 | SBF converted 0.50, lstsq masks |"),
-        "{report}"
-    );
-    assert!(
-        lines[3].starts_with("| dense | resnet8-w8 | dense |")
-            && lines[3].contains("| +0.00 | 0.00 | 0.00 |"),
-        "{report}"
-    );
-    assert!(
-        lines[4].starts_with("| l1 | resnet8-w8 | L1 pruning converted 0.50 |"),
-        "{report}"
-    );
-    assert!(
-        lines[5].starts_with("| pruned | resnet8-w8 | SBF ramp 0.50, copy masks |"),
-        "{report}"
-    );
+    for (row, start) in [
+        (0, "| Run | Model | Method | Baseline Acc |"),
+        (2, "| converted | resnet8-w8 | SBF converted 0.50, lstsq masks |"),
+        (3, "| dense | resnet8-w8 | dense |"),
+        (4, "| l1 | resnet8-w8 | L1 pruning converted 0.50 |"),
+        (5, "| pruned | resnet8-w8 | SBF ramp 0.50, copy masks |"),
+    ] {
+        assert!(lines[row].starts_with(start), "row {row}:\n{report}");
+    }
+    assert!(lines[3].contains("| +0.00 | 0.00 | 0.00 |"), "{report}");
     // At the same rate, plain pruning saves more MACs than SBF (its pruned filters cost nothing).
     let macs_saved = |line: &str| -> f64 { line.split('|').nth(7).unwrap().trim().parse().unwrap() };
     assert!(macs_saved(lines[4]) > macs_saved(lines[2]), "{report}");
-    let _ = std::fs::remove_dir_all(&root);
 }

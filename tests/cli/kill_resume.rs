@@ -9,13 +9,11 @@
 //! and the checkpoint writer's `SBFNET_TEST_PAUSE_MID_WRITE` (it sleeps after
 //! writing half of the temporary file, which the test watches for).
 
-mod common;
-
-use common::*;
+use super::common::*;
 use sbfnet::checkpoint::{temporary_path, Checkpoint};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 /// Kills `child` with SIGKILL (`Child::kill` sends SIGKILL on Unix) and reaps it.
@@ -46,27 +44,7 @@ fn killed_in_the_middle_of_an_epoch_the_run_resumes_to_the_uninterrupted_paramet
 
     // Stop before step 6: epoch 2, after its first batch has changed the parameters in memory.
     let pause_step = STEPS_PER_EPOCH + 2;
-    let mut child = train_command(&data, &out, &[])
-        .env("SBFNET_TEST_PAUSE_AT_STEP", pause_step.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let paused = format!("test hook: paused before step {pause_step}");
-    let mut seen = Vec::new();
-    loop {
-        match lines.next() {
-            Some(line) => {
-                let line = line.unwrap();
-                if line == paused {
-                    break;
-                }
-                seen.push(line);
-            }
-            None => panic!("the run ended without pausing:\n{}", seen.join("\n")),
-        }
-    }
+    let (mut child, _, seen) = start_paused(&data, &out, pause_step);
     assert!(seen.iter().any(|l| l.starts_with("epoch   1/3")), "{seen:?}");
     let saved = std::fs::read(out.join("last.ckpt")).unwrap();
     kill(&mut child);
@@ -234,9 +212,13 @@ fn a_run_killed_at_random_moments_and_restarted_each_time_ends_as_the_uninterrup
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Starts the run with a pause before `pause_step`, waits for the pause, sends SIGINT (Ctrl-C)
-/// and returns the run's exit code and the whole of its standard output.
-fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, String) {
+/// The run of [`RUN`] into `out`, started with a pause before `pause_step` and followed until it
+/// pauses there: the child, the rest of its standard output, and the lines it printed before.
+fn start_paused(
+    data: &Path,
+    out: &Path,
+    pause_step: usize,
+) -> (Child, Lines<BufReader<ChildStdout>>, Vec<String>) {
     let mut child = train_command(data, out, &[])
         .env("SBFNET_TEST_PAUSE_AT_STEP", pause_step.to_string())
         .stdout(Stdio::piped())
@@ -248,17 +230,19 @@ fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, Str
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
-        let found = line == paused;
-        seen.push(line);
-        if found {
-            break;
+        if line == paused {
+            return (child, lines, seen);
         }
+        seen.push(line);
     }
-    assert!(
-        seen.contains(&paused),
-        "the run ended without pausing:\n{}",
-        seen.join("\n")
-    );
+    let status = child.wait().unwrap();
+    panic!("the run ended ({status}) without pausing:\n{}", seen.join("\n"))
+}
+
+/// Sends SIGINT (Ctrl-C) to the run paused before `pause_step`; returns its exit code and the
+/// whole of its standard output.
+fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, String) {
+    let (mut child, lines, mut seen) = start_paused(data, out, pause_step);
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

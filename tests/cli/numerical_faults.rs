@@ -7,9 +7,7 @@
 //! pixel in the batch of the listed steps), with the trainer's `batch_hook`,
 //! and by a learning rate that makes training diverge.
 
-mod common;
-
-use common::*;
+use super::common::*;
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::{make_batch, Augmentation};

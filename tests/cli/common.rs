@@ -1,6 +1,6 @@
 //! Helpers shared by the tests that run the `sbfnet` binary as a child
-//! process on a generated CIFAR-format folder (tests/kill_resume.rs,
-//! tests/numerical_faults.rs).
+//! process on a generated CIFAR-format folder (tests/cli/kill_resume.rs,
+//! tests/cli/numerical_faults.rs).
 
 #![allow(dead_code)] // each test file uses its own part
 

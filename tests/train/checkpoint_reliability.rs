@@ -237,7 +237,7 @@ fn write_atomically_survives_sigkill_at_random_moments() {
             .args([
                 "--ignored",
                 "--exact",
-                "atomic_writer_child",
+                "checkpoint_reliability::atomic_writer_child",
                 "--test-threads=1",
                 "-q",
             ])
