@@ -18,9 +18,9 @@
 //! sleeps a minute (or until Ctrl-C) before those steps (for tests/cli/kill_resume.rs to
 //! kill or interrupt it there).
 //!
-//! Ctrl-C stops the run between two steps: the epoch in progress is not saved, the
-//! process prints the command that resumes the run from `last.ckpt` and exits with 130.
-//! A run stopped before its first epoch ends removes the folder it made.
+//! Ctrl-C stops the run between two steps and saves the unfinished epoch in `last.ckpt`;
+//! the process prints the command that resumes the run from there and exits with 130.
+//! A run stopped before its first step removes the folder it made.
 
 use super::args::{
     check_resume_flags, data_folder, fresh_config, limited, model_spec, OutputSettings, TrainArgs,
@@ -126,8 +126,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("the run already finished all {} epochs", trainer.planned_epochs);
         return Ok(());
     }
-    if trainer.epoch > 0 {
-        println!("resuming after epoch {} (step {})", trainer.epoch, trainer.step);
+    match &trainer.partial {
+        Some(partial) => println!(
+            "resuming in epoch {} after {} of its {} steps (step {})",
+            trainer.epoch + 1,
+            partial.steps,
+            trainer.config.steps_per_epoch(train.len()),
+            trainer.step
+        ),
+        None if trainer.epoch > 0 => {
+            println!("resuming after epoch {} (step {})", trainer.epoch, trainer.step)
+        }
+        None => {}
     }
 
     // 4. The epochs, in the library's loop.
@@ -354,21 +364,30 @@ pub(super) fn train_to_end(
             100.0 * summary.best_test_accuracy,
             out.display()
         ),
-        RunEnd::Stopped { epoch, step, steps } => {
+        RunEnd::Stopped {
+            epoch,
+            step,
+            steps,
+            saved,
+        } => {
             let resume = out.join("last.ckpt");
-            if summary.epochs == 0 || !resume.exists() {
-                println!(
-                    "stopped in epoch {epoch} after {step} of {steps} steps; no epoch was finished, so nothing \
-                     was saved"
-                );
-            } else {
-                println!(
-                    "stopped in epoch {epoch} after {step} of {steps} steps; the epoch in progress is not saved. \
-                     {} holds epoch {}: resume with\n  sbfnet train --resume {}",
+            let kept = if saved {
+                format!(
+                    "{} holds it, to be continued from step {}",
                     resume.display(),
-                    summary.epochs,
+                    step + 1
+                )
+            } else {
+                format!("{} holds epoch {}", resume.display(), summary.epochs)
+            };
+            if resume.exists() {
+                println!(
+                    "stopped in epoch {epoch} after {step} of {steps} steps; {kept}. Resume with\n  \
+                     sbfnet train --resume {}",
                     resume.display()
                 );
+            } else {
+                println!("stopped in epoch {epoch} before its first step; nothing was saved");
             }
             std::process::exit(130);
         }

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod numerics;
 pub mod optimizer;
 pub mod parallel;
+pub mod partial_epoch;
 pub mod run;
 pub mod schedule;
 pub mod settings;
@@ -22,6 +23,7 @@ pub use evaluate::{evaluate, evaluate_views, evaluate_views_with_progress, Evalu
 pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
 pub use parallel::{data_parallel_gradients, Objective};
+pub use partial_epoch::PartialEpoch;
 pub use run::{
     run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, TEST_IMAGES_KEY,
 };

@@ -13,7 +13,9 @@
 //!           pruning.csv                            (a run with a pruning ramp)
 //! ```
 //! The order makes every moment safe to be killed in: `last.ckpt` is always a finished
-//! epoch, and a resumed run drops the metrics rows written after it. What happens is
+//! epoch, and a resumed run drops the metrics rows written after it. A run stopped through
+//! [`RunOptions::stop`] saves its unfinished epoch in `last.ckpt` ([`super::PartialEpoch`]);
+//! resumed, it continues from the next step. What happens is
 //! reported to an [`Observer`]; the command line draws a progress bar from it.
 //!
 //! ```
@@ -37,7 +39,7 @@ use super::metrics::{self, MetricsRow};
 use super::numerics::NumericalFault;
 use super::time_budget::{self, BudgetState};
 use super::trainer::{EpochResult, Progress, Trainer};
-use crate::checkpoint::remove_stale_temporaries;
+use crate::checkpoint::{remove_stale_temporaries, Checkpoint};
 use crate::data::cifar::Cifar10;
 use crate::error::{Error, Result};
 use crate::prune::PruneState;
@@ -132,8 +134,14 @@ pub enum RunEnd {
     /// Every planned epoch is done.
     Finished,
     /// Stopped through [`RunOptions::stop`] during epoch `epoch` (1-based), after `step` of its
-    /// `steps` steps. That epoch is not saved: `last.ckpt` holds the epoch before.
-    Stopped { epoch: usize, step: usize, steps: usize },
+    /// `steps` steps. When `saved`, `last.ckpt` holds the unfinished epoch and a resumed run
+    /// continues it from its next step; otherwise (no step done) it holds the epoch before.
+    Stopped {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        saved: bool,
+    },
 }
 
 /// What [`run`] returns.
@@ -191,25 +199,25 @@ pub fn run(
     while trainer.epoch < trainer.planned_epochs {
         let steps = trainer.config.steps_per_epoch(train.len());
         observer.epoch_started(trainer.epoch + 1, trainer.planned_epochs, steps);
-        let mut steps_done = 0;
-        let result = trainer.train_epoch_until(
-            train,
-            |p| {
-                steps_done = p.step;
-                observer.step(p);
-            },
-            stop,
-        );
+        let result = trainer.train_epoch_until(train, |p| observer.step(p), stop);
         // A fault keeps the last good checkpoint: nothing of this epoch is saved.
         let result = match result {
             Ok(Some(result)) => result,
             Ok(None) => {
+                let done = trainer.partial.as_ref().map_or(0, |p| p.steps);
+                // The unfinished epoch goes into last.ckpt, to be continued from its next step.
+                if done > 0 {
+                    save_last(trainer, out, test.len())?;
+                }
                 let end = RunEnd::Stopped {
                     epoch: trainer.epoch + 1,
-                    step: steps_done,
+                    step: done,
                     steps,
+                    saved: done > 0,
                 };
-                remove_if_unused(options, trainer.epoch);
+                if done == 0 {
+                    remove_if_unused(options, trainer.epoch);
+                }
                 return Ok(summary(trainer, end));
             }
             Err(fault) => {
@@ -220,7 +228,7 @@ pub fn run(
         for fault in &result.skipped {
             observer.note(&format!("skipped {fault}"));
         }
-        if result.skipped.len() == steps {
+        if result.skipped_batches == steps {
             return Err(Error::msg(format!(
                 "training diverged: every batch of epoch {} had a non-finite loss or gradient and was skipped; \
                  nothing of it is saved (try a lower `learning_rate` or more `warmup_epochs`)",
@@ -273,14 +281,10 @@ pub fn run(
         // epoch before, and drops the rows after that epoch when it reads metrics.csv.
         metrics::write_csv(&csv_path, &rows)?;
         metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
-        let mut checkpoint = trainer.to_checkpoint();
-        checkpoint
-            .metadata
-            .push((TEST_IMAGES_KEY.into(), test.len().to_string()));
         if best {
-            checkpoint.save(&out.join("best.ckpt"))?;
+            checkpoint_of(trainer, test.len()).save(&out.join("best.ckpt"))?;
         }
-        checkpoint.save(&out.join("last.ckpt"))?;
+        save_last(trainer, out, test.len())?;
         let pruning = match trainer.pruning {
             Some(_) => Some(log_pruning(trainer, &out.join("pruning.csv"), result.epoch)?),
             None => None,
@@ -298,6 +302,20 @@ pub fn run(
         });
     }
     Ok(summary(trainer, RunEnd::Finished))
+}
+
+/// The trainer's checkpoint, with the number of test images the run evaluates on.
+fn checkpoint_of(trainer: &Trainer, test_images: usize) -> Checkpoint {
+    let mut checkpoint = trainer.to_checkpoint();
+    checkpoint
+        .metadata
+        .push((TEST_IMAGES_KEY.into(), test_images.to_string()));
+    checkpoint
+}
+
+/// Writes `out/last.ckpt`: where the run stands.
+fn save_last(trainer: &Trainer, out: &Path, test_images: usize) -> Result<()> {
+    checkpoint_of(trainer, test_images).save(&out.join("last.ckpt"))
 }
 
 fn summary(trainer: &Trainer, end: RunEnd) -> RunSummary {
@@ -433,4 +451,120 @@ fn write_pruning_log(
         .join("\n")
         + "\n";
     crate::checkpoint::write_atomically(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::synthetic_set;
+    use crate::nn::ModelSpec;
+    use crate::train::TrainConfig;
+    use std::sync::atomic::Ordering;
+
+    /// Sets the stop flag once `after` steps of the run are done.
+    struct StopAfter {
+        after: usize,
+        seen: usize,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Observer for StopAfter {
+        fn step(&mut self, _: &Progress) {
+            self.seen += 1;
+            if self.seen == self.after {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_run_saves_its_unfinished_epoch_or_leaves_no_folder() {
+        let (train, test) = (synthetic_set(64, 10, 1), synthetic_set(16, 10, 2));
+        let config = TrainConfig {
+            epochs: 2,
+            batch_size: 16,
+            ..TrainConfig::recipe()
+        };
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let root = std::env::temp_dir().join(format!("sbfnet-run-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let fresh = || Trainer::new(&spec, config.clone(), train.len()).unwrap();
+        let options = |name: &str, stop: &Arc<AtomicBool>| RunOptions {
+            stop: Some(stop.clone()),
+            remove_unused_folder: true,
+            ..RunOptions::new(root.join(name))
+        };
+
+        // Stopped before its first step: nothing to save, and the folder is gone.
+        let stop = Arc::new(AtomicBool::new(true));
+        let summary = run(&mut fresh(), &train, &test, &options("early", &stop), &mut Silent).unwrap();
+        let (epoch, step, steps, saved) = (1, 0, 4, false);
+        assert_eq!(
+            summary.end,
+            RunEnd::Stopped {
+                epoch,
+                step,
+                steps,
+                saved
+            }
+        );
+        assert!(!root.join("early").exists());
+
+        // Stopped after step 6 (epoch 2): last.ckpt holds the unfinished epoch, and the resumed
+        // run ends with the parameters of the run that was never stopped.
+        let never = Arc::new(AtomicBool::new(false));
+        let mut straight = fresh();
+        run(
+            &mut straight,
+            &train,
+            &test,
+            &options("straight", &never),
+            &mut Silent,
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut observer = StopAfter {
+            after: 6,
+            seen: 0,
+            stop: stop.clone(),
+        };
+        let summary = run(
+            &mut fresh(),
+            &train,
+            &test,
+            &options("stopped", &stop),
+            &mut observer,
+        )
+        .unwrap();
+        let (epoch, step, steps, saved) = (2, 2, 4, true);
+        assert_eq!(
+            summary.end,
+            RunEnd::Stopped {
+                epoch,
+                step,
+                steps,
+                saved
+            }
+        );
+        let path = root.join("stopped").join("last.ckpt");
+        let mut resumed = Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, 64).unwrap();
+        assert_eq!(
+            (resumed.epoch, resumed.partial.as_ref().map(|p| p.steps)),
+            (1, Some(2))
+        );
+        let summary = run(
+            &mut resumed,
+            &train,
+            &test,
+            &options("stopped", &never),
+            &mut Silent,
+        )
+        .unwrap();
+        assert_eq!(summary.end, RunEnd::Finished);
+        for (a, b) in resumed.store.params.iter().zip(&straight.store.params) {
+            assert_eq!(a.value.data, b.value.data, "{}", a.name);
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

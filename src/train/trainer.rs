@@ -38,6 +38,7 @@ use super::evaluate::{evaluate, Evaluation};
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::Sgd;
 use super::parallel::{data_parallel_gradients, Objective};
+use super::partial_epoch::PartialEpoch;
 use super::schedule::Schedule;
 use super::weight_average::WeightAverage;
 use crate::autograd::{ParamId, ParamStore};
@@ -106,8 +107,11 @@ pub struct EpochResult {
     pub accuracy: f32,
     pub images_per_second: f32,
     pub seconds: f64,
-    /// The batches skipped for a non-finite loss or gradient ([`NonFinitePolicy::Skip`]).
+    /// The batches skipped for a non-finite loss or gradient ([`NonFinitePolicy::Skip`]) in
+    /// this session (an epoch resumed from a checkpoint does not list those before the stop).
     pub skipped: Vec<NumericalFault>,
+    /// Batches skipped in the whole epoch.
+    pub skipped_batches: usize,
 }
 
 /// See [`Trainer::batch_hook`].
@@ -147,6 +151,8 @@ pub struct Trainer {
     pub average: Option<WeightAverage>,
     /// Knowledge distillation from a teacher; None: plain cross-entropy.
     pub distillation: Option<Distillation>,
+    /// The unfinished epoch `epoch + 1`, when a run stopped inside it; None between epochs.
+    pub partial: Option<PartialEpoch>,
     /// Per-shard gradient buffers, [shards][parameters], reused across steps.
     worker_gradients: Vec<Vec<Tensor>>,
     /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
@@ -192,6 +198,7 @@ impl Trainer {
             distillation: None,
             average,
             taylor: TaylorScores::default(),
+            partial: None,
             worker_gradients,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
@@ -285,8 +292,10 @@ impl Trainer {
     }
 
     /// [`Trainer::train_epoch`] that checks `stop` before every step: once it is set, the
-    /// epoch ends early with `Ok(None)`, and the trainer is left mid-epoch (to be dropped or
-    /// reloaded from the last checkpoint, as after a fault).
+    /// epoch ends early with `Ok(None)` and [`Trainer::partial`] says how far it got (a
+    /// checkpoint then saves the unfinished epoch). An epoch that a checkpoint left unfinished
+    /// continues from its next step: the batches of the steps done are drawn again and not
+    /// trained on, so the epoch ends as if it had never stopped.
     pub fn train_epoch_until(
         &mut self,
         set: &Cifar10,
@@ -301,34 +310,53 @@ impl Trainer {
             self.train_images
         );
         let started = Instant::now();
-        self.apply_pruning_ramp();
+        let before = self.partial.take();
+        if before.is_none() {
+            self.apply_pruning_ramp();
+        }
+        let before = before.unwrap_or_default();
         let mut rng = epoch_rng(self.config.seed, self.epoch);
         let mut order: Vec<usize> = (0..set.len()).collect();
         order.shuffle(&mut rng);
         let steps = self.config.steps_per_epoch(set.len());
-        let (mut loss_sum, mut correct, mut images) = (0.0f64, 0usize, 0usize);
-        let mut learning_rate = 0.0;
+        let (mut loss_sum, mut correct, mut images) = (before.loss_sum, before.correct, before.images);
+        let mut learning_rate = before.learning_rate;
         let mut batch = std::mem::replace(&mut self.batch, Tensor::zeros(&[0]));
         let mut labels = std::mem::take(&mut self.labels);
         let mut skipped = Vec::new();
+        let position = RunPosition {
+            seed: self.config.seed,
+            epoch: self.epoch,
+        };
         for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
-            if stop.load(Ordering::Relaxed) {
+            if index >= before.steps && stop.load(Ordering::Relaxed) {
+                let seconds = started.elapsed().as_secs_f64();
+                self.elapsed_seconds += seconds;
+                self.partial = Some(PartialEpoch {
+                    steps: index,
+                    loss_sum,
+                    correct,
+                    images,
+                    skipped: before.skipped + skipped.len(),
+                    seconds: before.seconds + seconds,
+                    learning_rate,
+                });
                 (self.batch, self.labels) = (batch, labels);
                 return Ok(None);
             }
-            let position = RunPosition {
-                seed: self.config.seed,
-                epoch: self.epoch,
-            };
+            let augmentation = &self.config.augmentation;
             make_batch_into(
                 set,
                 indices,
-                &self.config.augmentation,
+                augmentation,
                 position,
                 &mut rng,
                 &mut batch,
                 &mut labels,
             );
+            if index < before.steps {
+                continue; // done before the stop: its draws are repeated, not its step
+            }
             if let Some(hook) = &mut self.batch_hook {
                 hook(self.step + 1, &mut batch);
             }
@@ -360,15 +388,17 @@ impl Trainer {
                 steps,
                 loss: (loss_sum / images.max(1) as f64) as f32,
                 accuracy: correct as f32 / images.max(1) as f32,
-                images_per_second: images as f32 / started.elapsed().as_secs_f32().max(1e-9),
+                images_per_second: (images - before.images) as f32
+                    / started.elapsed().as_secs_f32().max(1e-9),
                 learning_rate,
-                skipped_batches: skipped.len(),
+                skipped_batches: before.skipped + skipped.len(),
             });
         }
         (self.batch, self.labels) = (batch, labels);
         self.epoch += 1;
-        let seconds = started.elapsed().as_secs_f64();
-        self.elapsed_seconds += seconds;
+        let session_seconds = started.elapsed().as_secs_f64();
+        self.elapsed_seconds += session_seconds;
+        let seconds = before.seconds + session_seconds;
         Ok(Some(EpochResult {
             epoch: self.epoch,
             learning_rate,
@@ -376,6 +406,7 @@ impl Trainer {
             accuracy: correct as f32 / images.max(1) as f32,
             images_per_second: (images as f64 / seconds.max(1e-9)) as f32,
             seconds,
+            skipped_batches: before.skipped + skipped.len(),
             skipped,
         }))
     }
@@ -431,6 +462,7 @@ impl Trainer {
         metadata.extend(self.pruning.iter().flat_map(|p| p.to_metadata()));
         metadata.extend(self.distillation.iter().flat_map(|d| d.to_metadata()));
         metadata.extend(assignment_metadata(&self.model));
+        metadata.extend(self.partial.iter().flat_map(|p| p.to_metadata()));
         // The model a checkpoint holds is the one evaluated: with --ema the averaged weights,
         // and the live ones that training continues from beside them as `live.*`.
         let mut tensors = model_tensors(self.evaluated_store());
@@ -496,6 +528,7 @@ impl Trainer {
         if checkpoint.get("planned_epochs").is_some() {
             trainer.plan_epochs(number(checkpoint, path, "planned_epochs")?);
         }
+        trainer.partial = PartialEpoch::from_checkpoint(checkpoint, path)?;
         Ok(trainer)
     }
 

@@ -254,31 +254,27 @@ fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, Str
 }
 
 #[test]
-fn ctrl_c_stops_between_steps_says_how_to_resume_and_the_resumed_run_is_the_uninterrupted_one() {
+fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_one() {
     let (root, data) = fixture("ctrl-c");
     let reference = uninterrupted_run(&root, &data, "reference");
-
-    // In epoch 2: epoch 1 is saved, the run names the command that continues it.
-    let out = root.join("interrupted");
-    let (code, stdout) = interrupt_at(&data, &out, STEPS_PER_EPOCH + 2);
-    assert_eq!(code, Some(130), "{stdout}");
-    let resume = format!("sbfnet train --resume {}", out.join("last.ckpt").display());
-    assert!(
-        stdout.contains("stopped in epoch 2 after 2 of 4 steps"),
-        "{stdout}"
-    );
-    assert!(stdout.contains(&resume), "{stdout}");
-    assert_eq!(epoch_of(&out.join("last.ckpt")), 1);
-    resume_and_compare(&data, &out, &reference);
-
-    // In epoch 1: nothing was saved, and the folder the run made is gone.
-    let early = root.join("interrupted-early");
-    let (code, stdout) = interrupt_at(&data, &early, 2);
-    assert_eq!(code, Some(130), "{stdout}");
-    assert!(
-        stdout.contains("no epoch was finished, so nothing was saved"),
-        "{stdout}"
-    );
-    assert!(!early.exists(), "an empty run folder was left behind");
+    // In epoch 2 (after epoch 1 was saved whole), and in epoch 1 (before any epoch ended).
+    for (pause_step, epoch, done, name) in
+        [(STEPS_PER_EPOCH + 2, 2, 2, "in-epoch-2"), (2, 1, 2, "in-epoch-1")]
+    {
+        let out = root.join(name);
+        let (code, stdout) = interrupt_at(&data, &out, pause_step);
+        assert_eq!(code, Some(130), "{stdout}");
+        let stopped = format!("stopped in epoch {epoch} after {done} of {STEPS_PER_EPOCH} steps");
+        let resume = format!("sbfnet train --resume {}", out.join("last.ckpt").display());
+        assert!(stdout.contains(&stopped) && stdout.contains(&resume), "{stdout}");
+        assert_eq!(epoch_of(&out.join("last.ckpt")), epoch - 1);
+        let stdout = succeed(&mut resume_command(&data, &out));
+        let resuming = format!(
+            "resuming in epoch {epoch} after {done} of its {STEPS_PER_EPOCH} steps (step {pause_step})"
+        );
+        assert!(stdout.contains(&resuming), "{stdout}");
+        assert_same_state(&out.join("last.ckpt"), &reference.join("last.ckpt"));
+        assert_eq!(metrics_without_timings(&out), metrics_without_timings(&reference));
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
