@@ -1,16 +1,19 @@
 //! Saving and restoring the template assignment of every SBF layer of a model.
 //!
-//! Every assignment sbfnet makes is `TemplateAssignment::from_kept_outputs(N, kept)`
-//! (a fresh layer's round-robin one is `from_kept_outputs(N, 0..M)`), so the list
-//! `kept` (the output position of template 0, 1, …, M−1) determines it. A checkpoint
-//! stores it as the metadata entry `assignment.<layer name>` = "k0,k1,…"; loading
-//! rebuilds the layer's parameters at those shapes (`SbfConv2d::reassign`) before
-//! the tensors are read, so a pruned model reloads exactly.
+//! A checkpoint stores a layer's template outputs as the metadata entry
+//! `assignment.<layer name>` = "k0,k1,…" (the output position of template 0, 1, …, M−1).
+//! When the transformed outputs are spread round-robin over the templates
+//! (`TemplateAssignment::from_kept_outputs`: every fresh layer and every conversion) that list
+//! determines the assignment. After a pruning ramp of several steps, a transformed output keeps
+//! the template it was given at its own step, so the checkpoint also stores the template of every
+//! output, `assignment_templates.<layer name>` = "m0,m1,…,m(N−1)". Loading rebuilds the layer's
+//! parameters at those shapes (`SbfConv2d::set_assignment`) before the tensors are read, so a
+//! pruned model reloads exactly.
 
 use crate::autograd::{ParamId, ParamStore};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::nn::{Model, TransformInit};
+use crate::nn::Model;
 use crate::ops::TemplateAssignment;
 use std::path::Path;
 
@@ -29,23 +32,28 @@ pub fn kept_outputs(assignment: &TemplateAssignment) -> Vec<usize> {
     kept.into_iter().map(|(_, n)| n).collect()
 }
 
-/// `assignment.<layer>` metadata for every SBF layer of `model`.
+/// Metadata key of the template of every output of a layer (absent for round-robin layouts).
+pub fn templates_key(layer: &str) -> String {
+    format!("assignment_templates.{layer}")
+}
+
+fn list(values: &[usize]) -> String {
+    values.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `assignment.<layer>` metadata for every SBF layer of `model`, and
+/// `assignment_templates.<layer>` for those whose layout is not round-robin.
 pub fn assignment_metadata(model: &Model) -> Vec<(String, String)> {
-    model
-        .conv_layers()
-        .into_iter()
-        .filter_map(|(name, layer)| {
-            let sbf = layer.as_sbf()?;
-            let kept = kept_outputs(&sbf.assignment);
-            assert_eq!(
-                TemplateAssignment::from_kept_outputs(sbf.out_channels, &kept),
-                sbf.assignment,
-                "layer {name}: its assignment is not determined by its kept outputs"
-            );
-            let text = kept.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-            Some((assignment_key(&name), text))
-        })
-        .collect()
+    let mut metadata = Vec::new();
+    for (name, layer) in model.conv_layers() {
+        let Some(sbf) = layer.as_sbf() else { continue };
+        let kept = kept_outputs(&sbf.assignment);
+        metadata.push((assignment_key(&name), list(&kept)));
+        if TemplateAssignment::from_kept_outputs(sbf.out_channels, &kept) != sbf.assignment {
+            metadata.push((templates_key(&name), list(&sbf.assignment.template_of)));
+        }
+    }
+    metadata
 }
 
 /// Gives every SBF layer of `model` the assignment saved in `checkpoint` (read from `path`),
@@ -85,8 +93,34 @@ pub fn restore_assignments(
         if kept.is_empty() {
             return Err(bad("no template"));
         }
-        if kept_outputs(&sbf.assignment) != kept {
-            sbf.reassign(store, &kept, TransformInit::Identity);
+        let assignment = match checkpoint.get(&templates_key(&name)) {
+            None => TemplateAssignment::from_kept_outputs(sbf.out_channels, &kept),
+            Some(text) => {
+                let key = templates_key(&name);
+                let bad = |why: &str| Error::file(path, format!("checkpoint's {key} = \"{text}\": {why}"));
+                let template_of: Vec<usize> = text
+                    .split(',')
+                    .map(|v| {
+                        v.parse::<usize>()
+                            .map_err(|_| bad("not a list of template indices"))
+                    })
+                    .collect::<Result<_>>()?;
+                let fits = template_of.len() == sbf.out_channels
+                    && template_of.iter().all(|&m| m < kept.len())
+                    && kept.iter().enumerate().all(|(k, &n)| template_of[n] == k);
+                if !fits {
+                    return Err(bad(&format!(
+                        "not a template in 0..{} for each of the {} outputs, with template k at output {}",
+                        kept.len(),
+                        sbf.out_channels,
+                        assignment_key(&name)
+                    )));
+                }
+                TemplateAssignment::with_templates(&kept, template_of)
+            }
+        };
+        if assignment != sbf.assignment {
+            sbf.set_assignment(store, assignment);
             reshaped.extend([sbf.templates, sbf.transforms]);
         }
     }

@@ -293,6 +293,41 @@ impl TemplateAssignment {
         }
     }
 
+    /// The assignment with every output's template given: `kept_outputs[k]` is template k's
+    /// identity output, output n copies template `template_of[n]`, and the transformed outputs
+    /// take the mask rows 0..N−M in increasing order of n. With the templates of
+    /// [`TemplateAssignment::from_kept_outputs`] it is that assignment.
+    pub fn with_templates(kept_outputs: &[usize], template_of: Vec<usize>) -> TemplateAssignment {
+        let outputs = template_of.len();
+        let mut mask_row = vec![None; outputs];
+        let mut is_kept = vec![false; outputs];
+        for (k, &n) in kept_outputs.iter().enumerate() {
+            assert!(
+                n < outputs && template_of[n] == k && !is_kept[n],
+                "TemplateAssignment::with_templates: kept output {n} is out of range 0..{outputs}, repeated, \
+                 or not template {k}"
+            );
+            is_kept[n] = true;
+        }
+        let mut row = 0;
+        for n in 0..outputs {
+            assert!(
+                template_of[n] < kept_outputs.len(),
+                "TemplateAssignment::with_templates: output {n} reads template {}, of {}",
+                template_of[n],
+                kept_outputs.len()
+            );
+            if !is_kept[n] {
+                mask_row[n] = Some(row);
+                row += 1;
+            }
+        }
+        TemplateAssignment {
+            template_of,
+            mask_row,
+        }
+    }
+
     /// N
     pub fn outputs(&self) -> usize {
         self.template_of.len()

@@ -92,19 +92,89 @@ impl SbfConv2d {
         )
     }
 
-    /// Re-selects the templates in place (a step of the pruning ramp): the layer's current
-    /// effective filters Weff are converted as by [`SbfConv2d::from_dense`] with the new
-    /// `kept_outputs`. The ParamIds stay; the values AND gradients of `templates` and
-    /// `transforms` get new shapes, so any optimizer state kept for them must be reset.
+    /// Re-selects the templates in place (a step of the pruning ramp): the filters at
+    /// `kept_outputs` stay templates at their output positions. A transformed output whose
+    /// template is kept keeps its template and its (trained) mask. Every other output that is not
+    /// kept (newly pruned, or orphaned because its template was pruned) goes to the template with
+    /// the fewest copies so far, in increasing order of n, with a mask initialised by `init` from
+    /// its current effective filter. The ParamIds stay; the values AND gradients of `templates`
+    /// and `transforms` get new shapes, so any optimizer state kept for them must be reset.
     pub fn reassign(&mut self, store: &mut ParamStore, kept_outputs: &[usize], init: TransformInit) {
+        let old = self.assignment.clone();
         let weff = self.effective_weight(store);
-        let name = store.params[self.templates.0].name.clone();
-        let (templates, transforms, assignment) =
-            dense_to_parts(&name, &weff, kept_outputs, &self.config, init);
+        let old_identity = old.identity_outputs();
+        let outputs = self.out_channels;
+        let mut new_template = vec![None; outputs];
+        for (k, &n) in kept_outputs.iter().enumerate() {
+            new_template[n] = Some(k);
+        }
+        let mut template_of = vec![usize::MAX; outputs];
+        let mut copies = vec![0usize; kept_outputs.len()];
+        let mut keeps_mask = vec![false; outputs];
+        for n in 0..outputs {
+            if let Some(k) = new_template[n] {
+                template_of[n] = k;
+            } else if let (Some(_), Some(k)) =
+                (old.mask_row[n], new_template[old_identity[old.template_of[n]]])
+            {
+                (template_of[n], keeps_mask[n]) = (k, true);
+                copies[k] += 1;
+            }
+        }
+        for n in 0..outputs {
+            if template_of[n] == usize::MAX {
+                let k = (0..copies.len())
+                    .min_by_key(|&k| copies[k])
+                    .expect("at least one template");
+                template_of[n] = k;
+                copies[k] += 1;
+            }
+        }
+        let assignment = TemplateAssignment::with_templates(kept_outputs, template_of);
+        let templates = rows_of(&weff, kept_outputs);
+        let (groups, kernel, family) = (self.config.groups, self.kernel, self.config.family);
+        let transformed = outputs - kept_outputs.len();
+        let mut transforms = identity_transforms(family, transformed, groups, kernel);
+        let row_len = transforms.len() / transformed.max(1);
+        let old_transforms = store.value(self.transforms);
+        for n in (0..outputs).filter(|&n| keeps_mask[n]) {
+            let (to, from) = (assignment.mask_row[n].unwrap(), old.mask_row[n].unwrap());
+            transforms.data[to * row_len..(to + 1) * row_len]
+                .copy_from_slice(&old_transforms.data[from * row_len..(from + 1) * row_len]);
+        }
+        if init == TransformInit::LeastSquares {
+            fit_masks(
+                &weff,
+                &templates,
+                &assignment,
+                &self.config,
+                &mut transforms,
+                |n| !keeps_mask[n],
+            );
+        }
         for (id, value) in [(self.templates, templates), (self.transforms, transforms)] {
             let param = &mut store.params[id.0];
             param.grad = Tensor::zeros(&value.shape);
             param.value = value;
+        }
+        self.assignment = assignment;
+    }
+
+    /// Gives the layer `assignment`, with zero templates and masks of the shapes it needs (a
+    /// checkpoint's values are to be loaded into them). Optimizer state must be reset as after
+    /// [`SbfConv2d::reassign`].
+    pub fn set_assignment(&mut self, store: &mut ParamStore, assignment: TemplateAssignment) {
+        let templates = assignment.templates();
+        let shapes = [
+            vec![templates, self.in_channels, self.kernel, self.kernel],
+            self.config
+                .family
+                .param_shape(self.out_channels - templates, self.config.groups, self.kernel),
+        ];
+        for (id, shape) in [self.templates, self.transforms].into_iter().zip(shapes) {
+            let param = &mut store.params[id.0];
+            param.value = Tensor::zeros(&shape);
+            param.grad = Tensor::zeros(&shape);
         }
         self.assignment = assignment;
     }
@@ -200,40 +270,69 @@ fn dense_to_parts(
         config.groups
     );
     let assignment = TemplateAssignment::from_kept_outputs(out_channels, kept_outputs);
-    let filter = in_channels * kernel * kernel;
-    let mut b = Tensor::zeros(&[kept_outputs.len(), in_channels, kernel, kernel]);
-    for (k, &n) in kept_outputs.iter().enumerate() {
-        b.data[k * filter..(k + 1) * filter].copy_from_slice(&weight.data[n * filter..(n + 1) * filter]);
-    }
+    let b = rows_of(weight, kept_outputs);
     let transformed = out_channels - kept_outputs.len();
     let mut t = identity_transforms(config.family, transformed, config.groups, kernel);
-    // The zero family has no masks to fit: its transformed outputs are pruned.
-    if init == TransformInit::LeastSquares && config.family != TransformFamily::Zero {
-        assert_eq!(
-            config.family,
-            TransformFamily::Scalar,
-            "SbfConv2d::from_dense {name}: the least-squares init fits scalar masks only"
-        );
-        // T[g,k] = Σ_{i∈g} W_n[i,k]·B_m[i,k] / Σ_{i∈g} B_m[i,k]²
-        let (taps, cg) = (kernel * kernel, in_channels / config.groups);
-        for n in 0..out_channels {
-            let Some(r) = assignment.mask_row[n] else { continue };
-            let m = assignment.template_of[n];
-            for g in 0..config.groups {
-                for k in 0..taps {
-                    let (mut wb, mut bb) = (0.0f64, 0.0f64);
-                    for i in g * cg..(g + 1) * cg {
-                        let bv = b.data[(m * in_channels + i) * taps + k] as f64;
-                        wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
-                        bb += bv * bv;
-                    }
-                    t.data[(r * config.groups + g) * taps + k] =
-                        if bb > 0.0 { (wb / bb) as f32 } else { 1.0 };
+    if init == TransformInit::LeastSquares {
+        fit_masks(weight, &b, &assignment, config, &mut t, |_| true);
+    }
+    (b, t, assignment)
+}
+
+/// The filters of `weight` [N, C, K, K] at `outputs`, in that order: [outputs.len(), C, K, K].
+fn rows_of(weight: &Tensor, outputs: &[usize]) -> Tensor {
+    let [_, in_channels, kernel, _] = weight.nchw("rows_of");
+    let filter = in_channels * kernel * kernel;
+    let mut rows = Tensor::zeros(&[outputs.len(), in_channels, kernel, kernel]);
+    for (k, &n) in outputs.iter().enumerate() {
+        rows.data[k * filter..(k + 1) * filter].copy_from_slice(&weight.data[n * filter..(n + 1) * filter]);
+    }
+    rows
+}
+
+/// Sets the masks of the transformed outputs n with `refit(n)` to the per-tap least-squares fit
+/// of the filter `weight[n]` by its template `templates[m(n)]`:
+///
+/// ```text
+/// T[g, k] = Σ_{i∈g} W_n[i,k]·B_m[i,k] / Σ_{i∈g} B_m[i,k]²      (1 where the template's taps are 0)
+/// ```
+///
+/// The zero family has no masks to fit (its transformed outputs are pruned); only scalar masks
+/// can be fitted.
+fn fit_masks(
+    weight: &Tensor,
+    templates: &Tensor,
+    assignment: &TemplateAssignment,
+    config: &SbfConfig,
+    masks: &mut Tensor,
+    refit: impl Fn(usize) -> bool,
+) {
+    if config.family == TransformFamily::Zero {
+        return;
+    }
+    assert_eq!(
+        config.family,
+        TransformFamily::Scalar,
+        "the least-squares init fits scalar masks only"
+    );
+    let [out_channels, in_channels, kernel, _] = weight.nchw("fit_masks");
+    let (taps, cg) = (kernel * kernel, in_channels / config.groups);
+    for n in (0..out_channels).filter(|&n| refit(n)) {
+        let Some(r) = assignment.mask_row[n] else { continue };
+        let m = assignment.template_of[n];
+        for g in 0..config.groups {
+            for k in 0..taps {
+                let (mut wb, mut bb) = (0.0f64, 0.0f64);
+                for i in g * cg..(g + 1) * cg {
+                    let bv = templates.data[(m * in_channels + i) * taps + k] as f64;
+                    wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
+                    bb += bv * bv;
                 }
+                masks.data[(r * config.groups + g) * taps + k] =
+                    if bb > 0.0 { (wb / bb) as f32 } else { 1.0 };
             }
         }
     }
-    (b, t, assignment)
 }
 
 /// Identity transforms for `transformed` outputs and `groups` groups, in the family's shape.

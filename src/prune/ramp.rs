@@ -7,12 +7,12 @@
 //! picks the templates of all layers at once with one global threshold
 //! ([`select_templates`]: per-layer minimum, monotone), and re-parameterises
 //! every layer whose choice changed with [`SbfConv2d::reassign`]: the kept
-//! filters stay templates at their output positions, each newly transformed
-//! output copies template r mod M (r: its rank among the transformed
-//! positions) with a mask initialised as a copy (T = 1) or by the least-squares
-//! fit of the filter it replaces. Existing transforms are carried over through
-//! the layer's effective filters (a transformed output refitted to its new
-//! template). The parameters of a reassigned layer change shape, so their
+//! filters stay templates at their output positions; a transformed output whose
+//! template is kept keeps that template and its trained mask; every newly
+//! transformed output (or one whose template was pruned) goes to the template
+//! with the fewest copies, with a mask initialised as a copy (T = 1) or by the
+//! least-squares fit of the filter it replaces. The parameters of a reassigned
+//! layer change shape, so their
 //! optimizer state is reset by the caller.
 
 use super::schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
@@ -40,7 +40,7 @@ impl PruneSettings {
         (2 * epochs).div_ceil(15).max(1)
     }
 
-    /// Refuses a rate outside [0, 1), a zero minimum or a ramp longer than the run.
+    /// Refuses a rate outside [0, 1), a zero minimum, an empty ramp or one longer than the run.
     pub fn validate(&self, epochs: usize) -> Result<()> {
         if !(0.0..1.0).contains(&self.ramp.target_rate) {
             return Err(Error::msg(format!(
@@ -50,6 +50,11 @@ impl PruneSettings {
         }
         if self.min_templates == 0 {
             return Err(Error::msg("`min_templates` must be at least 1"));
+        }
+        if self.ramp.epochs == 0 {
+            return Err(Error::msg(
+                "`ramp_epochs` must be at least 1: a ramp of 0 epochs would never take a pruning step",
+            ));
         }
         if self.ramp.epochs > epochs {
             return Err(Error::msg(format!(
@@ -406,5 +411,84 @@ mod tests {
         assert_eq!(pruned.assignment.template_of[3], 0);
         let got = pruned.effective_weight(&store);
         assert!(max_scaled_difference(&got.data, &wanted.data, 1e-5, 1e-5) <= 1.0);
+    }
+
+    /// For every SBF layer: (output, its template's output position, its mask values) of each
+    /// transformed output.
+    fn transformed_outputs(model: &Model, store: &ParamStore) -> Vec<Vec<(usize, usize, Vec<f32>)>> {
+        let layers = model.conv_layers();
+        let sbf_layers = layers.iter().filter_map(|(_, l)| l.as_sbf());
+        sbf_layers
+            .map(|sbf| {
+                let identity = sbf.assignment.identity_outputs();
+                let masks = store.value(sbf.transforms);
+                let row = masks.len() / (sbf.out_channels - sbf.num_templates()).max(1);
+                (0..sbf.out_channels)
+                    .filter_map(|n| {
+                        let r = sbf.assignment.mask_row[n]?;
+                        let template = identity[sbf.assignment.template_of[n]];
+                        Some((n, template, masks.data[r * row..(r + 1) * row].to_vec()))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_later_ramp_step_keeps_the_templates_and_trained_masks_of_earlier_transformed_outputs() {
+        for init in [TransformInit::LeastSquares, TransformInit::Identity] {
+            later_step_keeps_masks(init);
+        }
+    }
+
+    fn later_step_keeps_masks(init: TransformInit) {
+        let (mut model, mut store) = model("resnet8-w8 sbf:rate=0,groups=2");
+        let step = |model: &mut Model, store: &mut ParamStore, rate: f32| {
+            prune_step(model, store, rate, 2, init, Saliency::L1, None);
+        };
+        step(&mut model, &mut store, 0.3);
+        // Training moves the masks away from their least-squares start.
+        let mut rng = StdRng::seed_from_u64(5);
+        for (_, layer) in model.conv_layers() {
+            let Some(sbf) = layer.as_sbf() else { continue };
+            let masks = store.value_mut(sbf.transforms);
+            let noise = Tensor::normal(&masks.shape, 0.1, &mut rng);
+            for (t, e) in masks.data.iter_mut().zip(&noise.data) {
+                *t += e;
+            }
+        }
+        let before = transformed_outputs(&model, &store);
+        step(&mut model, &mut store, 0.6);
+        let after = transformed_outputs(&model, &store);
+        let mut kept = 0;
+        for (layer_before, layer_after) in before.iter().zip(&after) {
+            for (n, template, mask) in layer_before {
+                let now = layer_after
+                    .iter()
+                    .find(|(m, ..)| m == n)
+                    .expect("transformed stays transformed");
+                // Its template is still a template: the same template and the trained mask.
+                if layer_after.iter().all(|(m, ..)| m != template) {
+                    assert_eq!((now.1, &now.2), (*template, mask), "output {n}");
+                    kept += 1;
+                }
+            }
+        }
+        assert!(kept > 10, "only {kept} outputs kept their template");
+        // The layout is saved: a model rebuilt from the checkpoint computes the same logits.
+        let checkpoint = Checkpoint {
+            model: model.description(),
+            metadata: crate::checkpoint::assignment_metadata(&model),
+            tensors: crate::checkpoint::model_tensors(&store),
+        };
+        assert!(checkpoint
+            .metadata
+            .iter()
+            .any(|(k, _)| k.starts_with("assignment_templates.")));
+        let (reloaded, reloaded_store) = crate::checkpoint::load_model(&checkpoint, Path::new("c")).unwrap();
+        assert_eq!(
+            logits(&reloaded, &reloaded_store).data,
+            logits(&model, &store).data
+        );
     }
 }

@@ -478,6 +478,10 @@ fn settings_are_refused_before_the_data_is_read() {
             "--ema 1: the decay must lie strictly between 0 and 1",
         ),
         (
+            vec!["--prune-rate", "0.5", "--prune-epochs", "0"],
+            "--prune-epochs must be at least 1: a ramp of 0 epochs would never take a pruning step",
+        ),
+        (
             vec!["--ema", "0.999", "--prune-rate", "0.5"],
             "--ema cannot be combined with --prune-rate",
         ),
