@@ -114,7 +114,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         .metadata
         .push((TEST_IMAGES_KEY.into(), test_images.to_string()));
     // The training loop rewrites the checkpoint's metadata: the conversion is noted beside it.
-    let note = out.join(prune::report::CONVERSION_NOTE);
+    let note = out.join(prune::convert::CONVERSION_NOTE);
     std::fs::write(
         &note,
         format!(

@@ -1,7 +1,7 @@
 //! `sbfnet report DIR`: the Markdown results table (paper Table 3.1 form) of the runs in DIR.
 
 use clap::Args;
-use sbfnet::prune::report::{markdown_table, read_runs};
+use sbfnet::train::report::{markdown_table, read_runs};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
 

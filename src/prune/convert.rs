@@ -16,6 +16,9 @@ use crate::nn::{ConvKind, Model, ModelSpec, TransformInit};
 use crate::ops::TransformFamily;
 use std::path::Path;
 
+/// The file `sbfnet prune` writes in a converted run's folder (source checkpoint, rate, masks).
+pub const CONVERSION_NOTE: &str = "converted_from.txt";
+
 /// The SBF spec of a dense model: the body becomes `sbf:rate=0,groups=<groups>` with the
 /// given transform family (scalar for SBF, zero for plain L1 filter pruning).
 pub fn sbf_spec_of_dense(

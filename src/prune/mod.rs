@@ -2,7 +2,6 @@
 
 pub mod convert;
 pub mod ramp;
-pub mod report;
 pub mod schedule;
 pub mod taylor;
 

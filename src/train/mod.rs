@@ -9,6 +9,7 @@ pub mod numerics;
 pub mod optimizer;
 pub mod parallel;
 pub mod partial_epoch;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod settings;

@@ -1,19 +1,20 @@
 //! The results table of an output folder of runs, in the form of the paper's Table 3.1
 //! (model, method, baseline accuracy, accuracy, change, MACs and parameter reductions).
 //!
-//! Everything is read from each run's `last.ckpt`: the model description, the pruning
-//! settings (`prune_rate`: pruned during training; a [`CONVERSION_NOTE`] beside it: a converted dense run),
-//! the best test accuracy and the wall time. The model is rebuilt to count its parameters and
-//! MACs beside the dense network of the same name. The baseline of a run is the best accuracy
-//! of the dense run of the same model name in the folder.
+//! Everything is read from each run's `last.ckpt` and `metrics.csv`: the model description, the
+//! pruning settings (`prune_rate`: pruned during training; a [`CONVERSION_NOTE`] beside it: a
+//! converted dense run), the test accuracy of the last epoch and of the best, and the wall time.
+//! The model is rebuilt to count its parameters and MACs beside the dense network of the same
+//! name. The baseline of a run is the last-epoch accuracy of the dense run of the same model name
+//! in the folder (the best dense run where there are several).
 
+use super::metrics;
 use crate::checkpoint::load_model;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
+use crate::prune::convert::CONVERSION_NOTE;
+use crate::prune::{PruneState, Saliency};
 use std::path::Path;
-
-/// The file `sbfnet prune` writes in a converted run's folder (source checkpoint and rate).
-pub const CONVERSION_NOTE: &str = "converted_from.txt";
 
 /// One run of the table.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,7 +27,10 @@ pub struct RunSummary {
     /// ", l1 saliency" or ", taylor saliency" where it is not the default, ", distilled" with a teacher.
     pub method: String,
     pub is_dense: bool,
+    /// Test accuracy of the last evaluated epoch (from metrics.csv; the best one without it).
     pub accuracy: f32,
+    /// Best test accuracy of any evaluated epoch.
+    pub best_accuracy: f32,
     pub params: usize,
     pub dense_params: usize,
     pub macs: usize,
@@ -66,7 +70,7 @@ impl RunSummary {
             } else {
                 "converted"
             };
-            let fraction = super::PruneState::of(&model).transformed_fraction();
+            let fraction = PruneState::of(&model).transformed_fraction();
             let mut text = format!("{method} {how} {fraction:.2}");
             // How the masks started (SBF only: pruned filters have none): from the
             // checkpoint of a ramp, from the conversion note of a converted run.
@@ -79,7 +83,7 @@ impl RunSummary {
                 text += &format!(", {init} masks");
             }
             match checkpoint.get("prune_saliency") {
-                Some(saliency) if saliency != super::Saliency::L1Relative.name() => {
+                Some(saliency) if saliency != Saliency::L1Relative.name() => {
                     text += &format!(", {saliency} saliency")
                 }
                 _ => {}
@@ -88,6 +92,14 @@ impl RunSummary {
         } else {
             model.spec.convs.describe()
         };
+        // The last evaluated epoch of metrics.csv, up to the checkpoint's epoch.
+        let epoch = number("epoch");
+        let last_accuracy = metrics::read_csv(&dir.join("metrics.csv")).ok().and_then(|rows| {
+            rows.iter()
+                .filter(|r| r.epoch as f64 <= epoch)
+                .filter_map(|r| r.test_accuracy)
+                .next_back()
+        });
         let method = match checkpoint.get("kd_teacher") {
             Some(_) => format!("{method}, distilled"),
             None => method,
@@ -99,7 +111,8 @@ impl RunSummary {
             model: model.name(),
             method,
             is_dense,
-            accuracy: number("best_test_accuracy") as f32,
+            accuracy: last_accuracy.unwrap_or(number("best_test_accuracy") as f32),
+            best_accuracy: number("best_test_accuracy") as f32,
             params: table.iter().map(|r| r.params).sum(),
             dense_params: table.iter().map(|r| r.dense_params).sum(),
             macs: table.iter().map(|r| r.macs).sum(),
@@ -121,12 +134,13 @@ pub fn read_runs(dir: &Path) -> Result<Vec<RunSummary>> {
     folders.iter().map(|f| RunSummary::read(f)).collect()
 }
 
-/// The Markdown table. Change = accuracy − baseline (percentage points; negative: a drop);
-/// reductions are 1 − (network's count / the dense network's count), whole network.
+/// The Markdown table. Acc is the last epoch's test accuracy, Best the best epoch's; Change =
+/// Acc − baseline (percentage points; negative: a drop); reductions are 1 − (network's count /
+/// the dense network's count), whole network.
 pub fn markdown_table(runs: &[RunSummary]) -> String {
     let mut text = String::from(
-        "| Run | Model | Method | Baseline Acc | Acc | Change | MACs↓ % | Params↓ % | Wall time |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| Run | Model | Method | Baseline Acc | Acc | Best | Change | MACs↓ % | Params↓ % | Wall time |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for run in runs {
         let baseline = runs
@@ -142,12 +156,13 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
             None => ("–".into(), "–".into()),
         };
         text += &format!(
-            "| {} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.0} s |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.0} s |\n",
             run.folder,
             run.model,
             run.method,
             baseline_text,
             100.0 * run.accuracy,
+            100.0 * run.best_accuracy,
             change,
             100.0 * (1.0 - run.macs as f64 / run.dense_macs.max(1) as f64),
             100.0 * (1.0 - run.params as f64 / run.dense_params.max(1) as f64),
@@ -155,4 +170,46 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ModelSpec;
+    use crate::train::metrics::{write_csv, MetricsRow};
+    use crate::train::{TrainConfig, Trainer};
+
+    #[test]
+    fn a_run_reports_its_last_epoch_beside_its_best() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let mut trainer = Trainer::new(&spec, TrainConfig::recipe(), 1000).unwrap();
+        (trainer.epoch, trainer.best_test_accuracy) = (2, 0.8);
+        trainer.to_checkpoint().save(&dir.join("last.ckpt")).unwrap();
+        let row = |epoch, test_accuracy| MetricsRow {
+            epoch,
+            learning_rate: 0.1,
+            train_loss: 1.0,
+            train_accuracy: 0.5,
+            test_loss: Some(1.0),
+            test_accuracy: Some(test_accuracy),
+            images_per_second: 100.0,
+            elapsed_seconds: 10.0 * epoch as f64,
+        };
+        // Epoch 3 was written by a session killed before its checkpoint: not the run's.
+        write_csv(&dir.join("metrics.csv"), &[row(1, 0.8), row(2, 0.7), row(3, 0.9)]).unwrap();
+        let run = RunSummary::read(&dir).unwrap();
+        assert_eq!((run.accuracy, run.best_accuracy), (0.7, 0.8));
+        let table = markdown_table(&[run]);
+        assert!(
+            table
+                .lines()
+                .nth(2)
+                .unwrap()
+                .contains("| dense | 70.00 | 70.00 | 80.00 | +0.00 |"),
+            "{table}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
