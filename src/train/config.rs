@@ -147,6 +147,7 @@ impl TrainConfig {
             base: self.learning_rate,
             warmup_steps: self.warmup_epochs * steps,
             total_steps: epochs * steps,
+            anchor: None,
         }
     }
 

@@ -39,7 +39,7 @@ use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::Sgd;
 use super::parallel::{data_parallel_gradients, Objective};
 use super::partial_epoch::PartialEpoch;
-use super::schedule::Schedule;
+use super::schedule::{Anchor, Schedule};
 use super::weight_average::WeightAverage;
 use crate::autograd::{ParamId, ParamStore};
 use crate::checkpoint::Checkpoint;
@@ -459,6 +459,10 @@ impl Trainer {
         ] {
             metadata.push((key.to_string(), value));
         }
+        if let Some(anchor) = self.schedule.anchor {
+            metadata.push(("schedule_anchor_step".into(), anchor.step.to_string()));
+            metadata.push(("schedule_anchor_progress".into(), anchor.progress.to_string()));
+        }
         metadata.extend(self.pruning.iter().flat_map(|p| p.to_metadata()));
         metadata.extend(self.distillation.iter().flat_map(|d| d.to_metadata()));
         metadata.extend(assignment_metadata(&self.model));
@@ -526,17 +530,26 @@ impl Trainer {
         trainer.best_test_accuracy = number(checkpoint, path, "best_test_accuracy")?;
         trainer.elapsed_seconds = number(checkpoint, path, "elapsed_seconds")?;
         if checkpoint.get("planned_epochs").is_some() {
-            trainer.plan_epochs(number(checkpoint, path, "planned_epochs")?);
+            trainer.planned_epochs = number(checkpoint, path, "planned_epochs")?;
+            trainer.schedule = trainer.config.schedule_for(train_images, trainer.planned_epochs);
+        }
+        if checkpoint.get("schedule_anchor_step").is_some() {
+            trainer.schedule.anchor = Some(Anchor {
+                step: number(checkpoint, path, "schedule_anchor_step")?,
+                progress: number(checkpoint, path, "schedule_anchor_progress")?,
+            });
         }
         trainer.partial = PartialEpoch::from_checkpoint(checkpoint, path)?;
         Ok(trainer)
     }
 
-    /// Sets the run's length to `epochs` (at most `config.epochs`) and stretches or shrinks
-    /// the learning-rate schedule to end there.
+    /// Sets the run's length to `epochs` (at most `config.epochs`) and fits the learning-rate
+    /// schedule to end there: from the current step on it keeps its rate and anneals over the
+    /// steps left ([`Schedule::replanned`]).
     pub fn plan_epochs(&mut self, epochs: usize) {
         self.planned_epochs = epochs.min(self.config.epochs);
-        self.schedule = self.config.schedule_for(self.train_images, self.planned_epochs);
+        let total_steps = self.config.steps_per_epoch(self.train_images) * self.planned_epochs;
+        self.schedule = self.schedule.replanned(self.step, total_steps);
     }
 
     /// The weights that are evaluated and saved: the moving average with `--ema`, else the live ones.
@@ -706,8 +719,15 @@ mod tests {
         assert_eq!(trainer.planned_epochs, 10);
         trainer.plan_epochs(6);
         trainer.train_epoch(&set, |_| {}).unwrap();
+        trainer.train_epoch(&set, |_| {}).unwrap();
+        // Past the warm-up, a new plan keeps the rate of the next step and anneals from there.
+        let rate = trainer.schedule.learning_rate(trainer.step);
+        trainer.plan_epochs(4);
+        assert!(trainer.schedule.anchor.is_some());
+        assert!((trainer.schedule.learning_rate(trainer.step) - rate).abs() < 1e-7);
+        assert_eq!(trainer.schedule.learning_rate(16), 0.0);
         let resumed = Trainer::from_checkpoint(&trainer.to_checkpoint(), Path::new("c"), set.len()).unwrap();
-        assert_eq!(resumed.planned_epochs, 6);
+        assert_eq!(resumed.planned_epochs, 4);
         assert_eq!(resumed.schedule, trainer.schedule);
     }
 }
