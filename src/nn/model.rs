@@ -12,7 +12,7 @@
 use super::conv_layer::{ConvLayer, ConvPlan};
 use super::resnet::ResNet;
 use super::vgg::{Vgg, VggLayer};
-use super::Linear;
+use super::{BatchNorm2d, Linear};
 use crate::autograd::{ParamStore, Tape, Var};
 use crate::data::cifar::NUM_CLASSES;
 use crate::error::{Error, Result};
@@ -268,6 +268,29 @@ impl Model {
                 })
                 .enumerate()
                 .map(|(i, conv)| (format!("features.conv{}", i + 1), conv))
+                .collect(),
+        }
+    }
+
+    /// Every convolution with the batch norm that normalises its output, in forward order (every
+    /// convolution of these models has one).
+    pub fn conv_batch_norms(&self) -> Vec<(&ConvLayer, &BatchNorm2d)> {
+        match &self.network {
+            Network::ResNet(net) => {
+                let mut pairs = vec![(&net.stem, &net.stem_bn)];
+                for block in net.stages.iter().flatten() {
+                    pairs.push((&block.conv1, &block.bn1));
+                    pairs.push((&block.conv2, &block.bn2));
+                }
+                pairs
+            }
+            Network::Vgg(net) => net
+                .features
+                .iter()
+                .filter_map(|layer| match layer {
+                    VggLayer::Conv { conv, bn } => Some((conv, bn)),
+                    VggLayer::Pool => None,
+                })
                 .collect(),
         }
     }

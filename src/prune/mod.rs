@@ -5,7 +5,7 @@ pub mod ramp;
 pub mod schedule;
 pub mod taylor;
 
-pub use ramp::{prune_step, PruneSettings, PruneState};
+pub use ramp::{prune_step, silence_pruned_channels, PruneSettings, PruneState};
 pub use schedule::{l1_norms, select_templates, LayerFilters, Ramp, Saliency};
 pub use taylor::TaylorScores;
 

@@ -21,6 +21,7 @@ use crate::autograd::{ParamId, ParamStore};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::{Model, SbfConv2d, TransformInit};
+use crate::ops::TransformFamily;
 use std::path::Path;
 
 /// How a run prunes.
@@ -232,7 +233,28 @@ pub fn prune_step(
         layer.reassign(store, &kept, init);
         reshaped.extend([layer.templates, layer.transforms]);
     }
+    drop(layers);
+    silence_pruned_channels(model, store);
     reshaped
+}
+
+/// Plain filter pruning (`--method l1`, the zero family) removes a pruned filter's whole output
+/// channel: its convolution output is zero, and so is the output of the batch norm after it, whose
+/// scale γ and shift β are set to 0 (a trainable β alone would feed the next layer a learned
+/// constant). Called after every pruning step and every optimiser step; SBF layers, whose
+/// transformed outputs are live, are left alone.
+pub fn silence_pruned_channels(model: &Model, store: &mut ParamStore) {
+    for (conv, bn) in model.conv_batch_norms() {
+        let Some(sbf) = conv.as_sbf().filter(|s| s.config.family == TransformFamily::Zero) else {
+            continue;
+        };
+        for (n, row) in sbf.assignment.mask_row.iter().enumerate() {
+            if row.is_some() {
+                store.value_mut(bn.gamma).data[n] = 0.0;
+                store.value_mut(bn.beta).data[n] = 0.0;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

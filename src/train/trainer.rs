@@ -52,7 +52,7 @@ use crate::data::cifar::Cifar10;
 use crate::error::{Error, Result};
 use crate::nn::model::Network;
 use crate::nn::{Model, ModelSpec};
-use crate::prune::{prune_step, PruneSettings};
+use crate::prune::{prune_step, silence_pruned_channels, PruneSettings};
 use crate::prune::{Saliency, TaylorScores};
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
@@ -231,6 +231,7 @@ impl Trainer {
                 }
             }
             self.optimizer.step(&mut self.store, learning_rate);
+            silence_pruned_channels(&self.model, &mut self.store);
             self.store.apply_batch_statistics(&statistics);
             fault = numerics::first_nonfinite_parameter(&self.store).map(|parameter| FaultKind::Update {
                 parameter,

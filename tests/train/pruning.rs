@@ -133,3 +133,35 @@ fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Plain L1 filter pruning (the zero family) removes a pruned output channel entirely: the
+/// batch norm after the conv outputs 0 there too (γ = β = 0, kept so through training), so the
+/// next layer sees no learned constant.
+#[test]
+fn l1_pruning_silences_the_batch_norm_of_every_pruned_channel_through_training() {
+    let set = synthetic_set(64, 10, 3);
+    let spec = ModelSpec::parse_description("resnet8-w8 sbf:rate=0,groups=2,family=zero").unwrap();
+    let mut trainer = Trainer::new(&spec, config(3), set.len()).unwrap();
+    trainer.pruning = Some(PruneSettings {
+        ramp: Ramp {
+            target_rate: 0.5,
+            epochs: 2,
+        },
+        min_templates: 2,
+        init: TransformInit::Identity,
+        saliency: Saliency::L1,
+    });
+    for _ in 0..3 {
+        trainer.train_epoch(&set, |_| {}).unwrap();
+    }
+    let mut silenced = 0;
+    for (conv, bn) in trainer.model.conv_batch_norms() {
+        let Some(sbf) = conv.as_sbf() else { continue };
+        for n in (0..sbf.out_channels).filter(|&n| sbf.assignment.mask_row[n].is_some()) {
+            let (gamma, beta) = (trainer.store.value(bn.gamma), trainer.store.value(bn.beta));
+            assert_eq!((gamma.data[n], beta.data[n]), (0.0, 0.0), "channel {n}");
+            silenced += 1;
+        }
+    }
+    assert!(silenced > 20, "only {silenced} channels were pruned");
+}
