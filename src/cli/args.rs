@@ -233,12 +233,11 @@ impl PruneArgs {
         };
         let init = self.conversion.mask_init()?;
         let settings = PruneSettings {
-            ramp: Ramp {
-                target_rate: rate,
-                epochs: self
-                    .prune_epochs
+            ramp: Ramp::new(
+                rate,
+                self.prune_epochs
                     .unwrap_or(PruneSettings::default_ramp_epochs(epochs)),
-            },
+            ),
             min_templates: self.conversion.min_templates.unwrap_or(8),
             init,
             saliency: self.conversion.saliency()?,

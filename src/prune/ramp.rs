@@ -57,10 +57,13 @@ impl PruneSettings {
                 "`ramp_epochs` must be at least 1: a ramp of 0 epochs would never take a pruning step",
             ));
         }
-        if self.ramp.epochs > epochs {
+        if self.ramp.epochs_needed() > epochs {
             return Err(Error::msg(format!(
-                "`ramp_epochs` {} is longer than the run's {epochs} epochs",
-                self.ramp.epochs
+                "`ramp_epochs` {} is too long for the run's {epochs} epochs: its steps come at the starts of \
+                 epochs {} to {}",
+                self.ramp.epochs,
+                self.ramp.first_epoch + 1,
+                self.ramp.epochs_needed()
             )));
         }
         Ok(())
@@ -70,6 +73,7 @@ impl PruneSettings {
         vec![
             ("prune_rate".into(), self.ramp.target_rate.to_string()),
             ("prune_epochs".into(), self.ramp.epochs.to_string()),
+            ("prune_first_epoch".into(), self.ramp.first_epoch.to_string()),
             ("prune_min_templates".into(), self.min_templates.to_string()),
             ("prune_mask_init".into(), init_name(self.init).into()),
             ("prune_saliency".into(), self.saliency.name().into()),
@@ -105,6 +109,11 @@ impl PruneSettings {
             ramp: Ramp {
                 target_rate: rate.parse().map_err(|_| bad("prune_rate", rate))?,
                 epochs: epochs.parse().map_err(|_| bad("prune_epochs", epochs))?,
+                // Checkpoints written before the delay took their first step at epoch 0.
+                first_epoch: match checkpoint.get("prune_first_epoch") {
+                    None => 0,
+                    Some(text) => text.parse().map_err(|_| bad("prune_first_epoch", text))?,
+                },
             },
             min_templates: min.parse().map_err(|_| bad("prune_min_templates", min))?,
             init: parse_init(init).ok_or_else(|| bad("prune_mask_init", init))?,
@@ -277,14 +286,11 @@ mod tests {
     fn the_ramp_reaches_the_target_keeps_the_minimum_and_then_freezes() {
         // resnet8-w8: 6 SBF layers of 8, 8, 16, 16, 32, 32 outputs (112 filters).
         let (mut model, mut store) = model("resnet8-w8 sbf:rate=0,groups=2");
-        let ramp = Ramp {
-            target_rate: 0.6,
-            epochs: 3,
-        };
+        let ramp = Ramp::new(0.6, 3);
         let min_templates = 4;
         let mut previous = PruneState::of(&model);
         assert_eq!(previous.transformed_fraction(), 0.0);
-        for epoch in 0..ramp.epochs {
+        for epoch in (0..ramp.epochs_needed()).filter(|&e| ramp.steps_at(e)) {
             prune_step(
                 &mut model,
                 &mut store,
@@ -335,7 +341,7 @@ mod tests {
             .filter_map(|(_, l)| l.as_sbf().map(|s| s.assignment.clone()))
             .collect();
         assert_eq!(before, after);
-        assert!(ramp.is_frozen(ramp.epochs));
+        assert!(ramp.is_frozen(ramp.epochs_needed()));
     }
 
     #[test]
@@ -512,5 +518,33 @@ mod tests {
             logits(&reloaded, &reloaded_store).data,
             logits(&model, &store).data
         );
+    }
+
+    #[test]
+    fn settings_round_trip_and_older_runs_keep_their_ramp_from_epoch_zero() {
+        let settings = PruneSettings {
+            ramp: Ramp::new(0.55, 3),
+            min_templates: 8,
+            init: TransformInit::LeastSquares,
+            saliency: Saliency::L1Relative,
+        };
+        let mut checkpoint = Checkpoint {
+            metadata: settings.to_metadata(),
+            ..Checkpoint::default()
+        };
+        let path = Path::new("c.ckpt");
+        assert_eq!(
+            PruneSettings::from_checkpoint(&checkpoint, path).unwrap(),
+            Some(settings)
+        );
+        checkpoint.metadata.retain(|(k, _)| k != "prune_first_epoch");
+        let old = PruneSettings::from_checkpoint(&checkpoint, path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.ramp.first_epoch, 0);
+        // The run needs an epoch after the ramp's last step.
+        let err = settings.validate(3).unwrap_err().to_string();
+        assert!(err.contains("epochs 2 to 4"), "{err}");
+        settings.validate(4).unwrap();
     }
 }

@@ -12,23 +12,46 @@
 pub struct Ramp {
     /// Fraction of all prunable filters transformed at the end of the ramp, in [0, 1).
     pub target_rate: f32,
-    /// Epochs over which the fraction grows linearly (the paper: 40 of 300).
+    /// Pruning steps, one at the start of each epoch of the ramp (the paper: 40 epochs of 300).
     pub epochs: usize,
+    /// The 0-based epoch of the first step: 1, so that the first ranking sees one epoch of
+    /// training instead of the random initialisation (runs saved before this setting: 0).
+    pub first_epoch: usize,
 }
 
 impl Ramp {
-    /// rate(e) = target · min(1, (e + 1) / E) for the 0-based epoch e; reaches the
-    /// target at the end of epoch E − 1 and stays there.
-    pub fn rate_at(&self, epoch: usize) -> f32 {
-        if self.epochs == 0 {
-            return self.target_rate;
+    /// The ramp of `epochs` steps to `target_rate`, the first after one epoch of training.
+    pub fn new(target_rate: f32, epochs: usize) -> Ramp {
+        Ramp {
+            target_rate,
+            epochs,
+            first_epoch: 1,
         }
-        self.target_rate * ((epoch + 1) as f32 / self.epochs as f32).min(1.0)
+    }
+
+    /// The rate of the step at the start of the 0-based epoch e: target · min(1, (e − first + 1)/E),
+    /// 0 before the first step; it reaches the target at the start of epoch first + E − 1.
+    pub fn rate_at(&self, epoch: usize) -> f32 {
+        if epoch < self.first_epoch {
+            return 0.0;
+        }
+        let step = (epoch - self.first_epoch + 1) as f32;
+        self.target_rate * (step / self.epochs.max(1) as f32).min(1.0)
+    }
+
+    /// Whether the start of epoch `epoch` takes a pruning step.
+    pub fn steps_at(&self, epoch: usize) -> bool {
+        (self.first_epoch..self.first_epoch + self.epochs).contains(&epoch)
     }
 
     /// True once the assignment must no longer change.
     pub fn is_frozen(&self, epoch: usize) -> bool {
-        epoch >= self.epochs
+        epoch >= self.first_epoch + self.epochs
+    }
+
+    /// Epochs a run needs for the whole ramp: its last step falls inside the run.
+    pub fn epochs_needed(&self) -> usize {
+        self.first_epoch + self.epochs
     }
 }
 
@@ -193,13 +216,22 @@ mod tests {
 
     #[test]
     fn ramp_is_linear_then_flat() {
-        let ramp = Ramp {
-            target_rate: 0.8,
-            epochs: 4,
+        // Steps at the starts of epochs 1..=4: the first ranking sees one epoch of training.
+        let ramp = Ramp::new(0.8, 4);
+        let rates: Vec<f32> = (0..7).map(|e| ramp.rate_at(e)).collect();
+        assert_eq!(rates, vec![0.0, 0.2, 0.4, 0.6, 0.8, 0.8, 0.8]);
+        let steps: Vec<bool> = (0..7).map(|e| ramp.steps_at(e)).collect();
+        assert_eq!(steps, [false, true, true, true, true, false, false]);
+        assert!(!ramp.is_frozen(4) && ramp.is_frozen(5));
+        assert_eq!(ramp.epochs_needed(), 5);
+        // A run saved before the delay existed stepped at the starts of epochs 0..=3.
+        let legacy = Ramp {
+            first_epoch: 0,
+            ..ramp
         };
-        let rates: Vec<f32> = (0..6).map(|e| ramp.rate_at(e)).collect();
-        assert_eq!(rates, vec![0.2, 0.4, 0.6, 0.8, 0.8, 0.8]);
-        assert!(!ramp.is_frozen(3) && ramp.is_frozen(4));
+        let rates: Vec<f32> = (0..5).map(|e| legacy.rate_at(e)).collect();
+        assert_eq!(rates, vec![0.2, 0.4, 0.6, 0.8, 0.8]);
+        assert!(!legacy.is_frozen(3) && legacy.is_frozen(4));
     }
 
     #[test]

@@ -416,7 +416,7 @@ impl Trainer {
     /// the ramp's rate, then fresh optimizer state for the reassigned parameters.
     pub fn apply_pruning_ramp(&mut self) {
         let Some(pruning) = self.pruning else { return };
-        if pruning.ramp.is_frozen(self.epoch) {
+        if !pruning.ramp.steps_at(self.epoch) {
             return;
         }
         let rate = pruning.ramp.rate_at(self.epoch);

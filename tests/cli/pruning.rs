@@ -45,7 +45,7 @@ fn prune_during_training_and_convert_a_dense_run() {
 
 /// `sbfnet train --prune-rate` into `<root>/pruned`.
 fn prune_from_random_initialisation(root: &Path, common: &[&str]) {
-    // Pruning from random init: 2 epochs, ramp of 1 epoch to 0.5 with at least 2 templates.
+    // Pruning from random init: 2 epochs, a ramp of 1 step to 0.5 with at least 2 templates.
     let pruned = root.join("pruned");
     let (ok, text) = sbfnet(
         &[
@@ -71,8 +71,9 @@ fn prune_from_random_initialisation(root: &Path, common: &[&str]) {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}");
     assert!(lines[0].starts_with("epoch,transformed_fraction,macs,params,stage1.block0.conv1"));
+    // Epoch 1 trains the unpruned network; the one step of the ramp comes at the start of epoch 2.
     assert!(
-        lines[1].starts_with("1,0.50000,") && lines[2].starts_with("2,0.50000,"),
+        lines[1].starts_with("1,0.00000,") && lines[2].starts_with("2,0.50000,"),
         "{log}"
     );
     let (ok, info) = sbfnet(&["info", "--checkpoint", s(&pruned.join("last.ckpt"))]);

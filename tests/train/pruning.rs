@@ -40,10 +40,7 @@ fn pruning_trainer(epochs: usize, images: usize, saliency: Saliency) -> Trainer 
     let spec = ModelSpec::parse_description("resnet8-w8 sbf:rate=0,groups=2").unwrap();
     let mut trainer = Trainer::new(&spec, config(epochs), images).unwrap();
     trainer.pruning = Some(PruneSettings {
-        ramp: Ramp {
-            target_rate: 0.5,
-            epochs: 2,
-        },
+        ramp: Ramp::new(0.5, 2),
         min_templates: 2,
         init: TransformInit::LeastSquares,
         saliency,
@@ -79,24 +76,21 @@ fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency
     std::fs::create_dir_all(&dir).unwrap();
 
     let mut trainer = pruning_trainer(3, set.len(), saliency);
+    let transformed = |state: &PruneState| state.layers.iter().map(|l| l.2 - l.1).sum::<usize>();
+    // Epoch 1 trains the whole network: the first step comes after it, at the start of epoch 2.
+    trainer.train_epoch(&set, |_| {}).unwrap();
+    assert_eq!(transformed(&PruneState::of(&trainer.model)), 0);
     trainer.train_epoch(&set, |_| {}).unwrap();
     let after_first = PruneState::of(&trainer.model);
-    // Epoch 0 of a 2-epoch ramp to 0.5: rate 0.25 of 112 filters → 28 transformed.
-    assert_eq!(
-        after_first.layers.iter().map(|l| l.2 - l.1).sum::<usize>(),
-        28,
-        "{}",
-        after_first.templates_text()
-    );
-    let path = dir.join("epoch1.ckpt");
+    // The first of 2 steps to 0.5: rate 0.25 of 112 filters → 28 transformed.
+    assert_eq!(transformed(&after_first), 28, "{}", after_first.templates_text());
+    let path = dir.join("epoch2.ckpt");
     trainer.to_checkpoint().save(&path).unwrap();
-    // Taylor: the evidence of epoch 0 is carried to the pruning step of epoch 1 (and saved).
+    // Taylor: the evidence of epoch 2 is carried to the pruning step of epoch 3 (and saved).
     assert_eq!(trainer.taylor.steps > 0, saliency == Saliency::Taylor);
     let saved_taylor = trainer.taylor.clone();
-    for _ in 1..3 {
-        let result = trainer.train_epoch(&set, |_| {}).unwrap();
-        assert!(result.loss.is_finite());
-    }
+    let result = trainer.train_epoch(&set, |_| {}).unwrap();
+    assert!(result.loss.is_finite());
     let state = PruneState::of(&trainer.model);
     assert_eq!(
         state.layers.iter().map(|l| l.2 - l.1).sum::<usize>(),
@@ -118,15 +112,13 @@ fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency
     );
     assert_eq!(store.num_scalars(), trainer.store.num_scalars());
 
-    // Resuming after epoch 1 (mid-ramp) repeats epochs 2 and 3 exactly.
+    // Resuming after epoch 2 (mid-ramp) repeats epoch 3 exactly.
     let checkpoint = Checkpoint::load(&path).unwrap();
     let mut resumed = Trainer::from_checkpoint(&checkpoint, &path, set.len()).unwrap();
     assert_eq!(PruneState::of(&resumed.model), after_first);
     assert_eq!(resumed.pruning, trainer.pruning);
     assert_eq!(resumed.taylor, saved_taylor);
-    for _ in 1..3 {
-        resumed.train_epoch(&set, |_| {}).unwrap();
-    }
+    resumed.train_epoch(&set, |_| {}).unwrap();
     assert_eq!(PruneState::of(&resumed.model), state);
     for (a, b) in resumed.store.params.iter().zip(&trainer.store.params) {
         assert_eq!(a.value.data, b.value.data, "{}", a.name);
@@ -143,10 +135,7 @@ fn l1_pruning_silences_the_batch_norm_of_every_pruned_channel_through_training()
     let spec = ModelSpec::parse_description("resnet8-w8 sbf:rate=0,groups=2,family=zero").unwrap();
     let mut trainer = Trainer::new(&spec, config(3), set.len()).unwrap();
     trainer.pruning = Some(PruneSettings {
-        ramp: Ramp {
-            target_rate: 0.5,
-            epochs: 2,
-        },
+        ramp: Ramp::new(0.5, 2),
         min_templates: 2,
         init: TransformInit::Identity,
         saliency: Saliency::L1,
