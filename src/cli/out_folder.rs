@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// "runs/<model>-<YYYYmmdd-HHMMSS>" in UTC.
 pub fn default_out_folder(model: &str) -> PathBuf {
+    let [year, month, day, hour, minute, second] = utc_now();
+    PathBuf::from("runs").join(format!(
+        "{model}-{year:04}{month:02}{day:02}-{hour:02}{minute:02}{second:02}"
+    ))
+}
+
+/// The current UTC time as [year, month, day, hour, minute, second].
+pub fn utc_now() -> [i64; 6] {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
@@ -20,12 +28,67 @@ pub fn default_out_folder(model: &str) -> PathBuf {
     let day = day_of_year - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    PathBuf::from("runs").join(format!(
-        "{model}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        time / 3600,
-        time / 60 % 60,
-        time % 60
-    ))
+    [year, month, day, time / 3600, time / 60 % 60, time % 60]
+}
+
+/// Appends to `<out>/command.txt` how this session of the run was started: the command line, the
+/// UTC date, the git commit of the working directory (where there is one), the CPU and the
+/// thread count. A resumed run adds a block of its own.
+pub fn record_command(out: &Path, threads: usize) -> Result<()> {
+    let quote = |arg: String| {
+        let plain = arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,=:/+".contains(c));
+        if plain && !arg.is_empty() {
+            arg
+        } else {
+            format!("'{}'", arg.replace('\'', "'\\''"))
+        }
+    };
+    let mut args = std::env::args().map(quote);
+    let program = args.next().map_or("sbfnet".into(), |p| {
+        Path::new(&p)
+            .file_name()
+            .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    let command = std::iter::once(program).chain(args).collect::<Vec<_>>().join(" ");
+    let [year, month, day, hour, minute, second] = utc_now();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown (not run from a git checkout)".into(), |o| {
+            let dirty = std::process::Command::new("git")
+                .args(["diff", "--quiet", "HEAD"])
+                .status()
+                .is_ok_and(|status| status.code() == Some(1));
+            let hash = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if dirty {
+                format!("{hash} with uncommitted changes")
+            } else {
+                hash
+            }
+        });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let path = out.join("command.txt");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text += &format!(
+        "command {command}\ndate    {year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC\n\
+         commit  {commit}\nmachine {cpu}, {cores} logical CPUs, {threads} threads\nversion sbfnet {}\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    sbfnet::checkpoint::write_atomically(&path, text.as_bytes())
 }
 
 /// Creates `base`, or `base-2`, `base-3`, … when it exists already (another run started in

@@ -26,7 +26,7 @@ use super::args::{
     check_resume_flags, data_folder, fresh_config, limited, model_spec, OutputSettings, TrainArgs,
 };
 use super::interrupt;
-use super::out_folder::{check_out_folder, claim_new_folder, default_out_folder};
+use super::out_folder::{check_out_folder, claim_new_folder, default_out_folder, record_command};
 use super::progress::ProgressLines;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar::{self, Cifar10};
@@ -318,9 +318,12 @@ pub(super) fn print_run_header(
     }
     if let Some(pruning) = trainer.pruning {
         println!(
-            "pruning: target rate {} over the first {} epochs, at least {} templates per layer, masks {}, saliency {}",
+            "pruning: target rate {} in {} steps at the starts of epochs {} to {}, at least {} templates per layer, \
+             masks {}, saliency {}",
             pruning.ramp.target_rate,
             pruning.ramp.epochs,
+            pruning.ramp.first_epoch + 1,
+            pruning.ramp.epochs_needed(),
             pruning.min_templates,
             prune::ramp::init_name(pruning.init),
             pruning.saliency.name()
@@ -348,6 +351,8 @@ pub(super) fn train_to_end(
     out_existed: bool,
     output: &OutputSettings,
 ) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
+    record_command(out, rayon::current_num_threads())?;
     let options = RunOptions {
         out: out.to_path_buf(),
         eval_every: output.eval_every,
@@ -388,6 +393,11 @@ pub(super) fn train_to_end(
                 );
             } else {
                 println!("stopped in epoch {epoch} before its first step; nothing was saved");
+                if !out_existed {
+                    // The folder this run made holds only its command.txt.
+                    let _ = std::fs::remove_file(out.join("command.txt"));
+                    let _ = std::fs::remove_dir(out);
+                }
             }
             std::process::exit(130);
         }

@@ -275,6 +275,13 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
         assert!(stdout.contains(&resuming), "{stdout}");
         assert_same_state(&out.join("last.ckpt"), &reference.join("last.ckpt"));
         assert_eq!(metrics_without_timings(&out), metrics_without_timings(&reference));
+        // command.txt holds both sessions.
+        let command = std::fs::read_to_string(out.join("command.txt")).unwrap();
+        let sessions: Vec<&str> = command.lines().filter(|l| l.starts_with("command ")).collect();
+        assert!(
+            sessions.len() == 2 && sessions[1].contains("--resume"),
+            "{command}"
+        );
     }
     std::fs::remove_dir_all(&root).unwrap();
 }

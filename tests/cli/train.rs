@@ -75,9 +75,27 @@ fn train_one_epoch_then_resume_and_evaluate() {
         stdout.contains("epoch   1/2") && stdout.contains("epoch   2/2"),
         "{stdout}"
     );
-    for file in ["metrics.csv", "learning_curve.png", "last.ckpt", "best.ckpt"] {
+    for file in [
+        "metrics.csv",
+        "learning_curve.png",
+        "last.ckpt",
+        "best.ckpt",
+        "command.txt",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing in {}", out.display());
     }
+    // How the run was made: the command, the date, the commit, the machine.
+    let command = std::fs::read_to_string(out.join("command.txt")).unwrap();
+    let keys: Vec<&str> = command.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["command", "date", "commit", "machine", "version"],
+        "{command}"
+    );
+    assert!(
+        command.starts_with("command sbfnet train --data ") && command.contains(" --epochs 2 "),
+        "{command}"
+    );
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
