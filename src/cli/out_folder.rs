@@ -79,6 +79,8 @@ pub fn record_command(out: &Path, threads: usize) -> Result<()> {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let path = out.join("command.txt");
+    // The partial write of a session killed while it wrote this file.
+    sbfnet::checkpoint::remove_stale_temporaries(&path)?;
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
     if !text.is_empty() {
         text.push('\n');

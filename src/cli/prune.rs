@@ -99,6 +99,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         .flatten()
         .collect();
     trainer.parameters_reshaped(&reshaped);
+    trainer.restart_average();
     // The checkpoint carries the teacher, so the fine-tuning below (a resume) distils too.
     trainer.distillation = run.distillation()?;
     let state = PruneState::of(&trainer.model);

@@ -188,18 +188,6 @@ fn open_resumed(args: &TrainArgs) -> Result<Option<Resumed>> {
 
 /// The model of a fresh run, after checking every setting that does not depend on the data.
 fn fresh_model(args: &TrainArgs, threads: usize) -> Result<ModelSpec> {
-    if args.pruning.prune_rate.is_some() {
-        if args.run.ema.is_some() {
-            return Err(Error::msg(
-                "--ema cannot be combined with --prune-rate: pruning reshapes the weights it would average",
-            ));
-        }
-        if args.run.time_budget.is_some() {
-            return Err(Error::msg(
-                "--time-budget cannot be combined with --prune-rate: the pruning ramp needs a run of known length",
-            ));
-        }
-    }
     let config = fresh_config(&args.run, threads)?;
     let convs = match (args.pruning.settings(config.epochs)?, &args.convs) {
         (Some(_), Some(_)) => {

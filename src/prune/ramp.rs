@@ -59,7 +59,7 @@ impl PruneSettings {
         }
         if self.ramp.epochs_needed() > epochs {
             return Err(Error::msg(format!(
-                "`ramp_epochs` {} is too long for the run's {epochs} epochs: its steps come at the starts of \
+                "`ramp_epochs` {} is too long for `epochs` {epochs}: its steps come at the starts of \
                  epochs {} to {}",
                 self.ramp.epochs,
                 self.ramp.first_epoch + 1,

@@ -350,6 +350,12 @@ fn replan_to_budget(
         eval_seconds: eval_seconds.unwrap_or(0.1 * train_epoch_seconds),
         eval_every,
     });
+    // A pruning ramp is fixed when the run starts: the run lasts until its last step has trained
+    // for an epoch, even past the budget.
+    let planned = match trainer.pruning {
+        Some(pruning) => planned.max(pruning.ramp.epochs_needed()),
+        None => planned,
+    };
     if planned != trainer.planned_epochs {
         observer.note(&format!(
             "time budget: {planned} epochs fit in {minutes} min (were {}); the schedule now ends there",

@@ -431,6 +431,16 @@ impl Trainer {
         );
         self.taylor.clear();
         self.parameters_reshaped(&reshaped);
+        self.restart_average();
+    }
+
+    /// With `--ema`: the average starts again from the live weights. A pruning step or a
+    /// conversion changes the model's parameters (and their shapes), so an average across it would
+    /// mix two models; after the ramp's last step it averages the final model only.
+    pub fn restart_average(&mut self) {
+        if let Some(average) = &mut self.average {
+            *average = WeightAverage::new(average.decay, &self.store);
+        }
     }
 
     /// Zero momentum and gradient buffers of the new shape for parameters whose shape changed.

@@ -484,10 +484,6 @@ fn settings_are_refused_before_the_data_is_read() {
             "--time-budget must be a positive number of minutes, got 0",
         ),
         (
-            vec!["--time-budget", "60", "--prune-rate", "0.5"],
-            "--time-budget cannot be combined with --prune-rate",
-        ),
-        (
             vec!["--tta", "rotate"],
             "--tta: unknown test-time augmentation \"rotate\": expected none or flip",
         ),
@@ -500,8 +496,8 @@ fn settings_are_refused_before_the_data_is_read() {
             "--prune-epochs must be at least 1: a ramp of 0 epochs would never take a pruning step",
         ),
         (
-            vec!["--ema", "0.999", "--prune-rate", "0.5"],
-            "--ema cannot be combined with --prune-rate",
+            vec!["--prune-rate", "0.5", "--prune-epochs", "3", "--epochs", "3"],
+            "--prune-epochs 3 is too long for --epochs 3: its steps come at the starts of epochs 2 to 4",
         ),
         (
             vec!["--model", "vgg16", "--zero-init-residual"],
@@ -629,5 +625,59 @@ fn distil_from_a_teacher_then_resume_and_refuse_bad_settings() {
         !output.status.success() && stderr.contains("the run was distilled from teacher"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Pruning works with the recipe that works: averaged weights restart at every pruning step and
+/// average the final model after the ramp; a time budget never ends the run before the ramp's
+/// last step has trained for an epoch.
+#[test]
+fn pruning_runs_with_averaged_weights_and_a_time_budget() {
+    let (root, data) = fixture("prune-recipe");
+    let out = root.join("run");
+    let args = [
+        "--epochs",
+        "50",
+        "--time-budget",
+        "0.000001",
+        "--ema",
+        "0.9",
+        "--prune-rate",
+        "0.5",
+        "--prune-epochs",
+        "2",
+        "--min-templates",
+        "1",
+        "--train-limit",
+        "32",
+        "--test-limit",
+        "16",
+        "--out",
+        s(&out),
+    ];
+    let output = sbfnet(&[&["train"][..], &tiny_run(&data), &args].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // 60 µs of budget: the planner wants 1 epoch, the ramp (steps at epochs 2 and 3) needs 3.
+    let log = std::fs::read_to_string(out.join("pruning.csv")).unwrap();
+    let rows: Vec<&str> = log.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{log}\n{stdout}");
+    assert!(rows[2].starts_with("3,0.5"), "{log}");
+    // The run saved the average of the final model and the live weights beside it.
+    let checkpoint = sbfnet::checkpoint::Checkpoint::load(&out.join("last.ckpt")).unwrap();
+    let updates: usize = checkpoint.get("ema_updates").unwrap().parse().unwrap();
+    assert_eq!(
+        updates, 4,
+        "the average restarted at the last step: one epoch of 4 steps"
+    );
+    let output = sbfnet(&[
+        "eval",
+        "--checkpoint",
+        s(&out.join("last.ckpt")),
+        "--data",
+        s(&data),
+        "--live",
+    ]);
+    assert!(output.status.success(), "{}", text(&output).1);
     let _ = std::fs::remove_dir_all(&root);
 }
