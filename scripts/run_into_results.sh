@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs one training into runs/results/<model>/<run> and copies what a reader of the results
-# needs (metrics.csv, pruning.csv, command.txt; never checkpoints) into results/<model>/<run>/.
-# Resumes the run when runs/results/<model>/<run>/last.ckpt exists (a run cut off by the end of a
-# session). Usage:
+# needs into results/<model>/<run>/: metrics.csv, pruning.csv, command.txt and summary.txt (what
+# `sbfnet report` needs of the checkpoint), never checkpoints. Resumes the run when
+# runs/results/<model>/<run>/last.ckpt exists (a run cut off by the end of a session). Usage:
 #   scripts/run_into_results.sh MODEL RUN [sbfnet train flags...]
-# e.g. scripts/run_into_results.sh resnet20 sbf-50-lstsq --epochs 8 --warmup-epochs 1 --prune-rate 0.55
+# e.g. scripts/run_into_results.sh resnet20 sbf-55-lstsq-8ep --epochs 8 --warmup-epochs 1 --prune-rate 0.55
+# then: target/release/sbfnet report results/resnet20 --plot docs/results-resnet20.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 run=$2
@@ -16,6 +17,7 @@ if [ -f "$out/last.ckpt" ]; then
 else
   target/release/sbfnet train --model "$model" "$@" --out "$out"
 fi
-for file in metrics.csv pruning.csv command.txt; do
+target/release/sbfnet report "runs/results/$model" --write-summaries > /dev/null
+for file in metrics.csv pruning.csv command.txt summary.txt; do
   if [ -f "$out/$file" ]; then cp "$out/$file" "results/$model/$run/"; fi
 done

@@ -101,29 +101,29 @@ pub fn read_csv(path: &Path) -> Result<Vec<MetricsRow>> {
 }
 
 const WIDTH: u32 = 800;
-const HEIGHT: u32 = 320;
+const HEIGHT: u32 = 340;
 /// Space left of each panel (for the y labels) and above/below it (titles, x labels).
 const MARGIN_LEFT: i64 = 48;
 const MARGIN_RIGHT: i64 = 16;
 const MARGIN_Y: i64 = 30;
-const TRAIN_COLOUR: Rgb<u8> = Rgb([31, 119, 180]);
-const TEST_COLOUR: Rgb<u8> = Rgb([255, 127, 14]);
-const AXIS_COLOUR: Rgb<u8> = Rgb([0, 0, 0]);
+pub(crate) const TRAIN_COLOUR: Rgb<u8> = Rgb([31, 119, 180]);
+pub(crate) const TEST_COLOUR: Rgb<u8> = Rgb([255, 127, 14]);
+pub(crate) const AXIS_COLOUR: Rgb<u8> = Rgb([0, 0, 0]);
 const GRID_COLOUR: Rgb<u8> = Rgb([225, 225, 225]);
 
 /// A rectangle of the image that maps data coordinates to pixels.
-struct Panel {
-    left: i64,
-    top: i64,
-    width: i64,
-    height: i64,
-    x_range: (f64, f64),
-    y_range: (f64, f64),
+pub(crate) struct Panel {
+    pub(crate) left: i64,
+    pub(crate) top: i64,
+    pub(crate) width: i64,
+    pub(crate) height: i64,
+    pub(crate) x_range: (f64, f64),
+    pub(crate) y_range: (f64, f64),
 }
 
 impl Panel {
     /// Pixel of data point (x, y); y grows upwards.
-    fn pixel(&self, x: f64, y: f64) -> (i64, i64) {
+    pub(crate) fn pixel(&self, x: f64, y: f64) -> (i64, i64) {
         let fx = (x - self.x_range.0) / (self.x_range.1 - self.x_range.0);
         let fy = (y - self.y_range.0) / (self.y_range.1 - self.y_range.0);
         (
@@ -140,7 +140,13 @@ fn put(image: &mut RgbImage, x: i64, y: i64, colour: Rgb<u8>) {
 }
 
 /// A line `thickness` pixels wide (Bresenham, with a square brush).
-fn line(image: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), colour: Rgb<u8>, thickness: i64) {
+pub(crate) fn line(
+    image: &mut RgbImage,
+    (x0, y0): (i64, i64),
+    (x1, y1): (i64, i64),
+    colour: Rgb<u8>,
+    thickness: i64,
+) {
     let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
     let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
     let (mut x, mut y, mut error) = (x0, y0, dx + dy);
@@ -166,10 +172,10 @@ fn line(image: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), colour
 }
 
 /// Data points (epoch, value) drawn in one colour.
-type Series = (Vec<(f64, f64)>, Rgb<u8>);
+pub(crate) type Series = (Vec<(f64, f64)>, Rgb<u8>);
 
 /// Axes, grid, and one polyline (with point markers) per series.
-fn draw_panel(image: &mut RgbImage, panel: &Panel, series: &[Series]) {
+pub(crate) fn draw_panel(image: &mut RgbImage, panel: &Panel, series: &[Series]) {
     for quarter in 1..=4 {
         let y = panel.y_range.0 + (panel.y_range.1 - panel.y_range.0) * quarter as f64 / 4.0;
         let (a, b) = (panel.pixel(panel.x_range.0, y), panel.pixel(panel.x_range.1, y));
@@ -229,12 +235,24 @@ fn glyph(c: char) -> [u8; 5] {
         'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
         'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
         'Y' => [0b101, 0b101, 0b010, 0b010, 0b010],
+        'B' => [0b110, 0b101, 0b110, 0b101, 0b110],
+        'D' => [0b110, 0b101, 0b101, 0b101, 0b110],
+        'F' => [0b111, 0b100, 0b111, 0b100, 0b100],
+        'G' => [0b111, 0b100, 0b101, 0b101, 0b111],
+        'K' => [0b101, 0b101, 0b110, 0b101, 0b101],
+        'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
+        'V' => [0b101, 0b101, 0b101, 0b101, 0b010],
+        'W' => [0b101, 0b101, 0b111, 0b111, 0b101],
+        'X' => [0b101, 0b101, 0b010, 0b101, 0b101],
+        '-' => [0b000, 0b000, 0b111, 0b000, 0b000],
+        '/' => [0b001, 0b001, 0b010, 0b100, 0b100],
+        '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
         _ => [0; 5], // space and anything else
     }
 }
 
 /// Text scaled ×2 (6×10 pixels a character, 8 apart) with its top-left corner at (x, y).
-fn text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) {
+pub(crate) fn text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) {
     for (i, c) in text.chars().enumerate() {
         for (row, bits) in glyph(c.to_ascii_uppercase()).iter().enumerate() {
             for column in 0..3 {
@@ -254,8 +272,41 @@ fn text(image: &mut RgbImage, x: i64, y: i64, text: &str, colour: Rgb<u8>) {
 }
 
 /// Pixel width of `text` drawn by [`text`].
-fn text_width(text: &str) -> i64 {
+pub(crate) fn text_width(text: &str) -> i64 {
     8 * text.chars().count() as i64 - 2
+}
+
+/// Labels under the x axis and left of the y axis at data coordinates (the ticks' values).
+pub(crate) fn tick_labels(
+    image: &mut RgbImage,
+    panel: &Panel,
+    x_ticks: &[(f64, String)],
+    y_ticks: &[(f64, String)],
+) {
+    for (x, label) in x_ticks {
+        let (px, py) = panel.pixel(*x, panel.y_range.0);
+        line(image, (px, py), (px, py + 4), AXIS_COLOUR, 1);
+        text(image, px - text_width(label) / 2, py + 8, label, AXIS_COLOUR);
+    }
+    for (y, label) in y_ticks {
+        let (px, py) = panel.pixel(panel.x_range.0, *y);
+        line(image, (px - 4, py), (px, py), AXIS_COLOUR, 1);
+        text(image, px - 8 - text_width(label), py - 4, label, AXIS_COLOUR);
+    }
+}
+
+/// About `count` round tick values from `low` to `high` (steps of 1, 2 or 5 times a power of ten).
+pub(crate) fn ticks(low: f64, high: f64, count: usize) -> Vec<f64> {
+    let raw = (high - low).max(1e-9) / count.max(1) as f64;
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|s| *s >= raw)
+        .unwrap_or(raw);
+    let first = (low / step).ceil() as i64;
+    let last = (high / step + 1e-9).floor() as i64;
+    (first..=last).map(|i| i as f64 * step).collect()
 }
 
 /// The loss panel (left) and the accuracy panel (right) for `last_epoch` epochs and losses up to `max_loss`.
@@ -272,8 +323,12 @@ fn panels(last_epoch: f64, max_loss: f64) -> [Panel; 2] {
     [panel(0, (0.0, max_loss)), panel(1, (0.0, 1.0))]
 }
 
-/// The learning-curve image of `rows` (loss left, accuracy right).
-pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
+/// Colour of the transformed fraction of a pruning run.
+const PRUNED_COLOUR: Rgb<u8> = Rgb([44, 160, 44]);
+
+/// The learning-curve image of `rows` (loss left, accuracy right); `transformed` adds the
+/// transformed fraction of a pruning run, (epoch, fraction), to the accuracy panel.
+pub fn learning_curve(rows: &[MetricsRow], transformed: &[(usize, f64)]) -> RgbImage {
     let mut image = RgbImage::from_pixel(WIDTH, HEIGHT, Rgb([255, 255, 255]));
     let last_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
     let finite_losses = rows
@@ -298,44 +353,47 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
             (series(|r| r.test_loss), TEST_COLOUR),
         ],
     );
+    let fraction: Vec<(f64, f64)> = transformed.iter().map(|&(e, f)| (e as f64, f)).collect();
     draw_panel(
         &mut image,
         &accuracy_panel,
         &[
             (series(|r| Some(r.train_accuracy)), TRAIN_COLOUR),
             (series(|r| r.test_accuracy), TEST_COLOUR),
+            (fraction, PRUNED_COLOUR),
         ],
     );
-    // Labels: title, y range, last epoch, legend.
-    for (panel, title, top_label) in [
-        (&loss_panel, "LOSS", format!("{max_loss:.2}")),
-        (&accuracy_panel, "ACCURACY %", "100".to_string()),
+    // Labels: title, tick values on both axes, legend.
+    let epoch_ticks: Vec<(f64, String)> = ticks(0.0, last_epoch, 8)
+        .into_iter()
+        .filter(|e| e.fract() == 0.0)
+        .map(|e| (e, format!("{e}")))
+        .collect();
+    let loss_ticks: Vec<(f64, String)> = ticks(0.0, max_loss, 4)
+        .into_iter()
+        .map(|v| (v, format!("{v:.1}")))
+        .collect();
+    let percent_ticks: Vec<(f64, String)> =
+        (0..=4).map(|q| (q as f64 / 4.0, format!("{}", 25 * q))).collect();
+    for (panel, title, y_ticks) in [
+        (&loss_panel, "LOSS", &loss_ticks),
+        (&accuracy_panel, "ACCURACY %", &percent_ticks),
     ] {
-        let bottom = panel.top + panel.height;
         text(&mut image, panel.left, panel.top - 20, title, AXIS_COLOUR);
-        text(
-            &mut image,
-            panel.left - 8 - text_width(&top_label),
-            panel.top - 4,
-            &top_label,
-            AXIS_COLOUR,
-        );
-        text(&mut image, panel.left - 14, bottom - 4, "0", AXIS_COLOUR);
-        let epochs = format!("{}", last_epoch as usize);
-        text(
-            &mut image,
-            panel.left + panel.width - text_width(&epochs) / 2,
-            bottom + 10,
-            &epochs,
-            AXIS_COLOUR,
-        );
+        tick_labels(&mut image, panel, &epoch_ticks, y_ticks);
+        let bottom = panel.top + panel.height;
         text(
             &mut image,
             panel.left + panel.width / 2 - text_width("EPOCH") / 2,
-            bottom + 10,
+            bottom + 20,
             "EPOCH",
             AXIS_COLOUR,
         );
+    }
+    if !transformed.is_empty() {
+        let label = "TRANSFORMED";
+        let x = accuracy_panel.left + accuracy_panel.width - text_width(label);
+        text(&mut image, x, accuracy_panel.top - 20, label, PRUNED_COLOUR);
     }
     let legend_x = loss_panel.left + loss_panel.width - text_width("TRAIN TEST");
     text(&mut image, legend_x, loss_panel.top - 20, "TRAIN", TRAIN_COLOUR);
@@ -350,8 +408,8 @@ pub fn learning_curve(rows: &[MetricsRow]) -> RgbImage {
 }
 
 /// Writes the learning curve of `rows` to `path` as a PNG (atomically).
-pub fn write_learning_curve(path: &Path, rows: &[MetricsRow]) -> Result<()> {
-    let image = learning_curve(rows);
+pub fn write_learning_curve(path: &Path, rows: &[MetricsRow], transformed: &[(usize, f64)]) -> Result<()> {
+    let image = learning_curve(rows, transformed);
     let mut bytes = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
@@ -416,7 +474,7 @@ mod tests {
         assert!((back[2].test_accuracy.unwrap() - 0.54).abs() < 1e-5);
         // The test series joins epochs 1 and 3: the line passes through the
         // middle of the accuracy panel's epoch 2 at (0.18 + 0.54) / 2.
-        let image = learning_curve(&sparse);
+        let image = learning_curve(&sparse, &[]);
         let [_, accuracy] = panels(3.0, 2.2 * 1.05);
         let (x, y) = accuracy.pixel(2.0, 0.36);
         assert_eq!(*image.get_pixel(x as u32, y as u32), TEST_COLOUR);
@@ -431,7 +489,7 @@ mod tests {
 
     #[test]
     fn curve_draws_both_series_in_both_panels() {
-        let image = learning_curve(&rows());
+        let image = learning_curve(&rows(), &[]);
         let count = |colour: Rgb<u8>, left_half: bool| {
             image
                 .enumerate_pixels()
@@ -452,5 +510,31 @@ mod tests {
         assert_eq!(*image.get_pixel(x as u32 - 1, y as u32), TRAIN_COLOUR);
         let (x, y) = accuracy.pixel(3.0, 0.54);
         assert_eq!(*image.get_pixel(x as u32 - 1, y as u32), TEST_COLOUR);
+    }
+
+    #[test]
+    fn a_pruning_curve_draws_the_transformed_fraction_and_the_axes_carry_tick_values() {
+        let plain = learning_curve(&rows(), &[]);
+        let pruned = learning_curve(&rows(), &[(1, 0.25), (2, 0.5), (3, 0.5)]);
+        let green = |image: &RgbImage| image.pixels().filter(|p| **p == PRUNED_COLOUR).count();
+        assert_eq!(green(&plain), 0);
+        assert!(green(&pruned) > 100);
+        let [_, accuracy] = panels(3.0, 2.2 * 1.05);
+        let (x, y) = accuracy.pixel(2.5, 0.5);
+        assert_eq!(*pruned.get_pixel(x as u32, y as u32), PRUNED_COLOUR);
+        // Tick values: epochs 0..3 under the x axis, 0..100 left of the accuracy axis.
+        assert_eq!(ticks(0.0, 3.0, 8), [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]);
+        assert_eq!(ticks(0.0, 2.31, 4), [0.0, 1.0, 2.0]);
+        assert_eq!(ticks(0.0, 41.0, 8), [0.0, 10.0, 20.0, 30.0, 40.0]);
+        let ink_below_axis = |image: &RgbImage| {
+            let bottom = (accuracy.top + accuracy.height) as u32;
+            (bottom + 8..bottom + 18)
+                .flat_map(|y| {
+                    (accuracy.left as u32..(accuracy.left + accuracy.width) as u32).map(move |x| (x, y))
+                })
+                .filter(|&(x, y)| *image.get_pixel(x, y) == AXIS_COLOUR)
+                .count()
+        };
+        assert!(ink_below_axis(&plain) > 40, "no tick values under the epoch axis");
     }
 }

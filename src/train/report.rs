@@ -38,9 +38,17 @@ pub struct RunSummary {
     pub seconds: f64,
 }
 
+/// The file that stands for a run's checkpoint in a results folder (no checkpoints committed):
+/// [`RunSummary::summary_text`].
+pub const SUMMARY_FILE: &str = "summary.txt";
+
 impl RunSummary {
-    /// Reads `<dir>/last.ckpt`.
+    /// Reads `<dir>/last.ckpt` (with `metrics.csv`), or, in a results folder without checkpoints,
+    /// `<dir>/summary.txt` with `metrics.csv`.
     pub fn read(dir: &Path) -> Result<RunSummary> {
+        if !dir.join("last.ckpt").exists() && dir.join(SUMMARY_FILE).exists() {
+            return RunSummary::read_recorded(dir);
+        }
         let path = dir.join("last.ckpt");
         let checkpoint = Checkpoint::load(&path)?;
         let (model, store) = load_model(&checkpoint, &path)?;
@@ -122,13 +130,63 @@ impl RunSummary {
     }
 }
 
-/// Every run folder (a sub-folder holding last.ckpt) of `dir`, sorted by name.
+impl RunSummary {
+    /// What a results folder keeps of the checkpoint: `key value` lines.
+    pub fn summary_text(&self) -> String {
+        format!(
+            "model {}\nmethod {}\ndense {}\nparams {}\ndense_params {}\nmacs {}\ndense_macs {}\n",
+            self.model,
+            self.method,
+            self.is_dense,
+            self.params,
+            self.dense_params,
+            self.macs,
+            self.dense_macs
+        )
+    }
+
+    /// A run of a results folder: `summary.txt` and `metrics.csv` (accuracy of the last and the best
+    /// evaluated epoch, wall time of the last).
+    fn read_recorded(dir: &Path) -> Result<RunSummary> {
+        let path = dir.join(SUMMARY_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::io(&path, "cannot read", e))?;
+        let value = |key: &str| -> Result<&str> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+                .ok_or_else(|| crate::Error::file(&path, format!("lacks the line \"{key} …\"")))
+        };
+        let count = |key: &str| -> Result<usize> {
+            value(key)?
+                .parse()
+                .map_err(|_| crate::Error::file(&path, format!("{key} is not a count")))
+        };
+        let rows = metrics::read_csv(&dir.join("metrics.csv"))?;
+        let tested: Vec<f32> = rows.iter().filter_map(|r| r.test_accuracy).collect();
+        Ok(RunSummary {
+            folder: dir
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+            model: value("model")?.to_string(),
+            method: value("method")?.to_string(),
+            is_dense: value("dense")? == "true",
+            accuracy: tested.last().copied().unwrap_or(f32::NAN),
+            best_accuracy: tested.iter().copied().fold(f32::NAN, f32::max),
+            params: count("params")?,
+            dense_params: count("dense_params")?,
+            macs: count("macs")?,
+            dense_macs: count("dense_macs")?,
+            seconds: rows.last().map_or(f64::NAN, |r| r.elapsed_seconds),
+        })
+    }
+}
+
+/// Every run folder (a sub-folder holding last.ckpt, or summary.txt) of `dir`, sorted by name.
 pub fn read_runs(dir: &Path) -> Result<Vec<RunSummary>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| crate::Error::io(dir, "cannot list the runs folder", e))?;
     let mut folders: Vec<_> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("last.ckpt").is_file())
+        .filter(|p| p.join("last.ckpt").is_file() || p.join(SUMMARY_FILE).is_file())
         .collect();
     folders.sort();
     folders.iter().map(|f| RunSummary::read(f)).collect()
@@ -170,6 +228,90 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
         );
     }
     text
+}
+
+/// The picture a reader of a pruning paper looks at first: test accuracy (last epoch) against the
+/// MAC reduction, one point per run, the runs of one method joined in order of reduction (dense
+/// black, SBF orange, L1 pruning blue, other plans grey).
+pub fn accuracy_against_macs(runs: &[RunSummary]) -> image::RgbImage {
+    use super::metrics::{draw_panel, text, text_width, tick_labels, ticks, Panel, Series, AXIS_COLOUR};
+    use image::{Rgb, RgbImage};
+    let (width, height) = (640u32, 420u32);
+    let mut image = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let reduction = |r: &RunSummary| 100.0 * (1.0 - r.macs as f64 / r.dense_macs.max(1) as f64);
+    let accuracies: Vec<f64> = runs
+        .iter()
+        .map(|r| 100.0 * r.accuracy as f64)
+        .filter(|a| a.is_finite())
+        .collect();
+    let (low, high) = accuracies
+        .iter()
+        .fold((100.0f64, 0.0f64), |(l, h), &a| (l.min(a), h.max(a)));
+    let (low, high) = ((low - 1.0).floor().max(0.0), (high + 1.0).ceil().min(100.0));
+    let panel = Panel {
+        left: 64,
+        top: 40,
+        width: width as i64 - 64 - 24,
+        height: height as i64 - 40 - 56,
+        x_range: (0.0, 100.0),
+        y_range: (low, high.max(low + 1.0)),
+    };
+    let kinds: [(&str, Rgb<u8>); 4] = [
+        ("DENSE", AXIS_COLOUR),
+        ("SBF", Rgb([255, 127, 14])),
+        ("L1", Rgb([31, 119, 180])),
+        ("OTHER", Rgb([150, 150, 150])),
+    ];
+    let kind_of = |r: &RunSummary| match () {
+        _ if r.is_dense => 0,
+        _ if r.method.starts_with("SBF") => 1,
+        _ if r.method.starts_with("L1") => 2,
+        _ => 3,
+    };
+    let series: Vec<Series> = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, colour))| {
+            let mut points: Vec<(f64, f64)> = runs
+                .iter()
+                .filter(|r| kind_of(r) == k && r.accuracy.is_finite())
+                .map(|r| (reduction(r), 100.0 * r.accuracy as f64))
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (points, colour)
+        })
+        .collect();
+    draw_panel(&mut image, &panel, &series);
+    let x_ticks: Vec<(f64, String)> = (0..=5)
+        .map(|i| (20.0 * i as f64, format!("{}", 20 * i)))
+        .collect();
+    let y_ticks: Vec<(f64, String)> = ticks(panel.y_range.0, panel.y_range.1, 5)
+        .into_iter()
+        .map(|v| (v, format!("{v}")))
+        .collect();
+    tick_labels(&mut image, &panel, &x_ticks, &y_ticks);
+    text(
+        &mut image,
+        panel.left,
+        12,
+        "TEST ACCURACY % AGAINST MAC REDUCTION %",
+        AXIS_COLOUR,
+    );
+    let bottom = panel.top + panel.height;
+    let label = "FEWER MACS %";
+    text(
+        &mut image,
+        panel.left + panel.width / 2 - text_width(label) / 2,
+        bottom + 28,
+        label,
+        AXIS_COLOUR,
+    );
+    let mut x = panel.left + panel.width;
+    for (name, colour) in kinds.iter().rev() {
+        x -= text_width(name) + 16;
+        text(&mut image, x, panel.top + 8, name, *colour);
+    }
+    image
 }
 
 #[cfg(test)]

@@ -280,7 +280,11 @@ pub fn run(
         // Metrics first: a run killed before last.ckpt is written resumes from the
         // epoch before, and drops the rows after that epoch when it reads metrics.csv.
         metrics::write_csv(&csv_path, &rows)?;
-        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows)?;
+        let transformed = match trainer.pruning {
+            Some(_) => transformed_fractions(trainer, &out.join("pruning.csv"), result.epoch),
+            None => Vec::new(),
+        };
+        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows, &transformed)?;
         if best {
             checkpoint_of(trainer, test.len()).save(&out.join("best.ckpt"))?;
         }
@@ -393,6 +397,24 @@ fn diverged(fault: &NumericalFault, out: &Path) -> Error {
         "training diverged at {fault}; nothing of epoch {} is saved, {kept} ({hint})",
         fault.epoch
     ))
+}
+
+/// The transformed fraction after every epoch up to `epoch`: the earlier ones from `pruning.csv`,
+/// this one from the model.
+fn transformed_fractions(trainer: &Trainer, log: &Path, epoch: usize) -> Vec<(usize, f64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut fractions: Vec<(usize, f64)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let row_epoch = fields.next()?.parse().ok()?;
+            Some((row_epoch, fields.next()?.parse().ok()?))
+        })
+        .filter(|&(e, _)| e < epoch)
+        .collect();
+    fractions.push((epoch, PruneState::of(&trainer.model).transformed_fraction()));
+    fractions
 }
 
 /// The pruning state after `epoch`, appended to `pruning.csv`.

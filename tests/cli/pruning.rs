@@ -175,6 +175,32 @@ fn report_the_runs(root: &Path) {
         assert!(lines[row].starts_with(start), "row {row}:\n{report}");
     }
     assert!(lines[3].contains("| +0.00 | 0.00 | 0.00 |"), "{report}");
+    // The same table from a results folder without checkpoints (summary.txt + metrics.csv), and
+    // the plot of accuracy against MAC reduction.
+    let (table, plot) = (root.join("table.md"), root.join("plot.png"));
+    let (ok, text) = sbfnet(&[
+        "report",
+        s(root),
+        "--write-summaries",
+        "--out",
+        s(&table),
+        "--plot",
+        s(&plot),
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), report);
+    let png = image::open(&plot).unwrap();
+    assert!(png.width() > 300 && png.height() > 300);
+    let results = root.join("results");
+    for run in ["converted", "dense", "l1", "pruned"] {
+        std::fs::create_dir_all(results.join(run)).unwrap();
+        for file in ["summary.txt", "metrics.csv"] {
+            std::fs::copy(root.join(run).join(file), results.join(run).join(file)).unwrap();
+        }
+    }
+    let (ok, from_results) = sbfnet(&["report", s(&results)]);
+    assert!(ok, "{from_results}");
+    assert_eq!(from_results, report);
     // At the same rate, plain pruning saves more MACs than SBF (its pruned filters cost nothing).
     let macs_saved = |line: &str| -> f64 { line.split('|').nth(8).unwrap().trim().parse().unwrap() };
     assert!(macs_saved(lines[4]) > macs_saved(lines[2]), "{report}");
