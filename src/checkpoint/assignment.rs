@@ -41,6 +41,11 @@ fn list(values: &[usize]) -> String {
     values.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// Reads [`list`]'s text back; None when an entry is not an index.
+fn index_list(text: &str) -> Option<Vec<usize>> {
+    text.split(',').map(|v| v.parse().ok()).collect()
+}
+
 /// `assignment.<layer>` metadata for every SBF layer of `model`, and
 /// `assignment_templates.<layer>` for those whose layout is not round-robin.
 pub fn assignment_metadata(model: &Model) -> Vec<(String, String)> {
@@ -74,13 +79,7 @@ pub fn restore_assignments(
             continue;
         };
         let bad = |why: &str| Error::file(path, format!("checkpoint's {key} = \"{text}\": {why}"));
-        let kept: Vec<usize> = text
-            .split(',')
-            .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|_| bad("not a list of output indices"))
-            })
-            .collect::<Result<_>>()?;
+        let kept = index_list(text).ok_or_else(|| bad("not a list of output indices"))?;
         let mut seen = vec![false; sbf.out_channels];
         for &n in &kept {
             if n >= sbf.out_channels || std::mem::replace(&mut seen[n], true) {
@@ -98,13 +97,7 @@ pub fn restore_assignments(
             Some(text) => {
                 let key = templates_key(&name);
                 let bad = |why: &str| Error::file(path, format!("checkpoint's {key} = \"{text}\": {why}"));
-                let template_of: Vec<usize> = text
-                    .split(',')
-                    .map(|v| {
-                        v.parse::<usize>()
-                            .map_err(|_| bad("not a list of template indices"))
-                    })
-                    .collect::<Result<_>>()?;
+                let template_of = index_list(text).ok_or_else(|| bad("not a list of template indices"))?;
                 let fits = template_of.len() == sbf.out_channels
                     && template_of.iter().all(|&m| m < kept.len())
                     && kept.iter().enumerate().all(|(k, &n)| template_of[n] == k);

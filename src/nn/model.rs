@@ -250,39 +250,23 @@ impl Model {
 
     /// Every convolution slot with its name (e.g. `stage2.block0.conv1`), in forward order.
     pub fn conv_layers(&self) -> Vec<(String, &ConvLayer)> {
-        match &self.network {
-            Network::ResNet(net) => {
-                let mut layers = vec![("conv1".to_string(), &net.stem)];
-                for block in net.stages.iter().flatten() {
-                    layers.push((format!("{}.conv1", block.name), &block.conv1));
-                    layers.push((format!("{}.conv2", block.name), &block.conv2));
-                }
-                layers
-            }
-            Network::Vgg(net) => net
-                .features
-                .iter()
-                .filter_map(|layer| match layer {
-                    VggLayer::Conv { conv, .. } => Some(conv),
-                    VggLayer::Pool => None,
-                })
-                .enumerate()
-                .map(|(i, conv)| (format!("features.conv{}", i + 1), conv))
-                .collect(),
-        }
+        self.conv_batch_norms()
+            .into_iter()
+            .map(|(name, conv, _)| (name, conv))
+            .collect()
     }
 
-    /// Every convolution with the batch norm that normalises its output, in forward order (every
-    /// convolution of these models has one).
-    pub fn conv_batch_norms(&self) -> Vec<(&ConvLayer, &BatchNorm2d)> {
+    /// Every convolution with its name and the batch norm that normalises its output, in forward
+    /// order (every convolution of these models has one).
+    pub fn conv_batch_norms(&self) -> Vec<(String, &ConvLayer, &BatchNorm2d)> {
         match &self.network {
             Network::ResNet(net) => {
-                let mut pairs = vec![(&net.stem, &net.stem_bn)];
+                let mut layers = vec![("conv1".to_string(), &net.stem, &net.stem_bn)];
                 for block in net.stages.iter().flatten() {
-                    pairs.push((&block.conv1, &block.bn1));
-                    pairs.push((&block.conv2, &block.bn2));
+                    layers.push((format!("{}.conv1", block.name), &block.conv1, &block.bn1));
+                    layers.push((format!("{}.conv2", block.name), &block.conv2, &block.bn2));
                 }
-                pairs
+                layers
             }
             Network::Vgg(net) => net
                 .features
@@ -291,6 +275,8 @@ impl Model {
                     VggLayer::Conv { conv, bn } => Some((conv, bn)),
                     VggLayer::Pool => None,
                 })
+                .enumerate()
+                .map(|(i, (conv, bn))| (format!("features.conv{}", i + 1), conv, bn))
                 .collect(),
         }
     }

@@ -253,7 +253,7 @@ pub fn prune_step(
 /// constant). Called after every pruning step and every optimiser step; SBF layers, whose
 /// transformed outputs are live, are left alone.
 pub fn silence_pruned_channels(model: &Model, store: &mut ParamStore) {
-    for (conv, bn) in model.conv_batch_norms() {
+    for (_, conv, bn) in model.conv_batch_norms() {
         let Some(sbf) = conv.as_sbf().filter(|s| s.config.family == TransformFamily::Zero) else {
             continue;
         };

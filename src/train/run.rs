@@ -524,19 +524,16 @@ mod tests {
             ..RunOptions::new(root.join(name))
         };
 
+        let stopped = |epoch, step, saved| RunEnd::Stopped {
+            epoch,
+            step,
+            steps: 4,
+            saved,
+        };
         // Stopped before its first step: nothing to save, and the folder is gone.
         let stop = Arc::new(AtomicBool::new(true));
         let summary = run(&mut fresh(), &train, &test, &options("early", &stop), &mut Silent).unwrap();
-        let (epoch, step, steps, saved) = (1, 0, 4, false);
-        assert_eq!(
-            summary.end,
-            RunEnd::Stopped {
-                epoch,
-                step,
-                steps,
-                saved
-            }
-        );
+        assert_eq!(summary.end, stopped(1, 0, false));
         assert!(!root.join("early").exists());
 
         // Stopped after step 6 (epoch 2): last.ckpt holds the unfinished epoch, and the resumed
@@ -565,16 +562,7 @@ mod tests {
             &mut observer,
         )
         .unwrap();
-        let (epoch, step, steps, saved) = (2, 2, 4, true);
-        assert_eq!(
-            summary.end,
-            RunEnd::Stopped {
-                epoch,
-                step,
-                steps,
-                saved
-            }
-        );
+        assert_eq!(summary.end, stopped(2, 2, true));
         let path = root.join("stopped").join("last.ckpt");
         let mut resumed = Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, 64).unwrap();
         assert_eq!(

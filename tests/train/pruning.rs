@@ -144,7 +144,7 @@ fn l1_pruning_silences_the_batch_norm_of_every_pruned_channel_through_training()
         trainer.train_epoch(&set, |_| {}).unwrap();
     }
     let mut silenced = 0;
-    for (conv, bn) in trainer.model.conv_batch_norms() {
+    for (_, conv, bn) in trainer.model.conv_batch_norms() {
         let Some(sbf) = conv.as_sbf() else { continue };
         for n in (0..sbf.out_channels).filter(|&n| sbf.assignment.mask_row[n].is_some()) {
             let (gamma, beta) = (trainer.store.value(bn.gamma), trainer.store.value(bn.beta));
