@@ -1,0 +1,352 @@
+//! The fast kernels against their naive twins.
+
+use super::*;
+use crate::tensor::{max_scaled_difference, Tensor};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
+    Tensor::normal(&[len], 1.0, rng).data
+}
+
+/// Odd sizes, channels not a multiple of 8, planes with SIMD tails, both strides.
+fn shapes() -> Vec<(SbfShape, TemplateAssignment)> {
+    let mut out = Vec::new();
+    for (batch, c, h, w, n, m, k, s, p, g) in [
+        (2, 6, 7, 5, 5, 2, 3, 1, 1, 2),
+        (3, 9, 9, 11, 7, 3, 3, 2, 1, 3),
+        (1, 4, 6, 6, 4, 1, 1, 1, 0, 4),
+        (2, 10, 8, 9, 6, 5, 5, 2, 2, 1),
+        (2, 12, 5, 19, 9, 4, 3, 1, 0, 2),
+        (2, 6, 6, 11, 5, 3, 5, 1, 2, 3),
+        (1, 8, 3, 9, 6, 2, 3, 1, 1, 2),
+        (1, 4, 11, 12, 5, 2, 3, 1, 1, 2),
+    ] {
+        let shape = SbfShape {
+            batch,
+            in_channels: c,
+            in_height: h,
+            in_width: w,
+            out_channels: n,
+            templates: m,
+            kernel: k,
+            stride: s,
+            padding: p,
+            groups: g,
+        };
+        shape.validate("test");
+        // A scattered assignment, as pruning would hand over.
+        let kept: Vec<usize> = (0..m).map(|j| (j * n) / m + (n / m) / 2).collect();
+        out.push((shape, TemplateAssignment::from_kept_outputs(n, &kept)));
+    }
+    out
+}
+
+fn assert_close(name: &str, fast: &[f32], naive: &[f32]) {
+    let d = max_scaled_difference(fast, naive, 1e-5, 1e-5);
+    assert!(
+        d <= 1.0,
+        "{name}: fast differs from naive (scaled difference {d})"
+    );
+}
+
+#[test]
+fn gemm_kernels_equal_triple_loops_on_ragged_sizes() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, inner, cols) in [
+        (1, 1, 1),
+        (5, 3, 37),
+        (4, 9, 16),
+        (7, 13, 25),
+        (3, 17, 8),
+        (13, 8, 41),
+    ] {
+        let a = random(rows * inner, &mut rng);
+        let b = random(inner * cols, &mut rng);
+        let bt = random(cols * inner, &mut rng);
+        let start = random(rows * cols, &mut rng);
+        let (mut c, mut c_nt) = (start.clone(), start.clone());
+        gemm_accumulate(rows, inner, cols, &a, &b, &mut c);
+        gemm_nt_accumulate(rows, inner, cols, &a, &bt, &mut c_nt);
+        let (mut expect, mut expect_nt) = (start.clone(), start);
+        for r in 0..rows {
+            for j in 0..cols {
+                for k in 0..inner {
+                    expect[r * cols + j] += a[r * inner + k] * b[k * cols + j];
+                    expect_nt[r * cols + j] += a[r * inner + k] * bt[j * inner + k];
+                }
+            }
+        }
+        assert_close("gemm", &c, &expect);
+        assert_close("gemm_nt", &c_nt, &expect_nt);
+        let mut c_over = vec![f32::NAN; rows * cols];
+        gemm_overwrite(rows, inner, cols, &a, &b, &mut c_over);
+        let mut zero_start = vec![0.0; rows * cols];
+        gemm_accumulate(rows, inner, cols, &a, &b, &mut zero_start);
+        assert_close("gemm_overwrite", &c_over, &zero_start);
+    }
+}
+
+#[test]
+fn stage1_fast_kernels_equal_naive() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for (shape, _) in shapes() {
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let (mut p_fast, mut p_naive) = (vec![7.0; shape.maps_len()], vec![-7.0; shape.maps_len()]);
+        stage1_forward(&shape, &x, &b, &mut p_fast);
+        stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+        assert_close("stage1_forward", &p_fast, &p_naive);
+
+        let dp = random(shape.maps_len(), &mut rng);
+        let start_db = random(shape.templates_len(), &mut rng);
+        let (mut db_fast, mut db_naive) = (start_db.clone(), start_db);
+        stage1_templates_grad(&shape, &x, &dp, &mut db_fast);
+        stage1_templates_grad_naive(&shape, &x, &dp, &mut db_naive);
+        assert_close("stage1_templates_grad", &db_fast, &db_naive);
+
+        let start_dx = random(shape.input_len(), &mut rng);
+        let (mut dx_fast, mut dx_naive) = (start_dx.clone(), start_dx);
+        stage1_input_grad(&shape, &dp, &b, &mut dx_fast);
+        stage1_input_grad_naive(&shape, &dp, &b, &mut dx_naive);
+        assert_close("stage1_input_grad", &dx_fast, &dx_naive);
+    }
+}
+
+#[test]
+fn stage1_input_grad_is_the_transpose_of_stage1_forward() {
+    // <stage1(X), dP> = <X, stage1ᵀ(dP)> for the naive pair, so the solved-for (h, w) are right.
+    let mut rng = StdRng::seed_from_u64(5);
+    for (shape, _) in shapes() {
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let dp = random(shape.maps_len(), &mut rng);
+        let mut p = vec![0.0; shape.maps_len()];
+        stage1_forward_naive(&shape, &x, &b, &mut p);
+        let mut dx = vec![0.0; shape.input_len()];
+        stage1_input_grad_naive(&shape, &dp, &b, &mut dx);
+        let lhs: f64 = p.iter().zip(&dp).map(|(a, b)| (a * b) as f64).sum();
+        let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs} for {shape:?}"
+        );
+    }
+}
+
+#[test]
+fn stage2_fast_kernels_equal_naive() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for (shape, assignment) in shapes() {
+        assignment.validate("test", shape.out_channels, shape.templates);
+        let t = random(shape.masks_len(), &mut rng);
+        let p = random(shape.maps_len(), &mut rng);
+        let (mut y_fast, mut y_naive) = (vec![3.0; shape.output_len()], vec![-3.0; shape.output_len()]);
+        gather_forward(&shape, &assignment, &t, &p, &mut y_fast);
+        gather_forward_naive(&shape, &assignment, &t, &p, &mut y_naive);
+        assert_close("gather_forward", &y_fast, &y_naive);
+
+        let dy = random(shape.output_len(), &mut rng);
+        let start_dt = random(shape.masks_len(), &mut rng);
+        let (mut dt_fast, mut dt_naive) = (start_dt.clone(), start_dt);
+        gather_masks_grad(&shape, &assignment, &p, &dy, &mut dt_fast);
+        gather_masks_grad_naive(&shape, &assignment, &p, &dy, &mut dt_naive);
+        assert_close("gather_masks_grad", &dt_fast, &dt_naive);
+
+        let (mut dp_fast, mut dp_naive) = (vec![1.0; shape.maps_len()], vec![2.0; shape.maps_len()]);
+        gather_maps_grad(&shape, &assignment, &t, &dy, &mut dp_fast);
+        gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+        assert_close("gather_maps_grad", &dp_fast, &dp_naive);
+    }
+}
+
+#[test]
+fn fused_layer_kernels_equal_the_naive_stages_chained() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (shape, assignment) in shapes() {
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let dy = random(shape.output_len(), &mut rng);
+        // Naive chain: P, Y; dT from P; dP; dB and dX from dP.
+        let mut p_naive = vec![0.0; shape.maps_len()];
+        stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+        let mut y_naive = vec![0.0; shape.output_len()];
+        gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+        let mut dt_naive = vec![0.5; shape.masks_len()];
+        gather_masks_grad_naive(&shape, &assignment, &p_naive, &dy, &mut dt_naive);
+        let mut dp_naive = vec![0.0; shape.maps_len()];
+        gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+        let mut db_naive = vec![0.5; shape.templates_len()];
+        stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
+        let mut dx_naive = vec![0.5; shape.input_len()];
+        stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
+        // Fused.
+        let mut y = vec![9.0; shape.output_len()];
+        two_stage_forward(&shape, &assignment, &x, &b, &t, &mut y);
+        assert_close("two_stage_forward Y", &y, &y_naive);
+        let (mut dx, mut db, mut dt) = (
+            vec![0.5; shape.input_len()],
+            vec![0.5; shape.templates_len()],
+            vec![0.5; shape.masks_len()],
+        );
+        let grads = TwoStageGrads {
+            input: Some(&mut dx),
+            templates: Some(&mut db),
+            masks: Some(&mut dt),
+        };
+        two_stage_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
+        assert_close("two_stage_backward dX", &dx, &dx_naive);
+        assert_close("two_stage_backward dB", &db, &db_naive);
+        assert_close("two_stage_backward dT", &dt, &dt_naive);
+        // Skipped gradients stay untouched.
+        let mut db_only = vec![0.5; shape.templates_len()];
+        let grads = TwoStageGrads {
+            input: None,
+            templates: Some(&mut db_only),
+            masks: None,
+        };
+        two_stage_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
+        assert_close("two_stage_backward dB alone", &db_only, &db_naive);
+    }
+}
+
+/// The banded forward against the naive stages chained, at band sizes that hit every edge:
+/// one row (smaller than a 2-row halo), H not a multiple of the band, a band of the whole
+/// image and more; batch 1 and 2; K = 1, 3, 5.
+#[test]
+fn banded_forward_equals_naive_at_every_band_size() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (batch, c, h, w, n, m, k, g) in [
+        (1, 6, 7, 5, 5, 2, 3, 2),
+        (2, 4, 9, 11, 6, 3, 5, 2),
+        (1, 8, 5, 19, 9, 4, 1, 4),
+        (2, 6, 6, 3, 4, 1, 3, 3),
+    ] {
+        let shape = SbfShape {
+            batch,
+            in_channels: c,
+            in_height: h,
+            in_width: w,
+            out_channels: n,
+            templates: m,
+            kernel: k,
+            stride: 1,
+            padding: k / 2,
+            groups: g,
+        };
+        shape.validate("test");
+        let assignment = TemplateAssignment::round_robin(n, m);
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let mut p_naive = vec![0.0; shape.maps_len()];
+        stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+        let mut y_naive = vec![0.0; shape.output_len()];
+        gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+        let dy = random(shape.output_len(), &mut rng);
+        let mut dt_naive = vec![0.5; shape.masks_len()];
+        gather_masks_grad_naive(&shape, &assignment, &p_naive, &dy, &mut dt_naive);
+        let mut dp_naive = vec![0.0; shape.maps_len()];
+        gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+        let mut db_naive = vec![0.5; shape.templates_len()];
+        stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
+        let mut dx_naive = vec![0.5; shape.input_len()];
+        stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
+        for band_rows in [1, 2, 3, 4, h - 1, h, h + 3] {
+            let name = |what: &str| format!("banded {what}, {h} rows in bands of {band_rows}");
+            let mut y = vec![9.0; shape.output_len()];
+            two_stage_forward_banded(&shape, &assignment, &x, &b, &t, &mut y, band_rows);
+            assert_close(&name("forward"), &y, &y_naive);
+            let (mut dx, mut db, mut dt) = (
+                vec![0.5; shape.input_len()],
+                vec![0.5; shape.templates_len()],
+                vec![0.5; shape.masks_len()],
+            );
+            let grads = TwoStageGrads {
+                input: Some(&mut dx),
+                templates: Some(&mut db),
+                masks: Some(&mut dt),
+            };
+            two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+            assert_close(&name("dX"), &dx, &dx_naive);
+            assert_close(&name("dB"), &db, &db_naive);
+            assert_close(&name("dT"), &dt, &dt_naive);
+            // dX alone (no P recomputed) and dT alone (no dP).
+            let mut dx_only = vec![0.5; shape.input_len()];
+            let grads = TwoStageGrads {
+                input: Some(&mut dx_only),
+                templates: None,
+                masks: None,
+            };
+            two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+            assert_close(&name("dX alone"), &dx_only, &dx_naive);
+            let mut dt_only = vec![0.5; shape.masks_len()];
+            let grads = TwoStageGrads {
+                input: None,
+                templates: None,
+                masks: Some(&mut dt_only),
+            };
+            two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, band_rows);
+            assert_close(&name("dT alone"), &dt_only, &dt_naive);
+        }
+    }
+}
+
+/// The banded backward sums dB and dT in a fixed order: two runs give the same bits.
+#[test]
+fn banded_backward_is_bit_identical_from_run_to_run() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let shape = SbfShape {
+        batch: 7,
+        in_channels: 8,
+        in_height: 9,
+        in_width: 10,
+        out_channels: 8,
+        templates: 3,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        groups: 2,
+    };
+    let assignment = TemplateAssignment::round_robin(8, 3);
+    let x = random(shape.input_len(), &mut rng);
+    let b = random(shape.templates_len(), &mut rng);
+    let t = random(shape.masks_len(), &mut rng);
+    let dy = random(shape.output_len(), &mut rng);
+    let run = || {
+        let (mut db, mut dt) = (vec![0.0; shape.templates_len()], vec![0.0; shape.masks_len()]);
+        let grads = TwoStageGrads {
+            input: None,
+            templates: Some(&mut db),
+            masks: Some(&mut dt),
+        };
+        two_stage_backward_banded(&shape, &assignment, &x, &b, &t, &dy, grads, 2);
+        (db, dt)
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert_eq!(run(), first);
+    }
+}
+
+#[test]
+fn assignments_put_kept_filters_in_place_and_spread_pruned_ones_round_robin() {
+    let a = TemplateAssignment::from_kept_outputs(6, &[1, 4]);
+    assert_eq!(a.template_of, vec![0, 0, 1, 0, 1, 1]);
+    assert_eq!(a.mask_row, vec![Some(0), None, Some(1), Some(2), None, Some(3)]);
+    a.validate("test", 6, 2);
+    let r = TemplateAssignment::round_robin(5, 2);
+    assert_eq!(r.template_of, vec![0, 1, 0, 1, 0]);
+    assert_eq!(r.mask_row, vec![None, None, Some(0), Some(1), Some(2)]);
+    assert_eq!(r.identity_outputs(), vec![0, 1]);
+}
+
+#[test]
+#[should_panic(expected = "two identity outputs")]
+fn an_assignment_with_a_doubled_template_is_rejected() {
+    let a = TemplateAssignment {
+        template_of: vec![0, 0, 1],
+        mask_row: vec![None, None, Some(0)],
+    };
+    a.validate("sbf_conv2d", 3, 2);
+}
