@@ -62,7 +62,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .or(resumed.as_ref().map(|r| r.config.shards))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     validate::check_at_least("--threads", threads, 1)?;
-    let spec = match &resumed {
+    let (spec, fresh) = match &resumed {
         Some(resumed) => {
             check_resume_flags(&args.run, &resumed.config, &resumed.path)?;
             if threads != resumed.config.shards {
@@ -72,10 +72,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     resumed.config.shards
                 );
             }
-            ModelSpec::parse_description(&resumed.checkpoint.model)
-                .map_err(|e| Error::file(&resumed.path, e.message))?
+            let spec = ModelSpec::parse_description(&resumed.checkpoint.model)
+                .map_err(|e| Error::file(&resumed.path, e.message))?;
+            (spec, None)
         }
-        None => fresh_model(&args, threads)?,
+        None => {
+            let (spec, config) = fresh_model(&args, threads)?;
+            (spec, Some(config))
+        }
     };
     let out = match (&args.run.out, &resumed) {
         (Some(out), _) => out.clone(),
@@ -97,10 +101,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let test = limited(cifar::load_test_set(&data)?, test_limit, "--test-limit")?;
 
     // 3. The trainer, fresh or resumed.
-    let mut trainer = match &resumed {
-        Some(resumed) => Trainer::from_checkpoint(&resumed.checkpoint, &resumed.path, train.len())?,
-        None => {
-            let config = fresh_config(&args.run, threads)?;
+    let mut trainer = match (&resumed, fresh) {
+        (Some(resumed), _) => Trainer::from_checkpoint(&resumed.checkpoint, &resumed.path, train.len())?,
+        (None, config) => {
+            let config = config.expect("a fresh run has its settings");
             let mut trainer = Trainer::new(&spec, config.clone(), train.len())?;
             trainer.pruning = args
                 .pruning
@@ -186,8 +190,8 @@ fn open_resumed(args: &TrainArgs) -> Result<Option<Resumed>> {
     }))
 }
 
-/// The model of a fresh run, after checking every setting that does not depend on the data.
-fn fresh_model(args: &TrainArgs, threads: usize) -> Result<ModelSpec> {
+/// The model and settings of a fresh run, after checking everything that does not depend on the data.
+fn fresh_model(args: &TrainArgs, threads: usize) -> Result<(ModelSpec, TrainConfig)> {
     let config = fresh_config(&args.run, threads)?;
     let convs = match (args.pruning.settings(config.epochs)?, &args.convs) {
         (Some(_), Some(_)) => {
@@ -207,7 +211,7 @@ fn fresh_model(args: &TrainArgs, threads: usize) -> Result<ModelSpec> {
     }
     // Everything that does not depend on the data's size.
     config.validate(usize::MAX)?;
-    Ok(spec)
+    Ok((spec, config))
 }
 
 /// The test hooks of the module documentation: steps to poison, steps to pause before.

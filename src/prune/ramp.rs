@@ -20,7 +20,7 @@ use super::taylor::TaylorScores;
 use crate::autograd::{ParamId, ParamStore};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::nn::{Model, SbfConv2d, TransformInit};
+use crate::nn::{ConvKind, Model, SbfConv2d, TransformInit};
 use crate::ops::TransformFamily;
 use std::path::Path;
 
@@ -253,6 +253,20 @@ pub fn prune_step(
 /// constant). Called after every pruning step and every optimiser step; SBF layers, whose
 /// transformed outputs are live, are left alone.
 pub fn silence_pruned_channels(model: &Model, store: &mut ParamStore) {
+    // Called every step: a model without plain filter pruning has nothing to do here.
+    let plan = &model.spec.convs;
+    let zero = |kind: &ConvKind| {
+        matches!(
+            kind,
+            ConvKind::Sbf {
+                family: TransformFamily::Zero,
+                ..
+            }
+        )
+    };
+    if !(zero(&plan.first) || zero(&plan.body) || plan.layers.iter().any(|(_, kind)| zero(kind))) {
+        return;
+    }
     for (_, conv, bn) in model.conv_batch_norms() {
         let Some(sbf) = conv.as_sbf().filter(|s| s.config.family == TransformFamily::Zero) else {
             continue;
