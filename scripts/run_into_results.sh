@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs one training into runs/results/<model>/<run> and copies what a reader of the results
-# needs into results/<model>/<run>/: metrics.csv, pruning.csv, command.txt and summary.txt (what
+# Runs one training into runs/results/<group>/<run> and copies what a reader of the results
+# needs into results/<group>/<run>/: metrics.csv, pruning.csv, command.txt and summary.txt (what
 # `sbfnet report` needs of the checkpoint), never checkpoints. Resumes the run when
-# runs/results/<model>/<run>/last.ckpt exists (a run cut off by the end of a session). Usage:
+# runs/results/<group>/<run>/last.ckpt exists (a run cut off by the end of a session). The group
+# is the model's name without its width, so a thin baseline (resnet20-w11) lands beside the
+# resnet20 runs. Usage:
 #   scripts/run_into_results.sh MODEL RUN [sbfnet train flags...]
 # e.g. scripts/run_into_results.sh resnet20 sbf-55-lstsq-8ep --epochs 8 --warmup-epochs 1 --prune-rate 0.55
 # then: target/release/sbfnet report results/resnet20 --plot docs/results-resnet20.png
@@ -10,14 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 run=$2
 shift 2
-out=runs/results/$model/$run
-mkdir -p "$(dirname "$out")" "results/$model/$run"
+group=${model%%-w*}
+out=runs/results/$group/$run
+mkdir -p "$(dirname "$out")" "results/$group/$run"
 if [ -f "$out/last.ckpt" ]; then
   target/release/sbfnet train --resume "$out/last.ckpt"
 else
   target/release/sbfnet train --model "$model" "$@" --out "$out"
 fi
-target/release/sbfnet report "runs/results/$model" --write-summaries > /dev/null
+target/release/sbfnet report "runs/results/$group" --write-summaries > /dev/null
 for file in metrics.csv pruning.csv command.txt summary.txt; do
-  if [ -f "$out/$file" ]; then cp "$out/$file" "results/$model/$run/"; fi
+  if [ -f "$out/$file" ]; then cp "$out/$file" "results/$group/$run/"; fi
 done

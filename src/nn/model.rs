@@ -175,6 +175,15 @@ impl ModelSpec {
         }
     }
 
+    /// The same network at its default width (`resnet20` for `resnet20-w11`): the full-size model
+    /// that a thin one is compared with.
+    pub fn at_default_width(&self) -> ModelSpec {
+        ModelSpec {
+            width: self.architecture.default_width(),
+            ..self.clone()
+        }
+    }
+
     /// The stable description stored in checkpoints, e.g. "resnet20 dense".
     pub fn description(&self) -> String {
         format!("{} {}", self.name(), self.convs.describe())

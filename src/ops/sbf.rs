@@ -318,7 +318,7 @@ fn two_stage(
         shape.out_height(),
         shape.out_width(),
     ]);
-    kernel::two_stage_forward(
+    kernel::fused_forward(
         &shape,
         assignment,
         &tape.value(x).data,

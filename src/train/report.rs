@@ -7,6 +7,11 @@
 //! The model is rebuilt to count its parameters and MACs beside the dense network of the same
 //! name. The baseline of a run is the last-epoch accuracy of the dense run of the same model name
 //! in the folder (the best dense run where there are several).
+//!
+//! A dense model narrower than its default width (`resnet20-w11`) is the *thin* baseline: the
+//! dense network trained small from the start to about the MACs that pruning leaves. It is
+//! reported under the full-width model's name, with its reductions counted against the full-width
+//! network, so that it stands beside the pruned runs of that model (pruning counts where it beats it).
 
 use super::metrics;
 use crate::checkpoint::load_model;
@@ -61,8 +66,12 @@ impl RunSummary {
         };
         // The note `sbfnet prune` leaves in a converted run's folder.
         let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).ok();
-        let is_dense = model.spec.convs.is_dense();
-        let method = if is_dense {
+        let full_width = model.spec.at_default_width();
+        let is_thin = model.spec.convs.is_dense() && full_width != model.spec;
+        let is_dense = model.spec.convs.is_dense() && !is_thin;
+        let method = if is_thin {
+            format!("thin dense, width {}", model.spec.width)
+        } else if is_dense {
             "dense".to_string()
         } else if checkpoint.get("prune_rate").is_some() || note.is_some() {
             // Plain filter pruning is the zero family: its pruned outputs are zero.
@@ -112,19 +121,34 @@ impl RunSummary {
             Some(_) => format!("{method}, distilled"),
             None => method,
         };
+        // A thin run counts its reductions against the full-width dense network.
+        let (dense_params, dense_macs) = if is_thin {
+            let mut store = crate::autograd::ParamStore::default();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+            let full = full_width.build(&mut store, &mut rng).layer_table(&store);
+            (
+                full.iter().map(|r| r.dense_params).sum(),
+                full.iter().map(|r| r.dense_macs).sum(),
+            )
+        } else {
+            (
+                table.iter().map(|r| r.dense_params).sum(),
+                table.iter().map(|r| r.dense_macs).sum(),
+            )
+        };
         Ok(RunSummary {
             folder: dir
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-            model: model.name(),
+            model: if is_thin { full_width.name() } else { model.name() },
             method,
             is_dense,
             accuracy: last_accuracy.unwrap_or(number("best_test_accuracy") as f32),
             best_accuracy: number("best_test_accuracy") as f32,
             params: table.iter().map(|r| r.params).sum(),
-            dense_params: table.iter().map(|r| r.dense_params).sum(),
+            dense_params,
             macs: table.iter().map(|r| r.macs).sum(),
-            dense_macs: table.iter().map(|r| r.dense_macs).sum(),
+            dense_macs,
             seconds: number("elapsed_seconds"),
         })
     }
@@ -232,7 +256,7 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
 
 /// The picture a reader of a pruning paper looks at first: test accuracy (last epoch) against the
 /// MAC reduction, one point per run, the runs of one method joined in order of reduction (dense
-/// black, SBF orange, L1 pruning blue, other plans grey).
+/// black, SBF orange, L1 pruning blue, thin dense green, other plans grey).
 pub fn accuracy_against_macs(runs: &[RunSummary]) -> image::RgbImage {
     use super::metrics::{draw_panel, text, text_width, tick_labels, ticks, Panel, Series, AXIS_COLOUR};
     use image::{Rgb, RgbImage};
@@ -256,17 +280,19 @@ pub fn accuracy_against_macs(runs: &[RunSummary]) -> image::RgbImage {
         x_range: (0.0, 100.0),
         y_range: (low, high.max(low + 1.0)),
     };
-    let kinds: [(&str, Rgb<u8>); 4] = [
+    let kinds: [(&str, Rgb<u8>); 5] = [
         ("DENSE", AXIS_COLOUR),
         ("SBF", Rgb([255, 127, 14])),
         ("L1", Rgb([31, 119, 180])),
+        ("THIN", Rgb([44, 160, 44])),
         ("OTHER", Rgb([150, 150, 150])),
     ];
     let kind_of = |r: &RunSummary| match () {
         _ if r.is_dense => 0,
         _ if r.method.starts_with("SBF") => 1,
         _ if r.method.starts_with("L1") => 2,
-        _ => 3,
+        _ if r.method.starts_with("thin") => 3,
+        _ => 4,
     };
     let series: Vec<Series> = kinds
         .iter()
@@ -325,7 +351,7 @@ mod tests {
     fn a_run_reports_its_last_epoch_beside_its_best() {
         let dir = std::env::temp_dir().join(format!("sbfnet-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let spec = ModelSpec::parse_name("resnet8").unwrap();
         let mut trainer = Trainer::new(&spec, TrainConfig::recipe(), 1000).unwrap();
         (trainer.epoch, trainer.best_test_accuracy) = (2, 0.8);
         trainer.to_checkpoint().save(&dir.join("last.ckpt")).unwrap();
@@ -352,6 +378,44 @@ mod tests {
                 .contains("| dense | 70.00 | 70.00 | 80.00 | +0.00 |"),
             "{table}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A run folder holding a model trained for 2 epochs whose metrics say `accuracy` on each.
+    fn write_run(dir: &Path, model: &str, accuracy: f32) {
+        std::fs::create_dir_all(dir).unwrap();
+        let spec = ModelSpec::parse_name(model).unwrap();
+        let mut trainer = Trainer::new(&spec, TrainConfig::recipe(), 1000).unwrap();
+        (trainer.epoch, trainer.best_test_accuracy) = (2, accuracy);
+        trainer.to_checkpoint().save(&dir.join("last.ckpt")).unwrap();
+        let row = |epoch| MetricsRow {
+            epoch,
+            learning_rate: 0.1,
+            train_loss: 1.0,
+            train_accuracy: 0.5,
+            test_loss: Some(1.0),
+            test_accuracy: Some(accuracy),
+            images_per_second: 100.0,
+            elapsed_seconds: 10.0 * epoch as f64,
+        };
+        write_csv(&dir.join("metrics.csv"), &[row(1), row(2)]).unwrap();
+    }
+
+    #[test]
+    fn a_thin_dense_run_stands_beside_the_full_width_model() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-report-thin-{}", std::process::id()));
+        write_run(&dir.join("dense"), "resnet8", 0.7);
+        write_run(&dir.join("thin"), "resnet8-w8", 0.6);
+        let runs = read_runs(&dir).unwrap();
+        let thin = runs.iter().find(|r| r.folder == "thin").unwrap();
+        assert_eq!((thin.model.as_str(), thin.is_dense), ("resnet8", false));
+        assert_eq!(thin.method, "thin dense, width 8");
+        // Half the width: about a quarter of the MACs of the full-width network.
+        let kept = thin.macs as f64 / thin.dense_macs as f64;
+        assert!((0.2..0.3).contains(&kept), "{kept}");
+        let table = markdown_table(&runs);
+        let line = table.lines().find(|l| l.starts_with("| thin ")).unwrap();
+        assert!(line.contains("| 70.00 | 60.00 | 60.00 | -10.00 |"), "{table}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

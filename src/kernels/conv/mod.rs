@@ -73,14 +73,14 @@ thread_local! {
     /// This thread's packed weight panels and the call they were packed for.
     static THREAD_PANELS: Cell<(u64, Vec<f32>)> = const { Cell::new((0, Vec::new())) };
     /// Buffers of one parallel task on a worker thread (padded images of a group).
-    static TASK_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    pub(in crate::kernels) static TASK_WORKSPACE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `work` on the first `len` floats of a thread-local buffer that grows
 /// and is kept for the next call. The contents are stale: `work` must write
 /// what it reads. (The buffer is taken out while in use, so a nested call on
 /// the same thread gets a fresh one instead of a double borrow.)
-fn with_workspace<R>(
+pub(in crate::kernels) fn with_workspace<R>(
     slot: &'static LocalKey<Cell<Vec<f32>>>,
     len: usize,
     work: impl FnOnce(&mut [f32]) -> R,
@@ -96,14 +96,14 @@ fn with_workspace<R>(
 
 /// The two register tilings compiled: ROWS × VECTORS 8-lane accumulators.
 #[derive(Clone, Copy, Debug)]
-enum Tiling {
+pub(in crate::kernels) enum Tiling {
     Rows6Vectors2,
     Rows2Vectors6,
 }
 
 /// The tiling that wastes the fewest padded multiply-adds for `rows` rows of
 /// the product and `vectors` 8-pixel vectors.
-fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
+pub(in crate::kernels) fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
     let padded = |tile_rows: usize, tile_vectors: usize| {
         rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
     };
@@ -117,14 +117,17 @@ fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
 
 /// 8 neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).
 #[derive(Clone, Copy, Debug)]
-struct VectorSlot {
-    row: usize,
-    col: usize,
-    lanes: usize,
+pub(in crate::kernels) struct VectorSlot {
+    pub row: usize,
+    pub col: usize,
+    pub lanes: usize,
 }
 
 /// The vectors covering rows × cols, row by row, 8 columns at a time.
-fn vector_slots(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Vec<VectorSlot> {
+pub(in crate::kernels) fn vector_slots(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Vec<VectorSlot> {
     let mut slots = Vec::new();
     for row in rows {
         for col in cols.clone().step_by(LANES) {
@@ -140,7 +143,10 @@ fn vector_slots(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> V
 
 /// `bases[v]` for a group of up to VECTORS slots; missing ones repeat the last
 /// (computed and thrown away).
-fn group_bases<const VECTORS: usize>(group: &[VectorSlot], row_stride: usize) -> [usize; VECTORS] {
+pub(in crate::kernels) fn group_bases<const VECTORS: usize>(
+    group: &[VectorSlot],
+    row_stride: usize,
+) -> [usize; VECTORS] {
     std::array::from_fn(|v| {
         let slot = group[v.min(group.len() - 1)];
         slot.row * row_stride + slot.col
@@ -234,7 +240,7 @@ fn with_task_inputs<R>(
 /// Tap (c, kh, kw) of output (oh, ow) is then image[c][kh mod s][kw mod s]
 /// [oh + kh div s][ow + kw div s] = `base(oh, ow) + tap_offset(c, kh, kw)`.
 #[derive(Clone, Copy, Debug)]
-struct PhaseSplitImage {
+pub(in crate::kernels) struct PhaseSplitImage {
     shape: ConvShape,
     /// Rows i of one phase plane: Ho + (K−1) div s.
     rows: usize,
@@ -243,7 +249,7 @@ struct PhaseSplitImage {
 }
 
 impl PhaseSplitImage {
-    fn new(shape: &ConvShape) -> Self {
+    pub(in crate::kernels) fn new(shape: &ConvShape) -> Self {
         let reach = (shape.kernel - 1) / shape.stride;
         PhaseSplitImage {
             shape: *shape,
@@ -257,12 +263,12 @@ impl PhaseSplitImage {
     }
 
     /// Floats of one image: C · s² planes.
-    fn image_len(&self) -> usize {
+    pub(in crate::kernels) fn image_len(&self) -> usize {
         self.shape.in_channels * self.shape.stride * self.shape.stride * self.plane_len()
     }
 
     /// offset(c, kh, kw) for k = (c·K + kh)·K + kw, the column order of w [F, C·K²].
-    fn tap_offsets(&self) -> Vec<usize> {
+    pub(in crate::kernels) fn tap_offsets(&self) -> Vec<usize> {
         let ConvShape {
             in_channels,
             kernel,
@@ -282,12 +288,12 @@ impl PhaseSplitImage {
     }
 
     /// base(oh, ow) for the first of 8 neighbouring outputs.
-    fn row_stride(&self) -> usize {
+    pub(in crate::kernels) fn row_stride(&self) -> usize {
         self.cols
     }
 
     /// Writes image = padded, phase-split x_image [C, H, W].
-    fn fill(&self, x_image: &[f32], image: &mut [f32]) {
+    pub(in crate::kernels) fn fill(&self, x_image: &[f32], image: &mut [f32]) {
         let ConvShape {
             in_channels,
             in_height,

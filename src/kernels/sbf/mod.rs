@@ -80,12 +80,14 @@ mod simd;
 mod stages;
 #[cfg(test)]
 mod tests;
+mod tiled;
 
 pub use banded::*;
 pub use fused::*;
 pub use per_image::*;
 pub use simd::*;
 pub use stages::*;
+pub use tiled::*;
 
 // ---------------------------------------------------------------------------------------------
 // Geometry and the template assignment

@@ -350,3 +350,81 @@ fn an_assignment_with_a_doubled_template_is_rejected() {
     };
     a.validate("sbf_conv2d", 3, 2);
 }
+
+/// The grid: G ∈ {1, 2, 4}, stride ∈ {1, 2}, padding ∈ {0, 1}, K ∈ {1, 3, 5},
+/// M ∈ {1, N/2, N−1}, with non-square inputs, batch 1 and 3, channel counts that are not
+/// multiples of 8 and maps narrower than a tile. Each case: `(shape, assignment)`.
+fn fused_grid() -> Vec<(SbfShape, TemplateAssignment)> {
+    let mut cases = Vec::new();
+    for (index, (groups, stride, padding, kernel)) in [1, 2, 4]
+        .into_iter()
+        .flat_map(|g| [1, 2].into_iter().map(move |s| (g, s)))
+        .flat_map(|(g, s)| [0, 1].into_iter().map(move |p| (g, s, p)))
+        .flat_map(|(g, s, p)| [1, 3, 5].into_iter().map(move |k| (g, s, p, k)))
+        .enumerate()
+    {
+        let out_channels = [7, 12, 13][index % 3];
+        for templates in [1, out_channels / 2, out_channels - 1] {
+            let (in_height, in_width) = [(6, 11), (9, 5), (13, 20)][(index + templates) % 3];
+            let shape = SbfShape {
+                batch: [1, 3][index % 2],
+                in_channels: groups * [3, 5][(index / 2) % 2],
+                in_height,
+                in_width,
+                out_channels,
+                templates,
+                kernel,
+                stride,
+                padding,
+                groups,
+            };
+            if in_height + 2 * padding < kernel || in_width + 2 * padding < kernel {
+                continue;
+            }
+            shape.validate("fused grid");
+            let kept: Vec<usize> = (0..templates).map(|j| (j * out_channels) / templates).collect();
+            cases.push((shape, TemplateAssignment::from_kept_outputs(out_channels, &kept)));
+        }
+    }
+    cases
+}
+
+/// Runs `work` on a pool of `threads` threads.
+fn on_threads<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(work)
+}
+
+#[test]
+fn fused_forward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let cases = fused_grid();
+    assert!(cases.len() > 100, "{} cases", cases.len());
+    for (shape, assignment) in cases {
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let mut p_naive = vec![0.0; shape.maps_len()];
+        stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+        let mut y_naive = vec![0.0; shape.output_len()];
+        gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+        let run = |threads| {
+            on_threads(threads, || {
+                let mut y = vec![9.0; shape.output_len()];
+                fused_forward(&shape, &assignment, &x, &b, &t, &mut y);
+                y
+            })
+        };
+        let y = run(1);
+        assert_close(&format!("fused_forward {shape:?}"), &y, &y_naive);
+        for threads in [2, 3] {
+            assert!(
+                run(threads) == y,
+                "fused_forward differs on {threads} threads: {shape:?}"
+            );
+        }
+    }
+}
