@@ -350,7 +350,7 @@ fn two_stage(
             templates: grad_b.as_deref_mut(),
             masks: grad_t.as_deref_mut(),
         };
-        kernel::two_stage_backward(
+        kernel::fused_backward(
             &shape,
             &assignment,
             &x_value.data,

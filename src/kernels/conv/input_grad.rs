@@ -10,15 +10,15 @@ use super::*;
 ///
 ///   image[f][i][j] = dy[n, f, i − (T−1), j − (T−1)]   (0 outside dy)
 #[derive(Clone, Copy, Debug)]
-struct PaddedGradOutput {
+pub(in crate::kernels) struct PaddedGradOutput {
     shape: ConvShape,
-    border: usize,
-    rows: usize,
-    cols: usize,
+    pub border: usize,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 impl PaddedGradOutput {
-    fn new(shape: &ConvShape) -> Self {
+    pub(in crate::kernels) fn new(shape: &ConvShape) -> Self {
         let taps = (shape.kernel - 1) / shape.stride + 1;
         let last_row = (shape.in_height - 1 + shape.padding) / shape.stride;
         let last_col = (shape.in_width - 1 + shape.padding) / shape.stride;
@@ -30,15 +30,15 @@ impl PaddedGradOutput {
         }
     }
 
-    fn plane_len(&self) -> usize {
+    pub(in crate::kernels) fn plane_len(&self) -> usize {
         self.rows * self.cols
     }
 
-    fn image_len(&self) -> usize {
+    pub(in crate::kernels) fn image_len(&self) -> usize {
         self.shape.out_channels * self.plane_len()
     }
 
-    fn fill(&self, dy_image: &[f32], image: &mut [f32]) {
+    pub(in crate::kernels) fn fill(&self, dy_image: &[f32], image: &mut [f32]) {
         let (h_out, w_out) = (self.shape.out_height(), self.shape.out_width());
         image.fill(0.0);
         for f in 0..self.shape.out_channels {
@@ -55,20 +55,20 @@ impl PaddedGradOutput {
 /// ih = I·s + r − p, iw = J·s + q − p, reached by the taps kh = r + s·t
 /// (t < row_taps) and kw = q + s·u (u < col_taps).
 #[derive(Clone, Debug)]
-struct InputPhase {
-    row_phase: usize,
-    col_phase: usize,
-    row_taps: usize,
-    col_taps: usize,
+pub(in crate::kernels) struct InputPhase {
+    pub row_phase: usize,
+    pub col_phase: usize,
+    pub row_taps: usize,
+    pub col_taps: usize,
     /// I of the phase's pixels.
-    rows: std::ops::Range<usize>,
+    pub rows: std::ops::Range<usize>,
     /// J of the phase's pixels.
-    cols: std::ops::Range<usize>,
+    pub cols: std::ops::Range<usize>,
 }
 
 impl InputPhase {
     /// Every phase that receives gradient (s > K leaves some pixels untouched).
-    fn all(shape: &ConvShape) -> Vec<InputPhase> {
+    pub(in crate::kernels) fn all(shape: &ConvShape) -> Vec<InputPhase> {
         let ConvShape {
             kernel,
             stride,

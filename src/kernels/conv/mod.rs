@@ -56,6 +56,7 @@ mod weight_grad;
 
 pub use forward::forward;
 pub use input_grad::input_grad;
+pub(in crate::kernels) use input_grad::{InputPhase, PaddedGradOutput};
 pub use weight_grad::weight_grad;
 
 use std::cell::Cell;

@@ -351,6 +351,18 @@ fn an_assignment_with_a_doubled_template_is_rejected() {
     a.validate("sbf_conv2d", 3, 2);
 }
 
+/// `fast` equals `naive` to 1e-5 of the largest |naive| value: a sum of a few hundred float32
+/// terms with cancellation can miss its own small value by more than 1e-5 of itself in either
+/// summation order, but never the scale of the tensor.
+fn assert_close_to_scale(name: &str, fast: &[f32], naive: &[f32]) {
+    let scale = naive.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = max_scaled_difference(fast, naive, 0.0, 1e-5 * scale.max(1e-30));
+    assert!(
+        d <= 1.0,
+        "{name}: fast differs from naive by {d} × 1e-5 of the largest value {scale}"
+    );
+}
+
 /// The grid: G ∈ {1, 2, 4}, stride ∈ {1, 2}, padding ∈ {0, 1}, K ∈ {1, 3, 5},
 /// M ∈ {1, N/2, N−1}, with non-square inputs, batch 1 and 3, channel counts that are not
 /// multiples of 8 and maps narrower than a tile. Each case: `(shape, assignment)`.
@@ -419,12 +431,63 @@ fn fused_forward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
             })
         };
         let y = run(1);
-        assert_close(&format!("fused_forward {shape:?}"), &y, &y_naive);
+        assert_close_to_scale(&format!("fused_forward {shape:?}"), &y, &y_naive);
         for threads in [2, 3] {
             assert!(
                 run(threads) == y,
                 "fused_forward differs on {threads} threads: {shape:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
+    let mut rng = StdRng::seed_from_u64(22);
+    for (shape, assignment) in fused_grid() {
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let dy = random(shape.output_len(), &mut rng);
+        // Naive chain: P; dT from P; dP; dB and dX from dP (all accumulating onto 0.5).
+        let mut p_naive = vec![0.0; shape.maps_len()];
+        stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+        let mut dt_naive = vec![0.5; shape.masks_len()];
+        gather_masks_grad_naive(&shape, &assignment, &p_naive, &dy, &mut dt_naive);
+        let mut dp_naive = vec![0.0; shape.maps_len()];
+        gather_maps_grad_naive(&shape, &assignment, &t, &dy, &mut dp_naive);
+        let mut db_naive = vec![0.5; shape.templates_len()];
+        stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
+        let mut dx_naive = vec![0.5; shape.input_len()];
+        stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
+        let run = |threads, want: [bool; 3]| {
+            on_threads(threads, || {
+                let mut dx = vec![0.5; shape.input_len()];
+                let mut db = vec![0.5; shape.templates_len()];
+                let mut dt = vec![0.5; shape.masks_len()];
+                let grads = TwoStageGrads {
+                    input: want[0].then_some(&mut dx[..]),
+                    templates: want[1].then_some(&mut db[..]),
+                    masks: want[2].then_some(&mut dt[..]),
+                };
+                fused_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
+                (dx, db, dt)
+            })
+        };
+        for threads in [1, 2, 3] {
+            let (dx, db, dt) = run(threads, [true; 3]);
+            assert_close_to_scale(&format!("fused_backward dX {shape:?}"), &dx, &dx_naive);
+            assert_close_to_scale(&format!("fused_backward dB {shape:?}"), &db, &db_naive);
+            assert_close_to_scale(&format!("fused_backward dT {shape:?}"), &dt, &dt_naive);
+            assert!(
+                run(threads, [true; 3]) == (dx.clone(), db.clone(), dt.clone()),
+                "fused_backward differs from run to run on {threads} threads: {shape:?}"
+            );
+            // A gradient not asked for is left alone; the others do not change.
+            let (dx_alone, db_untouched, dt_untouched) = run(threads, [true, false, false]);
+            assert!(dx_alone == dx && db_untouched.iter().chain(&dt_untouched).all(|&v| v == 0.5));
+            let (_, db_alone, dt_alone) = run(threads, [false, true, true]);
+            assert!(db_alone == db && dt_alone == dt);
         }
     }
 }

@@ -16,9 +16,10 @@
 //! identity outputs included, at t = 1), against N·C·K² for the dense conv.
 
 use super::super::conv::{
-    choose_tiling, group_bases, vector_slots, with_workspace, PhaseSplitImage, Tiling, TASK_WORKSPACE,
+    choose_tiling, group_bases, vector_slots, with_workspace, InputPhase, PaddedGradOutput, PhaseSplitImage,
+    Tiling, VectorSlot, TASK_WORKSPACE,
 };
-use super::super::microkernel::{gemm_tile, store_lanes, GatherMatrix, LANES, SOURCE_SLACK};
+use super::super::microkernel::{add_lanes, gemm_tile, store_lanes, GatherMatrix, LANES, SOURCE_SLACK};
 use super::super::ConvShape;
 use super::*;
 use wide::f32x8;
@@ -170,6 +171,238 @@ fn fused_forward_tiled<const ROWS: usize, const VECTORS: usize>(
                                 for (v, slot) in group.iter().enumerate() {
                                     let start = n * plane + slot.row * w_out + slot.col;
                                     store_lanes(y, start, sum[v], slot.lanes);
+                                }
+                            }
+                        }
+                    }
+                })
+            },
+        );
+}
+
+/// dX, dB and dT of Y = SBF(X; B, T) for scalar masks, from R = ∂L/∂Y [Bt, N, Ho, Wo], added
+/// into `grads` (a `None` is not computed). Its naive twin is [`gather_masks_grad_naive`],
+/// [`gather_maps_grad_naive`], [`stage1_templates_grad_naive`] and [`stage1_input_grad_naive`]
+/// chained.
+///
+/// The input gradient goes through the maps, per image:
+///
+/// ```text
+///   1. per register tile (as the forward):  dZ[g,tap][m] = Σ_{n: m(n)=m} t(n,g,tap) · R[n]
+///      into dZ [G·K²·M planes], zero-padded like the dense input gradient's dy
+///   2. dX[c, ih, iw] += Σ_(m,t,u) B[m, c, kh, kw] · dZ[g(c), (kh, kw), m][I − t, J − u]
+///      (kh, kw) = (r + s·t, q + s·u): the dense input gradient's phase split, with depth M·K²
+///      instead of N·K²
+/// ```
+///
+/// The weight side uses the dense weight gradient dW = Σ R ⊗ X [N, C, K²] and the chain rule
+/// of the effective filters (dB[m] = Σ_{n: m(n)=m} t(n)·dW[n], dT[row(n), g, tap] =
+/// Σ_{c∈g} B[m(n), c, tap]·dW[n, c, tap]). Through the maps it would cost M·C·K² for dB plus
+/// M·C·K² to recompute Z for dT, no less than dW's N·C·K² at half the filters transformed,
+/// and the dense kernel reduces over long pixel runs.
+///
+/// dZ holds G·K²·M planes of one image (in L2: 0.6 MiB for 16 channels at 32×32 and M = 8).
+/// Every result is the same from run to run at a given thread count (dX at any count).
+pub fn fused_backward(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grads: TwoStageGrads,
+) {
+    shape.check("X", input.len(), shape.input_len());
+    shape.check("B", templates.len(), shape.templates_len());
+    shape.check("T", masks.len(), shape.masks_len());
+    shape.check("R", grad_output.len(), shape.output_len());
+    assignment.validate("fused_backward", shape.out_channels, shape.templates);
+    if grad_output.is_empty() {
+        return;
+    }
+    let TwoStageGrads {
+        input: grad_input,
+        templates: grad_templates,
+        masks: grad_masks,
+    } = grads;
+    if grad_templates.is_some() || grad_masks.is_some() {
+        let conv_shape = shape.conv_shape();
+        let mut dense_grad = vec![0.0f32; conv_shape.weight_len()]; // dW [N, C, K, K]
+        crate::kernels::conv::weight_grad(&conv_shape, input, grad_output, &mut dense_grad);
+        crate::kernels::sbf_filters::effective_filters_backward(
+            crate::ops::TransformFamily::Scalar,
+            shape.kernel,
+            shape.groups,
+            assignment,
+            templates,
+            masks,
+            &dense_grad,
+            grad_templates,
+            grad_masks,
+        );
+    }
+    if let Some(grad_input) = grad_input {
+        input_grad_fused(shape, assignment, templates, masks, grad_output, grad_input);
+    }
+}
+
+/// 8 values of `source` from `start` (the first `lanes`), zeros in the other lanes.
+#[inline(always)]
+fn load_lanes(source: &[f32], start: usize, lanes: usize) -> f32x8 {
+    if lanes == LANES {
+        let values: &[f32; LANES] = source[start..start + LANES].try_into().unwrap();
+        return f32x8::from(*values);
+    }
+    let mut values = [0.0f32; LANES];
+    for (value, &s) in values.iter_mut().zip(&source[start..start + lanes]) {
+        *value = s;
+    }
+    f32x8::from(values)
+}
+
+/// The operands of the input gradient for one group g and one input phase (see
+/// [`fused_backward`]).
+struct PhaseOperands {
+    phase: InputPhase,
+    /// packed[panel][(m, t, u)][r'] = B[m, g·Cg + panel·R2 + r', r + s·t, q + s·u] (R2 rows).
+    packed: Vec<f32>,
+    slots: Vec<VectorSlot>,
+}
+
+/// Packs the input gradient's operands with R2-row panels: `[G][phases]`.
+fn phase_operands<const R2: usize>(shape: &SbfShape, templates: &[f32]) -> Vec<Vec<PhaseOperands>> {
+    let (taps, cg, k, s) = (shape.taps(), shape.group_channels(), shape.kernel, shape.stride);
+    (0..shape.groups)
+        .map(|g| {
+            InputPhase::all(&shape.conv_shape())
+                .into_iter()
+                .map(|phase| {
+                    let mut weight_taps = Vec::new(); // (m, tap) in the order (m, t, u)
+                    for m in 0..shape.templates {
+                        for t in 0..phase.row_taps {
+                            for u in 0..phase.col_taps {
+                                weight_taps
+                                    .push((m, (phase.row_phase + s * t) * k + phase.col_phase + s * u));
+                            }
+                        }
+                    }
+                    let depth = weight_taps.len();
+                    let mut packed = vec![0.0f32; cg.div_ceil(R2) * depth * R2];
+                    for c in 0..cg {
+                        let (panel, r) = (c / R2, c % R2);
+                        for (d, &(m, tap)) in weight_taps.iter().enumerate() {
+                            packed[(panel * depth + d) * R2 + r] =
+                                templates[(m * shape.in_channels + g * cg + c) * taps + tap];
+                        }
+                    }
+                    let slots = vector_slots(phase.rows.clone(), phase.cols.clone());
+                    PhaseOperands { phase, packed, slots }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// dX of [`fused_backward`], in parallel over images.
+fn input_grad_fused(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) {
+    let input_pixels = shape.in_height * shape.in_width;
+    match choose_tiling(shape.group_channels(), input_pixels.div_ceil(LANES)) {
+        Tiling::Rows6Vectors2 => {
+            input_grad_tiled::<6, 2>(shape, assignment, templates, masks, grad_output, grad_input)
+        }
+        Tiling::Rows2Vectors6 => {
+            input_grad_tiled::<2, 6>(shape, assignment, templates, masks, grad_output, grad_input)
+        }
+    }
+}
+
+fn input_grad_tiled<const R2: usize, const V2: usize>(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) {
+    let padded = PaddedGradOutput::new(&shape.conv_shape());
+    let operands = phase_operands::<R2>(shape, templates);
+    let (taps, k, s, cg) = (shape.taps(), shape.kernel, shape.stride, shape.group_channels());
+    let outputs_of = assignment.outputs_of_templates(shape.templates);
+    // t(n, g, tap) at [(g·K² + tap)·N + n].
+    let mask_table: Vec<f32> = (0..shape.groups * taps)
+        .flat_map(|gt| {
+            (0..shape.out_channels)
+                .map(move |n| mask_value(shape, masks, assignment.mask_row[n], gt / taps, gt % taps))
+        })
+        .collect();
+    // D of one tile: [(m, t, u)][V2 vectors]; row d starts at d·V2·8.
+    let max_depth = shape.templates * taps;
+    let d_offsets: Vec<usize> = (0..max_depth).map(|d| d * V2 * LANES).collect();
+    let d_bases: [usize; V2] = std::array::from_fn(|v| v * LANES);
+    let (width, pixels) = (shape.in_width, shape.in_height * shape.in_width);
+    let plane_len = padded.plane_len();
+    let (x_image_len, y_image_len) = (shape.in_channels * pixels, shape.out_channels * shape.out_plane());
+    grad_input
+        .par_chunks_mut(x_image_len)
+        .zip(grad_output.par_chunks(y_image_len))
+        .for_each_init(
+            || vec![0.0f32; max_depth * V2 * LANES + SOURCE_SLACK],
+            |d_tile, (grad_x, r)| {
+                with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
+                    // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
+                    let (image, slack) = source.split_at_mut(padded.image_len());
+                    slack.fill(0.0);
+                    padded.fill(r, image);
+                    for (g, phases) in operands.iter().enumerate() {
+                        for PhaseOperands { phase, packed, slots } in phases {
+                            let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
+                            let depth = shape.templates * row_taps * col_taps;
+                            for group in slots.chunks(V2) {
+                                let bases = group_bases::<V2>(group, padded.cols);
+                                // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
+                                for t in 0..row_taps {
+                                    for u in 0..col_taps {
+                                        let tap = (phase.row_phase + s * t) * k + phase.col_phase + s * u;
+                                        let shift = (padded.border - t) * padded.cols + padded.border - u;
+                                        let t_n = &mask_table[(g * taps + tap) * shape.out_channels..];
+                                        for (m, outputs) in outputs_of.iter().enumerate() {
+                                            let mut sum = [f32x8::ZERO; V2];
+                                            for &n in outputs {
+                                                let weight = f32x8::splat(t_n[n]);
+                                                let start = n * plane_len + shift;
+                                                for v in 0..V2 {
+                                                    let r_n = load_lanes(source, start + bases[v], LANES);
+                                                    sum[v] = weight.mul_add(r_n, sum[v]);
+                                                }
+                                            }
+                                            let row = (m * row_taps + t) * col_taps + u;
+                                            for (v, &vector) in sum.iter().enumerate() {
+                                                store_lanes(d_tile, (row * V2 + v) * LANES, vector, LANES);
+                                            }
+                                        }
+                                    }
+                                }
+                                // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
+                                let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
+                                for (panel, a) in packed.chunks(depth * R2).enumerate() {
+                                    let tile = gemm_tile::<R2, V2, 1>(a, &gather, &d_bases);
+                                    for (v, slot) in group.iter().enumerate() {
+                                        // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                        let ih = slot.row * s + phase.row_phase - shape.padding;
+                                        let iw = slot.col * s + phase.col_phase - shape.padding;
+                                        let channels = g * cg + panel * R2..(g + 1) * cg;
+                                        for (r, c) in channels.take(R2).enumerate() {
+                                            let start = c * pixels + ih * width + iw;
+                                            add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
+                                        }
+                                    }
                                 }
                             }
                         }
