@@ -1,4 +1,4 @@
-//! Criterion benches of the SBF layer on small shapes: the two stages alone, and the layer's
+//! Criterion benches of the SBF layer on small shapes: the fused kernels alone, and the layer's
 //! forward and forward+backward on both paths. `cargo bench --bench sbf`.
 //! (The full CIFAR-shape comparison with the dense conv is `sbfnet::benchmark::sbf::run`.)
 
@@ -28,17 +28,29 @@ fn bench_sbf(c: &mut Criterion) {
             padding: 1,
             groups,
         };
-        let mut maps = vec![0.0; shape.maps_len()];
+        let x_strided = &x.data;
         let mut y = vec![0.0; shape.output_len()];
-        c.bench_function(&format!("sbf stage1 32ch 16x16 M10 s{stride}"), |bench| {
-            bench.iter(|| kernel::stage1_forward(&shape, &x.data, &b.data, &mut maps))
+        let dy = vec![1.0; shape.output_len()];
+        let mut dx = vec![0.0; shape.input_len()];
+        c.bench_function(&format!("sbf fused forward 32ch 16x16 M10 s{stride}"), |bench| {
+            bench.iter(|| kernel::fused_forward(&shape, &assignment, x_strided, &b.data, &t.data, &mut y))
         });
-        c.bench_function(&format!("sbf gather 32ch 16x16 M10 s{stride}"), |bench| {
-            bench.iter(|| kernel::gather_forward(&shape, &assignment, &t.data, &maps, &mut y))
-        });
+        c.bench_function(
+            &format!("sbf fused input grad 32ch 16x16 M10 s{stride}"),
+            |bench| {
+                bench.iter(|| {
+                    let grads = kernel::SbfGrads {
+                        input: Some(&mut dx),
+                        templates: None,
+                        masks: None,
+                    };
+                    kernel::fused_backward(&shape, &assignment, x_strided, &b.data, &t.data, &dy, grads)
+                })
+            },
+        );
     }
     let store = ParamStore::default();
-    for path in [SbfPath::TwoStage, SbfPath::EffectiveFilters] {
+    for path in [SbfPath::Fused, SbfPath::EffectiveFilters] {
         let config = SbfConfig {
             path,
             ..SbfConfig::new(1, 1, groups)

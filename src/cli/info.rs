@@ -4,7 +4,6 @@ use clap::Args;
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::ParamStore;
 use sbfnet::nn::ConvLayer;
-use sbfnet::ops::sbf::{SbfPath, TWO_STAGE_MAX_COST_RATIO};
 use sbfnet::Result;
 
 #[derive(Args, Debug)]
@@ -82,26 +81,25 @@ pub fn run(args: InfoArgs) -> Result<()> {
         macs as f64 / 1e6,
         100.0 * (1.0 - macs as f64 / dense_macs.max(1) as f64)
     );
-    // Which SBF layers `SbfPath::Auto` computes as effective filters + the dense conv.
-    let through_filters: Vec<String> = model
+    // How each SBF layer computes its passes (`SbfPath::Auto`: the cost model of ops::sbf).
+    let plans: Vec<String> = model
         .conv_layers()
         .into_iter()
         .filter_map(|(name, layer)| match layer {
             ConvLayer::Sbf(sbf) => {
-                let path = sbf
+                let plan = sbf
                     .config
-                    .resolved_path(sbf.in_channels, sbf.out_channels, sbf.num_templates());
-                (path == SbfPath::EffectiveFilters).then_some(name)
+                    .plan(sbf.in_channels, sbf.out_channels, sbf.num_templates());
+                Some(format!("  {name}: {}", plan.describe()))
             }
             ConvLayer::Dense(_) => None,
         })
         .collect();
-    if !through_filters.is_empty() {
+    if !plans.is_empty() {
         println!(
-            "computed as effective filters + the dense conv (strided, or the two-stage path would cost more \
-             than {} of the dense MACs; the MACs above are the two-stage cost): {}",
-            TWO_STAGE_MAX_COST_RATIO,
-            through_filters.join(", ")
+            "how the SBF layers compute (fused kernels, or the effective filters and the dense conv; \
+             the weight gradients always from the dense one):\n{}",
+            plans.join("\n")
         );
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bench_sbf;
 mod bench_train;
 mod download;
 mod eval;
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Time whole training steps (and inference) of a ResNet; optionally beside PyTorch.
     BenchTrain(bench_train::BenchTrainArgs),
+    /// The SBF layer against the dense conv per shape, rate and batch (`--passes`: per kernel).
+    BenchSbf(bench_sbf::BenchSbfArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -66,5 +69,6 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench_train::run(args),
+        Command::BenchSbf(args) => bench_sbf::run(args),
     }
 }

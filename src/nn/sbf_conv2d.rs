@@ -455,7 +455,7 @@ mod tests {
     fn a_fresh_layer_has_kaiming_templates_identity_masks_and_trains_through_both_paths() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut store = ParamStore::default();
-        for path in [SbfPath::TwoStage, SbfPath::EffectiveFilters] {
+        for path in [SbfPath::Fused, SbfPath::EffectiveFilters] {
             let config = SbfConfig {
                 path,
                 ..SbfConfig::new(2, 1, 2)

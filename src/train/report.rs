@@ -8,10 +8,12 @@
 //! name. The baseline of a run is the last-epoch accuracy of the dense run of the same model name
 //! in the folder (the best dense run where there are several).
 //!
-//! A dense model narrower than its default width (`resnet20-w11`) is the *thin* baseline: the
-//! dense network trained small from the start to about the MACs that pruning leaves. It is
-//! reported under the full-width model's name, with its reductions counted against the full-width
-//! network, so that it stands beside the pruned runs of that model (pruning counts where it beats it).
+//! A dense model narrower than its default width (`resnet20-w11`) in a folder that also holds
+//! runs of the full-width model (`resnet20`) is the *thin* baseline: the dense network trained
+//! small from the start to about the MACs that pruning leaves. It is reported under the
+//! full-width model's name, with its reductions counted against the full-width network, so that
+//! it stands beside the pruned runs of that model (pruning counts where it beats it). Without
+//! full-width runs beside it, a narrow dense run is that model's plain dense baseline.
 
 use super::metrics;
 use crate::checkpoint::load_model;
@@ -41,6 +43,9 @@ pub struct RunSummary {
     pub macs: usize,
     pub dense_macs: usize,
     pub seconds: f64,
+    /// For a dense run narrower than its default width: the full-width model's name, dense
+    /// parameters and dense MACs (what [`read_runs`] needs to report it as the thin baseline).
+    pub full_width: Option<(String, usize, usize)>,
 }
 
 /// The file that stands for a run's checkpoint in a results folder (no checkpoints committed):
@@ -66,12 +71,8 @@ impl RunSummary {
         };
         // The note `sbfnet prune` leaves in a converted run's folder.
         let note = std::fs::read_to_string(dir.join(CONVERSION_NOTE)).ok();
-        let full_width = model.spec.at_default_width();
-        let is_thin = model.spec.convs.is_dense() && full_width != model.spec;
-        let is_dense = model.spec.convs.is_dense() && !is_thin;
-        let method = if is_thin {
-            format!("thin dense, width {}", model.spec.width)
-        } else if is_dense {
+        let is_dense = model.spec.convs.is_dense();
+        let method = if is_dense {
             "dense".to_string()
         } else if checkpoint.get("prune_rate").is_some() || note.is_some() {
             // Plain filter pruning is the zero family: its pruned outputs are zero.
@@ -121,35 +122,33 @@ impl RunSummary {
             Some(_) => format!("{method}, distilled"),
             None => method,
         };
-        // A thin run counts its reductions against the full-width dense network.
-        let (dense_params, dense_macs) = if is_thin {
+        // A narrow dense run may be the thin baseline of the full-width model (see read_runs).
+        let full_spec = model.spec.at_default_width();
+        let full_width = (is_dense && full_spec != model.spec).then(|| {
             let mut store = crate::autograd::ParamStore::default();
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-            let full = full_width.build(&mut store, &mut rng).layer_table(&store);
+            let full = full_spec.build(&mut store, &mut rng).layer_table(&store);
             (
+                full_spec.name(),
                 full.iter().map(|r| r.dense_params).sum(),
                 full.iter().map(|r| r.dense_macs).sum(),
             )
-        } else {
-            (
-                table.iter().map(|r| r.dense_params).sum(),
-                table.iter().map(|r| r.dense_macs).sum(),
-            )
-        };
+        });
         Ok(RunSummary {
             folder: dir
                 .file_name()
                 .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
-            model: if is_thin { full_width.name() } else { model.name() },
+            model: model.name(),
             method,
             is_dense,
             accuracy: last_accuracy.unwrap_or(number("best_test_accuracy") as f32),
             best_accuracy: number("best_test_accuracy") as f32,
             params: table.iter().map(|r| r.params).sum(),
-            dense_params,
+            dense_params: table.iter().map(|r| r.dense_params).sum(),
             macs: table.iter().map(|r| r.macs).sum(),
-            dense_macs,
+            dense_macs: table.iter().map(|r| r.dense_macs).sum(),
             seconds: number("elapsed_seconds"),
+            full_width,
         })
     }
 }
@@ -200,6 +199,7 @@ impl RunSummary {
             macs: count("macs")?,
             dense_macs: count("dense_macs")?,
             seconds: rows.last().map_or(f64::NAN, |r| r.elapsed_seconds),
+            full_width: None,
         })
     }
 }
@@ -213,7 +213,24 @@ pub fn read_runs(dir: &Path) -> Result<Vec<RunSummary>> {
         .filter(|p| p.join("last.ckpt").is_file() || p.join(SUMMARY_FILE).is_file())
         .collect();
     folders.sort();
-    folders.iter().map(|f| RunSummary::read(f)).collect()
+    let mut runs: Vec<RunSummary> = folders
+        .iter()
+        .map(|f| RunSummary::read(f))
+        .collect::<Result<_>>()?;
+    // A narrow dense run beside runs of its full-width model is that model's thin baseline.
+    let models: Vec<String> = runs.iter().map(|r| r.model.clone()).collect();
+    for run in &mut runs {
+        if let Some((full_name, dense_params, dense_macs)) = run.full_width.clone() {
+            if models.contains(&full_name) {
+                let width = run.model.rsplit("-w").next().unwrap_or_default().to_string();
+                run.method = format!("thin dense, width {width}");
+                run.model = full_name;
+                run.is_dense = false;
+                (run.dense_params, run.dense_macs) = (dense_params, dense_macs);
+            }
+        }
+    }
+    Ok(runs)
 }
 
 /// The Markdown table. Acc is the last epoch's test accuracy, Best the best epoch's; Change =
@@ -416,6 +433,10 @@ mod tests {
         let table = markdown_table(&runs);
         let line = table.lines().find(|l| l.starts_with("| thin ")).unwrap();
         assert!(line.contains("| 70.00 | 60.00 | 60.00 | -10.00 |"), "{table}");
+        // Without the full-width model beside it, a narrow dense run is its own dense baseline.
+        std::fs::remove_dir_all(dir.join("dense")).unwrap();
+        let alone = read_runs(&dir).unwrap();
+        assert_eq!((alone[0].model.as_str(), alone[0].is_dense), ("resnet8-w8", true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -161,7 +161,7 @@ fn sbf_layer_converted_from_a_dense_one_stride_2_groups_2_both_paths() {
         let dense = Tensor::normal(&[6, 4, kernel, kernel], 0.5, &mut rng);
         let bias = Tensor::normal(&[6], 0.5, &mut rng);
         let kept = [4, 1]; // out of order: output 4 is template 0, output 1 is template 1
-        for path in [SbfPath::TwoStage, SbfPath::EffectiveFilters] {
+        for path in [SbfPath::Fused, SbfPath::EffectiveFilters] {
             let mut store = ParamStore::default();
             let config = SbfConfig {
                 path,

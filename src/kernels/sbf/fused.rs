@@ -1,20 +1,42 @@
-//! The fused layer kernels: both stages per image, with P[b] in a per-worker scratch buffer.
+//! The fused forward in register tiles: both stages per tile of templates × output pixels, on
+//! the dense conv's microkernel and padded image ([`crate::kernels::conv`]). The stage-1 maps
+//! never leave L1; its naive twin is [`stage1_forward_naive`] followed by [`gather_forward_naive`].
+//!
+//! For one image, a panel of ROWS templates m_r and a group of VECTORS·8 output pixels p:
+//!
+//! ```text
+//!   Z[g,tap][r][p] = Σ_{c'<Cg} B[m_r, g·Cg + c', tap] · x_pad[base(p) + offset(g·Cg + c', tap)]
+//!                    (one gemm_tile of depth Cg per (g, tap): a ROWS × VECTORS register tile)
+//!   Y[n][p]        = Σ_{g,tap} t(n,g,tap) · Z[g,tap][r(n)][p]      for every output n of the panel
+//! ```
+//!
+//! The padded image is the dense conv's phase-split copy, so a strided layer computes only the
+//! positions that are read, and 8 neighbouring outputs are 8 neighbouring floats at every stride.
+//! Per output pixel this costs M·C·K² multiply-adds for stage 1 and N·G·K² for stage 2 (the
+//! identity outputs included, at t = 1), against N·C·K² for the dense conv.
 
+use super::super::conv::{
+    choose_tiling, group_bases, vector_slots, with_workspace, InputPhase, PaddedGradOutput, PhaseSplitImage,
+    Tiling, VectorSlot, TASK_WORKSPACE,
+};
+use super::super::microkernel::{add_lanes, gemm_tile, store_lanes, GatherMatrix, LANES, SOURCE_SLACK};
+use super::super::ConvShape;
 use super::*;
+use wide::f32x8;
 
-// ---------------------------------------------------------------------------------------------
-// The fused layer kernels: both stages per image, with P[b] in a per-worker scratch buffer
-// ---------------------------------------------------------------------------------------------
-//
-// The maps P hold K²·G·M planes per image (G·K²·M/N times the output: 9× for 16 channels at
-// M = 8, G = 2). The layer never materialises them for the whole batch: the forward computes
-// P[b] into a per-worker buffer and gathers it while it is in cache; the backward recomputes
-// P[b] (one stage-1 GEMM per image) when dT is wanted, rather than keeping the batch's P
-// alive between forward and backward. Peak memory is then one P[b] and one dP[b] per worker.
+/// The gradients a backward kernel adds into; a `None` is not computed.
+pub struct SbfGrads<'a> {
+    /// dX [Bt, C, H, W]
+    pub input: Option<&'a mut [f32]>,
+    /// dB [M, C, K, K]
+    pub templates: Option<&'a mut [f32]>,
+    /// dT [N−M, G, K, K]
+    pub masks: Option<&'a mut [f32]>,
+}
 
-/// The layer's forward: per image (in parallel) stage 1 into a scratch `P[b]`, then stage 2 from
-/// it. Overwrites output [Bt, N, Ho, Wo].
-pub fn two_stage_forward(
+/// Y = SBF(X; B, T) for scalar masks, overwriting output [Bt, N, Ho, Wo]. Bit-identical at any
+/// thread count (each output value is summed in one fixed order).
+pub fn fused_forward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
@@ -26,173 +48,393 @@ pub fn two_stage_forward(
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
     shape.check("Y", output.len(), shape.output_len());
-    if shape.uses_row_bands() {
-        return two_stage_forward_banded(
-            shape,
-            assignment,
-            input,
-            templates,
-            masks,
-            output,
-            shape.band_rows(),
-        );
+    assignment.validate("fused_forward", shape.out_channels, shape.templates);
+    if output.is_empty() {
+        return;
     }
-    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
-    let (image_len, plane) = (
-        shape.in_channels * shape.in_height * shape.in_width,
-        shape.out_plane(),
-    );
+    let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
+    match choose_tiling(shape.templates, vectors) {
+        Tiling::Rows6Vectors2 => {
+            fused_forward_tiled::<6, 2>(shape, assignment, input, templates, masks, output)
+        }
+        Tiling::Rows2Vectors6 => {
+            fused_forward_tiled::<2, 6>(shape, assignment, input, templates, masks, output)
+        }
+    }
+}
+
+/// The operands of the fused kernels that depend on the weights, not on the image.
+struct PanelPlan<const ROWS: usize> {
+    /// G·K²: the (g, tap) pairs, g-major.
+    group_taps: usize,
+    /// offsets[gt][c'] = offset(g·Cg + c', tap) in the padded image.
+    offsets: Vec<Vec<usize>>,
+    /// packed[panel][gt][c'][r] = B[panel·ROWS + r, g·Cg + c', tap] (0 past the last template).
+    packed: Vec<f32>,
+    /// outputs[panel]: (n, r) for every output n whose template is row r of the panel.
+    outputs: Vec<Vec<(usize, usize)>>,
+    /// t[n][gt]: 1 for an identity output, T[row(n), g, tap] for a transformed one.
+    mask_table: Vec<f32>,
+}
+
+impl<const ROWS: usize> PanelPlan<ROWS> {
+    fn new(
+        shape: &SbfShape,
+        image: &PhaseSplitImage,
+        assignment: &TemplateAssignment,
+        templates: &[f32],
+        masks: &[f32],
+    ) -> Self {
+        let (taps, cg) = (shape.taps(), shape.group_channels());
+        let group_taps = shape.groups * taps;
+        let all_offsets = image.tap_offsets(); // [(c, tap)]
+        let offsets = (0..group_taps)
+            .map(|gt| {
+                let (g, tap) = (gt / taps, gt % taps);
+                (0..cg).map(|c| all_offsets[(g * cg + c) * taps + tap]).collect()
+            })
+            .collect();
+        let panels = shape.templates.div_ceil(ROWS);
+        let mut packed = vec![0.0f32; panels * group_taps * cg * ROWS];
+        for (panel, panel_data) in packed.chunks_mut(group_taps * cg * ROWS).enumerate() {
+            for r in 0..ROWS.min(shape.templates - panel * ROWS) {
+                let m = panel * ROWS + r;
+                for gt in 0..group_taps {
+                    let (g, tap) = (gt / taps, gt % taps);
+                    for c in 0..cg {
+                        panel_data[(gt * cg + c) * ROWS + r] =
+                            templates[(m * shape.in_channels + g * cg + c) * taps + tap];
+                    }
+                }
+            }
+        }
+        let mut outputs = vec![Vec::new(); panels];
+        for (n, &m) in assignment.template_of.iter().enumerate() {
+            outputs[m / ROWS].push((n, m % ROWS));
+        }
+        let mask_table = (0..shape.out_channels)
+            .flat_map(|n| {
+                (0..group_taps)
+                    .map(move |gt| mask_value(shape, masks, assignment.mask_row[n], gt / taps, gt % taps))
+            })
+            .collect();
+        PanelPlan {
+            group_taps,
+            offsets,
+            packed,
+            outputs,
+            mask_table,
+        }
+    }
+}
+
+fn fused_forward_tiled<const ROWS: usize, const VECTORS: usize>(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    output: &mut [f32],
+) {
+    let image = PhaseSplitImage::new(&shape.conv_shape());
+    let plan = PanelPlan::<ROWS>::new(shape, &image, assignment, templates, masks);
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let plane = h_out * w_out;
+    let cg = shape.group_channels();
+    let slots = vector_slots(0..h_out, 0..w_out);
+    let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
     output
         .par_chunks_mut(shape.out_channels * plane)
-        .enumerate()
+        .zip(input.par_chunks(x_image_len))
         .for_each_init(
-            // (P[b] [G, K², M, plane], columns)
-            || (vec![0.0f32; shape.maps_per_image()], columns_scratch(shape)),
-            |(maps_image, columns), (b, output_image)| {
-                stage1_image(
-                    shape,
-                    &packed,
-                    &input[b * image_len..][..image_len],
-                    maps_image,
-                    columns,
-                );
-                for (n, y) in output_image.chunks_mut(plane).enumerate() {
-                    gather_plane(shape, assignment, masks, maps_image, n, y);
-                }
+            // Z of one tile for every (g, tap): [G·K²][ROWS][VECTORS] vectors, 7 KiB at 6 × 2.
+            || vec![[[f32x8::ZERO; VECTORS]; ROWS]; plan.group_taps],
+            |maps, (y, x)| {
+                with_workspace(&TASK_WORKSPACE, image.image_len() + SOURCE_SLACK, |source| {
+                    let (padded, slack) = source.split_at_mut(image.image_len());
+                    slack.fill(0.0);
+                    image.fill(x, padded);
+                    let gathers: Vec<GatherMatrix> = plan
+                        .offsets
+                        .iter()
+                        .map(|o| GatherMatrix::new(source, o))
+                        .collect();
+                    for (panel, outputs) in plan.outputs.iter().enumerate() {
+                        let a = &plan.packed[panel * plan.group_taps * cg * ROWS..];
+                        for group in slots.chunks(VECTORS) {
+                            let bases = group_bases::<VECTORS>(group, image.row_stride());
+                            // Stage 1: Z[gt] = B_panel[gt] · X_gt, one register tile per (g, tap).
+                            for (gt, tile) in maps.iter_mut().enumerate() {
+                                let a_gt = &a[gt * cg * ROWS..][..cg * ROWS];
+                                *tile = gemm_tile::<ROWS, VECTORS, 1>(a_gt, &gathers[gt], &bases);
+                            }
+                            // Stage 2: Y[n] = Σ_gt t(n, gt) · Z[gt][r(n)].
+                            for &(n, r) in outputs {
+                                let t = &plan.mask_table[n * plan.group_taps..][..plan.group_taps];
+                                let mut sum = [f32x8::ZERO; VECTORS];
+                                for (&t, tile) in t.iter().zip(maps.iter()) {
+                                    let t = f32x8::splat(t);
+                                    for v in 0..VECTORS {
+                                        sum[v] = t.mul_add(tile[r][v], sum[v]);
+                                    }
+                                }
+                                for (v, slot) in group.iter().enumerate() {
+                                    let start = n * plane + slot.row * w_out + slot.col;
+                                    store_lanes(y, start, sum[v], slot.lanes);
+                                }
+                            }
+                        }
+                    }
+                })
             },
         );
 }
 
-/// Where [`two_stage_backward`] accumulates; `None` skips that gradient.
-pub struct TwoStageGrads<'a> {
-    /// dX [Bt, C, H, W]
-    pub input: Option<&'a mut [f32]>,
-    /// dB [M, C, K, K]
-    pub templates: Option<&'a mut [f32]>,
-    /// dT [N−M, G, K, K]
-    pub masks: Option<&'a mut [f32]>,
-}
-
-/// The layer's backward (view B), per image in parallel: dT from a recomputed `P[b]` and `R[b]`;
-/// `dP[b]` by the gather over outputs; then dB (partial sums per worker) and `dX[b]` from `dP[b]`.
-/// Accumulates into `grads`.
-pub fn two_stage_backward(
+/// dX, dB and dT of Y = SBF(X; B, T) for scalar masks, from R = ∂L/∂Y [Bt, N, Ho, Wo], added
+/// into `grads` (a `None` is not computed). Its naive twin is [`gather_masks_grad_naive`],
+/// [`gather_maps_grad_naive`], [`stage1_templates_grad_naive`] and [`stage1_input_grad_naive`]
+/// chained.
+///
+/// The input gradient goes through the maps, per image:
+///
+/// ```text
+///   1. per register tile (as the forward):  dZ[g,tap][m] = Σ_{n: m(n)=m} t(n,g,tap) · R[n]
+///      into dZ [G·K²·M planes], zero-padded like the dense input gradient's dy
+///   2. dX[c, ih, iw] += Σ_(m,t,u) B[m, c, kh, kw] · dZ[g(c), (kh, kw), m][I − t, J − u]
+///      (kh, kw) = (r + s·t, q + s·u): the dense input gradient's phase split, with depth M·K²
+///      instead of N·K²
+/// ```
+///
+/// The weight side uses the dense weight gradient dW = Σ R ⊗ X [N, C, K²] and the chain rule
+/// of the effective filters (`dB[m] = Σ_{n: m(n)=m} t(n)·dW[n]`, `dT[row(n), g, tap] =
+/// Σ_{c∈g} B[m(n), c, tap]·dW[n, c, tap]`). Through the maps it would cost M·C·K² for dB plus
+/// M·C·K² to recompute Z for dT, no less than dW's N·C·K² at half the filters transformed,
+/// and the dense kernel reduces over long pixel runs.
+///
+/// dZ holds G·K²·M planes of one image (in L2: 0.6 MiB for 16 channels at 32×32 and M = 8).
+/// Every result is the same from run to run at a given thread count (dX at any count).
+pub fn fused_backward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
     templates: &[f32],
     masks: &[f32],
     grad_output: &[f32],
-    grads: TwoStageGrads,
+    grads: SbfGrads,
 ) {
     shape.check("X", input.len(), shape.input_len());
     shape.check("B", templates.len(), shape.templates_len());
     shape.check("T", masks.len(), shape.masks_len());
-    shape.check("dY", grad_output.len(), shape.output_len());
-    if shape.uses_row_bands() {
-        let band_rows = shape.band_rows();
-        return two_stage_backward_banded(
-            shape,
+    shape.check("R", grad_output.len(), shape.output_len());
+    assignment.validate("fused_backward", shape.out_channels, shape.templates);
+    if grad_output.is_empty() {
+        return;
+    }
+    let SbfGrads {
+        input: grad_input,
+        templates: grad_templates,
+        masks: grad_masks,
+    } = grads;
+    if grad_templates.is_some() || grad_masks.is_some() {
+        let conv_shape = shape.conv_shape();
+        let mut dense_grad = vec![0.0f32; conv_shape.weight_len()]; // dW [N, C, K, K]
+        crate::kernels::conv::weight_grad(&conv_shape, input, grad_output, &mut dense_grad);
+        crate::kernels::sbf_filters::effective_filters_backward(
+            crate::ops::TransformFamily::Scalar,
+            shape.kernel,
+            shape.groups,
             assignment,
-            input,
             templates,
             masks,
-            grad_output,
-            grads,
-            band_rows,
+            &dense_grad,
+            grad_templates,
+            grad_masks,
         );
     }
-    let (image_len, plane, taps) = (
-        shape.in_channels * shape.in_height * shape.in_width,
-        shape.out_plane(),
-        shape.taps(),
-    );
-    let output_image = shape.out_channels * plane;
-    let (want_masks, want_templates) = (grads.masks.is_some(), grads.templates.is_some());
-    let want_maps_grad = want_templates || grads.input.is_some();
-    let packed = pack_templates(shape, templates); // [G, K², M, Cg]
-    let operands = pack_input_grad_operands(shape, templates);
-    let outputs_of = assignment.outputs_of_templates(shape.templates);
-    let output_of_row = output_of_rows(shape, assignment);
-    let input_grad_images: Vec<Option<&mut [f32]>> = match grads.input {
-        Some(dx) => dx.chunks_mut(image_len).map(Some).collect(),
-        None => (0..shape.batch).map(|_| None).collect(),
-    };
-    // Per worker: dB partial [G, K², M, Cg], dT partial [N−M, G, K²], and scratch P[b] / dP[b]
-    // [G, K², M, plane] and columns.
-    struct Worker {
-        templates_grad: Vec<f32>,
-        masks_grad: Vec<f32>,
-        maps: Vec<f32>,
-        maps_grad: Vec<f32>,
-        columns: Vec<f32>,
+    if let Some(grad_input) = grad_input {
+        input_grad_fused(shape, assignment, templates, masks, grad_output, grad_input);
     }
-    let new_worker = || Worker {
-        templates_grad: vec![0.0; if want_templates { shape.templates_len() } else { 0 }],
-        masks_grad: vec![0.0; if want_masks { shape.masks_len() } else { 0 }],
-        maps: vec![0.0; if want_masks { shape.maps_per_image() } else { 0 }],
-        maps_grad: vec![0.0; if want_maps_grad { shape.maps_per_image() } else { 0 }],
-        columns: columns_scratch(shape),
-    };
-    let total = input_grad_images
-        .into_par_iter()
-        .enumerate()
-        .fold(new_worker, |mut worker, (b, dx_image)| {
-            let input_image = &input[b * image_len..][..image_len];
-            let dy_image = &grad_output[b * output_image..][..output_image];
-            if want_masks {
-                // dT[row(n),g,tap] += Σ R[b,n,·]·P[b,g,tap,m(n),·]   (P[b] recomputed)
-                stage1_image(shape, &packed, input_image, &mut worker.maps, &mut worker.columns);
-                for (r, &n) in output_of_row.iter().enumerate() {
-                    let dy = &dy_image[n * plane..][..plane];
-                    for g in 0..shape.groups {
-                        for tap in 0..taps {
-                            worker.masks_grad[(r * shape.groups + g) * taps + tap] +=
-                                masks_grad_entry(shape, &worker.maps, dy, assignment.template_of[n], g, tap);
+}
+
+/// 8 values of `source` from `start` (the first `lanes`), zeros in the other lanes.
+#[inline(always)]
+fn load_lanes(source: &[f32], start: usize, lanes: usize) -> f32x8 {
+    if lanes == LANES {
+        let values: &[f32; LANES] = source[start..start + LANES].try_into().unwrap();
+        return f32x8::from(*values);
+    }
+    let mut values = [0.0f32; LANES];
+    for (value, &s) in values.iter_mut().zip(&source[start..start + lanes]) {
+        *value = s;
+    }
+    f32x8::from(values)
+}
+
+/// The operands of the input gradient for one group g and one input phase (see
+/// [`fused_backward`]).
+struct PhaseOperands {
+    phase: InputPhase,
+    /// packed[panel][(m, t, u)][r'] = B[m, g·Cg + panel·R2 + r', r + s·t, q + s·u] (R2 rows).
+    packed: Vec<f32>,
+    slots: Vec<VectorSlot>,
+}
+
+/// Packs the input gradient's operands with R2-row panels: `[G][phases]`.
+fn phase_operands<const R2: usize>(shape: &SbfShape, templates: &[f32]) -> Vec<Vec<PhaseOperands>> {
+    let (taps, cg, k, s) = (shape.taps(), shape.group_channels(), shape.kernel, shape.stride);
+    (0..shape.groups)
+        .map(|g| {
+            InputPhase::all(&shape.conv_shape())
+                .into_iter()
+                .map(|phase| {
+                    let mut weight_taps = Vec::new(); // (m, tap) in the order (m, t, u)
+                    for m in 0..shape.templates {
+                        for t in 0..phase.row_taps {
+                            for u in 0..phase.col_taps {
+                                weight_taps
+                                    .push((m, (phase.row_phase + s * t) * k + phase.col_phase + s * u));
+                            }
                         }
                     }
-                }
-            }
-            if want_maps_grad {
-                // dP[b,g,tap,m,·] = Σ_{n: m(n)=m} t(n,g,tap)·R[b,n,·]
-                for (index, dp) in worker.maps_grad.chunks_mut(shape.map_plane()).enumerate() {
-                    // index = (g·K² + tap)·M + m
-                    let m = index % shape.templates;
-                    let (tap, g) = (index / shape.templates % taps, index / (shape.templates * taps));
-                    maps_grad_plane(shape, assignment, masks, &outputs_of[m], dy_image, g, tap, dp);
-                }
-                if want_templates {
-                    // dB += dP[b]·X[b]ᵀ
-                    templates_grad_image(
-                        shape,
-                        input_image,
-                        &worker.maps_grad,
-                        &mut worker.templates_grad,
-                        &mut worker.columns,
-                    );
-                }
-                if let Some(dx) = dx_image {
-                    // dX[b] += Bᵀ·dP[b]
-                    input_grad_image(shape, &operands, &worker.maps_grad, dx, &mut worker.columns);
-                }
-            }
-            worker
+                    let depth = weight_taps.len();
+                    let mut packed = vec![0.0f32; cg.div_ceil(R2) * depth * R2];
+                    for c in 0..cg {
+                        let (panel, r) = (c / R2, c % R2);
+                        for (d, &(m, tap)) in weight_taps.iter().enumerate() {
+                            packed[(panel * depth + d) * R2 + r] =
+                                templates[(m * shape.in_channels + g * cg + c) * taps + tap];
+                        }
+                    }
+                    let slots = vector_slots(phase.rows.clone(), phase.cols.clone());
+                    PhaseOperands { phase, packed, slots }
+                })
+                .collect()
         })
-        .reduce(new_worker, |mut a, b| {
-            a.templates_grad
-                .iter_mut()
-                .zip(&b.templates_grad)
-                .for_each(|(x, y)| *x += y);
-            a.masks_grad
-                .iter_mut()
-                .zip(&b.masks_grad)
-                .for_each(|(x, y)| *x += y);
-            a
-        });
-    if let Some(dt) = grads.masks {
-        dt.iter_mut().zip(&total.masks_grad).for_each(|(d, p)| *d += p);
+        .collect()
+}
+
+/// dX of [`fused_backward`], in parallel over images.
+fn input_grad_fused(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) {
+    let input_pixels = shape.in_height * shape.in_width;
+    match choose_tiling(shape.group_channels(), input_pixels.div_ceil(LANES)) {
+        Tiling::Rows6Vectors2 => {
+            input_grad_tiled::<6, 2>(shape, assignment, templates, masks, grad_output, grad_input)
+        }
+        Tiling::Rows2Vectors6 => {
+            input_grad_tiled::<2, 6>(shape, assignment, templates, masks, grad_output, grad_input)
+        }
     }
-    if let Some(db) = grads.templates {
-        unpack_templates_grad(shape, &total.templates_grad, db);
+}
+
+fn input_grad_tiled<const R2: usize, const V2: usize>(
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grad_input: &mut [f32],
+) {
+    let padded = PaddedGradOutput::new(&shape.conv_shape());
+    let operands = phase_operands::<R2>(shape, templates);
+    let (taps, k, s, cg) = (shape.taps(), shape.kernel, shape.stride, shape.group_channels());
+    let outputs_of = assignment.outputs_of_templates(shape.templates);
+    // t(n, g, tap) at [(g·K² + tap)·N + n].
+    let mask_table: Vec<f32> = (0..shape.groups * taps)
+        .flat_map(|gt| {
+            (0..shape.out_channels)
+                .map(move |n| mask_value(shape, masks, assignment.mask_row[n], gt / taps, gt % taps))
+        })
+        .collect();
+    // D of one tile: [(m, t, u)][V2 vectors]; row d starts at d·V2·8.
+    let max_depth = shape.templates * taps;
+    let d_offsets: Vec<usize> = (0..max_depth).map(|d| d * V2 * LANES).collect();
+    let d_bases: [usize; V2] = std::array::from_fn(|v| v * LANES);
+    let (width, pixels) = (shape.in_width, shape.in_height * shape.in_width);
+    let plane_len = padded.plane_len();
+    let (x_image_len, y_image_len) = (shape.in_channels * pixels, shape.out_channels * shape.out_plane());
+    grad_input
+        .par_chunks_mut(x_image_len)
+        .zip(grad_output.par_chunks(y_image_len))
+        .for_each_init(
+            || vec![0.0f32; max_depth * V2 * LANES + SOURCE_SLACK],
+            |d_tile, (grad_x, r)| {
+                with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
+                    // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
+                    let (image, slack) = source.split_at_mut(padded.image_len());
+                    slack.fill(0.0);
+                    padded.fill(r, image);
+                    for (g, phases) in operands.iter().enumerate() {
+                        for PhaseOperands { phase, packed, slots } in phases {
+                            let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
+                            let depth = shape.templates * row_taps * col_taps;
+                            for group in slots.chunks(V2) {
+                                let bases = group_bases::<V2>(group, padded.cols);
+                                // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
+                                for t in 0..row_taps {
+                                    for u in 0..col_taps {
+                                        let tap = (phase.row_phase + s * t) * k + phase.col_phase + s * u;
+                                        let shift = (padded.border - t) * padded.cols + padded.border - u;
+                                        let t_n = &mask_table[(g * taps + tap) * shape.out_channels..];
+                                        for (m, outputs) in outputs_of.iter().enumerate() {
+                                            let mut sum = [f32x8::ZERO; V2];
+                                            for &n in outputs {
+                                                let weight = f32x8::splat(t_n[n]);
+                                                let start = n * plane_len + shift;
+                                                for v in 0..V2 {
+                                                    let r_n = load_lanes(source, start + bases[v], LANES);
+                                                    sum[v] = weight.mul_add(r_n, sum[v]);
+                                                }
+                                            }
+                                            let row = (m * row_taps + t) * col_taps + u;
+                                            for (v, &vector) in sum.iter().enumerate() {
+                                                store_lanes(d_tile, (row * V2 + v) * LANES, vector, LANES);
+                                            }
+                                        }
+                                    }
+                                }
+                                // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
+                                let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
+                                for (panel, a) in packed.chunks(depth * R2).enumerate() {
+                                    let tile = gemm_tile::<R2, V2, 1>(a, &gather, &d_bases);
+                                    for (v, slot) in group.iter().enumerate() {
+                                        // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                        let ih = slot.row * s + phase.row_phase - shape.padding;
+                                        let iw = slot.col * s + phase.col_phase - shape.padding;
+                                        let channels = g * cg + panel * R2..(g + 1) * cg;
+                                        for (r, c) in channels.take(R2).enumerate() {
+                                            let start = c * pixels + ih * width + iw;
+                                            add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+            },
+        );
+}
+
+impl SbfShape {
+    /// The dense conv of the same geometry with F = N outputs (its padded image is the fused
+    /// kernels' source).
+    pub fn conv_shape(&self) -> ConvShape {
+        ConvShape {
+            batch: self.batch,
+            in_channels: self.in_channels,
+            in_height: self.in_height,
+            in_width: self.in_width,
+            out_channels: self.out_channels,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
     }
 }

@@ -44,50 +44,34 @@
 //! ```text
 //!   j = map_position(h,w,kh,kw),   (y,x) = map_source(j,kh,kw)
 //!   dT[row(n),g,tap] = Σ_{b,h,w} R[b,n,h,w] · P[b,g,tap,m(n),j]
-//!   dP[b,g,tap,m,j]  = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]     (a gather over outputs: per map row,
-//!                                                                 solve h = y − kh + p; no atomics)
-//!   dB[m,i,kh,kw]    = Σ_{b,j} dP[b,g(i),tap,m,j] · X[b,i,y,x]     (transposed stage-1 GEMM)
-//!   dX[b,i,y,x]      = Σ_{tap,m} Σ_{j → (y,x)} B[m,i,kh,kw] · dP[b,g(i),tap,m,j]   (GEMM; col2im if strided)
+//!   dP[b,g,tap,m,j]  = Σ_{n: m(n)=m} t(n,g,tap) · R[b,n,h,w]
+//!   dB[m,i,kh,kw]    = Σ_{b,j} dP[b,g(i),tap,m,j] · X[b,i,y,x]
+//!   dX[b,i,y,x]      = Σ_{tap,m} Σ_{j → (y,x)} B[m,i,kh,kw] · dP[b,g(i),tap,m,j]
 //! ```
 //!
 //! # Where to read what
 //!
-//! 1. the geometry ([`SbfShape`]) and the assignment ([`TemplateAssignment`]);
-//! 2. SIMD building blocks (axpy, dot, the register-blocked GEMMs);
-//! 3. the naive kernels of both stages and their transposes: the oracles;
-//! 4. per-image blocks and the whole-batch fast kernels (`stage1_*`, `gather_*`), each tested
-//!    against its oracle. At stride 1 with "same" padding the gather reads each tap's map as
-//!    one long shifted range and undoes the few reads that wrap around a row end;
-//! 5. the fused layer kernels the op calls ([`two_stage_forward`], [`two_stage_backward`]): both
-//! ```text
-//!    stages per image with P[b] in per-worker scratch (the batch's P is never materialised;
-//!    backward recomputes P[b]). Stride-1 "same"-padded layers (the CIFAR ResNet's 3×3 convs) run
-//!    in row bands instead ([`two_stage_forward_banded`], [`two_stage_backward_banded`]): per
-//!    image and band of output rows, stage 1 of the band plus its ±p halo rows into guarded
-//!    planes that stay in cache, then register-accumulated gathers with column masks.
-//! ```
+//! 1. here: the geometry ([`SbfShape`]) and the assignment ([`TemplateAssignment`]);
+//! 2. `naive.rs`: the reference, P materialised, one loop nest per formula above: the oracle;
+//! 3. `fused.rs`: the kernels the op calls. Both stages per register tile of templates × output
+//!    pixels, on the dense conv's microkernel and padded images, so P never reaches memory
+//!    ([`fused_forward`]); the backward ([`fused_backward`]) takes dX through the maps a tile of
+//!    input pixels at a time, and dB and dT from the dense weight gradient;
+//! 4. `tests.rs`: the fused kernels against the naive reference over a grid of shapes.
 //!
 //! Contract (as for every kernel): forward kernels overwrite their output,
-//! gradient kernels accumulate (`+=`), except `gather_maps_grad`, which
-//! overwrites dP (an intermediate owned by the op).
+//! gradient kernels accumulate (`+=`), except `gather_maps_grad_naive`, which
+//! overwrites dP.
 
 use rayon::prelude::*;
 
-mod banded;
 mod fused;
-mod per_image;
-mod simd;
-mod stages;
+mod naive;
 #[cfg(test)]
 mod tests;
-mod tiled;
 
-pub use banded::*;
 pub use fused::*;
-pub use per_image::*;
-pub use simd::*;
-pub use stages::*;
-pub use tiled::*;
+pub use naive::*;
 
 // ---------------------------------------------------------------------------------------------
 // Geometry and the template assignment

@@ -1,127 +1,17 @@
-//! The two stages one at a time: packing, and the naive oracles of stage 1 and of the gather.
+//! The naive reference of the SBF layer, in one layout, written straight from the formulas: the
+//! oracles of the fused kernels ([`super::fused_forward`], [`super::fused_backward`]).
+//!
+//! The maps P [Bt, G, K², M, plane] are materialised (plane = H·W at stride 1, on the input
+//! grid; Ho·Wo at stride > 1, at the output positions: see [`SbfShape::map_source`]):
+//!
+//! ```text
+//!   stage 1   P[b,g,tap,m,j] = Σ_{i∈g} X[b,i,y,x] · B[m,i,kh,kw]          (y,x) = map_source(j)
+//!   stage 2   Y[b,n,h,w]     = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n),map_position(h,w,kh,kw)]
+//! ```
+//!
+//! and the backward of each stage ("view B"): dT and dP from the gather, dB and dX from stage 1.
 
 use super::*;
-
-// ---------------------------------------------------------------------------------------------
-// Stage 1: grouped 1×1 convolution with every tap slice of the templates
-// ---------------------------------------------------------------------------------------------
-
-/// Copies the shifted, strided view of X that tap (kh, kw) reads, for the Cg
-/// channels of group g of image `input_image` [C, H, W]:
-/// `columns[i, h·Wo + w] = X[g·Cg + i, h·s + kh − p, w·s + kw − p]` (0 in the padding).
-/// columns: [Cg, Ho·Wo]
-pub fn tap_columns(
-    shape: &SbfShape,
-    input_image: &[f32],
-    g: usize,
-    kh: usize,
-    kw: usize,
-    columns: &mut [f32],
-) {
-    let (h_in, w_in) = (shape.in_height, shape.in_width);
-    let (h_out, w_out) = (shape.out_height(), shape.out_width());
-    let cg = shape.group_channels();
-    for i in 0..cg {
-        let plane = &input_image[(g * cg + i) * h_in * w_in..][..h_in * w_in];
-        let column = &mut columns[i * h_out * w_out..][..h_out * w_out];
-        for h in 0..h_out {
-            let row = &mut column[h * w_out..][..w_out];
-            let Some(y) = (h * shape.stride + kh)
-                .checked_sub(shape.padding)
-                .filter(|&y| y < h_in)
-            else {
-                row.fill(0.0);
-                continue;
-            };
-            let src = &plane[y * w_in..][..w_in];
-            for w in 0..w_out {
-                let x = (w * shape.stride + kw).wrapping_sub(shape.padding);
-                row[w] = if x < w_in { src[x] } else { 0.0 };
-            }
-        }
-    }
-}
-
-/// The transpose of [`tap_columns`]: `dX[g·Cg + i, h·s+kh−p, w·s+kw−p] += columns[i, h·Wo + w]`
-/// (col2im of one tap; positions in the padding are dropped).
-pub fn add_tap_columns(
-    shape: &SbfShape,
-    columns: &[f32],
-    g: usize,
-    kh: usize,
-    kw: usize,
-    grad_image: &mut [f32],
-) {
-    let (h_in, w_in) = (shape.in_height, shape.in_width);
-    let (h_out, w_out) = (shape.out_height(), shape.out_width());
-    let cg = shape.group_channels();
-    for i in 0..cg {
-        let plane = &mut grad_image[(g * cg + i) * h_in * w_in..][..h_in * w_in];
-        let column = &columns[i * h_out * w_out..][..h_out * w_out];
-        for h in 0..h_out {
-            let Some(y) = (h * shape.stride + kh)
-                .checked_sub(shape.padding)
-                .filter(|&y| y < h_in)
-            else {
-                continue;
-            };
-            let dst = &mut plane[y * w_in..][..w_in];
-            for w in 0..w_out {
-                let x = (w * shape.stride + kw).wrapping_sub(shape.padding);
-                if x < w_in {
-                    dst[x] += column[h * w_out + w];
-                }
-            }
-        }
-    }
-}
-
-/// Repacks B [M, C, K, K] as per-group GEMM operands `[G, K², M, Cg]`:
-/// `packed[g][tap][m][i]` = B[m, g·Cg + i, tap]. Per group this is one [K²·M × Cg] matrix
-/// (stride 1) or K² matrices [M × Cg] (one per tap, stride > 1).
-pub fn pack_templates(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
-    let (m_count, taps, cg, c) = (
-        shape.templates,
-        shape.taps(),
-        shape.group_channels(),
-        shape.in_channels,
-    );
-    let mut packed = vec![0.0; shape.groups * taps * m_count * cg]; // [G, K², M, Cg]
-    for g in 0..shape.groups {
-        for tap in 0..taps {
-            for m in 0..m_count {
-                for i in 0..cg {
-                    packed[((g * taps + tap) * m_count + m) * cg + i] =
-                        templates[(m * c + g * cg + i) * taps + tap];
-                }
-            }
-        }
-    }
-    packed
-}
-
-/// The transpose of each per-group operand of [`pack_templates`]: `[G, Cg, K², M]`,
-/// `packed[g][i][tap][m]` = B[m, g·Cg + i, tap].
-pub fn pack_templates_transposed(shape: &SbfShape, templates: &[f32]) -> Vec<f32> {
-    let (m_count, taps, cg, c) = (
-        shape.templates,
-        shape.taps(),
-        shape.group_channels(),
-        shape.in_channels,
-    );
-    let mut packed = vec![0.0; shape.groups * cg * taps * m_count]; // [G, Cg, K², M]
-    for g in 0..shape.groups {
-        for i in 0..cg {
-            for tap in 0..taps {
-                for m in 0..m_count {
-                    packed[((g * cg + i) * taps + tap) * m_count + m] =
-                        templates[(m * c + g * cg + i) * taps + tap];
-                }
-            }
-        }
-    }
-    packed
-}
 
 /// Stage 1, naive: `P[b,g,tap,m,j] = Σ_{i∈g} X[b,i,y,x] · B[m,i,kh,kw]` with (y, x) = map_source(j)
 /// (0 where j reads the padding). Overwrites maps.
@@ -220,30 +110,6 @@ pub fn stage1_input_grad_naive(
 // ---------------------------------------------------------------------------------------------
 // Stage 2: the gather (TransformGather) and its transposes
 // ---------------------------------------------------------------------------------------------
-
-/// For output row h at tap (kh, kw): the row of the P plane it reads and the range of output
-/// columns w whose read is inside the plane, with the plane column of the first one:
-/// `(plane_row_start, w_begin, w_end)`, or None if the whole row reads padding.
-///
-/// Input grid (stride 1): row y = h + kh − p, columns x = w + kw − p ∈ [0, W).
-/// Strided layout: row h, all columns (padding reads are stored zeros).
-#[inline]
-pub(super) fn read_segment(
-    shape: &SbfShape,
-    h: usize,
-    kh: usize,
-    kw: usize,
-) -> Option<(usize, usize, usize)> {
-    if !shape.maps_on_input_grid() {
-        let w_out = shape.out_width();
-        return Some((h * w_out, 0, w_out));
-    }
-    let (p, w_in, w_out) = (shape.padding, shape.in_width, shape.out_width());
-    let y = (h + kh).checked_sub(p).filter(|&y| y < shape.in_height)?;
-    let w_begin = p.saturating_sub(kw);
-    let w_end = (w_in + p).saturating_sub(kw).min(w_out);
-    (w_begin < w_end).then(|| (y * w_in + w_begin + kw - p, w_begin, w_end))
-}
 
 /// Stage 2, naive: `Y[b,n,h,w] = Σ_g Σ_tap t(n,g,tap) · P[b,g,tap,m(n), map_position(h,w,kh,kw)]`. Overwrites output.
 pub fn gather_forward_naive(
