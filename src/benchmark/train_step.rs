@@ -112,7 +112,27 @@ pub fn time_train_steps(bench: &TrainStepBench) -> Result<Timing> {
     let spec = parse_model(&bench.model)?;
     let config = bench_config(bench.batch, bench.shards);
     // The trainer checks the batch against its epoch size; one "epoch" of a million batches.
-    let mut trainer = Trainer::new(&spec, config, bench.batch * 1_000_000)?;
+    let trainer = Trainer::new(&spec, config, bench.batch * 1_000_000)?;
+    time_steps(trainer, bench)
+}
+
+/// Times training steps of the model of a checkpoint (a pruned run's, with its real per-layer
+/// template counts), with `bench`'s batch, shards and step counts (`bench.model` is not read).
+pub fn time_checkpoint_train_steps(path: &Path, bench: &TrainStepBench) -> Result<Timing> {
+    let checkpoint = crate::checkpoint::Checkpoint::load(path)?;
+    let train_images = checkpoint
+        .get("train_images")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::file(path, "has no train_images entry"))?;
+    let mut trainer = Trainer::from_checkpoint(&checkpoint, path, train_images)?;
+    (trainer.config.batch_size, trainer.config.shards) = (bench.batch, bench.shards);
+    time_steps(trainer, bench)
+}
+
+fn time_steps(mut trainer: Trainer, bench: &TrainStepBench) -> Result<Timing> {
+    if bench.steps == 0 {
+        return Err(Error::msg("`steps` must be at least 1"));
+    }
     let (images, labels) = random_batch(bench.batch, 0);
     for _ in 0..bench.warmup {
         trainer.train_step(&images, &labels);
@@ -133,9 +153,26 @@ pub fn time_inference(model: &str, batch: usize, calls: usize, warmup: usize) ->
     let spec = parse_model(model)?;
     let mut store = crate::autograd::ParamStore::default();
     let model = spec.build(&mut store, &mut StdRng::seed_from_u64(0));
+    time_forward(&model, &store, batch, calls, warmup)
+}
+
+/// Times evaluation-mode forward passes of the model of a checkpoint.
+pub fn time_checkpoint_inference(path: &Path, batch: usize, calls: usize, warmup: usize) -> Result<Timing> {
+    let checkpoint = crate::checkpoint::Checkpoint::load(path)?;
+    let (model, store) = crate::checkpoint::load_model(&checkpoint, path)?;
+    time_forward(&model, &store, batch, calls, warmup)
+}
+
+fn time_forward(
+    model: &crate::nn::Model,
+    store: &crate::autograd::ParamStore,
+    batch: usize,
+    calls: usize,
+    warmup: usize,
+) -> Result<Timing> {
     let (images, _) = random_batch(batch, 1);
     let forward = || {
-        let mut tape = Tape::new(&store, Mode::Eval);
+        let mut tape = Tape::new(store, Mode::Eval);
         let x = tape.input(images.clone());
         let logits = model.forward(&mut tape, x);
         std::hint::black_box(tape.value(logits).data[0]);

@@ -39,6 +39,10 @@ pub struct BenchTrainArgs {
     /// JSON written by ../shared/bench/torch_ref.py: print PyTorch's img/s and our ratio.
     #[arg(long)]
     torch_json: Option<PathBuf>,
+    /// Time the model of this checkpoint instead (a pruned run's, with its real per-layer
+    /// template counts); --model then only names the row and PyTorch's figure beside it.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
 }
 
 pub fn run(args: BenchTrainArgs) -> Result<()> {
@@ -52,7 +56,10 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
         None => Vec::new(),
     };
     println!("instruction set: {}", sbfnet::benchmark::instruction_set());
-    println!("convolutions: {} (PyTorch figures: its dense model)", args.convs);
+    match &args.checkpoint {
+        Some(path) => println!("model of {} (PyTorch figures: its dense model)", path.display()),
+        None => println!("convolutions: {} (PyTorch figures: its dense model)", args.convs),
+    }
     println!(
         "{:<10} {:>5} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11} {:>7} {:>11}",
         "model",
@@ -89,7 +96,10 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                 steps: args.steps,
                 warmup: args.warmup,
             };
-            let timing = pool.install(|| train_step::time_train_steps(&bench))?;
+            let timing = pool.install(|| match &args.checkpoint {
+                Some(path) => train_step::time_checkpoint_train_steps(path, &bench),
+                None => train_step::time_train_steps(&bench),
+            })?;
             let images_per_second = args.batch as f64 / timing.median_seconds;
             let theirs = torch_for(threads).and_then(|t| t.train_images_per_second(model, args.batch));
             let (torch_text, ratio) = ratio_text(images_per_second, theirs);
@@ -116,13 +126,16 @@ pub fn run(args: BenchTrainArgs) -> Result<()> {
                     .num_threads(threads)
                     .build()
                     .map_err(|e| Error::msg(format!("bench-train: cannot start {threads} threads: {e}")))?;
-                let timing = pool.install(|| {
-                    train_step::time_inference(
+                let timing = pool.install(|| match &args.checkpoint {
+                    Some(path) => {
+                        train_step::time_checkpoint_inference(path, args.infer_batch, args.steps, args.warmup)
+                    }
+                    None => train_step::time_inference(
                         &format!("{model} {}", args.convs),
                         args.infer_batch,
                         args.steps,
                         args.warmup,
-                    )
+                    ),
                 })?;
                 let images_per_second = args.infer_batch as f64 / timing.median_seconds;
                 let theirs =

@@ -81,6 +81,28 @@ fn prune_from_random_initialisation(root: &Path, common: &[&str]) {
         ok && info.contains("resnet8-w8 sbf:rate=0,groups=2") && info.contains("fewer than dense"),
         "{info}"
     );
+    // The pruned model, with its per-layer template counts, times in bench-train.
+    let (ok, timed) = sbfnet(&[
+        "bench-train",
+        "--checkpoint",
+        s(&pruned.join("last.ckpt")),
+        "--model",
+        "pruned",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--infer-batch",
+        "4",
+    ]);
+    assert!(
+        ok && timed.contains("model of ") && timed.matches("pruned ").count() == 2,
+        "{timed}"
+    );
 }
 
 /// A dense run into `<root>/dense`, converted by `sbfnet prune` into `<root>/converted` (SBF)
