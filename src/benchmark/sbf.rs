@@ -171,9 +171,10 @@ impl SbfCell {
 }
 
 /// Median seconds per call of `f` (warm-up 1, `reps` samples): CPU seconds with one thread, else wall.
+/// A CPU-time sample repeats the call for at least 50 ms: the process clock ticks in milliseconds.
 fn seconds(f: impl FnMut(), reps: usize) -> f64 {
     if rayon::current_num_threads() == 1 {
-        median_cpu_seconds(f, 1, reps, 0.0)
+        median_cpu_seconds(f, 1, reps, 0.05)
     } else {
         median_seconds(f, 1, reps, 0.0)
     }
