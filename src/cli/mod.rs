@@ -9,6 +9,7 @@ mod download;
 mod eval;
 mod flags;
 mod info;
+mod interop;
 mod interrupt;
 mod out_folder;
 mod progress;
@@ -52,6 +53,10 @@ enum Command {
     BenchTrain(bench_train::BenchTrainArgs),
     /// The SBF layer against the dense conv per shape, rate and batch (`--passes`: per kernel).
     BenchSbf(bench_sbf::BenchSbfArgs),
+    /// Write a checkpoint's model for PyTorch (safetensors, SBF layers as dense filters).
+    Export(interop::ExportArgs),
+    /// Read a PyTorch state dict (safetensors) into a checkpoint.
+    Import(interop::ImportArgs),
 }
 
 pub fn run() -> sbfnet::Result<()> {
@@ -70,5 +75,7 @@ pub fn run() -> sbfnet::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench_train::run(args),
         Command::BenchSbf(args) => bench_sbf::run(args),
+        Command::Export(args) => interop::export(args),
+        Command::Import(args) => interop::import(args),
     }
 }

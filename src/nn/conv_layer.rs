@@ -401,6 +401,18 @@ impl ConvLayer {
     }
 
     /// The SBF layer, if this slot is one.
+    /// The layer's parameters: weight (and bias) of a dense conv; templates, transforms (and bias)
+    /// of an SBF layer.
+    pub fn param_ids(&self) -> Vec<crate::autograd::ParamId> {
+        match self {
+            ConvLayer::Dense(conv) => std::iter::once(conv.weight).chain(conv.bias).collect(),
+            ConvLayer::Sbf(conv) => [conv.templates, conv.transforms]
+                .into_iter()
+                .chain(conv.bias)
+                .collect(),
+        }
+    }
+
     pub fn as_sbf(&self) -> Option<&SbfConv2d> {
         match self {
             ConvLayer::Sbf(conv) => Some(conv),

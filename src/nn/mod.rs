@@ -15,5 +15,5 @@ pub use conv2d::Conv2d;
 pub use conv_layer::{ConvKind, ConvLayer, ConvPlan};
 pub use cost::LayerCost;
 pub use linear::Linear;
-pub use model::{LayerRow, Model, ModelSpec};
+pub use model::{LayerRow, Model, ModelSpec, Network};
 pub use sbf_conv2d::{SbfConv2d, TransformInit};

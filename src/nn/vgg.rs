@@ -56,6 +56,26 @@ pub struct Vgg {
 }
 
 impl Vgg {
+    /// Where conv `number` (1-based, `features.conv{number}`) sits in the usual PyTorch CIFAR VGG's
+    /// `features` sequence: three modules (conv, batch norm, ReLU) per conv, one per max pool.
+    pub fn torch_index_of_conv(&self, number: usize) -> Option<usize> {
+        let mut index = 0;
+        let mut convs = 0;
+        for layer in &self.features {
+            match layer {
+                VggLayer::Conv { .. } => {
+                    convs += 1;
+                    if convs == number {
+                        return Some(index);
+                    }
+                    index += 3;
+                }
+                VggLayer::Pool => index += 1,
+            }
+        }
+        None
+    }
+
     pub fn new(
         store: &mut ParamStore,
         width: usize,

@@ -4,6 +4,7 @@
 
 mod common;
 mod download;
+mod interop;
 mod kill_resume;
 mod numerical_faults;
 mod pruning;
