@@ -7,6 +7,7 @@
 pub mod assignment;
 pub mod format;
 pub mod model_io;
+pub mod onnx;
 pub mod safetensors;
 
 pub use assignment::{assignment_metadata, kept_outputs, restore_assignments};

@@ -21,7 +21,6 @@ use super::format::write_atomically;
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
 use crate::nn::{Model, ModelSpec, Network};
-use crate::ops::sbf::effective_filters;
 use crate::tensor::Tensor;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -74,19 +73,7 @@ fn torch_tensors(model: &Model, store: &ParamStore) -> Result<Vec<(String, Tenso
     let mut tensors = Vec::new();
     let unmapped = |name: &str| Error::msg(format!("export: no PyTorch name for {name}"));
     for (name, layer) in model.conv_layers() {
-        let weight = match layer.as_sbf() {
-            Some(sbf) => effective_filters(
-                store.value(sbf.templates),
-                store.value(sbf.transforms),
-                &sbf.assignment,
-                sbf.config.groups,
-                sbf.config.family,
-            ),
-            None => match layer {
-                crate::nn::ConvLayer::Dense(conv) => store.value(conv.weight).clone(),
-                crate::nn::ConvLayer::Sbf(_) => unreachable!("handled above"),
-            },
-        };
+        let weight = layer.dense_weight(store);
         let weight_name = format!("{name}.weight");
         tensors.push((
             torch_name(model, &weight_name).ok_or_else(|| unmapped(&weight_name))?,

@@ -1,10 +1,12 @@
 //! `sbfnet export` and `sbfnet import`: models out to and in from PyTorch through safetensors
 //! files, under the state-dict names of ../shared/bench/torch_ref.py's CIFAR ResNet (see
-//! `sbfnet::checkpoint::safetensors`).
+//! `sbfnet::checkpoint::safetensors`), and out as ONNX inference graphs
+//! (`sbfnet::checkpoint::onnx`).
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use sbfnet::checkpoint::onnx::export_onnx;
 use sbfnet::checkpoint::safetensors::{export_safetensors, import_safetensors};
 use sbfnet::checkpoint::{load_model, model_tensors, Checkpoint};
 use sbfnet::nn::ModelSpec;
@@ -15,6 +17,8 @@ enum ExportFormat {
     /// Parameters and batch-norm statistics under PyTorch's state-dict names; SBF layers as their
     /// effective dense filters.
     Safetensors,
+    /// The inference graph (opset 13, dynamic batch); SBF layers as their effective dense filters.
+    Onnx,
 }
 
 #[derive(Args)]
@@ -25,8 +29,9 @@ pub struct ExportArgs {
     /// The file to write.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value = "safetensors")]
-    format: ExportFormat,
+    /// What to write [default: onnx for a .onnx file, else safetensors].
+    #[arg(long, value_enum)]
+    format: Option<ExportFormat>,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
@@ -35,8 +40,15 @@ pub fn export(args: ExportArgs) -> Result<()> {
     }
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let (model, store) = load_model(&checkpoint, &args.checkpoint)?;
-    match args.format {
+    let onnx_file = args.out.extension().is_some_and(|e| e == "onnx");
+    let format = args.format.unwrap_or(if onnx_file {
+        ExportFormat::Onnx
+    } else {
+        ExportFormat::Safetensors
+    });
+    match format {
         ExportFormat::Safetensors => export_safetensors(&model, &store, &args.out)?,
+        ExportFormat::Onnx => export_onnx(&model, &store, &args.out)?,
     }
     println!("wrote {} ({})", args.out.display(), model.description());
     Ok(())

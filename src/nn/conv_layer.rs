@@ -401,6 +401,21 @@ impl ConvLayer {
     }
 
     /// The SBF layer, if this slot is one.
+    /// The weight of the dense conv that computes the same function: a dense layer's weight, an
+    /// SBF layer's effective filters Weff [N, C, K, K] (exact).
+    pub fn dense_weight(&self, store: &ParamStore) -> crate::tensor::Tensor {
+        match self {
+            ConvLayer::Dense(conv) => store.value(conv.weight).clone(),
+            ConvLayer::Sbf(conv) => crate::ops::sbf::effective_filters(
+                store.value(conv.templates),
+                store.value(conv.transforms),
+                &conv.assignment,
+                conv.config.groups,
+                conv.config.family,
+            ),
+        }
+    }
+
     /// The layer's parameters: weight (and bias) of a dense conv; templates, transforms (and bias)
     /// of an SBF layer.
     pub fn param_ids(&self) -> Vec<crate::autograd::ParamId> {

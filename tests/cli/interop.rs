@@ -1,5 +1,6 @@
 //! `sbfnet import` and `sbfnet export`: a PyTorch ResNet-8 (tests/fixtures/torch_resnet8) comes
-//! in, is evaluated, converted to SBF by `sbfnet prune --from`, and goes back out.
+//! in, is evaluated, converted to SBF by `sbfnet prune --from`, and goes back out (safetensors
+//! and ONNX).
 
 use crate::common::{fixture, s, succeed, text};
 use std::process::Command;
@@ -76,6 +77,18 @@ fn a_pytorch_network_comes_in_is_pruned_and_goes_out() {
         s(&exported),
     ]));
     assert!(out.contains("sbf:") && exported.is_file(), "{out}");
+    // The same network as an ONNX graph (the format follows the file's extension; onnxruntime
+    // runs such graphs in checkpoint::onnx's test).
+    let onnx = root.join("pruned.onnx");
+    succeed(&mut sbfnet(&[
+        "export",
+        "--checkpoint",
+        s(&pruned.join("last.ckpt")),
+        "--out",
+        s(&onnx),
+    ]));
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert!(bytes.windows(6).any(|w| w == b"sbfnet") && bytes.windows(4).any(|w| w == b"Conv"));
     // The exported pruned network is a dense ResNet-8 again, which import takes.
     succeed(&mut sbfnet(&[
         "import",
