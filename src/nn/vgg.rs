@@ -119,7 +119,7 @@ impl Vgg {
                     let b = bn.forward(tape, c);
                     ops::relu(tape, b)
                 }
-                VggLayer::Pool => ops::max_pool2x2(tape, h),
+                VggLayer::Pool => ops::max_pool(tape, h, 2),
             };
         }
         let flat = ops::flatten(tape, h); // [N, C·1·1]

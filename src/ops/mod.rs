@@ -5,6 +5,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod distillation;
+pub mod gelu;
 pub mod linear;
 pub mod loss;
 pub mod pool;
@@ -14,9 +15,10 @@ pub mod shape;
 
 pub use batch_norm::batch_norm2d;
 pub use conv::{conv2d, ConvConfig};
+pub use gelu::gelu;
 pub use linear::linear;
 pub use loss::cross_entropy;
-pub use pool::{global_avg_pool, max_pool2x2};
+pub use pool::{global_avg_pool, max_pool};
 pub use relu::relu;
 pub use sbf::{sbf_conv2d, SbfConfig, SbfPath, TemplateAssignment, TransformFamily};
 pub use shape::{add, flatten, mul, shortcut_option_a};

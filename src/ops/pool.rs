@@ -1,43 +1,51 @@
-//! Pooling: 2×2 max pool (VGG) and global average pool (ResNet head).
+//! Pooling: k×k max pool (VGG, airbench) and global average pool (ResNet head).
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
-/// 2×2 max pool, stride 2 (odd trailing rows/columns are dropped).
+/// k×k max pool with stride k (trailing rows and columns that do not fill a window are dropped,
+/// as PyTorch's `MaxPool2d(k)`): 2 in VGG and in airbench's conv groups, 3 in airbench's head.
 ///
 /// ```text
-///   x [N, C, H, W] → y [N, C, H/2, W/2]
-///   y[n,c,oh,ow] = max_{dh,dw ∈ {0,1}} x[n, c, 2·oh + dh, 2·ow + dw]
+///   x [N, C, H, W] → y [N, C, ⌊H/k⌋, ⌊W/k⌋]
+///   y[n,c,oh,ow] = max_{dh,dw < k} x[n, c, k·oh + dh, k·ow + dw]
 ///   ∂L/∂x flows only to the position that won the max (the first, on ties).
 /// ```
-pub fn max_pool2x2(tape: &mut Tape, x: Var) -> Var {
-    let [n_batch, channels, h_in, w_in] = tape.value(x).nchw("max_pool2x2");
-    let (h_out, w_out) = (h_in / 2, w_in / 2);
+pub fn max_pool(tape: &mut Tape, x: Var, k: usize) -> Var {
+    let [n_batch, channels, h_in, w_in] = tape.value(x).nchw("max_pool");
+    let (h_out, w_out) = (h_in / k.max(1), w_in / k.max(1));
     assert!(
-        h_out > 0 && w_out > 0,
-        "max_pool2x2: input {:?} is smaller than 2×2",
+        k >= 1 && h_out > 0 && w_out > 0,
+        "max_pool: input {:?} is smaller than the {k}×{k} window",
         tape.value(x).shape
     );
     let xv = tape.value(x);
-    // y: [N, C, Ho, Wo]; argmax: index into x of each winner, same shape as y
+    // y: [N, C, Ho, Wo]; argmax: index into x of each winner, same shape as y; planes in parallel
     let mut y = Tensor::zeros(&[n_batch, channels, h_out, w_out]);
     let mut argmax = vec![0usize; y.len()];
-    for plane in 0..n_batch * channels {
-        for oh in 0..h_out {
-            for ow in 0..w_out {
-                let mut best = plane * h_in * w_in + 2 * oh * w_in + 2 * ow;
-                for (dh, dw) in [(0, 1), (1, 0), (1, 1)] {
-                    let i = plane * h_in * w_in + (2 * oh + dh) * w_in + 2 * ow + dw;
-                    if xv.data[i] > xv.data[best] {
-                        best = i;
+    y.data
+        .par_chunks_mut(h_out * w_out)
+        .zip(argmax.par_chunks_mut(h_out * w_out))
+        .enumerate()
+        .for_each(|(plane, (y_plane, winners))| {
+            let x_plane = &xv.data[plane * h_in * w_in..][..h_in * w_in];
+            for oh in 0..h_out {
+                for ow in 0..w_out {
+                    let mut best = k * oh * w_in + k * ow;
+                    for dh in 0..k {
+                        for dw in 0..k {
+                            let i = (k * oh + dh) * w_in + k * ow + dw;
+                            if x_plane[i] > x_plane[best] {
+                                best = i;
+                            }
+                        }
                     }
+                    y_plane[oh * w_out + ow] = x_plane[best];
+                    winners[oh * w_out + ow] = plane * h_in * w_in + best;
                 }
-                let o = (plane * h_out + oh) * w_out + ow;
-                y.data[o] = xv.data[best];
-                argmax[o] = best;
             }
-        }
-    }
+        });
     tape.push(y, &[x], move |grad_y, ctx| {
         if let Some(grad_x) = ctx.grad(x) {
             for (o, &i) in argmax.iter().enumerate() {
@@ -83,7 +91,9 @@ mod tests {
         rand::seq::SliceRandom::shuffle(&mut values[..], &mut rng);
         let x = Tensor::from_vec(&[2, 3, 5, 7], values);
         let opts = GradcheckOptions::default();
-        check_gradients(|t, v| max_pool2x2(t, v[0]), &[x.clone()], &opts).unwrap();
+        for k in [1, 2, 3] {
+            check_gradients(|t, v| max_pool(t, v[0], k), &[x.clone()], &opts).unwrap();
+        }
         check_gradients(|t, v| global_avg_pool(t, v[0]), &[x], &opts).unwrap();
     }
 }

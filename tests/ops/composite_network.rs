@@ -20,7 +20,7 @@ fn functional_net(tape: &mut Tape, v: &[Var], labels: &[usize]) -> Var {
     let h = ops::conv2d(tape, x, w1, Some(b1), SAME);
     let (h, _) = ops::batch_norm2d(tape, h, gamma, beta, 1e-5, Statistics::Batch);
     let h = ops::relu(tape, h);
-    let h = ops::max_pool2x2(tape, h);
+    let h = ops::max_pool(tape, h, 2);
     let h = ops::conv2d(
         tape,
         h,
@@ -85,7 +85,7 @@ impl TinyNet {
         let h = self.conv1.forward(tape, x);
         let h = self.bn1.forward(tape, h);
         let h = ops::relu(tape, h);
-        let h = ops::max_pool2x2(tape, h);
+        let h = ops::max_pool(tape, h, 2);
         let h = self.conv2.forward(tape, h);
         let h = ops::relu(tape, h);
         let h = ops::global_avg_pool(tape, h);

@@ -76,6 +76,7 @@ fn relu_pools_add_mul_flatten_on_odd_sizes_with_batch_above_1() {
     let x = away_from_zero(Tensor::normal(&shape, 1.0, &mut rng), 0.05);
     let y = Tensor::normal(&shape, 1.0, &mut rng);
     check("relu", |t, v| ops::relu(t, v[0]), &[x.clone()]);
+    check("gelu", |t, v| ops::gelu(t, v[0]), &[y.clone()]);
     // 5×3 → 2×1: the last row and column are dropped by the pool. Values all distinct, spaced
     // 0.05 apart (> 2·step) in a scrambled order, so no finite-difference step changes a window's winner.
     let len = x.len(); // 90; 37 is coprime with it, so i ↦ 37·i mod 90 is a permutation
@@ -83,7 +84,12 @@ fn relu_pools_add_mul_flatten_on_odd_sizes_with_batch_above_1() {
         &shape,
         (0..len).map(|i| ((37 * i) % len) as f32 * 0.05 - 2.0).collect(),
     );
-    check("max_pool2x2", |t, v| ops::max_pool2x2(t, v[0]), &[distinct]);
+    check(
+        "max_pool 2",
+        |t, v| ops::max_pool(t, v[0], 2),
+        &[distinct.clone()],
+    );
+    check("max_pool 3", |t, v| ops::max_pool(t, v[0], 3), &[distinct]);
     check(
         "global_avg_pool",
         |t, v| ops::global_avg_pool(t, v[0]),

@@ -1,0 +1,100 @@
+//! GELU (the exact form, as PyTorch's `nn.GELU()`):
+//!
+//! ```text
+//!   y = x · Φ(x) = ½ · x · (1 + erf(x / √2))
+//!   ∂y/∂x = Φ(x) + x · φ(x),   φ(x) = exp(−x²/2) / √(2π)
+//! ```
+
+use crate::autograd::{Tape, Var};
+use crate::tensor::{Tensor, PARALLEL_CHUNK};
+use rayon::prelude::*;
+
+/// erf(x) by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7 (Rust's `f64::erf` is not
+/// stable yet): erf(x) = 1 − t·(a1 + t·(a2 + …))·exp(−x²), t = 1/(1 + p·|x|), odd in x.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let value = 1.0 - poly * (-x * x).exp();
+    if x < 0.0 {
+        -value
+    } else {
+        value
+    }
+}
+
+/// Φ(x), the standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2))
+}
+
+/// φ(x), the standard normal density.
+fn normal_pdf(x: f64) -> f64 {
+    (-0.5 * x * x).exp() * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2)
+}
+
+/// y = GELU(x), elementwise, any shape.
+pub fn gelu(tape: &mut Tape, x: Var) -> Var {
+    let x_value = tape.value(x);
+    let y = Tensor {
+        shape: x_value.shape.clone(),
+        data: x_value
+            .data
+            .par_iter()
+            .with_min_len(PARALLEL_CHUNK)
+            .map(|&v| (v as f64 * normal_cdf(v as f64)) as f32)
+            .collect(),
+    };
+    tape.push(y, &[x], move |grad_y, ctx| {
+        if ctx.needs_grad(x) {
+            let x_value = ctx.value(x);
+            // ∂L/∂x = ∂L/∂y · (Φ(x) + x·φ(x))
+            let grad_x = Tensor {
+                shape: x_value.shape.clone(),
+                data: (grad_y.data.par_iter().with_min_len(PARALLEL_CHUNK))
+                    .zip(&x_value.data)
+                    .map(|(&gy, &v)| {
+                        let v = v as f64;
+                        (gy as f64 * (normal_cdf(v) + v * normal_pdf(v))) as f32
+                    })
+                    .collect(),
+            };
+            ctx.accumulate(x, grad_x);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{check_gradients, GradcheckOptions};
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn gradcheck_gelu() {
+        let x = Tensor::normal(&[2, 3, 4, 5], 2.0, &mut StdRng::seed_from_u64(2));
+        check_gradients(|tape, v| gelu(tape, v[0]), &[x], &GradcheckOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn gelu_matches_known_values() {
+        // PyTorch: torch.nn.functional.gelu(torch.tensor([-3., -1., -0.5, 0., 0.5, 1., 3.]))
+        let expected = [
+            -0.004_050_225,
+            -0.158_655_26,
+            -0.154_268_77,
+            0.0,
+            0.345_731_23,
+            0.841_344_7,
+            2.995_949_7,
+        ];
+        let store = crate::autograd::ParamStore::default();
+        let mut tape = Tape::new(&store, crate::autograd::Mode::Eval);
+        let x = tape.input(Tensor::from_vec(&[7], vec![-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]));
+        let y = gelu(&mut tape, x);
+        for (got, want) in tape.value(y).data.iter().zip(expected) {
+            assert!((got - want).abs() < 2e-6, "{got} vs {want}");
+        }
+    }
+}
