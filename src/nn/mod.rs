@@ -9,6 +9,7 @@ pub mod model;
 pub mod resnet;
 pub mod sbf_conv2d;
 pub mod vgg;
+pub mod whitening;
 
 pub use batch_norm2d::BatchNorm2d;
 pub use conv2d::Conv2d;
