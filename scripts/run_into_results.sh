@@ -4,7 +4,8 @@
 # `sbfnet report` needs of the checkpoint), never checkpoints. Resumes the run when
 # runs/results/<group>/<run>/last.ckpt exists (a run cut off by the end of a session). The group
 # is the model's name without its width, so a thin baseline (resnet20-w11) lands beside the
-# resnet20 runs. Usage:
+# resnet20 runs; GROUP=name files the copy under results/<name>/ instead (one table per recipe,
+# e.g. GROUP=resnet20-40ep). Usage:
 #   scripts/run_into_results.sh MODEL RUN [sbfnet train flags...]
 # e.g. scripts/run_into_results.sh resnet20 sbf-55-lstsq-8ep --epochs 8 --warmup-epochs 1 --prune-rate 0.55
 # then: target/release/sbfnet report results/resnet20 --plot docs/results-resnet20.png
@@ -14,7 +15,8 @@ model=$1 run=$2
 shift 2
 group=${model%%-w*}
 out=runs/results/$group/$run
-mkdir -p "$(dirname "$out")" "results/$group/$run"
+dest=results/${GROUP:-$group}/$run
+mkdir -p "$(dirname "$out")" "$dest"
 if [ -f "$out/last.ckpt" ]; then
   target/release/sbfnet train --resume "$out/last.ckpt"
 else
@@ -22,5 +24,5 @@ else
 fi
 target/release/sbfnet report "runs/results/$group" --write-summaries > /dev/null
 for file in metrics.csv pruning.csv command.txt summary.txt; do
-  if [ -f "$out/$file" ]; then cp "$out/$file" "results/$group/$run/"; fi
+  if [ -f "$out/$file" ]; then cp "$out/$file" "$dest/"; fi
 done
