@@ -5,9 +5,8 @@
 //!   ∂y/∂x = Φ(x) + x · φ(x),   φ(x) = exp(−x²/2) / √(2π)
 //! ```
 
+use super::unary::elementwise;
 use crate::autograd::{Tape, Var};
-use crate::tensor::{Tensor, PARALLEL_CHUNK};
-use rayon::prelude::*;
 
 /// erf(x) by Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7 (Rust's `f64::erf` is not
 /// stable yet): erf(x) = 1 − t·(a1 + t·(a2 + …))·exp(−x²), t = 1/(1 + p·|x|), odd in x.
@@ -36,39 +35,20 @@ fn normal_pdf(x: f64) -> f64 {
 
 /// y = GELU(x), elementwise, any shape.
 pub fn gelu(tape: &mut Tape, x: Var) -> Var {
-    let x_value = tape.value(x);
-    let y = Tensor {
-        shape: x_value.shape.clone(),
-        data: x_value
-            .data
-            .par_iter()
-            .with_min_len(PARALLEL_CHUNK)
-            .map(|&v| (v as f64 * normal_cdf(v as f64)) as f32)
-            .collect(),
-    };
-    tape.push(y, &[x], move |grad_y, ctx| {
-        if ctx.needs_grad(x) {
-            let x_value = ctx.value(x);
-            // ∂L/∂x = ∂L/∂y · (Φ(x) + x·φ(x))
-            let grad_x = Tensor {
-                shape: x_value.shape.clone(),
-                data: (grad_y.data.par_iter().with_min_len(PARALLEL_CHUNK))
-                    .zip(&x_value.data)
-                    .map(|(&gy, &v)| {
-                        let v = v as f64;
-                        (gy as f64 * (normal_cdf(v) + v * normal_pdf(v))) as f32
-                    })
-                    .collect(),
-            };
-            ctx.accumulate(x, grad_x);
-        }
-    })
+    elementwise(
+        tape,
+        x,
+        |v| (v as f64 * normal_cdf(v as f64)) as f32,
+        // ∂y/∂x = Φ(x) + x·φ(x)
+        |v| (normal_cdf(v as f64) + v as f64 * normal_pdf(v as f64)) as f32,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gradcheck::{check_gradients, GradcheckOptions};
+    use crate::tensor::Tensor;
     use rand::{rngs::StdRng, SeedableRng};
 
     #[test]

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod relu;
 pub mod sbf;
 pub mod shape;
+pub mod unary;
 
 pub use batch_norm::batch_norm2d;
 pub use conv::{conv2d, ConvConfig};

@@ -1,43 +1,25 @@
 //! ReLU: y = max(x, 0);  ∂L/∂x = ∂L/∂y · `[x > 0]`.
 
+use super::unary::elementwise;
 use crate::autograd::{Tape, Var};
-use crate::tensor::{Tensor, PARALLEL_CHUNK};
-use rayon::prelude::*;
 
 /// y = max(x, 0), elementwise, any shape. A NaN input stays NaN (as in
 /// PyTorch), so a fault upstream is not hidden from the loss.
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
-    let x_value = tape.value(x);
-    // Chunks in parallel; every element on its own.
-    let y = Tensor {
-        shape: x_value.shape.clone(),
-        data: x_value
-            .data
-            .par_iter()
-            .with_min_len(PARALLEL_CHUNK)
-            .map(|&v| if v < 0.0 { 0.0 } else { v })
-            .collect(),
-    };
-    tape.push(y, &[x], move |grad_y, ctx| {
-        if ctx.needs_grad(x) {
-            let x_value = ctx.value(x);
-            // ∂L/∂x = ∂L/∂y where x > 0, else 0; written once, no zero fill.
-            let grad_x = Tensor {
-                shape: x_value.shape.clone(),
-                data: (grad_y.data.par_iter().with_min_len(PARALLEL_CHUNK))
-                    .zip(&x_value.data)
-                    .map(|(&gy, &xv)| if xv > 0.0 { gy } else { 0.0 })
-                    .collect(),
-            };
-            ctx.accumulate(x, grad_x);
-        }
-    })
+    elementwise(
+        tape,
+        x,
+        |v| if v < 0.0 { 0.0 } else { v },
+        // ∂y/∂x = 1 where x > 0, else 0.
+        |v| if v > 0.0 { 1.0 } else { 0.0 },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gradcheck::{away_from_zero, check_gradients, GradcheckOptions};
+    use crate::tensor::Tensor;
     use rand::{rngs::StdRng, SeedableRng};
 
     #[test]
