@@ -25,6 +25,9 @@ pub struct Parameter {
     pub grad: Tensor,
     /// Whether weight decay applies (false for batch-norm scales/shifts and biases).
     pub decay: bool,
+    /// Whether the optimiser updates it (false: fixed by design, like airbench's whitening
+    /// filters and batch-norm scales; its gradient is still computed).
+    pub trainable: bool,
 }
 
 /// A named tensor that is saved with the model but not trained by gradients.
@@ -66,8 +69,16 @@ impl ParamStore {
             value,
             grad,
             decay,
+            trainable: true,
         });
         ParamId(self.params.len() - 1)
+    }
+
+    /// Adds a parameter that the optimiser leaves as it is (see [`Parameter::trainable`]).
+    pub fn add_frozen(&mut self, name: impl Into<String>, value: Tensor) -> ParamId {
+        let id = self.add(name, value, false);
+        self.params[id.0].trainable = false;
+        id
     }
 
     /// Adds a buffer and returns its id.

@@ -204,8 +204,8 @@ fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
     info
 }
 
-/// The inference graph of `model` as an ONNX model.
-pub fn onnx_model(model: &Model, store: &ParamStore) -> ModelProto {
+/// The inference graph of `model` as an ONNX model (the ResNets and VGG-16).
+pub fn onnx_model(model: &Model, store: &ParamStore) -> Result<ModelProto> {
     let mut g = Graph::default();
     let mut h = "input".to_string();
     let (classifier, classes) = match &model.network {
@@ -242,6 +242,12 @@ pub fn onnx_model(model: &Model, store: &ParamStore) -> ModelProto {
                 store.value(vgg.classifier.bias).len(),
             )
         }
+        Network::Airbench(_) => {
+            return Err(crate::Error::msg(format!(
+                "export: ONNX export covers the ResNets and VGG-16, not {}",
+                model.name()
+            )))
+        }
     };
     let logits = g.classifier(classifier.0, h, classifier.1, store);
     let mut output = NodeProto::new();
@@ -265,12 +271,12 @@ pub fn onnx_model(model: &Model, store: &ParamStore) -> ModelProto {
     onnx.producer_name = "sbfnet".into();
     onnx.producer_version = env!("CARGO_PKG_VERSION").into();
     onnx.graph = Some(graph).into();
-    onnx
+    Ok(onnx)
 }
 
 /// Writes the inference graph of `model` to an ONNX file.
 pub fn export_onnx(model: &Model, store: &ParamStore, path: &Path) -> Result<()> {
-    let bytes = onnx_model(model, store)
+    let bytes = onnx_model(model, store)?
         .write_to_bytes()
         .map_err(|e| crate::Error::file(path, format!("cannot encode the ONNX model: {e}")))?;
     write_atomically(path, &bytes)

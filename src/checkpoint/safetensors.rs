@@ -63,6 +63,8 @@ pub fn torch_name(model: &Model, name: &str) -> Option<String> {
                 format!("features.{}", vgg.torch_index_of_conv(conv)? + kind)
             }
         }
+        // No common PyTorch implementation to name it after.
+        Network::Airbench(_) => return None,
     };
     Some(format!("{module}.{field}"))
 }

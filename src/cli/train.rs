@@ -106,6 +106,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, config) => {
             let config = config.expect("a fresh run has its settings");
             let mut trainer = Trainer::new(&spec, config.clone(), train.len())?;
+            trainer.init_from_data(&train);
             trainer.pruning = args
                 .pruning
                 .settings(config.epochs)?

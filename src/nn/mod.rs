@@ -1,5 +1,6 @@
 //! Layers that own parameters, and the models built from them.
 
+pub mod airbench;
 pub mod batch_norm2d;
 pub mod conv2d;
 pub mod conv_layer;

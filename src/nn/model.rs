@@ -5,10 +5,12 @@
 //! Names: `resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110` (any
 //! depth 6n + 2 is accepted, e.g. `resnet8`), `vgg16`; a `-w<k>` suffix
 //! changes the width (stage-1 channels of a ResNet, default 16; first-layer
-//! channels of VGG, default 64), e.g. the tiny `resnet8-w4` of the tests.
+//! channels of VGG, default 64), e.g. the tiny `resnet8-w4` of the tests; `airbench94`
+//! (first-group channels, default 64).
 //! The description `"<name> <conv plan>"`, e.g. `"resnet20 dense"`, is stored
 //! in checkpoints and rebuilds the same model.
 
+use super::airbench::Airbench;
 use super::conv_layer::{ConvLayer, ConvPlan};
 use super::resnet::ResNet;
 use super::vgg::{Vgg, VggLayer};
@@ -19,13 +21,14 @@ use crate::error::{Error, Result};
 use rand::Rng;
 
 /// The model names `sbfnet` lists in its help.
-pub const MODEL_NAMES: [&str; 6] = [
+pub const MODEL_NAMES: [&str; 7] = [
     "resnet20",
     "resnet32",
     "resnet44",
     "resnet56",
     "resnet110",
     "vgg16",
+    "airbench94",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,13 +37,15 @@ pub enum Architecture {
     ResNet { depth: usize },
     /// CIFAR VGG-16 with batch norm.
     Vgg16,
+    /// The airbench94 network (Jordan 2024): whitening conv, three conv groups, GELU.
+    Airbench94,
 }
 
 impl Architecture {
     fn default_width(&self) -> usize {
         match self {
             Architecture::ResNet { .. } => 16,
-            Architecture::Vgg16 => 64,
+            Architecture::Vgg16 | Architecture::Airbench94 => 64,
         }
     }
 }
@@ -72,6 +77,8 @@ impl ModelSpec {
         };
         let architecture = if base == "vgg16" {
             Architecture::Vgg16
+        } else if base == "airbench94" {
+            Architecture::Airbench94
         } else {
             let depth: usize = base
                 .strip_prefix("resnet")
@@ -132,6 +139,17 @@ impl ModelSpec {
                     })
                     .collect()
             }
+            Architecture::Airbench94 => {
+                let widths = [self.width, 4 * self.width, 4 * self.width];
+                let mut in_channels = super::airbench::WHITENING_CHANNELS;
+                let mut slots = Vec::new();
+                for (g, &channels) in widths.iter().enumerate() {
+                    slots.push((format!("group{}.conv1", g + 1), false, in_channels));
+                    slots.push((format!("group{}.conv2", g + 1), false, channels));
+                    in_channels = channels;
+                }
+                slots
+            }
         }
     }
 
@@ -167,6 +185,7 @@ impl ModelSpec {
         let base = match self.architecture {
             Architecture::ResNet { depth } => format!("resnet{depth}"),
             Architecture::Vgg16 => "vgg16".into(),
+            Architecture::Airbench94 => "airbench94".into(),
         };
         if self.width == self.architecture.default_width() {
             base
@@ -201,6 +220,9 @@ impl ModelSpec {
                 rng,
             )),
             Architecture::Vgg16 => Network::Vgg(Vgg::new(store, self.width, &self.convs, NUM_CLASSES, rng)),
+            Architecture::Airbench94 => {
+                Network::Airbench(Airbench::new(store, self.width, &self.convs, NUM_CLASSES, rng))
+            }
         };
         Model {
             spec: self.clone(),
@@ -213,6 +235,7 @@ impl ModelSpec {
 pub enum Network {
     ResNet(ResNet),
     Vgg(Vgg),
+    Airbench(Airbench),
 }
 
 /// A built model: its spec and its layers (the parameters live in a `ParamStore`).
@@ -244,6 +267,7 @@ impl Model {
         match &self.network {
             Network::ResNet(net) => net.forward(tape, x),
             Network::Vgg(net) => net.forward(tape, x),
+            Network::Airbench(net) => net.forward(tape, x),
         }
     }
 
@@ -287,6 +311,16 @@ impl Model {
                 .enumerate()
                 .map(|(i, (conv, bn))| (format!("features.conv{}", i + 1), conv, bn))
                 .collect(),
+            Network::Airbench(net) => net
+                .groups
+                .iter()
+                .flat_map(|g| {
+                    [
+                        (format!("{}.conv1", g.name), &g.conv1, &g.norm1),
+                        (format!("{}.conv2", g.name), &g.conv2, &g.norm2),
+                    ]
+                })
+                .collect(),
         }
     }
 
@@ -310,6 +344,16 @@ impl Model {
                 })
                 .enumerate()
                 .map(|(i, conv)| (format!("features.conv{}", i + 1), conv))
+                .collect(),
+            Network::Airbench(net) => net
+                .groups
+                .iter_mut()
+                .flat_map(|g| {
+                    [
+                        (format!("{}.conv1", g.name), &mut g.conv1),
+                        (format!("{}.conv2", g.name), &mut g.conv2),
+                    ]
+                })
                 .collect(),
         }
     }
@@ -371,6 +415,28 @@ impl Model {
                     }
                 }
                 linear_row(&mut rows, "classifier", &net.classifier);
+            }
+            Network::Airbench(net) => {
+                // The whitening conv: 2×2, no padding, with bias (not an SBF slot).
+                let (c_out, k) = (super::airbench::WHITENING_CHANNELS, 2);
+                (h, w) = (h - k + 1, w - k + 1);
+                let params = c_out * 3 * k * k + c_out;
+                rows.push(LayerRow {
+                    name: "whiten".into(),
+                    kind: "conv2x2".into(),
+                    output: vec![c_out, h, w],
+                    params,
+                    macs: h * w * c_out * 3 * k * k,
+                    dense_params: params,
+                    dense_macs: h * w * c_out * 3 * k * k,
+                });
+                for group in &net.groups {
+                    // conv1 at the group's input size, then the 2×2 pool; conv2 after it.
+                    conv_row(&mut rows, &format!("{}.conv1", group.name), &group.conv1, h, w);
+                    (h, w) = (h / 2, w / 2);
+                    conv_row(&mut rows, &format!("{}.conv2", group.name), &group.conv2, h, w);
+                }
+                linear_row(&mut rows, "head", &net.head);
             }
         }
         rows.push(LayerRow {

@@ -22,4 +22,4 @@ pub use loss::cross_entropy;
 pub use pool::{global_avg_pool, max_pool};
 pub use relu::relu;
 pub use sbf::{sbf_conv2d, SbfConfig, SbfPath, TemplateAssignment, TransformFamily};
-pub use shape::{add, flatten, mul, shortcut_option_a};
+pub use shape::{add, flatten, mul, scale, shortcut_option_a};

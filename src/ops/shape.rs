@@ -96,6 +96,23 @@ pub fn shortcut_option_a(tape: &mut Tape, x: Var, out_channels: usize, stride: u
     })
 }
 
+/// y = s·x for a constant s (airbench's logit scale);  ∂L/∂x = s·∂L/∂y.
+pub fn scale(tape: &mut Tape, x: Var, s: f32) -> Var {
+    let xv = tape.value(x);
+    let y = Tensor {
+        shape: xv.shape.clone(),
+        data: xv.data.iter().map(|v| s * v).collect(),
+    };
+    tape.push(y, &[x], move |grad_y, ctx| {
+        if let Some(g) = ctx.grad(x) {
+            g.data
+                .iter_mut()
+                .zip(&grad_y.data)
+                .for_each(|(gi, gy)| *gi += s * gy);
+        }
+    })
+}
+
 /// [N, C, H, W] → [N, C·H·W] (the data does not move).
 pub fn flatten(tape: &mut Tape, x: Var) -> Var {
     let xv = tape.value(x);

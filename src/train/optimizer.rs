@@ -55,6 +55,9 @@ impl Sgd {
             "Sgd::step: optimiser built for another model"
         );
         for (param, velocity) in store.params.iter_mut().zip(&mut self.velocity) {
+            if !param.trainable {
+                continue;
+            }
             let decay = if param.decay { weight_decay } else { 0.0 };
             // Chunks of the parameter in parallel; the same arithmetic for every element.
             param
@@ -155,6 +158,26 @@ mod tests {
         assert_eq!(
             store.params[0].value.data,
             vec![1.0 - 2.5 * 0.5, -2.0 - 2.5 * 0.25]
+        );
+    }
+
+    #[test]
+    fn a_frozen_parameter_stays_as_it_is() {
+        let mut store = one_param_store(true);
+        let frozen = store.add_frozen("scale", Tensor::from_vec(&[2], vec![1.0, 1.0]));
+        store.params[frozen.0].grad = Tensor::from_vec(&[2], vec![3.0, -3.0]);
+        let config = SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.1,
+        };
+        let mut sgd = Sgd::new(config, &store);
+        sgd.step(&mut store, 1.0);
+        assert_eq!(store.value(frozen).data, vec![1.0, 1.0]);
+        assert_ne!(
+            store.params[0].value.data,
+            vec![1.0, -2.0],
+            "the trainable one moved"
         );
     }
 

@@ -169,7 +169,7 @@ impl Trainer {
         if config.zero_init_residual {
             match &model.network {
                 Network::ResNet(resnet) => resnet.zero_init_residual(&mut store),
-                Network::Vgg(_) => {
+                Network::Vgg(_) | Network::Airbench(_) => {
                     return Err(Error::msg(format!(
                         "`zero_init_residual` needs a model with residual blocks, and {} has none",
                         spec.name()
@@ -437,6 +437,24 @@ impl Trainer {
     /// With `--ema`: the average starts again from the live weights. A pruning step or a
     /// conversion changes the model's parameters (and their shapes), so an average across it would
     /// mix two models; after the ramp's last step it averages the final model only.
+    /// The data-dependent initialisation of a fresh run: airbench94's whitening filters from the
+    /// first 5,000 training images (normalised, not augmented), as the reference does. Other
+    /// models have none.
+    pub fn init_from_data(&mut self, train: &Cifar10) {
+        if let Network::Airbench(net) = &self.model.network {
+            let indices: Vec<usize> = (0..train.len().min(5000)).collect();
+            let mut rng = StdRng::seed_from_u64(0);
+            let (images, _) = crate::data::augment::make_batch(
+                train,
+                &indices,
+                &crate::data::augment::Augmentation::NONE,
+                &mut rng,
+            );
+            net.init_whitening(&mut self.store, &images);
+            self.restart_average();
+        }
+    }
+
     pub fn restart_average(&mut self) {
         if let Some(average) = &mut self.average {
             *average = WeightAverage::new(average.decay, &self.store);

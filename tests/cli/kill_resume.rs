@@ -44,7 +44,7 @@ fn killed_in_the_middle_of_an_epoch_the_run_resumes_to_the_uninterrupted_paramet
 
     // Stop before step 6: epoch 2, after its first batch has changed the parameters in memory.
     let pause_step = STEPS_PER_EPOCH + 2;
-    let (mut child, _, seen) = start_paused(&data, &out, pause_step);
+    let (mut child, _, seen) = start_paused(&data, &out, pause_step, &[]);
     assert!(seen.iter().any(|l| l.starts_with("epoch   1/3")), "{seen:?}");
     let saved = std::fs::read(out.join("last.ckpt")).unwrap();
     kill(&mut child);
@@ -212,14 +212,15 @@ fn a_run_killed_at_random_moments_and_restarted_each_time_ends_as_the_uninterrup
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// The run of [`RUN`] into `out`, started with a pause before `pause_step` and followed until it
+/// The run of [`RUN`] (with `extra` flags) into `out`, started with a pause before `pause_step` and followed until it
 /// pauses there: the child, the rest of its standard output, and the lines it printed before.
 fn start_paused(
     data: &Path,
     out: &Path,
     pause_step: usize,
+    extra: &[&str],
 ) -> (Child, Lines<BufReader<ChildStdout>>, Vec<String>) {
-    let mut child = train_command(data, out, &[])
+    let mut child = train_command(data, out, extra)
         .env("SBFNET_TEST_PAUSE_AT_STEP", pause_step.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -241,8 +242,8 @@ fn start_paused(
 
 /// Sends SIGINT (Ctrl-C) to the run paused before `pause_step`; returns its exit code and the
 /// whole of its standard output.
-fn interrupt_at(data: &Path, out: &Path, pause_step: usize) -> (Option<i32>, String) {
-    let (mut child, lines, mut seen) = start_paused(data, out, pause_step);
+fn interrupt_at(data: &Path, out: &Path, pause_step: usize, extra: &[&str]) -> (Option<i32>, String) {
+    let (mut child, lines, mut seen) = start_paused(data, out, pause_step, extra);
     let sent = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -262,7 +263,7 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
         [(STEPS_PER_EPOCH + 2, 2, 2, "in-epoch-2"), (2, 1, 2, "in-epoch-1")]
     {
         let out = root.join(name);
-        let (code, stdout) = interrupt_at(&data, &out, pause_step);
+        let (code, stdout) = interrupt_at(&data, &out, pause_step, &[]);
         assert_eq!(code, Some(130), "{stdout}");
         let stopped = format!("stopped in epoch {epoch} after {done} of {STEPS_PER_EPOCH} steps");
         let resume = format!("sbfnet train --resume {}", out.join("last.ckpt").display());
@@ -284,4 +285,24 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
         );
     }
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// airbench94 (its whitening filters fitted to the first training images, GELU, max pools,
+/// frozen batch-norm scales): the same seed gives the same bits, and a run stopped with Ctrl-C
+/// in its second epoch resumes to the uninterrupted run's parameters.
+#[test]
+fn airbench94_is_deterministic_and_resumes_bit_exact() {
+    let (root, data) = fixture("airbench94");
+    let extra = ["--model", "airbench94-w4"];
+    let reference = root.join("reference");
+    succeed(&mut train_command(&data, &reference, &extra));
+    let again = root.join("again");
+    succeed(&mut train_command(&data, &again, &extra));
+    assert_same_state(&reference.join("last.ckpt"), &again.join("last.ckpt"));
+    let out = root.join("interrupted");
+    let (code, text) = interrupt_at(&data, &out, STEPS_PER_EPOCH + 2, &extra);
+    assert_eq!(code, Some(130), "{text}");
+    succeed(&mut resume_command(&data, &out));
+    assert_same_state(&out.join("last.ckpt"), &reference.join("last.ckpt"));
+    let _ = std::fs::remove_dir_all(&root);
 }

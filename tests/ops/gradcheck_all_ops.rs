@@ -77,6 +77,7 @@ fn relu_pools_add_mul_flatten_on_odd_sizes_with_batch_above_1() {
     let y = Tensor::normal(&shape, 1.0, &mut rng);
     check("relu", |t, v| ops::relu(t, v[0]), &[x.clone()]);
     check("gelu", |t, v| ops::gelu(t, v[0]), &[y.clone()]);
+    check("scale", |t, v| ops::scale(t, v[0], -0.25), &[y.clone()]);
     // 5×3 → 2×1: the last row and column are dropped by the pool. Values all distinct, spaced
     // 0.05 apart (> 2·step) in a scrambled order, so no finite-difference step changes a window's winner.
     let len = x.len(); // 90; 37 is coprime with it, so i ↦ 37·i mod 90 is a permutation
