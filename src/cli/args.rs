@@ -57,7 +57,7 @@ pub struct RunArgs {
     /// Weight decay of conv and linear weights (not BN, not biases) [default: 5e-4]
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
-    /// cosine|linear|step|onecycle [default: cosine]
+    /// cosine|linear|step|onecycle|airbench [default: cosine]
     #[arg(long)]
     pub schedule: Option<String>,
     /// Epochs of linear learning-rate warm-up [default: 2, at most the epochs less one]

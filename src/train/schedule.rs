@@ -9,6 +9,8 @@
 //!   step:             η(s) = η·0.1^k, k = milestones passed (at 50 % and 75 % of T − W after warm-up)
 //!   one-cycle:        rises linearly from η/25 to η over the first 30 % of T (this replaces the
 //!                     warm-up), then falls as a cosine to 0 at s = T (Smith & Topin 2019)
+//!   airbench:         rises linearly from 0.2·η to η over the first ⌊0.23·T⌋ steps (this replaces
+//!                     the warm-up), then falls linearly to 0.07·η at s = T (airbench94's)
 //!
 //! Re-planned length (a time budget): after warm-up each schedule is a function of its progress p
 //! from 0 to 1 (p = (s − W)/(T − W) above). When the run's length changes from T to T′ at step s₀,
@@ -24,6 +26,7 @@ pub enum ScheduleKind {
     Linear,
     Step,
     OneCycle,
+    Airbench,
 }
 
 impl ScheduleKind {
@@ -33,6 +36,7 @@ impl ScheduleKind {
             ScheduleKind::Linear => "linear",
             ScheduleKind::Step => "step",
             ScheduleKind::OneCycle => "onecycle",
+            ScheduleKind::Airbench => "airbench",
         }
     }
 
@@ -42,6 +46,7 @@ impl ScheduleKind {
             "linear" => Some(ScheduleKind::Linear),
             "step" => Some(ScheduleKind::Step),
             "onecycle" => Some(ScheduleKind::OneCycle),
+            "airbench" => Some(ScheduleKind::Airbench),
             _ => None,
         }
     }
@@ -86,6 +91,14 @@ impl Schedule {
                     base * cosine(progress_from(rise))
                 }
             }
+            ScheduleKind::Airbench => {
+                let rise = self.rise_steps() as f64;
+                if s < rise && anchored.is_none() {
+                    base * (0.2 + 0.8 * s / rise)
+                } else {
+                    base * (1.0 - 0.93 * progress_from(rise))
+                }
+            }
             _ if step < self.warmup_steps && anchored.is_none() => {
                 base * (s + 1.0) / self.warmup_steps as f64
             }
@@ -115,9 +128,15 @@ impl Schedule {
         let (s, total) = (step as f64, self.total_steps.max(1) as f64);
         let start = match self.kind {
             ScheduleKind::OneCycle => (0.3 * total).max(1.0),
+            ScheduleKind::Airbench => self.rise_steps() as f64,
             _ => self.warmup_steps as f64,
         };
         (s >= start).then(|| ((s - start) / (total - start).max(1.0)).clamp(0.0, 1.0))
+    }
+
+    /// The airbench schedule's rise: ⌊0.23·T⌋ steps, at least 1.
+    fn rise_steps(&self) -> usize {
+        ((0.23 * self.total_steps as f64) as usize).max(1)
     }
 
     /// This schedule for a run of `total_steps` instead, re-planned at `step`: it keeps the rate
@@ -212,6 +231,7 @@ mod tests {
             ScheduleKind::Linear,
             ScheduleKind::Step,
             ScheduleKind::OneCycle,
+            ScheduleKind::Airbench,
         ] {
             assert_eq!(ScheduleKind::parse(k.name()), Some(k));
         }
@@ -248,5 +268,23 @@ mod tests {
             ..schedule(ScheduleKind::Cosine)
         };
         assert!(rebuilt.learning_rate(50) < 0.9 * schedule(ScheduleKind::Cosine).learning_rate(50));
+    }
+
+    #[test]
+    fn airbench_rises_from_a_fifth_and_ends_at_seven_hundredths() {
+        let s = Schedule {
+            kind: ScheduleKind::Airbench,
+            base: 2.0,
+            warmup_steps: 0,
+            total_steps: 100,
+            anchor: None,
+        };
+        // ⌊0.23·100⌋ = 23 rising steps, as the reference's int(total·0.23).
+        assert!((s.learning_rate(0) - 0.4).abs() < 1e-6);
+        assert!((s.learning_rate(23) - 2.0).abs() < 1e-6);
+        assert!((s.learning_rate(100) - 0.14).abs() < 1e-6);
+        let rates: Vec<f32> = (0..=100).map(|i| s.learning_rate(i)).collect();
+        assert!(rates[..24].windows(2).all(|w| w[0] < w[1]) && rates[23..].windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(ScheduleKind::parse("airbench"), Some(ScheduleKind::Airbench));
     }
 }

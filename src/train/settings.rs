@@ -91,8 +91,9 @@ pub const SETTINGS: &[Setting] = &[
         name: "schedule",
         get: |c| c.schedule.name().to_string(),
         set: |c, t| {
-            c.schedule = ScheduleKind::parse(t)
-                .ok_or_else(|| format!("\"{t}\" is unknown (expected cosine, linear, step or onecycle)"))?;
+            c.schedule = ScheduleKind::parse(t).ok_or_else(|| {
+                format!("\"{t}\" is unknown (expected cosine, linear, step, onecycle or airbench)")
+            })?;
             Ok(())
         },
         saved: true,
@@ -174,7 +175,7 @@ mod tests {
         let err = config.set("schedule", "exponential").unwrap_err().to_string();
         assert_eq!(
             err,
-            "`schedule` \"exponential\" is unknown (expected cosine, linear, step or onecycle)"
+            "`schedule` \"exponential\" is unknown (expected cosine, linear, step, onecycle or airbench)"
         );
         let err = config.set("learning_rate", "fast").unwrap_err().to_string();
         assert_eq!(err, "`learning_rate` \"fast\" is not a valid value");
