@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// with this decay per step (e.g. 0.999: about the last 1000 steps) [default: none]
     #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f32>,
+    /// Pull the weights back to a slow copy every 5 steps (lookahead with airbench94's
+    /// schedule): --lookahead, --lookahead true|false [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub lookahead: Option<bool>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
@@ -165,6 +169,7 @@ impl RunArgs {
             ("seed", text(&self.seed)),
             ("time_budget_minutes", text(&self.time_budget)),
             ("zero_init_residual", text(&self.zero_init_residual)),
+            ("lookahead", text(&self.lookahead)),
             ("ema_decay", text(&self.ema)),
         ]
         .into_iter()

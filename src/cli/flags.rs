@@ -20,6 +20,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("time_budget_minutes", "--time-budget"),
     ("zero_init_residual", "--zero-init-residual"),
     ("ema_decay", "--ema"),
+    ("lookahead", "--lookahead"),
     ("eval_every", "--eval-every"),
     ("test_views", "--tta"),
     ("on_nonfinite", "--on-nonfinite"),

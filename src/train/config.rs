@@ -32,6 +32,9 @@ pub struct TrainConfig {
     /// Evaluate and save an exponential moving average of the weights with this decay per
     /// step ([`super::WeightAverage`]); None: the live weights.
     pub ema_decay: Option<f32>,
+    /// Pull the weights back to a slow copy every 5 steps with airbench94's schedule
+    /// ([`super::lookahead::Lookahead`]).
+    pub lookahead: bool,
 }
 
 impl TrainConfig {
@@ -55,6 +58,7 @@ impl TrainConfig {
             seed: 0,
             time_budget_minutes: None,
             zero_init_residual: false,
+            lookahead: false,
             ema_decay: None,
         }
     }

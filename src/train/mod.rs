@@ -4,6 +4,7 @@
 pub mod config;
 pub mod distillation;
 pub mod evaluate;
+pub mod lookahead;
 pub mod metrics;
 pub mod numerics;
 pub mod optimizer;

@@ -128,6 +128,8 @@ pub const SETTINGS: &[Setting] = &[
     // Checkpoints from before this setting started every block's last γ at 1.
     plain!("zero_init_residual", zero_init_residual, Some("false")),
     optional!("ema_decay", ema_decay),
+    // Checkpoints from before this setting had no lookahead.
+    plain!("lookahead", lookahead, Some("false")),
 ];
 
 /// The setting called `name`.

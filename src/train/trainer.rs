@@ -35,6 +35,7 @@
 use super::config::TrainConfig;
 use super::distillation::Distillation;
 use super::evaluate::{evaluate, Evaluation};
+use super::lookahead::{self, Lookahead};
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::Sgd;
 use super::parallel::{data_parallel_gradients, Objective};
@@ -149,6 +150,8 @@ pub struct Trainer {
     pub taylor: TaylorScores,
     /// The moving average of the weights that evaluation and checkpoints use (`--ema`).
     pub average: Option<WeightAverage>,
+    /// The slow weights of `--lookahead`.
+    pub lookahead: Option<Lookahead>,
     /// Knowledge distillation from a teacher; None: plain cross-entropy.
     pub distillation: Option<Distillation>,
     /// The unfinished epoch `epoch + 1`, when a run stopped inside it; None between epochs.
@@ -179,6 +182,7 @@ impl Trainer {
         }
         let optimizer = Sgd::new(config.sgd, &store);
         let average = config.ema_decay.map(|decay| WeightAverage::new(decay, &store));
+        let lookahead = config.lookahead.then(|| Lookahead::new(&store));
         let worker_gradients = (0..config.shards).map(|_| store.zeros_like_params()).collect();
         Ok(Trainer {
             model,
@@ -197,6 +201,7 @@ impl Trainer {
             pruning: None,
             distillation: None,
             average,
+            lookahead,
             taylor: TaylorScores::default(),
             partial: None,
             worker_gradients,
@@ -239,6 +244,9 @@ impl Trainer {
             });
             if let (None, Some(average)) = (&fault, &mut self.average) {
                 average.update(&self.store);
+            }
+            if let (None, Some(slow)) = (&fault, &mut self.lookahead) {
+                slow.after_step(self.step + 1, self.schedule.total_steps, &mut self.store);
             }
         }
         self.step += 1;
@@ -434,9 +442,6 @@ impl Trainer {
         self.restart_average();
     }
 
-    /// With `--ema`: the average starts again from the live weights. A pruning step or a
-    /// conversion changes the model's parameters (and their shapes), so an average across it would
-    /// mix two models; after the ramp's last step it averages the final model only.
     /// The data-dependent initialisation of a fresh run: airbench94's whitening filters from the
     /// first 5,000 training images (normalised, not augmented), as the reference does. Other
     /// models have none.
@@ -455,9 +460,16 @@ impl Trainer {
         }
     }
 
+    /// With `--ema`: the average starts again from the live weights; with `--lookahead`, the
+    /// slow weights too. A pruning step or a conversion changes the model's parameters (and their
+    /// shapes), so an average across it would mix two models; after the ramp's last step it
+    /// averages the final model only.
     pub fn restart_average(&mut self) {
         if let Some(average) = &mut self.average {
             *average = WeightAverage::new(average.decay, &self.store);
+        }
+        if let Some(slow) = &mut self.lookahead {
+            *slow = Lookahead::new(&self.store);
         }
     }
 
@@ -471,6 +483,9 @@ impl Trainer {
             }
             if let Some(average) = &mut self.average {
                 average.store.params[id.0].value = self.store.value(*id).clone();
+            }
+            if let Some(slow) = &mut self.lookahead {
+                slow.slow.params[id.0].value = self.store.value(*id).clone();
             }
         }
     }
@@ -503,6 +518,10 @@ impl Trainer {
             metadata.push((EMA_UPDATES_KEY.into(), average.updates.to_string()));
             let live = model_tensors(&self.store).into_iter();
             tensors.extend(live.map(|(name, t)| (format!("{LIVE_PREFIX}{name}"), t)));
+        }
+        if let Some(slow) = &self.lookahead {
+            let tensors_of_slow = model_tensors(&slow.slow).into_iter();
+            tensors.extend(tensors_of_slow.map(|(name, t)| (format!("{}{name}", lookahead::PREFIX), t)));
         }
         tensors.extend(self.optimizer.export(&self.store));
         tensors.extend(self.taylor.to_tensors());
@@ -548,6 +567,9 @@ impl Trainer {
             average.store = trainer.store.clone();
             average.updates = number(checkpoint, path, EMA_UPDATES_KEY)?;
             load_prefixed_model_tensors(&mut trainer.store, checkpoint, path, LIVE_PREFIX)?;
+        }
+        if let Some(slow) = &mut trainer.lookahead {
+            load_prefixed_model_tensors(&mut slow.slow, checkpoint, path, lookahead::PREFIX)?;
         }
         let store = &trainer.store;
         trainer

@@ -288,12 +288,19 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
 }
 
 /// airbench94 (its whitening filters fitted to the first training images, GELU, max pools,
-/// frozen batch-norm scales): the same seed gives the same bits, and a run stopped with Ctrl-C
-/// in its second epoch resumes to the uninterrupted run's parameters.
+/// frozen batch-norm scales) with its schedule and lookahead (pulls after steps 5 and 10, the
+/// slow weights taken after step 12): the same seed gives the same bits, and a run stopped with
+/// Ctrl-C after step 5 resumes to the uninterrupted run's parameters (the slow weights are saved).
 #[test]
 fn airbench94_is_deterministic_and_resumes_bit_exact() {
     let (root, data) = fixture("airbench94");
-    let extra = ["--model", "airbench94-w4"];
+    let extra = [
+        "--model",
+        "airbench94-w4",
+        "--lookahead",
+        "--schedule",
+        "airbench",
+    ];
     let reference = root.join("reference");
     succeed(&mut train_command(&data, &reference, &extra));
     let again = root.join("again");

@@ -33,6 +33,7 @@ fn config(epochs: usize) -> TrainConfig {
         time_budget_minutes: None,
         zero_init_residual: false,
         ema_decay: None,
+        lookahead: false,
     }
 }
 

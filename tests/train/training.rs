@@ -137,6 +137,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         time_budget_minutes: None,
         zero_init_residual: false,
         ema_decay: None,
+        lookahead: false,
     }
 }
 
