@@ -28,6 +28,9 @@ pub struct Parameter {
     /// Whether the optimiser updates it (false: fixed by design, like airbench's whitening
     /// filters and batch-norm scales; its gradient is still computed).
     pub trainable: bool,
+    /// Its learning rate is this multiple of the run's (1 but for airbench's batch-norm biases,
+    /// 64); its weight decay is divided by it, so the decay per step stays the same.
+    pub lr_scale: f32,
 }
 
 /// A named tensor that is saved with the model but not trained by gradients.
@@ -70,6 +73,7 @@ impl ParamStore {
             grad,
             decay,
             trainable: true,
+            lr_scale: 1.0,
         });
         ParamId(self.params.len() - 1)
     }

@@ -337,14 +337,23 @@ pub fn limited(mut set: Cifar10, limit: Option<usize>, flag: &str) -> Result<Cif
 }
 
 /// The settings of a fresh run: the recipe, changed by the flags given.
-pub(super) fn fresh_config(args: &RunArgs, threads: usize) -> Result<TrainConfig> {
-    let mut config = TrainConfig::recipe();
+/// The settings of a fresh run: the recipe the model selects ([`TrainConfig::recipe_for`]), then
+/// every flag given.
+pub(super) fn fresh_config(
+    args: &RunArgs,
+    spec: &sbfnet::nn::ModelSpec,
+    threads: usize,
+) -> Result<TrainConfig> {
+    let mut config = TrainConfig::recipe_for(spec);
+    let preset_warmup = config.warmup_epochs;
     config.shards = threads;
     for (setting, text) in args.given_settings() {
         config.set(setting, &text)?;
     }
     match args.warmup_epochs {
         Some(warmup) => validate::check_warmup(warmup, config.epochs)?,
+        // A recipe without warm-up keeps none; otherwise the default of the run's length.
+        None if preset_warmup == 0 => config.warmup_epochs = 0,
         None => config.warmup_epochs = TrainConfig::default_warmup_epochs(config.epochs),
     }
     Ok(config)

@@ -70,7 +70,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     let threads = run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let config = args::fresh_config(&run, threads)?;
+    let config = args::fresh_config(&run, &spec, threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

@@ -193,7 +193,9 @@ fn open_resumed(args: &TrainArgs) -> Result<Option<Resumed>> {
 
 /// The model and settings of a fresh run, after checking everything that does not depend on the data.
 fn fresh_model(args: &TrainArgs, threads: usize) -> Result<(ModelSpec, TrainConfig)> {
-    let config = fresh_config(&args.run, threads)?;
+    // The model's name picks the recipe; the recipe's epochs shape a pruning plan.
+    let model_name = args.model.as_deref().unwrap_or("resnet20");
+    let config = fresh_config(&args.run, &model_spec(model_name, "dense")?, threads)?;
     let convs = match (args.pruning.settings(config.epochs)?, &args.convs) {
         (Some(_), Some(_)) => {
             return Err(Error::msg(
@@ -203,7 +205,7 @@ fn fresh_model(args: &TrainArgs, threads: usize) -> Result<(ModelSpec, TrainConf
         (Some((plan, _)), None) => plan,
         (None, convs) => convs.clone().unwrap_or("dense".into()),
     };
-    let spec = model_spec(args.model.as_deref().unwrap_or("resnet20"), &convs)?;
+    let spec = model_spec(model_name, &convs)?;
     if config.zero_init_residual && !matches!(spec.architecture, Architecture::ResNet { .. }) {
         return Err(Error::msg(format!(
             "--zero-init-residual needs a model with residual blocks, and {} has none",
@@ -285,6 +287,9 @@ pub(super) fn print_run_header(
     }
     if let Some(decay) = config.ema_decay {
         model_options += &format!(", weights averaged (decay {decay})");
+    }
+    if config.lookahead {
+        model_options += ", lookahead every 5 steps";
     }
     println!(
         "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \

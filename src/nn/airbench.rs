@@ -49,10 +49,16 @@ pub struct Airbench {
     pub head: Linear,
 }
 
-/// A batch norm with its scale frozen at 1, ε = 1e-12 and momentum 0.4 (the reference's).
+/// The learning-rate multiple of the batch-norm biases (the reference's `bias_scaler`).
+pub const BATCH_NORM_BIAS_LR_SCALE: f32 = 64.0;
+
+/// A batch norm with its scale frozen at 1, ε = 1e-12 and momentum 0.4 (the reference's), its
+/// bias at 64× the learning rate and under weight decay like every trained parameter there.
 fn batch_norm(store: &mut ParamStore, name: &str, channels: usize) -> BatchNorm2d {
     let mut bn = BatchNorm2d::new(store, name, channels);
     store.params[bn.gamma.0].trainable = false;
+    let beta = &mut store.params[bn.beta.0];
+    (beta.lr_scale, beta.decay) = (BATCH_NORM_BIAS_LR_SCALE, true);
     (bn.eps, bn.momentum) = (1e-12, 0.4);
     bn
 }
@@ -109,6 +115,7 @@ impl Airbench {
         };
         let whiten = Conv2d::new(store, "whiten", 3, WHITENING_CHANNELS, 2, valid, true, rng);
         store.params[whiten.weight.0].trainable = false;
+        store.params[whiten.bias.expect("the whitening conv has a bias").0].decay = true;
         let mut inputs = WHITENING_CHANNELS;
         let groups = [width, 4 * width, 4 * width]
             .iter()

@@ -63,6 +63,45 @@ impl TrainConfig {
         }
     }
 
+    /// The recipe a model selects, which every flag can override: airbench94's for airbench94
+    /// (batch 1024; Nesterov SGD, momentum 0.85; its schedule; label smoothing 0.2; lookahead;
+    /// alternating flips; 10 epochs), [`TrainConfig::recipe`] for the others.
+    ///
+    /// The reference sums its loss over the batch and sets lr = 11.5 / k and weight decay
+    /// 0.0153·B / k per parameter group with k = 1024·(1 + 1/(1 − 0.85)); for sbfnet's mean loss
+    /// the same steps are lr = 11.5·B/k = 1.50 and λ = 0.0153·B/(11.5·B) = 0.00133 (the batch-norm
+    /// biases at 64× the rate with λ/64 come from the model, `Parameter::lr_scale`).
+    pub fn recipe_for(spec: &crate::nn::ModelSpec) -> TrainConfig {
+        match spec.architecture {
+            crate::nn::model::Architecture::Airbench94 => {
+                let k = 1024.0 * (1.0 + 1.0 / (1.0 - 0.85));
+                TrainConfig {
+                    epochs: 10,
+                    batch_size: 1024,
+                    learning_rate: 11.5 * 1024.0 / k,
+                    sgd: SgdConfig {
+                        momentum: 0.85,
+                        nesterov: true,
+                        weight_decay: 0.0153 / 11.5,
+                    },
+                    schedule: ScheduleKind::Airbench,
+                    warmup_epochs: 0,
+                    label_smoothing: 0.2,
+                    // The reference translates by up to 2 pixels with reflect padding; the nearest
+                    // here is the 4-pixel zero-padded crop.
+                    augmentation: Augmentation {
+                        crop: true,
+                        flip: crate::data::augment::Flip::Alternating,
+                        rotation_degrees: 0.0,
+                    },
+                    lookahead: true,
+                    ..TrainConfig::recipe()
+                }
+            }
+            _ => TrainConfig::recipe(),
+        }
+    }
+
     /// The warm-up a run of `epochs` epochs gets unless told otherwise: 2 epochs, but never the
     /// whole run (a 1-epoch run has none, a 2-epoch run warms up for 1), so that the learning
     /// rate of a short trial run still reaches its peak and decays.
@@ -191,6 +230,23 @@ impl TrainConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn airbench94_selects_its_recipe_and_the_others_the_default() {
+        let airbench = TrainConfig::recipe_for(&crate::nn::ModelSpec::parse_name("airbench94").unwrap());
+        assert_eq!(
+            (airbench.batch_size, airbench.epochs, airbench.warmup_epochs),
+            (1024, 10, 0)
+        );
+        assert!((airbench.learning_rate - 1.5).abs() < 1e-3 && airbench.lookahead);
+        assert_eq!(
+            (airbench.schedule, airbench.label_smoothing),
+            (ScheduleKind::Airbench, 0.2)
+        );
+        assert_eq!(airbench.augmentation.describe(), "crop+altflip");
+        let resnet = TrainConfig::recipe_for(&crate::nn::ModelSpec::parse_name("resnet20").unwrap());
+        assert_eq!(resnet, TrainConfig::recipe());
+    }
+
     use super::*;
 
     #[test]

@@ -58,7 +58,9 @@ impl Sgd {
             if !param.trainable {
                 continue;
             }
-            let decay = if param.decay { weight_decay } else { 0.0 };
+            // A parameter's own rate; its decay divided by the same factor (decay per step = lr·λ).
+            let (learning_rate, scale) = (learning_rate * param.lr_scale, param.lr_scale);
+            let decay = if param.decay { weight_decay / scale } else { 0.0 };
             // Chunks of the parameter in parallel; the same arithmetic for every element.
             param
                 .value
@@ -158,6 +160,29 @@ mod tests {
         assert_eq!(
             store.params[0].value.data,
             vec![1.0 - 2.5 * 0.5, -2.0 - 2.5 * 0.25]
+        );
+    }
+
+    #[test]
+    fn a_scaled_learning_rate_keeps_the_decay_per_step() {
+        let mut store = one_param_store(true);
+        store.params[0].lr_scale = 4.0;
+        let config = SgdConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        };
+        let mut sgd = Sgd::new(config, &store);
+        sgd.step(&mut store, 0.5);
+        // w − (4·0.5)·(g + (0.1/4)·w): the gradient at 4× the rate, the decay per step 0.5·0.1·w.
+        let want: Vec<f32> = [(1.0f32, 0.5f32), (-2.0, 0.25)]
+            .iter()
+            .map(|&(w, g)| w - 2.0 * g - 0.5 * 0.1 * w)
+            .collect();
+        let got = &store.params[0].value.data;
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{got:?} vs {want:?}"
         );
     }
 
