@@ -111,8 +111,9 @@ pub struct RunArgs {
     /// end there; not repeatable bit for bit, since the length depends on the machine's speed
     #[arg(long, allow_negative_numbers = true)]
     pub time_budget: Option<f32>,
-    /// Test-time augmentation of those evaluations: none, or flip (each test image and its mirror
-    /// image, logits averaged; twice the evaluation time) [default: none]
+    /// Test-time augmentation of those evaluations: none, flip (each test image and its mirror
+    /// image, logits averaged; twice the evaluation time), or flip+shift (airbench94's level 2:
+    /// also the image shifted a pixel up-left and down-right, each mirrored; six views) [default: none]
     #[arg(long)]
     pub tta: Option<String>,
     /// A NaN or infinite loss or gradient: stop (keep the last checkpoint and exit with the step

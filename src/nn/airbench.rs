@@ -42,7 +42,7 @@ pub struct AirbenchGroup {
 
 #[derive(Clone, Debug)]
 pub struct Airbench {
-    /// The 2×2 whitening conv: weight frozen, bias trained.
+    /// The 2×2 whitening conv: weight frozen, bias trained in the first 3 epochs.
     pub whiten: Conv2d,
     pub groups: Vec<AirbenchGroup>,
     /// 4w → classes; its bias is frozen at 0 (the reference has none).
@@ -145,6 +145,16 @@ impl Airbench {
         *store.value_mut(self.whiten.weight) = filters;
     }
 
+    /// Epochs in which the whitening conv's bias trains (the reference's `whiten_bias_epochs`).
+    pub const WHITENING_BIAS_EPOCHS: usize = 3;
+
+    /// Lets the whitening bias train during the first [`Airbench::WHITENING_BIAS_EPOCHS`] epochs
+    /// and freezes it after (`completed` = epochs finished before the current one).
+    pub fn freeze_whitening_bias_after(&self, completed: usize, store: &mut ParamStore) {
+        let bias = self.whiten.bias.expect("the whitening conv has a bias");
+        store.params[bias.0].trainable = completed < Self::WHITENING_BIAS_EPOCHS;
+    }
+
     /// image [N, 3, 32, 32] → logits [N, classes]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         let h = self.whiten.forward(tape, x);
@@ -201,6 +211,12 @@ mod tests {
         let w = store.value(conv.weight);
         assert_eq!(w.data[(5 * 24 + 5) * 9 + 4], 1.0);
         assert_eq!(w.data[(5 * 24 + 6) * 9 + 4], 0.0);
+        // The whitening bias trains in epochs 1–3 (0–2 completed before them) only.
+        let bias = net.whiten.bias.unwrap();
+        net.freeze_whitening_bias_after(2, &mut store);
+        assert!(store.params[bias.0].trainable);
+        net.freeze_whitening_bias_after(3, &mut store);
+        assert!(!store.params[bias.0].trainable);
         // Forward on a small width: logits [N, 10].
         let small = ModelSpec::parse_name("airbench94-w4").unwrap();
         let mut store = ParamStore::default();

@@ -42,6 +42,10 @@ pub enum TestViews {
     /// Test-time augmentation: the image and its mirror image; the prediction
     /// and the loss come from the mean of their two logit vectors.
     PlainAndMirrored,
+    /// airbench94's level 2: half the weight on the image and its mirror image, half on the
+    /// image shifted one pixel up-left and one pixel down-right (reflect padding), each with its
+    /// mirror image: logits = ½·m(x) + ¼·m(x↖) + ¼·m(x↘), m(v) = ½·(f(v) + f(mirror(v))).
+    MirroredAndShifted,
 }
 
 impl TestViews {
@@ -50,8 +54,9 @@ impl TestViews {
         match text {
             "none" => Ok(TestViews::Plain),
             "flip" => Ok(TestViews::PlainAndMirrored),
+            "flip+shift" => Ok(TestViews::MirroredAndShifted),
             other => Err(Error::msg(format!(
-                "`test_views`: unknown test-time augmentation {other:?}: expected none or flip"
+                "`test_views`: unknown test-time augmentation {other:?}: expected none, flip or flip+shift"
             ))),
         }
     }
@@ -60,6 +65,7 @@ impl TestViews {
         match self {
             TestViews::Plain => "none",
             TestViews::PlainAndMirrored => "flip",
+            TestViews::MirroredAndShifted => "flip+shift",
         }
     }
 }
@@ -70,6 +76,33 @@ impl TestViews {
 /// parallel, so at most `batch_size` images' activations are alive at once.
 pub fn evaluate(model: &Model, store: &ParamStore, set: &Cifar10, batch_size: usize) -> Evaluation {
     evaluate_views(model, store, set, batch_size, TestViews::Plain)
+}
+
+/// The batch x [N, C, H, W] moved by `d` pixels down and right (d = ±1), the uncovered row and
+/// column filled by reflection: out[y, x] = x_pad[y + 1 − d, x + 1 − d] of the 1-pixel reflect
+/// padding (the reference's crops (0, 0) and (2, 2) of it).
+fn shift_reflect(x: &Tensor, d: isize) -> Tensor {
+    let [_, _, h, w] = x.nchw("shift_reflect");
+    // Reflect padding: index −1 → 1, index n → n − 2.
+    let reflect = |i: isize, n: usize| -> usize {
+        if i < 0 {
+            (-i) as usize
+        } else if i as usize >= n {
+            2 * n - 2 - i as usize
+        } else {
+            i as usize
+        }
+    };
+    let mut out = Tensor::zeros(&x.shape);
+    for (plane_out, plane) in out.data.chunks_mut(h * w).zip(x.data.chunks(h * w)) {
+        for y in 0..h {
+            let source_y = reflect(y as isize - d, h);
+            for col in 0..w {
+                plane_out[y * w + col] = plane[source_y * w + reflect(col as isize - d, w)];
+            }
+        }
+    }
+    out
 }
 
 /// [`evaluate`], looking at each image through `views`:
@@ -104,13 +137,24 @@ pub fn evaluate_views_with_progress(
             .par_chunks(shard_size)
             .map(|shard| {
                 let (x, labels) = make_batch(set, shard, &Augmentation::NONE, &mut StdRng::seed_from_u64(0));
+                // m(v) = ½·(f(v) + f(mirror(v)))
+                let mirrored_mean = |v: Tensor| {
+                    let mirrored = eval_logits(model, store, flip_horizontally(&v));
+                    let mut logits = eval_logits(model, store, v);
+                    for (a, b) in logits.data.iter_mut().zip(&mirrored.data) {
+                        *a = 0.5 * (*a + b);
+                    }
+                    logits
+                };
                 let logits = match views {
                     TestViews::Plain => eval_logits(model, store, x),
-                    TestViews::PlainAndMirrored => {
-                        let mirrored = eval_logits(model, store, flip_horizontally(&x));
-                        let mut logits = eval_logits(model, store, x);
-                        for (a, b) in logits.data.iter_mut().zip(&mirrored.data) {
-                            *a = 0.5 * (*a + b);
+                    TestViews::PlainAndMirrored => mirrored_mean(x),
+                    TestViews::MirroredAndShifted => {
+                        let (up_left, down_right) = (shift_reflect(&x, -1), shift_reflect(&x, 1));
+                        let mut logits = mirrored_mean(x);
+                        let (a, b) = (mirrored_mean(up_left), mirrored_mean(down_right));
+                        for ((l, a), b) in logits.data.iter_mut().zip(&a.data).zip(&b.data) {
+                            *l = 0.5 * *l + 0.25 * (a + b);
                         }
                         logits
                     }
@@ -238,15 +282,57 @@ mod tests {
     fn test_views_parse_their_flag_values() {
         assert_eq!(TestViews::parse("none").unwrap(), TestViews::Plain);
         assert_eq!(TestViews::parse("flip").unwrap(), TestViews::PlainAndMirrored);
+        assert_eq!(
+            TestViews::parse("flip+shift").unwrap(),
+            TestViews::MirroredAndShifted
+        );
+        assert_eq!(TestViews::MirroredAndShifted.describe(), "flip+shift");
         assert!(TestViews::parse("mirror")
             .unwrap_err()
             .message
-            .contains("expected none or flip"));
+            .contains("expected none, flip or flip+shift"));
     }
 
     #[test]
     fn predictions_pick_the_first_largest_logit() {
         let logits = Tensor::from_vec(&[3, 3], vec![0.1, 0.9, 0.3, 2.0, 2.0, 1.0, -1.0, -3.0, -0.5]);
         assert_eq!(predictions(&logits), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn a_shift_moves_the_image_a_pixel_and_reflects_at_the_border() {
+        // One 3×3 plane 0..9 row by row. Down-right: out[y][x] = in[y−1][x−1], −1 reflected to 1.
+        let x = Tensor::from_vec(&[1, 1, 3, 3], (0..9).map(|v| v as f32).collect());
+        assert_eq!(
+            shift_reflect(&x, 1).data,
+            vec![4.0, 3.0, 4.0, 1.0, 0.0, 1.0, 4.0, 3.0, 4.0]
+        );
+        // Up-left: out[y][x] = in[y+1][x+1], 3 reflected to 1.
+        assert_eq!(
+            shift_reflect(&x, -1).data,
+            vec![4.0, 5.0, 4.0, 7.0, 8.0, 7.0, 4.0, 5.0, 4.0]
+        );
+    }
+
+    #[test]
+    fn on_images_that_shifts_and_mirrors_leave_alone_all_views_agree() {
+        // Every image one colour: its mirror image and its shifts are itself, so the six-view
+        // mean (weights ½ on the mirror pair, ¼ on each shifted pair) is the plain logits.
+        let mut set = Cifar10::default();
+        for i in 0..6u8 {
+            set.images
+                .extend((0..3 * 1024).map(|p| i * 30 + (p / 1024) as u8 * 10));
+            set.labels.push(i % 10);
+        }
+        let (model, store) = tiny_model(3);
+        let plain = evaluate_views(&model, &store, &set, 4, TestViews::Plain);
+        let six = evaluate_views(&model, &store, &set, 4, TestViews::MirroredAndShifted);
+        assert!(
+            (plain.loss - six.loss).abs() < 1e-5,
+            "{} vs {}",
+            plain.loss,
+            six.loss
+        );
+        assert_eq!(plain.accuracy, six.accuracy);
     }
 }

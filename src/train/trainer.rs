@@ -215,6 +215,10 @@ impl Trainer {
     /// the update is not made (the step still counts); see [`numerics`].
     pub fn train_step(&mut self, x: &Tensor, labels: &[usize]) -> StepResult {
         let learning_rate = self.schedule.learning_rate(self.step);
+        if let Network::Airbench(net) = &self.model.network {
+            // airbench94's whitening bias trains in the first 3 epochs only.
+            net.freeze_whitening_bias_after(self.epoch, &mut self.store);
+        }
         let model = &self.model;
         let (loss, correct, statistics) = data_parallel_gradients(
             &mut self.store,

@@ -484,7 +484,7 @@ fn settings_are_refused_before_the_data_is_read() {
         ),
         (
             vec!["--tta", "rotate"],
-            "--tta: unknown test-time augmentation \"rotate\": expected none or flip",
+            "--tta: unknown test-time augmentation \"rotate\": expected none, flip or flip+shift",
         ),
         (
             vec!["--ema", "1"],
