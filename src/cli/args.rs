@@ -67,7 +67,8 @@ pub struct RunArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
     /// Training augmentation: crop+flip, crop, flip or none; altflip instead of flip mirrors each
-    /// image in every other epoch instead of at random (e.g. crop+altflip) [default: crop+flip]
+    /// image in every other epoch instead of at random (e.g. crop+altflip); translateN instead of
+    /// crop shifts by up to N pixels with reflect padding (e.g. translate2+altflip) [default: crop+flip]
     #[arg(long)]
     pub augment: Option<String>,
     /// Start every residual block as the identity (the γ of its last batch norm at 0):

@@ -35,6 +35,9 @@ pub const CROP_PADDING: usize = 4;
 pub struct Augmentation {
     /// Random 32×32 crop of the 4-pixel zero-padded image.
     pub crop: bool,
+    /// Random shift by up to this many pixels in each direction, the uncovered border filled by
+    /// reflection (airbench94's translate-2); 0: none. Not with `crop`.
+    pub translate: usize,
     /// Horizontal flip: never, at random, or alternating from epoch to epoch.
     pub flip: Flip,
     /// Largest rotation in degrees (uniform in [−r, r]); 0 disables rotation.
@@ -45,6 +48,7 @@ impl Augmentation {
     /// No augmentation: evaluation batches.
     pub const NONE: Augmentation = Augmentation {
         crop: false,
+        translate: 0,
         flip: Flip::Never,
         rotation_degrees: 0.0,
     };
@@ -52,6 +56,7 @@ impl Augmentation {
     /// The standard CIFAR recipe: crop + flip, no rotation.
     pub const CROP_FLIP: Augmentation = Augmentation {
         crop: true,
+        translate: 0,
         flip: Flip::Random,
         rotation_degrees: 0.0,
     };
@@ -61,6 +66,9 @@ impl Augmentation {
         let mut parts = Vec::new();
         if self.crop {
             parts.push("crop".to_string());
+        }
+        if self.translate > 0 {
+            parts.push(format!("translate{}", self.translate));
         }
         match self.flip {
             Flip::Never => {}
@@ -85,7 +93,13 @@ impl Augmentation {
         }
         for part in text.split('+') {
             match part {
+                "crop" if augmentation.translate > 0 => return None,
                 "crop" => augmentation.crop = true,
+                _ if part.starts_with("translate") && augmentation.crop => return None,
+                _ if part.starts_with("translate") => {
+                    augmentation.translate =
+                        part.strip_prefix("translate")?.parse().ok().filter(|&n| n > 0)?
+                }
                 "flip" | "altflip" if augmentation.flip != Flip::Never => return None,
                 "flip" => augmentation.flip = Flip::Random,
                 "altflip" => augmentation.flip = Flip::Alternating,
@@ -134,9 +148,12 @@ pub struct RunPosition {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct ImageTransform {
     flip: bool,
-    /// Crop offsets in the padded image, 0..=2·CROP_PADDING (CROP_PADDING = centred).
-    crop_y: usize,
-    crop_x: usize,
+    /// Shift: output (y, x) reads the (flipped) image at (y + dy, x + dx); a crop of the
+    /// CROP_PADDING-padded image is a shift by −CROP_PADDING..=CROP_PADDING.
+    dy: isize,
+    dx: isize,
+    /// Outside the image: reflection (translate) instead of zeros (crop).
+    reflect: bool,
     /// Rotation angle in radians.
     angle: f32,
 }
@@ -144,8 +161,9 @@ struct ImageTransform {
 impl ImageTransform {
     const IDENTITY: ImageTransform = ImageTransform {
         flip: false,
-        crop_y: CROP_PADDING,
-        crop_x: CROP_PADDING,
+        dy: 0,
+        dx: 0,
+        reflect: false,
         angle: 0.0,
     };
 
@@ -159,8 +177,14 @@ impl ImageTransform {
     ) -> ImageTransform {
         let mut t = ImageTransform::IDENTITY;
         if augmentation.crop {
-            t.crop_y = rng.gen_range(0..=2 * CROP_PADDING);
-            t.crop_x = rng.gen_range(0..=2 * CROP_PADDING);
+            t.dy = rng.gen_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
+            t.dx = rng.gen_range(0..=2 * CROP_PADDING) as isize - CROP_PADDING as isize;
+        }
+        if augmentation.translate > 0 {
+            let n = augmentation.translate;
+            t.dy = rng.gen_range(0..=2 * n) as isize - n as isize;
+            t.dx = rng.gen_range(0..=2 * n) as isize - n as isize;
+            t.reflect = true;
         }
         t.flip = match augmentation.flip {
             Flip::Never => false,
@@ -172,6 +196,18 @@ impl ImageTransform {
             t.angle = rng.gen_range(-r..=r).to_radians();
         }
         t
+    }
+}
+
+/// Index `i` of a row of `n` mirrored at the ends without repeating them (−1 → 1, n → n − 2), as
+/// reflect padding does.
+fn reflect(i: isize, n: isize) -> isize {
+    if i < 0 {
+        -i
+    } else if i >= n {
+        2 * n - 2 - i
+    } else {
+        i
     }
 }
 
@@ -208,8 +244,10 @@ fn transform_image(image: &[u8], t: &ImageTransform, out: &mut [f32]) {
         for y in 0..side {
             for x in 0..side {
                 let x_flipped = if t.flip { side - 1 - x } else { x };
-                let y_cropped = y + t.crop_y as isize - CROP_PADDING as isize;
-                let x_cropped = x_flipped + t.crop_x as isize - CROP_PADDING as isize;
+                let (mut y_cropped, mut x_cropped) = (y + t.dy, x_flipped + t.dx);
+                if t.reflect {
+                    (y_cropped, x_cropped) = (reflect(y_cropped, side), reflect(x_cropped, side));
+                }
                 let raw = if t.angle == 0.0 {
                     pixel(plane, y_cropped, x_cropped)
                 } else {
@@ -347,8 +385,8 @@ mod tests {
         let set = ramp_set();
         // Offsets (1, 7): the window starts 3 rows above and 3 columns right of the image's origin.
         let crop = ImageTransform {
-            crop_y: 1,
-            crop_x: 7,
+            dy: 1 - CROP_PADDING as isize,
+            dx: 7 - CROP_PADDING as isize,
             ..ImageTransform::IDENTITY
         };
         let mut out = vec![0.0; IMAGE_BYTES];
@@ -389,10 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn translate_shifts_and_fills_the_border_by_reflection() {
+        let set = ramp_set();
+        // Shift (−2, +1): output (y, x) reads (y − 2, x + 1), mirrored at the edges.
+        let shift = ImageTransform {
+            dy: -2,
+            dx: 1,
+            reflect: true,
+            ..ImageTransform::IDENTITY
+        };
+        let mut out = vec![0.0; IMAGE_BYTES];
+        transform_image(set.image(0), &shift, &mut out);
+        let mirror = |i: isize| if i < 0 { -i } else if i > 31 { 62 - i } else { i } as usize;
+        for c in 0..3 {
+            for y in 0..32isize {
+                for x in 0..32isize {
+                    let raw = set.image(0)[c * 1024 + mirror(y - 2) * 32 + mirror(x + 1)];
+                    assert_eq!(out[c * 1024 + (y * 32 + x) as usize], normalised(raw, c));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn same_seed_gives_the_same_batch_and_another_seed_does_not() {
         let set = ramp_set();
         let augmentation = Augmentation {
             crop: true,
+            translate: 0,
             flip: Flip::Random,
             rotation_degrees: 10.0,
         };
@@ -409,11 +471,19 @@ mod tests {
             Augmentation::CROP_FLIP,
             Augmentation {
                 crop: false,
+                translate: 0,
                 flip: Flip::Random,
                 rotation_degrees: 7.5,
             },
             Augmentation {
                 crop: true,
+                translate: 0,
+                flip: Flip::Alternating,
+                rotation_degrees: 0.0,
+            },
+            Augmentation {
+                crop: false,
+                translate: 2,
                 flip: Flip::Alternating,
                 rotation_degrees: 0.0,
             },
@@ -421,6 +491,8 @@ mod tests {
             assert_eq!(Augmentation::parse(&a.describe()), Some(a));
         }
         assert_eq!(Augmentation::parse("crop+wobble"), None);
+        assert_eq!(Augmentation::parse("crop+translate2"), None);
+        assert_eq!(Augmentation::parse("translate0"), None);
         assert_eq!(Augmentation::parse("flip+altflip"), None);
     }
 
@@ -456,6 +528,7 @@ mod tests {
         let set = ramp_set();
         let augmentation = Augmentation {
             crop: false,
+            translate: 0,
             flip: Flip::Alternating,
             rotation_degrees: 0.0,
         };

@@ -65,7 +65,7 @@ impl TrainConfig {
 
     /// The recipe a model selects, which every flag can override: airbench94's for airbench94
     /// (batch 1024; Nesterov SGD, momentum 0.85; its schedule; label smoothing 0.2; lookahead;
-    /// alternating flips; 10 epochs), [`TrainConfig::recipe`] for the others.
+    /// translate-2 and alternating flips; 10 epochs), [`TrainConfig::recipe`] for the others.
     ///
     /// The reference sums its loss over the batch and sets lr = 11.5 / k and weight decay
     /// 0.0153·B / k per parameter group with k = 1024·(1 + 1/(1 − 0.85)); for sbfnet's mean loss
@@ -87,10 +87,10 @@ impl TrainConfig {
                     schedule: ScheduleKind::Airbench,
                     warmup_epochs: 0,
                     label_smoothing: 0.2,
-                    // The reference translates by up to 2 pixels with reflect padding; the nearest
-                    // here is the 4-pixel zero-padded crop.
+                    // Shifts of up to 2 pixels, reflect-padded, and alternating flips.
                     augmentation: Augmentation {
-                        crop: true,
+                        crop: false,
+                        translate: 2,
                         flip: crate::data::augment::Flip::Alternating,
                         rotation_degrees: 0.0,
                     },
@@ -242,7 +242,7 @@ mod tests {
             (airbench.schedule, airbench.label_smoothing),
             (ScheduleKind::Airbench, 0.2)
         );
-        assert_eq!(airbench.augmentation.describe(), "crop+altflip");
+        assert_eq!(airbench.augmentation.describe(), "translate2+altflip");
         let resnet = TrainConfig::recipe_for(&crate::nn::ModelSpec::parse_name("resnet20").unwrap());
         assert_eq!(resnet, TrainConfig::recipe());
     }

@@ -130,6 +130,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         label_smoothing: 0.0,
         augmentation: Augmentation {
             crop: true,
+            translate: 0,
             flip: Flip::Random,
             rotation_degrees: 5.0,
         },
@@ -297,6 +298,7 @@ fn distillation_pulls_the_student_towards_the_teacher() {
     let indices: Vec<usize> = (0..32).collect();
     let none = Augmentation {
         crop: false,
+        translate: 0,
         flip: Flip::Never,
         rotation_degrees: 0.0,
     };
