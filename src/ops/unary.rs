@@ -6,7 +6,12 @@ use crate::tensor::{Tensor, PARALLEL_CHUNK};
 use rayon::prelude::*;
 
 /// y = f(x) elementwise, any shape, with the backward ∂L/∂x = ∂L/∂y · `derivative(x)`.
-pub fn elementwise(tape: &mut Tape, x: Var, f: fn(f32) -> f32, derivative: fn(f32) -> f32) -> Var {
+pub fn elementwise(
+    tape: &mut Tape,
+    x: Var,
+    f: impl Fn(f32) -> f32 + Sync,
+    derivative: impl Fn(f32) -> f32 + Send + Sync + 'static,
+) -> Var {
     let x_value = tape.value(x);
     let y = Tensor {
         shape: x_value.shape.clone(),
