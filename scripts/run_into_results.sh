@@ -17,12 +17,15 @@ group=${model%%-w*}
 out=runs/results/$group/$run
 dest=results/${GROUP:-$group}/$run
 mkdir -p "$(dirname "$out")" "$dest"
+# A run stopped with Ctrl-C (exit 130) still has its metrics copied; its status is the script's.
+status=0
 if [ -f "$out/last.ckpt" ]; then
-  target/release/sbfnet train --resume "$out/last.ckpt"
+  target/release/sbfnet train --resume "$out/last.ckpt" || status=$?
 else
-  target/release/sbfnet train --model "$model" "$@" --out "$out"
+  target/release/sbfnet train --model "$model" "$@" --out "$out" || status=$?
 fi
 target/release/sbfnet report "runs/results/$group" --write-summaries > /dev/null
 for file in metrics.csv pruning.csv command.txt summary.txt; do
   if [ -f "$out/$file" ]; then cp "$out/$file" "$dest/"; fi
 done
+exit "$status"
