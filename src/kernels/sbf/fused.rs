@@ -44,11 +44,12 @@ pub fn fused_forward(
     masks: &[f32],
     output: &mut [f32],
 ) {
-    shape.check("X", input.len(), shape.input_len());
-    shape.check("B", templates.len(), shape.templates_len());
-    shape.check("T", masks.len(), shape.masks_len());
-    shape.check("Y", output.len(), shape.output_len());
-    assignment.validate("fused_forward", shape.out_channels, shape.templates);
+    check_operands(
+        "fused_forward",
+        shape,
+        assignment,
+        [input, templates, masks, output],
+    );
     if output.is_empty() {
         return;
     }
@@ -61,6 +62,16 @@ pub fn fused_forward(
             fused_forward_tiled::<2, 6>(shape, assignment, input, templates, masks, output)
         }
     }
+}
+
+/// Panics, naming `op` and the sizes, unless X, B, T and Y (or R) and the assignment fit `shape`.
+fn check_operands(op: &str, shape: &SbfShape, assignment: &TemplateAssignment, buffers: [&[f32]; 4]) {
+    let [x, b, t, y] = buffers;
+    shape.check("X", x.len(), shape.input_len());
+    shape.check("B", b.len(), shape.templates_len());
+    shape.check("T", t.len(), shape.masks_len());
+    shape.check("Y or R", y.len(), shape.output_len());
+    assignment.validate(op, shape.out_channels, shape.templates);
 }
 
 /// The operands of the fused kernels that depend on the weights, not on the image.
@@ -222,11 +233,12 @@ pub fn fused_backward(
     grad_output: &[f32],
     grads: SbfGrads,
 ) {
-    shape.check("X", input.len(), shape.input_len());
-    shape.check("B", templates.len(), shape.templates_len());
-    shape.check("T", masks.len(), shape.masks_len());
-    shape.check("R", grad_output.len(), shape.output_len());
-    assignment.validate("fused_backward", shape.out_channels, shape.templates);
+    check_operands(
+        "fused_backward",
+        shape,
+        assignment,
+        [input, templates, masks, grad_output],
+    );
     if grad_output.is_empty() {
         return;
     }

@@ -350,9 +350,8 @@ fn fused(
     let plane = shape.out_plane();
     let conv_shape: ConvShape = shape.conv_shape();
     // Weff [N, C, K, K], for the passes that go through the dense conv.
-    let weff = |b: &Tensor, t: &Tensor| {
-        effective_filters(b, t, &assignment.clone(), shape.groups, TransformFamily::Scalar)
-    };
+    let weff =
+        |b: &Tensor, t: &Tensor| effective_filters(b, t, assignment, shape.groups, TransformFamily::Scalar);
     // Y[b,n,·] = Σ_g Σ_tap t(n,g,tap) · Z[b,g,tap,m(n),·],  Z = Σ_{i∈g} X[b,i,·+tap] · B[m,i,tap]
     let mut y = Tensor::zeros(&[
         shape.batch,
