@@ -9,10 +9,12 @@
 #   scripts/run_into_results.sh MODEL RUN [sbfnet train flags...]
 # e.g. scripts/run_into_results.sh resnet20 sbf-55-lstsq-8ep --epochs 8 --warmup-epochs 1 --prune-rate 0.55
 # then: target/release/sbfnet report results/resnet20 --plot docs/results-resnet20.png
+# SBFNET_BIN=path runs another binary (e.g. a copy, so a rebuild mid-run cannot change it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 run=$2
 shift 2
+bin=${SBFNET_BIN:-target/release/sbfnet}
 group=${model%%-w*}
 out=runs/results/$group/$run
 dest=results/${GROUP:-$group}/$run
@@ -20,11 +22,11 @@ mkdir -p "$(dirname "$out")" "$dest"
 # A run stopped with Ctrl-C (exit 130) still has its metrics copied; its status is the script's.
 status=0
 if [ -f "$out/last.ckpt" ]; then
-  target/release/sbfnet train --resume "$out/last.ckpt" || status=$?
+  "$bin" train --resume "$out/last.ckpt" || status=$?
 else
-  target/release/sbfnet train --model "$model" "$@" --out "$out" || status=$?
+  "$bin" train --model "$model" "$@" --out "$out" || status=$?
 fi
-target/release/sbfnet report "runs/results/$group" --write-summaries > /dev/null
+"$bin" report "runs/results/$group" --write-summaries > /dev/null
 for file in metrics.csv pruning.csv command.txt summary.txt; do
   if [ -f "$out/$file" ]; then cp "$out/$file" "$dest/"; fi
 done
