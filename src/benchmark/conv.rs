@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rand::{rngs::StdRng, SeedableRng};
 
-use super::{median, median_cpu_seconds, median_seconds, PEAK_GFLOPS_PER_CORE};
+use super::{fma_peak_gflops_on, median, median_cpu_seconds, median_seconds};
 use crate::kernels::{conv, ConvShape};
 use crate::{Error, Result, Tensor};
 
@@ -284,7 +284,7 @@ pub fn scaling(
         for _ in 0..rounds {
             for (side, &pool_index) in sides.iter().enumerate() {
                 let pool = &pools[pool_index].1;
-                fma[side].push(fma_throughput_gflops_on(pool));
+                fma[side].push(fma_peak_gflops_on(pool, crate::kernels::simd::Isa::active()));
             }
             for (side, &pool_index) in sides.iter().enumerate() {
                 let pool = &pools[pool_index].1;
@@ -381,55 +381,29 @@ const CONTROL_TASK_STEPS: usize = 15_000;
 fn fork_join_control() {
     use rayon::prelude::*;
     (0..CONTROL_TASKS).into_par_iter().for_each(|_| {
-        std::hint::black_box(fma_chains(CONTROL_TASK_STEPS));
+        std::hint::black_box(
+            crate::kernels::simd::fma_chains::<crate::kernels::simd::F32x8<16>>(CONTROL_TASK_STEPS),
+        );
     });
 }
 
-/// Throughput of independent `f32x8` FMA chains on every thread of `pool` at
-/// once, in GFLOP/s of the whole pool: about PEAK_GFLOPS_PER_CORE per thread
-/// when f32x8 runs as one 256-bit FMA, half or less when it falls back to two
-/// 128-bit halves or separate multiply and add. It is also the vector peak
-/// the machine really gives that many threads (a VM's cores may share a
-/// physical core or be throttled together): the ceiling of any kernel's
-/// speed-up from 1 to that many threads.
-pub fn fma_throughput_gflops_on(pool: &rayon::ThreadPool) -> f64 {
-    let start = std::time::Instant::now();
-    let flops: f64 = pool.broadcast(|_| fma_chains(20_000_000)).into_iter().sum();
-    flops / start.elapsed().as_secs_f64() / 1e9
-}
-
-/// 12 independent f32x8 FMA chains, `steps` steps each; returns the FLOPs done.
-fn fma_chains(steps: usize) -> f64 {
-    use wide::f32x8;
-    const CHAINS: usize = 12;
-    let multiplier = f32x8::splat(std::hint::black_box(0.999_999));
-    let addend = f32x8::splat(std::hint::black_box(1e-7));
-    let mut chains = [f32x8::splat(1.0); CHAINS];
-    for _ in 0..std::hint::black_box(steps) {
-        for chain in chains.iter_mut() {
-            *chain = chain.mul_add(multiplier, addend);
-        }
-    }
-    std::hint::black_box(chains);
-    (steps * CHAINS * 8 * 2) as f64
-}
-
 /// Benchmarks every shape in the current rayon pool (`threads` threads) and
-/// prints one row per pass; PyTorch's figures for the same thread count, when
-/// given, are printed beside ours with the ratio ours / PyTorch.
+/// prints one row per pass, with its share of `peak` (GFLOP/s of the pool,
+/// measured: [`fma_peak_gflops_on`]); PyTorch's figures for the same thread
+/// count, when given, are printed beside ours with the ratio ours / PyTorch.
 pub fn run(
     shapes: &[BenchShape],
     threads: usize,
+    peak: f64,
     torch: Option<&TorchFigures>,
     min_seconds: f64,
     clock: Clock,
     out: &mut impl Write,
 ) -> std::io::Result<Vec<(BenchShape, PassTimes)>> {
-    let peak = PEAK_GFLOPS_PER_CORE * threads as f64;
     writeln!(out, "instruction set: {}", super::instruction_set())?;
     writeln!(
         out,
-        "threads: {threads}, FP32 peak for them: {peak:.0} GFLOP/s, clock: {clock:?}"
+        "threads: {threads}, FP32 peak for them (measured): {peak:.0} GFLOP/s, clock: {clock:?}"
     )?;
     writeln!(
         out,

@@ -8,21 +8,45 @@ use std::time::Instant;
 pub mod conv;
 pub mod train_step;
 
-/// This machine's FP32 peak per core (2 FMA pipes × 8 lanes × 2 flops × ~3.65 GHz),
-/// measured with ../shared/bench/fma_peak.c: about 117 GFLOP/s.
-pub const PEAK_GFLOPS_PER_CORE: f64 = 117.0;
-
-/// The vector instructions this binary was compiled to use.
-pub fn instruction_set() -> &'static str {
-    if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
-        "AVX2+FMA (f32x8 runs as one 256-bit register)"
-    } else if cfg!(target_feature = "avx") {
-        "AVX without FMA"
-    } else if cfg!(target_feature = "sse2") {
-        "SSE2 only (f32x8 runs as two 128-bit halves: build with .cargo/config.toml)"
+/// The vector instructions the kernels run: the instruction set chosen at run
+/// time, what this CPU offers, and the build's baseline.
+pub fn instruction_set() -> String {
+    use crate::kernels::simd::Isa;
+    let baseline = if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+        "AVX2+FMA"
     } else {
-        "no x86 SIMD"
-    }
+        "no AVX2+FMA: build with .cargo/config.toml"
+    };
+    let available: Vec<&str> = Isa::available().into_iter().map(Isa::name).collect();
+    format!(
+        "{} (chosen at run time; this CPU runs {}; SBFNET_ISA=avx2|avx512 forces one; build baseline {baseline})",
+        Isa::active().name(),
+        available.join(", ")
+    )
+}
+
+/// FP32 FMA throughput of every thread of `pool` at once with the widest
+/// vector of `isa`, in GFLOP/s of the whole pool: the peak that `sbfnet bench`
+/// divides by. It is also the vector peak the machine really gives that many
+/// threads (a VM's cores may share a physical core or be throttled together):
+/// the ceiling of any kernel's speed-up from 1 to that many threads.
+pub fn fma_peak_gflops_on(pool: &rayon::ThreadPool, isa: crate::kernels::simd::Isa) -> f64 {
+    use crate::kernels::simd::{fma_chains, F32x16, F32x8, Isa};
+    assert!(
+        isa.is_supported(),
+        "fma_peak_gflops_on: this CPU does not run {}",
+        isa.name()
+    );
+    let steps = 20_000_000;
+    let start = Instant::now();
+    let flops: f64 = pool
+        .broadcast(|_| match isa {
+            Isa::Avx2 => fma_chains::<F32x8<16>>(steps),
+            Isa::Avx512 => fma_chains::<F32x16>(steps / 2),
+        })
+        .into_iter()
+        .sum();
+    flops / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Median seconds per call of `f`, after `warmup` calls, over `reps` repetitions

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use sbfnet::benchmark::{self, conv};
+use sbfnet::kernels::simd::Isa;
 use sbfnet::{Error, Result};
 
 #[derive(Args)]
@@ -32,9 +33,6 @@ pub struct BenchArgs {
     /// and best against best, under a fork-join control row; 0 skips it.
     #[arg(long, default_value_t = 7)]
     scaling_rounds: usize,
-    /// Skip the f32x8 FMA throughput check printed above each table.
-    #[arg(long)]
-    no_fma_check: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -64,13 +62,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             println!("(no PyTorch run with {threads} threads in the JSON)");
         }
         println!();
-        if !args.no_fma_check {
-            println!(
-                "f32x8 FMA throughput of {threads} thread(s) at once: {:.1} GFLOP/s (peak {:.0})",
-                conv::fma_throughput_gflops_on(pool),
-                benchmark::PEAK_GFLOPS_PER_CORE * threads as f64
-            );
-        }
+        // The FMA peak of every instruction set this CPU runs; %peak uses the active one's.
+        let peaks: Vec<(Isa, f64)> = Isa::available()
+            .into_iter()
+            .map(|isa| (isa, benchmark::fma_peak_gflops_on(pool, isa)))
+            .collect();
+        let listed: Vec<String> = peaks
+            .iter()
+            .map(|(isa, gflops)| format!("{} {gflops:.1}", isa.name()))
+            .collect();
+        println!(
+            "FMA peak of {threads} thread(s) at once, GFLOP/s: {}",
+            listed.join(", ")
+        );
+        let active = Isa::active();
+        let peak = peaks.iter().find(|(isa, _)| *isa == active).map_or(0.0, |p| p.1);
         pool.install(|| {
             let clock = if args.cpu_time {
                 conv::Clock::CpuPerThread
@@ -80,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             conv::run(
                 &shapes,
                 threads,
+                peak,
                 reference,
                 args.min_seconds,
                 clock,

@@ -60,7 +60,10 @@ enum Command {
 }
 
 pub fn run() -> sbfnet::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // A bad SBFNET_ISA stops every command before any kernel runs.
+    sbfnet::kernels::simd::Isa::from_env()?;
+    match command {
         Command::System => {
             println!("instruction set: {}", sbfnet::benchmark::instruction_set());
             println!("threads: {}", rayon::current_num_threads());

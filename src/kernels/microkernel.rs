@@ -1,28 +1,101 @@
 //! Register-blocked FMA microkernels shared by the fast convolution kernels
-//! (`kernels::conv`). Each computes one small tile of a matrix product whose
-//! accumulators stay in the 16 AVX2 registers for the whole reduction.
+//! (`kernels::conv`) and the fused SBF kernels (`kernels::sbf`). Each computes
+//! one small tile of a matrix product whose accumulators stay in vector
+//! registers for the whole reduction. They are generic over the vector
+//! ([`Vector`]: 8 or 16 lanes, 16 or 32 registers), written once and compiled
+//! for AVX2 and AVX-512 (see `kernels::simd`).
 //!
 //! Both read the "B" operand straight out of a prepared source buffer through
 //! a table of offsets ("implicit GEMM"): column j of B starts at `bases[j]`,
-//! row k is `offsets[k]` further, and 8 neighbouring columns are 8 neighbouring
-//! floats (the conv kernels arrange this by padding and phase-splitting images).
-//! So no im2col matrix is ever built.
+//! row k is `offsets[k]` further, and the LANES neighbouring columns of one
+//! vector are LANES neighbouring floats (the conv kernels arrange this by
+//! padding and phase-splitting images). So no im2col matrix is ever built.
 //!
-//! Register budget (AVX2: 16 × 256-bit): a tile of 12 8-lane accumulators,
-//! plus the short side of the tile held in registers and one streamed
-//! operand (12 + 2 + 1 = 15). Tiles of 4 × 3 (12 + 3 + 1 = 16 registers)
-//! spilled and ran at half speed, so the tiles are 6 × 2 and 2 × 6.
+//! Register budget: a tile of ROWS × VECTORS accumulators, plus the short side
+//! of the tile held in registers and one streamed operand. With 16 registers
+//! (AVX2): 6 × 2 and 2 × 6 (12 + 2 + 1 = 15; tiles of 4 × 3, 12 + 3 + 1 = 16,
+//! spilled and ran at half speed). With 32 (AVX-512): 12 × 2 and 4 × 6
+//! (24 + 2 + 1 and 24 + 4 + 1).
 
-use wide::f32x8;
+use super::simd::{lanes_of, Vector};
 
-/// Lanes of one vector: neighbouring output pixels (or reduction pixels).
-pub const LANES: usize = 8;
+/// The widest vector's lanes.
+pub const MAX_LANES: usize = 16;
 
 /// Zeroed floats kept after the last image of a source buffer, so that the
 /// unused lanes of a vector that overhangs the last row stay inside the buffer.
-pub const SOURCE_SLACK: usize = 2 * LANES;
+pub const SOURCE_SLACK: usize = 2 * MAX_LANES;
 
-/// B[k, j .. j+8] = source[j + `offsets[k]` .. j + `offsets[k]` + 8]: a matrix read
+/// The two register tiles of a vector type: a tall one (more rows of A than
+/// vectors of B) and a wide one.
+#[derive(Clone, Copy, Debug)]
+pub enum Tiling {
+    /// 6 × 2 with 16 registers, 12 × 2 with 32.
+    Tall,
+    /// 2 × 6 with 16 registers, 4 × 6 with 32.
+    Wide,
+}
+
+impl Tiling {
+    /// (ROWS, VECTORS) of this tile for `registers` vector registers.
+    pub fn shape(self, registers: usize) -> (usize, usize) {
+        match (self, registers >= 32) {
+            (Tiling::Tall, false) => (6, 2),
+            (Tiling::Wide, false) => (2, 6),
+            (Tiling::Tall, true) => (12, 2),
+            (Tiling::Wide, true) => (4, 6),
+        }
+    }
+
+    /// The tile that wastes the fewest padded multiply-adds for `rows` rows
+    /// of the product and `vectors` vectors of pixels, with `registers` registers.
+    pub fn choose(registers: usize, rows: usize, vectors: usize) -> Tiling {
+        let padded = |tiling: Tiling| {
+            let (tile_rows, tile_vectors) = tiling.shape(registers);
+            rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
+        };
+        // Tall when it wastes at most as much: it loads less per multiply-add.
+        if padded(Tiling::Tall) <= padded(Tiling::Wide) {
+            Tiling::Tall
+        } else {
+            Tiling::Wide
+        }
+    }
+}
+
+/// Runs `$body` with the const generics `$rows`, `$vectors` set to the shape of
+/// `tiling` for `V`'s registers: `with_tile!(V, tiling, R, C => f::<V, R, C>())`.
+macro_rules! with_tile {
+    ($v:ty, $tiling:expr, $rows:ident, $vectors:ident => $body:expr) => {{
+        use $crate::kernels::microkernel::Tiling;
+        use $crate::kernels::simd::Vector;
+        match ($tiling, <$v as Vector>::REGISTERS >= 32) {
+            (Tiling::Tall, false) => {
+                const $rows: usize = 6;
+                const $vectors: usize = 2;
+                $body
+            }
+            (Tiling::Wide, false) => {
+                const $rows: usize = 2;
+                const $vectors: usize = 6;
+                $body
+            }
+            (Tiling::Tall, true) => {
+                const $rows: usize = 12;
+                const $vectors: usize = 2;
+                $body
+            }
+            (Tiling::Wide, true) => {
+                const $rows: usize = 4;
+                const $vectors: usize = 6;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_tile;
+
+/// B[k, j .. j+LANES] = source[j + `offsets[k]` .. j + `offsets[k]` + LANES]: a matrix read
 /// out of `source` through a table of per-row offsets.
 ///
 /// `run`: the rows come in runs of `run` neighbouring floats,
@@ -70,23 +143,16 @@ impl<'a> GatherMatrix<'a> {
     }
 }
 
-/// Unaligned 8-float load.
-///
-/// # Safety
-/// `pointer .. pointer + 8` must be readable.
-#[inline(always)]
-unsafe fn load(pointer: *const f32) -> f32x8 {
-    (pointer as *const f32x8).read_unaligned()
-}
-
 /// One register tile of C = A · B (forward pass and input gradient):
 ///
 /// ```text
-///   tile[r][v] = Σ_k  a[k·ROWS + r] · B[k, bases[v] .. bases[v] + 8]
+///   tile[r][v] = Σ_k  a[k·ROWS + r] · B[k, bases[v] .. bases[v] + LANES]
 /// ```
 ///
 /// `a` is one packed panel of A (ROWS rows interleaved, k-major); each
-/// `bases[v]` selects 8 neighbouring columns of B.
+/// `bases[v]` selects LANES neighbouring columns of B. Each lane sums over k
+/// in order with one FMA per k, so the result does not depend on V or the
+/// tile shape.
 ///
 /// RUN (= `b`'s run): k goes in runs k = g·RUN + j whose B rows are j floats
 /// apart, so the loop reads one offset per run and the j loop is unrolled
@@ -94,21 +160,21 @@ unsafe fn load(pointer: *const f32) -> f32x8 {
 /// 2 column loads and 6 broadcasts and little else: with RUN = 1 the offset
 /// load and address adds pushed it past the 4 µops/cycle front end.
 #[inline(always)]
-pub fn gemm_tile<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
+pub fn gemm_tile<V: Vector, const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     a: &[f32],
     b: &GatherMatrix,
     bases: &[usize; VECTORS],
-) -> [[f32x8; VECTORS]; ROWS] {
+) -> [[V; VECTORS]; ROWS] {
     assert_eq!(b.run, RUN, "gemm_tile: RUN differs from the matrix's runs");
     let depth = b.depth();
     assert!(a.len() >= depth * ROWS, "gemm_tile: packed panel too short");
     for &base in bases {
         assert!(
-            base + b.max_offset + LANES <= b.source.len(),
+            base + b.max_offset + V::LANES <= b.source.len(),
             "gemm_tile: column out of the source"
         );
     }
-    let mut tile = [[f32x8::ZERO; VECTORS]; ROWS];
+    let mut tile = [[V::zero(); VECTORS]; ROWS];
     let a = a.as_ptr();
     let source = b.source.as_ptr();
     for first in (0..depth).step_by(RUN) {
@@ -118,28 +184,28 @@ pub fn gemm_tile<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
             let (k, offset) = (first + j, run_offset + j);
             // SAFETY: k < depth (depth is a multiple of RUN); a holds depth·ROWS
             // floats; offset = offsets[k] (runs checked by `with_runs`), and every
-            // base + offsets[k] + 8 ≤ source.len() (checked above with max_offset).
+            // base + offsets[k] + LANES ≤ source.len() (checked above with max_offset).
             unsafe {
                 if ROWS > VECTORS {
                     // Tall tile: keep the VECTORS columns, stream the broadcasts.
-                    let mut columns = [f32x8::ZERO; VECTORS];
+                    let mut columns = [V::zero(); VECTORS];
                     for v in 0..VECTORS {
-                        columns[v] = load(source.add(bases[v] + offset));
+                        columns[v] = V::load(source.add(bases[v] + offset));
                     }
                     for r in 0..ROWS {
-                        let a_value = f32x8::splat(*a.add(k * ROWS + r));
+                        let a_value = V::splat(*a.add(k * ROWS + r));
                         for v in 0..VECTORS {
                             tile[r][v] = a_value.mul_add(columns[v], tile[r][v]);
                         }
                     }
                 } else {
                     // Wide tile: keep the ROWS broadcasts, stream the columns.
-                    let mut a_values = [f32x8::ZERO; ROWS];
+                    let mut a_values = [V::zero(); ROWS];
                     for r in 0..ROWS {
-                        a_values[r] = f32x8::splat(*a.add(k * ROWS + r));
+                        a_values[r] = V::splat(*a.add(k * ROWS + r));
                     }
                     for v in 0..VECTORS {
-                        let column = load(source.add(bases[v] + offset));
+                        let column = V::load(source.add(bases[v] + offset));
                         for r in 0..ROWS {
                             tile[r][v] = a_values[r].mul_add(column, tile[r][v]);
                         }
@@ -197,60 +263,60 @@ impl Default for PixelPairs {
 }
 
 /// One register tile of the weight gradient dW = dY · Bᵀ, a reduction over
-/// pixels, 8 pixels per lane:
+/// pixels, LANES pixels per vector:
 ///
 /// ```text
-///   tile[r][j] = Σ_(g, s) in pairs  grad[g + row_starts[r] .. +8] ⊙ source[s + tap_offsets[j] .. +8]
+///   tile[r][j] = Σ_(g, s) in pairs  grad[g + row_starts[r] .. +LANES] ⊙ source[s + tap_offsets[j] .. +LANES]
 /// ```
 ///
-/// (lane-wise; the caller sums the 8 lanes once at the end).
+/// (lane-wise; the caller sums the lanes once at the end).
 #[inline(always)]
-pub fn dot_tile<const ROWS: usize, const COLS: usize>(
+pub fn dot_tile<V: Vector, const ROWS: usize, const COLS: usize>(
     grad: &[f32],
     row_starts: &[usize; ROWS],
     source: &[f32],
     tap_offsets: &[usize; COLS],
     pairs: &PixelPairs,
-) -> [[f32x8; COLS]; ROWS] {
+) -> [[V; COLS]; ROWS] {
     if pairs.pairs.is_empty() {
-        return [[f32x8::ZERO; COLS]; ROWS];
+        return [[V::zero(); COLS]; ROWS];
     }
     let max_row = row_starts.iter().copied().max().unwrap_or(0);
     let max_tap = tap_offsets.iter().copied().max().unwrap_or(0);
     assert!(
-        pairs.max_grad + max_row + LANES <= grad.len(),
+        pairs.max_grad + max_row + V::LANES <= grad.len(),
         "dot_tile: gradient out of range"
     );
     assert!(
-        pairs.max_source + max_tap + LANES <= source.len(),
+        pairs.max_source + max_tap + V::LANES <= source.len(),
         "dot_tile: source out of range"
     );
-    let mut tile = [[f32x8::ZERO; COLS]; ROWS];
+    let mut tile = [[V::zero(); COLS]; ROWS];
     let grad = grad.as_ptr();
     let source = source.as_ptr();
     for &(grad_index, source_index) in &pairs.pairs {
-        // SAFETY: every index + start + 8 is within its buffer (checked above).
+        // SAFETY: every index + start + LANES is within its buffer (checked above).
         unsafe {
             if ROWS > COLS {
                 // Tall tile: keep the COLS source columns, stream the gradient rows.
-                let mut columns = [f32x8::ZERO; COLS];
+                let mut columns = [V::zero(); COLS];
                 for j in 0..COLS {
-                    columns[j] = load(source.add(source_index + tap_offsets[j]));
+                    columns[j] = V::load(source.add(source_index + tap_offsets[j]));
                 }
                 for r in 0..ROWS {
-                    let row = load(grad.add(grad_index + row_starts[r]));
+                    let row = V::load(grad.add(grad_index + row_starts[r]));
                     for j in 0..COLS {
                         tile[r][j] = row.mul_add(columns[j], tile[r][j]);
                     }
                 }
             } else {
                 // Wide tile: keep the ROWS gradient rows, stream the source columns.
-                let mut rows = [f32x8::ZERO; ROWS];
+                let mut rows = [V::zero(); ROWS];
                 for r in 0..ROWS {
-                    rows[r] = load(grad.add(grad_index + row_starts[r]));
+                    rows[r] = V::load(grad.add(grad_index + row_starts[r]));
                 }
                 for j in 0..COLS {
-                    let column = load(source.add(source_index + tap_offsets[j]));
+                    let column = V::load(source.add(source_index + tap_offsets[j]));
                     for r in 0..ROWS {
                         tile[r][j] = rows[r].mul_add(column, tile[r][j]);
                     }
@@ -263,12 +329,13 @@ pub fn dot_tile<const ROWS: usize, const COLS: usize>(
 
 /// `destination[start + i·step] += values[i]` for the first `lanes` lanes.
 #[inline(always)]
-pub fn add_lanes(destination: &mut [f32], start: usize, step: usize, values: f32x8, lanes: usize) {
-    if step == 1 && lanes == LANES {
-        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
-        *slot = *(f32x8::from(*slot) + values).as_array_ref();
+pub fn add_lanes<V: Vector>(destination: &mut [f32], start: usize, step: usize, values: V, lanes: usize) {
+    if step == 1 && lanes == V::LANES {
+        let slot = &mut destination[start..start + V::LANES];
+        // SAFETY: slot holds LANES floats.
+        unsafe { V::load(slot.as_ptr()).add(values).store(slot.as_mut_ptr()) };
     } else {
-        let values = values.as_array_ref();
+        let values = lanes_of(values);
         for i in 0..lanes {
             destination[start + i * step] += values[i];
         }
@@ -277,19 +344,36 @@ pub fn add_lanes(destination: &mut [f32], start: usize, step: usize, values: f32
 
 /// `destination[start .. start + lanes] = values[.. lanes]`.
 #[inline(always)]
-pub fn store_lanes(destination: &mut [f32], start: usize, values: f32x8, lanes: usize) {
-    let values = values.as_array_ref();
-    if lanes == LANES {
-        let slot: &mut [f32; LANES] = (&mut destination[start..start + LANES]).try_into().unwrap();
-        *slot = *values;
+pub fn store_lanes<V: Vector>(destination: &mut [f32], start: usize, values: V, lanes: usize) {
+    if lanes == V::LANES {
+        let slot = &mut destination[start..start + V::LANES];
+        // SAFETY: slot holds LANES floats.
+        unsafe { values.store(slot.as_mut_ptr()) };
     } else {
-        destination[start..start + lanes].copy_from_slice(&values[..lanes]);
+        destination[start..start + lanes].copy_from_slice(&lanes_of(values)[..lanes]);
     }
+}
+
+/// `source[start .. start + lanes]`, the lanes past `lanes` zero.
+#[inline(always)]
+pub fn load_lanes<V: Vector>(source: &[f32], start: usize, lanes: usize) -> V {
+    if lanes == V::LANES {
+        let values = &source[start..start + V::LANES];
+        // SAFETY: values holds LANES floats.
+        return unsafe { V::load(values.as_ptr()) };
+    }
+    let mut values = [0.0f32; MAX_LANES];
+    values[..lanes].copy_from_slice(&source[start..start + lanes]);
+    // SAFETY: values holds MAX_LANES ≥ LANES floats.
+    unsafe { V::load(values.as_ptr()) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::simd::F32x8;
+
+    type V = F32x8<16>;
 
     #[test]
     fn gemm_tile_matches_a_scalar_product() {
@@ -299,14 +383,14 @@ mod tests {
         let a: Vec<f32> = (0..15).map(|i| i as f32 * 0.1 - 0.7).collect(); // [k][r]
         let b = GatherMatrix::new(&source, &offsets);
         let bases = [3, 20];
-        let tile = gemm_tile::<3, 2, 1>(&a, &b, &bases);
+        let tile = gemm_tile::<V, 3, 2, 1>(&a, &b, &bases);
         for r in 0..3 {
             for v in 0..2 {
                 for lane in 0..8 {
                     let expected: f32 = (0..5)
                         .map(|k| a[k * 3 + r] * source[bases[v] + offsets[k] + lane])
                         .sum();
-                    assert!((tile[r][v].as_array_ref()[lane] - expected).abs() < 1e-5);
+                    assert!((lanes_of(tile[r][v])[lane] - expected).abs() < 1e-5);
                 }
             }
         }
@@ -320,14 +404,14 @@ mod tests {
         let a: Vec<f32> = (0..36).map(|i| i as f32 * 0.05 - 0.9).collect(); // [k][r], 6 rows
         let b = GatherMatrix::with_runs(&source, &offsets, 3);
         let bases = [1, 40];
-        let tile = gemm_tile::<6, 2, 3>(&a, &b, &bases);
+        let tile = gemm_tile::<V, 6, 2, 3>(&a, &b, &bases);
         for r in 0..6 {
             for v in 0..2 {
                 for lane in 0..8 {
                     let expected: f32 = (0..6)
                         .map(|k| a[k * 6 + r] * source[bases[v] + offsets[k] + lane])
                         .sum();
-                    assert!((tile[r][v].as_array_ref()[lane] - expected).abs() < 1e-5);
+                    assert!((lanes_of(tile[r][v])[lane] - expected).abs() < 1e-5);
                 }
             }
         }
@@ -350,7 +434,7 @@ mod tests {
         pairs.push(16, 30);
         let row_starts = [0, 8];
         let taps = [0, 1, 9];
-        let tile = dot_tile::<2, 3>(&grad, &row_starts, &source, &taps, &pairs);
+        let tile = dot_tile::<V, 2, 3>(&grad, &row_starts, &source, &taps, &pairs);
         for r in 0..2 {
             for j in 0..3 {
                 let expected: f32 = [(0, 5), (16, 30)]

@@ -11,6 +11,7 @@ pub mod conv_naive;
 pub mod microkernel;
 pub mod sbf;
 pub mod sbf_filters;
+pub mod simd;
 
 /// The geometry of a dense 2-d convolution (NCHW, square K×K kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,9 +2,11 @@
 //! (`kernels::conv_naive`) on random data: the shapes of the CIFAR networks at
 //! a small batch, and the edge cases of the register tiling (channels not a
 //! multiple of the tile, batch 1, maps narrower than a vector, K = 1 and 5,
-//! stride 2 and 3, padding 0 and 2).
+//! stride 2 and 3, padding 0 and 2), on every instruction set the CPU runs
+//! (AVX2, and AVX-512 where present: each forced in turn).
 
 use rand::{rngs::StdRng, SeedableRng};
+use sbfnet::kernels::simd::Isa;
 use sbfnet::kernels::{conv, conv_naive, ConvShape};
 use sbfnet::tensor::max_scaled_difference;
 use sbfnet::Tensor;
@@ -25,8 +27,12 @@ const NETWORK_SHAPES: [Case; 6] = [
 /// Edges of the blocking: odd channel counts, batch 1 and 3, maps smaller than
 /// one 8-pixel vector or a tile, K = 1, 2, 5, strides 2 and 3, padding 0 and 2;
 /// batch 1 with rows of 16 (the weight gradient split over output channels,
-/// reading dy in place).
-const EDGE_SHAPES: [Case; 15] = [
+/// reading dy in place); channels that leave part of a 12-row (AVX-512) tile,
+/// rows of 17–20 pixels (16 lanes and a tail, or 8 lanes on AVX-512).
+const EDGE_SHAPES: [Case; 18] = [
+    (2, 5, 25, 16, 16, 3, 1, 1),
+    (1, 7, 13, 20, 20, 3, 2, 1),
+    (2, 26, 5, 18, 17, 3, 1, 1),
     (1, 3, 12, 16, 16, 3, 1, 1),
     (1, 5, 7, 13, 11, 3, 1, 1),
     (3, 3, 5, 5, 4, 3, 1, 1),
@@ -59,9 +65,16 @@ fn shape_of(
     }
 }
 
-/// Compares all three fast kernels with the oracle on one shape. Backward
-/// kernels start from a nonzero gradient to check that they accumulate.
+/// Compares all three fast kernels with the oracle on one shape, on every
+/// instruction set the CPU runs. Backward kernels start from a nonzero
+/// gradient to check that they accumulate.
 fn check_against_oracle(case: &Case, seed: u64) {
+    for isa in Isa::available() {
+        check_isa_against_oracle(isa, case, seed);
+    }
+}
+
+fn check_isa_against_oracle(isa: Isa, case: &Case, seed: u64) {
     let shape = shape_of(case);
     let mut rng = StdRng::seed_from_u64(seed);
     let x = Tensor::normal(&[shape.input_len()], 1.0, &mut rng);
@@ -74,29 +87,46 @@ fn check_against_oracle(case: &Case, seed: u64) {
 
     let mut y_fast = vec![f32::NAN; shape.output_len()];
     let mut y_naive = vec![0.0; shape.output_len()];
-    conv::forward(&shape, &x.data, &w.data, &mut y_fast);
+    conv::forward_with(isa, &shape, &x.data, &w.data, &mut y_fast);
     conv_naive::forward(&shape, &x.data, &w.data, &mut y_naive);
     let forward_length = shape.in_channels * shape.kernel * shape.kernel;
     let error = max_scaled_difference(&y_fast, &y_naive, 1e-5, tolerance(forward_length));
-    assert!(error <= 1.0, "forward {case:?}: scaled difference {error}");
+    assert!(
+        error <= 1.0,
+        "{isa:?} forward {case:?}: scaled difference {error}"
+    );
+    // Each output sums over (c, kh, kw) in one order with one FMA per term,
+    // whatever the vector width or tile: the instruction sets agree bit for bit.
+    let mut y_avx2 = vec![f32::NAN; shape.output_len()];
+    conv::forward_with(Isa::Avx2, &shape, &x.data, &w.data, &mut y_avx2);
+    assert!(y_avx2 == y_fast, "{isa:?} forward {case:?} differs from AVX2");
 
     let (mut dx_fast, mut dx_naive) = (dx_start.data.clone(), dx_start.data.clone());
-    conv::input_grad(&shape, &dy.data, &w.data, &mut dx_fast);
+    conv::input_grad_with(isa, &shape, &dy.data, &w.data, &mut dx_fast);
     conv_naive::input_grad(&shape, &dy.data, &w.data, &mut dx_naive);
     let input_length = shape.out_channels * shape.kernel * shape.kernel;
     let error = max_scaled_difference(&dx_fast, &dx_naive, 1e-5, tolerance(input_length));
-    assert!(error <= 1.0, "input_grad {case:?}: scaled difference {error}");
+    assert!(
+        error <= 1.0,
+        "{isa:?} input_grad {case:?}: scaled difference {error}"
+    );
 
     let (mut dw_fast, mut dw_naive) = (dw_start.data.clone(), dw_start.data.clone());
-    conv::weight_grad(&shape, &x.data, &dy.data, &mut dw_fast);
+    conv::weight_grad_with(isa, &shape, &x.data, &dy.data, &mut dw_fast);
     conv_naive::weight_grad(&shape, &x.data, &dy.data, &mut dw_naive);
     let weight_length = shape.batch * shape.out_height() * shape.out_width();
     let error = max_scaled_difference(&dw_fast, &dw_naive, 1e-5, tolerance(weight_length));
-    assert!(error <= 1.0, "weight_grad {case:?}: scaled difference {error}");
+    assert!(
+        error <= 1.0,
+        "{isa:?} weight_grad {case:?}: scaled difference {error}"
+    );
 }
 
 #[test]
 fn fast_conv_matches_naive_on_network_shapes() {
+    if !Isa::Avx512.is_supported() {
+        eprintln!("skipped: the AVX-512 path (this CPU has no AVX-512F+VL)");
+    }
     for (i, case) in NETWORK_SHAPES.iter().enumerate() {
         check_against_oracle(case, 100 + i as u64);
     }

@@ -1,6 +1,7 @@
 //! The forward pass: `y = conv(x, w)` as register-tiled products over row panels.
 
-use super::super::microkernel::{gemm_tile, store_lanes, GatherMatrix, LANES};
+use super::super::microkernel::{gemm_tile, store_lanes, with_tile, GatherMatrix, Tiling};
+use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
 use super::*;
 
@@ -8,24 +9,41 @@ use super::*;
 ///
 ///   y[n, f, oh, ow] = Σ_(c,kh,kw) w[f, c, kh, kw] · image_n[base(oh,ow) + offset(c,kh,kw)]
 pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
+    forward_with(Isa::active(), shape, input, weight, output)
+}
+
+/// [`forward`] with the instruction set `isa`.
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn forward_with(isa: Isa, shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
+    assert!(
+        isa.is_supported(),
+        "conv forward: this CPU does not run {}",
+        isa.name()
+    );
     shape.check_buffers(input.len(), weight.len(), output.len());
     if output.is_empty() {
         return;
     }
-    let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
+    let kind = VectorKind::for_columns(isa, shape.out_width());
+    with_vector!(kind, V => forward_vector::<V>(shape, input, weight, output))
+}
+
+fn forward_vector<V: Vector>(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
+    let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+    let tiling = Tiling::choose(V::REGISTERS, shape.out_channels, vectors);
     // Stride 1, K = 3: the taps kw = 0, 1, 2 of one (c, kh) are 3 neighbouring
     // floats of the padded image, read through one offset (see `gemm_tile`).
-    let runs_of_3 = shape.stride == 1 && shape.kernel == 3;
-    match (choose_tiling(shape.out_channels, vectors), runs_of_3) {
-        (Tiling::Rows2Vectors6, false) => forward_tiled::<2, 6, 1>(shape, input, weight, output),
-        (Tiling::Rows6Vectors2, false) => forward_tiled::<6, 2, 1>(shape, input, weight, output),
-        (Tiling::Rows2Vectors6, true) => forward_tiled::<2, 6, 3>(shape, input, weight, output),
-        (Tiling::Rows6Vectors2, true) => forward_tiled::<6, 2, 3>(shape, input, weight, output),
+    if shape.stride == 1 && shape.kernel == 3 {
+        with_tile!(V, tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 3>(shape, input, weight, output))
+    } else {
+        with_tile!(V, tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 1>(shape, input, weight, output))
     }
 }
 
 /// RUN: taps per run of neighbouring floats in the padded image (3 or 1).
-fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
+fn forward_tiled<V: Vector, const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     shape: &ConvShape,
     input: &[f32],
     weight: &[f32],
@@ -38,7 +56,7 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     let pixels = h_out * w_out;
     let panels = shape.out_channels.div_ceil(ROWS);
     let packed_len = panels * depth * ROWS;
-    let slots = vector_slots(0..h_out, 0..w_out);
+    let slots = vector_slots(0..h_out, 0..w_out, V::LANES);
     let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
     let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
     // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]; one copy per thread
@@ -68,22 +86,27 @@ fn forward_tiled<const ROWS: usize, const VECTORS: usize, const RUN: usize>(
                 image.image_len(),
                 fill,
                 |packed, source| {
-                    let source = GatherMatrix::with_runs(source, &offsets, RUN);
-                    for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
-                        let panel = task * panels_per_task + task_panel;
-                        let a = &packed[panel * depth * ROWS..][..depth * ROWS];
-                        let rows = y_panel.len() / pixels;
-                        for group in slots.chunks(VECTORS) {
-                            let bases = group_bases::<VECTORS>(group, image.row_stride());
-                            let tile = gemm_tile::<ROWS, VECTORS, RUN>(a, &source, &bases);
-                            for (v, slot) in group.iter().enumerate() {
-                                for r in 0..rows {
-                                    let start = r * pixels + slot.row * w_out + slot.col;
-                                    store_lanes(y_panel, start, tile[r][v], slot.lanes);
+                    V::compiled(
+                        #[inline(always)]
+                        || {
+                            let source = GatherMatrix::with_runs(source, &offsets, RUN);
+                            for (task_panel, y_panel) in y_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let a = &packed[panel * depth * ROWS..][..depth * ROWS];
+                                let rows = y_panel.len() / pixels;
+                                for group in slots.chunks(VECTORS) {
+                                    let bases = group_bases::<VECTORS>(group, image.row_stride());
+                                    let tile = gemm_tile::<V, ROWS, VECTORS, RUN>(a, &source, &bases);
+                                    for (v, slot) in group.iter().enumerate() {
+                                        for r in 0..rows {
+                                            let start = r * pixels + slot.row * w_out + slot.col;
+                                            store_lanes(y_panel, start, tile[r][v], slot.lanes);
+                                        }
+                                    }
                                 }
                             }
-                        }
-                    }
+                        },
+                    )
                 },
             );
         },

@@ -1,6 +1,7 @@
 //! The input gradient: every input pixel gathers from dy, one product per stride phase.
 
-use super::super::microkernel::{add_lanes, gemm_tile, GatherMatrix, LANES};
+use super::super::microkernel::{add_lanes, gemm_tile, with_tile, GatherMatrix, Tiling};
+use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
 use super::*;
 
@@ -164,22 +165,46 @@ impl InputPhase {
 ///   dx[n,c,ih,iw] += Σ_(f,t,u) w[f, c, r+s·t, q+s·u] · dy_padded_n[base(I,J) + offset(f,t,u)]
 /// ```
 pub fn input_grad(shape: &ConvShape, grad_output: &[f32], weight: &[f32], grad_input: &mut [f32]) {
+    input_grad_with(Isa::active(), shape, grad_output, weight, grad_input)
+}
+
+/// [`input_grad`] with the instruction set `isa`.
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn input_grad_with(
+    isa: Isa,
+    shape: &ConvShape,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
+    assert!(
+        isa.is_supported(),
+        "conv input_grad: this CPU does not run {}",
+        isa.name()
+    );
     shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
     if grad_input.is_empty() || grad_output.is_empty() {
         return;
     }
     let phases = InputPhase::all(shape);
-    let vectors: usize = phases
-        .iter()
-        .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(LANES))
-        .sum();
-    match choose_tiling(shape.in_channels, vectors) {
-        Tiling::Rows2Vectors6 => input_grad_tiled::<2, 6>(shape, &phases, grad_output, weight, grad_input),
-        Tiling::Rows6Vectors2 => input_grad_tiled::<6, 2>(shape, &phases, grad_output, weight, grad_input),
-    }
+    // The widest phase's columns choose the vector.
+    let columns = phases.iter().map(|phase| phase.cols.len()).max().unwrap_or(0);
+    let kind = VectorKind::for_columns(isa, columns);
+    with_vector!(kind, V => {
+        let vectors: usize = phases
+            .iter()
+            .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(V::LANES))
+            .sum();
+        let tiling = Tiling::choose(V::REGISTERS, shape.in_channels, vectors);
+        with_tile!(V, tiling, ROWS, VECTORS => {
+            input_grad_tiled::<V, ROWS, VECTORS>(shape, &phases, grad_output, weight, grad_input)
+        })
+    })
 }
 
-fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
+fn input_grad_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(
     shape: &ConvShape,
     phases: &[InputPhase],
     grad_output: &[f32],
@@ -201,8 +226,9 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
             PhasePlan {
                 taps: phase.tap_offsets(&padded),
                 weight_offsets: phase.weight_offsets(shape),
-                slots: vector_slots(phase.rows.clone(), phase.cols.clone()),
+                slots: vector_slots(phase.rows.clone(), phase.cols.clone(), V::LANES),
                 start,
+                row_stride: padded.cols,
             }
         })
         .collect();
@@ -242,32 +268,57 @@ fn input_grad_tiled<const ROWS: usize, const VECTORS: usize>(
                 padded.image_len(),
                 fill,
                 |packed, source| {
-                    for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
-                        let panel = task * panels_per_task + task_panel;
-                        let rows = dx_panel.len() / pixels;
-                        for (phase, plan) in phases.iter().zip(&plans) {
-                            let depth = plan.taps.len();
-                            let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
-                            let source = GatherMatrix::new(source, &plan.taps);
-                            for group in plan.slots.chunks(VECTORS) {
-                                let bases = group_bases::<VECTORS>(group, padded.cols);
-                                let tile = gemm_tile::<ROWS, VECTORS, 1>(a, &source, &bases);
-                                for (v, slot) in group.iter().enumerate() {
-                                    // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
-                                    let ih = slot.row * shape.stride + phase.row_phase - shape.padding;
-                                    let iw = slot.col * shape.stride + phase.col_phase - shape.padding;
-                                    for r in 0..rows {
-                                        let start = r * pixels + ih * width + iw;
-                                        add_lanes(dx_panel, start, shape.stride, tile[r][v], slot.lanes);
-                                    }
+                    V::compiled(
+                        #[inline(always)]
+                        || {
+                            for (task_panel, dx_panel) in dx_task.chunks_mut(ROWS * pixels).enumerate() {
+                                let panel = task * panels_per_task + task_panel;
+                                let rows = dx_panel.len() / pixels;
+                                for (phase, plan) in phases.iter().zip(&plans) {
+                                    input_grad_phase::<V, ROWS, VECTORS>(
+                                        shape, phase, plan, panel, packed, source, rows, dx_panel,
+                                    );
                                 }
                             }
-                        }
-                    }
+                        },
+                    )
                 },
             );
         },
     );
+}
+
+/// One phase of one row panel of the input gradient: dx_panel (its `rows`
+/// channels of one image) += A_panel · B over the phase's pixels.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn input_grad_phase<V: Vector, const ROWS: usize, const VECTORS: usize>(
+    shape: &ConvShape,
+    phase: &InputPhase,
+    plan: &PhasePlan,
+    panel: usize,
+    packed: &[f32],
+    source: &[f32],
+    rows: usize,
+    dx_panel: &mut [f32],
+) {
+    let (pixels, width) = (shape.in_height * shape.in_width, shape.in_width);
+    let depth = plan.taps.len();
+    let a = &packed[plan.start + panel * depth * ROWS..][..depth * ROWS];
+    let source = GatherMatrix::new(source, &plan.taps);
+    for group in plan.slots.chunks(VECTORS) {
+        let bases = group_bases::<VECTORS>(group, plan.row_stride);
+        let tile = gemm_tile::<V, ROWS, VECTORS, 1>(a, &source, &bases);
+        for (v, slot) in group.iter().enumerate() {
+            // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+            let ih = slot.row * shape.stride + phase.row_phase - shape.padding;
+            let iw = slot.col * shape.stride + phase.col_phase - shape.padding;
+            for r in 0..rows {
+                let start = r * pixels + ih * width + iw;
+                add_lanes(dx_panel, start, shape.stride, tile[r][v], slot.lanes);
+            }
+        }
+    }
 }
 
 /// What the input gradient needs of one phase, computed once per call.
@@ -280,4 +331,6 @@ struct PhasePlan {
     slots: Vec<VectorSlot>,
     /// Where the phase's panels start in the packed weights.
     start: usize,
+    /// Floats between rows of the padded dy.
+    row_stride: usize,
 }

@@ -10,8 +10,8 @@
 //! Forward: `y[n]` [F, Ho·Wo] = w [F, C·K²] · B, with B[(c,kh,kw), (oh,ow)] =
 //! x[n, c, oh·s+kh−p, ow·s+kw−p] read straight from a zero-padded,
 //! phase-split copy of the image (`PhaseSplitImage`), where that element sits
-//! at `base(oh, ow) + offset(c, kh, kw)` and 8 neighbouring ow are 8
-//! neighbouring floats.
+//! at `base(oh, ow) + offset(c, kh, kw)` and neighbouring ow are
+//! neighbouring floats (one vector: 8 or 16 of them).
 //!
 //! Input gradient: each input pixel gathers from the output gradient. Split
 //! the input pixels by their phase (r, q) = ((ih+p) mod s, (iw+p) mod s) and
@@ -27,7 +27,13 @@
 //! strided transpose-convolution would insert.
 //!
 //! Weight gradient: dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) `dy[n,f,oh,ow]` · B[(c,kh,kw),(oh,ow)],
-//! a reduction over pixels, 8 pixels per lane, with the same B as forward.
+//! a reduction over pixels, a vector of pixels at a time, with the same B as forward.
+//!
+//! Vector width: each pass picks its vector for the width of its pixel rows
+//! under `Isa::active()` (`kernels::simd`): AVX2's 8 lanes, or on AVX-512 16
+//! lanes for rows of 16 pixels or more and 8 lanes (with 32 registers) below.
+//! The `_with` variant of each pass takes the instruction set, for tests and
+//! benchmarks. The task's loops run inside `Vector::compiled`.
 //!
 //! Threads (rayon): forward and input gradient split over images (and, when
 //! the batch is smaller than twice the threads, over blocks of output rows of
@@ -54,10 +60,10 @@ mod forward;
 mod input_grad;
 mod weight_grad;
 
-pub use forward::forward;
-pub use input_grad::input_grad;
+pub use forward::{forward, forward_with};
+pub use input_grad::{input_grad, input_grad_with};
 pub(in crate::kernels) use input_grad::{InputPhase, PaddedGradOutput};
-pub use weight_grad::weight_grad;
+pub use weight_grad::{weight_grad, weight_grad_with};
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +71,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use super::microkernel::{LANES, SOURCE_SLACK};
+use super::microkernel::SOURCE_SLACK;
 use super::ConvShape;
 
 thread_local! {
@@ -80,7 +86,9 @@ thread_local! {
 /// Runs `work` on the first `len` floats of a thread-local buffer that grows
 /// and is kept for the next call. The contents are stale: `work` must write
 /// what it reads. (The buffer is taken out while in use, so a nested call on
-/// the same thread gets a fresh one instead of a double borrow.)
+/// the same thread gets a fresh one instead of a double borrow.) Inlined, so
+/// that inside `Vector::compiled` `work` is compiled for the vector's ISA.
+#[inline(always)]
 pub(in crate::kernels) fn with_workspace<R>(
     slot: &'static LocalKey<Cell<Vec<f32>>>,
     len: usize,
@@ -95,28 +103,7 @@ pub(in crate::kernels) fn with_workspace<R>(
     result
 }
 
-/// The two register tilings compiled: ROWS × VECTORS 8-lane accumulators.
-#[derive(Clone, Copy, Debug)]
-pub(in crate::kernels) enum Tiling {
-    Rows6Vectors2,
-    Rows2Vectors6,
-}
-
-/// The tiling that wastes the fewest padded multiply-adds for `rows` rows of
-/// the product and `vectors` 8-pixel vectors.
-pub(in crate::kernels) fn choose_tiling(rows: usize, vectors: usize) -> Tiling {
-    let padded = |tile_rows: usize, tile_vectors: usize| {
-        rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
-    };
-    // 6 × 2 when it wastes at most as much: it loads less per multiply-add.
-    if padded(6, 2) <= padded(2, 6) {
-        Tiling::Rows6Vectors2
-    } else {
-        Tiling::Rows2Vectors6
-    }
-}
-
-/// 8 neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).
+/// LANES neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).
 #[derive(Clone, Copy, Debug)]
 pub(in crate::kernels) struct VectorSlot {
     pub row: usize,
@@ -124,18 +111,19 @@ pub(in crate::kernels) struct VectorSlot {
     pub lanes: usize,
 }
 
-/// The vectors covering rows × cols, row by row, 8 columns at a time.
+/// The vectors of `lanes` lanes covering rows × cols, row by row.
 pub(in crate::kernels) fn vector_slots(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
+    lanes: usize,
 ) -> Vec<VectorSlot> {
     let mut slots = Vec::new();
     for row in rows {
-        for col in cols.clone().step_by(LANES) {
+        for col in cols.clone().step_by(lanes) {
             slots.push(VectorSlot {
                 row,
                 col,
-                lanes: LANES.min(cols.end - col),
+                lanes: lanes.min(cols.end - col),
             });
         }
     }
@@ -288,7 +276,7 @@ impl PhaseSplitImage {
         offsets
     }
 
-    /// base(oh, ow) for the first of 8 neighbouring outputs.
+    /// Floats between rows: base(oh, ow) = oh · row_stride + ow.
     pub(in crate::kernels) fn row_stride(&self) -> usize {
         self.cols
     }

@@ -1,9 +1,10 @@
-//! The weight gradient: a reduction over pixels, 8 per lane, chunked over images or split over
-//! output channels.
+//! The weight gradient: a reduction over pixels, a vector of them at a time, chunked over images
+//! or split over output channels.
 
 use rayon::prelude::*;
 
-use super::super::microkernel::{dot_tile, PixelPairs, LANES, SOURCE_SLACK};
+use super::super::microkernel::{dot_tile, PixelPairs, SOURCE_SLACK};
+use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
 use super::*;
 
@@ -18,9 +19,10 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 ///
 ///   dw[f, (c,kh,kw)] += Σ_n Σ_(oh,ow) dy[n, f, oh, ow] · image_n[base(oh,ow) + offset(c,kh,kw)]
 ///
-/// Tiles of 4 output channels × 3 taps (one kernel row), 8 pixels per lane:
-/// 12 accumulators + 3 columns + 1 row fill the 16 registers, and a tile call
-/// streams only 4 planes of dy and one channel of the images, which stay in L1.
+/// Tiles of 4 output channels × 3 taps (one kernel row), a vector of pixels
+/// per step: 12 accumulators + 3 columns + 1 row fill the 16 registers of
+/// AVX2 (8 × 3 in AVX-512's 32: 24 + 3 + 1), and a tile call streams only 4
+/// (8) planes of dy and one channel of the images, which stay in L1.
 ///
 /// Threads: a large batch is split into chunks of images (two per thread, or
 /// one when two would hold fewer than 8 images each); the first chunk is
@@ -32,25 +34,61 @@ const WEIGHT_GRAD_TILE_FLOATS: usize = 6 * 1024;
 /// count, and otherwise when padding the whole batch on every thread costs
 /// less than the partials (`split_over_channels`).
 pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_weight: &mut [f32]) {
+    weight_grad_with(Isa::active(), shape, input, grad_output, grad_weight)
+}
+
+/// [`weight_grad`] with the instruction set `isa`.
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn weight_grad_with(
+    isa: Isa,
+    shape: &ConvShape,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
+    assert!(
+        isa.is_supported(),
+        "conv weight_grad: this CPU does not run {}",
+        isa.name()
+    );
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    let geometry = WeightGradGeometry::new(shape);
+    let kind = VectorKind::for_columns(isa, shape.out_width());
+    with_vector!(kind, V => {
+        if V::REGISTERS >= 32 {
+            weight_grad_vector::<V, 8>(shape, input, grad_output, grad_weight)
+        } else {
+            weight_grad_vector::<V, 4>(shape, input, grad_output, grad_weight)
+        }
+    })
+}
+
+/// ROWS: output channels per register tile.
+fn weight_grad_vector<V: Vector, const ROWS: usize>(
+    shape: &ConvShape,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
+    let geometry = WeightGradGeometry::new(shape, V::LANES);
     let depth = geometry.offsets.len(); // C·K²
     let weight_len = grad_weight.len();
     let threads = rayon::current_num_threads();
-    let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
-    if split_over_channels(shape, threads, geometry.image.image_len(), weight_len) {
+    let panels = shape.out_channels.div_ceil(ROWS);
+    if split_over_channels(shape, ROWS, threads, geometry.image.image_len(), weight_len) {
         // Split over output channels: task i owns dw rows [i·rows_per_task, …).
-        let rows_per_task = panels.div_ceil(threads) * WEIGHT_GRAD_ROWS;
+        let rows_per_task = panels.div_ceil(threads) * ROWS;
         grad_weight
             .par_chunks_mut(rows_per_task * depth)
             .enumerate()
             .for_each(|(task, rows)| {
                 let first = task * rows_per_task;
                 let channels = first..first + rows.len() / depth;
-                weight_grad_task(&geometry, input, grad_output, 0..shape.batch, channels, rows);
+                weight_grad_task::<V, ROWS>(&geometry, input, grad_output, 0..shape.batch, channels, rows);
             });
         return;
     }
@@ -79,7 +117,7 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
             }
             let first = chunk * images_per_chunk;
             let images = first..shape.batch.min(first + images_per_chunk);
-            weight_grad_task(&geometry, input, grad_output, images, 0..shape.out_channels, sum);
+            weight_grad_task::<V, ROWS>(&geometry, input, grad_output, images, 0..shape.out_channels, sum);
         });
         // grad_weight += Σ_(chunk > 0) partials[chunk − 1], in chunk order,
         // split over slices of grad_weight.
@@ -113,8 +151,14 @@ pub fn weight_grad(shape: &ConvShape, input: &[f32], grad_output: &[f32], grad_w
 /// otherwise) does where its padded batch is at most 2·|dW| floats: deep
 /// layers on small maps (at batch 8, 64→64 at 8×8: 51 200 against 73 728),
 /// not the 16-channel 32×32 maps (147 968 against 4 608).
-fn split_over_channels(shape: &ConvShape, threads: usize, image_len: usize, weight_len: usize) -> bool {
-    let panels = shape.out_channels.div_ceil(WEIGHT_GRAD_ROWS);
+fn split_over_channels(
+    shape: &ConvShape,
+    tile_rows: usize,
+    threads: usize,
+    image_len: usize,
+    weight_len: usize,
+) -> bool {
+    let panels = shape.out_channels.div_ceil(tile_rows);
     if threads < 2 || panels < 2 {
         return false;
     }
@@ -126,12 +170,9 @@ fn split_over_channels(shape: &ConvShape, threads: usize, image_len: usize, weig
 /// Fewest images per weight-gradient chunk before the batch is cut into two chunks per thread.
 const WEIGHT_GRAD_MIN_CHUNK: usize = 8;
 
-/// Output channels per weight-gradient register tile.
-const WEIGHT_GRAD_ROWS: usize = 4;
-
 /// What every weight-gradient task of one call reads: the padded image
-/// layout, the tap offsets into it and the 8-pixel vectors of dy (computed
-/// once per call, not per task).
+/// layout, the tap offsets into it and the vectors of dy (computed once per
+/// call, not per task).
 struct WeightGradGeometry {
     image: PhaseSplitImage,
     /// offset(c, kh, kw) in the padded image, k = (c·K + kh)·K + kw.
@@ -141,12 +182,12 @@ struct WeightGradGeometry {
 }
 
 impl WeightGradGeometry {
-    fn new(shape: &ConvShape) -> Self {
+    fn new(shape: &ConvShape, lanes: usize) -> Self {
         let image = PhaseSplitImage::new(shape);
         WeightGradGeometry {
             image,
             offsets: image.tap_offsets(),
-            slots: vector_slots(0..shape.out_height(), 0..shape.out_width()),
+            slots: vector_slots(0..shape.out_height(), 0..shape.out_width(), lanes),
         }
     }
 }
@@ -156,7 +197,7 @@ impl WeightGradGeometry {
 ///   rows[f − channels.start, (c,kh,kw)] += Σ_(n ∈ images) Σ_(oh,ow) dy[n, f, oh, ow] · image_n[…]
 ///
 /// for f in `channels`; `rows` is [channels.len(), C·K²].
-fn weight_grad_task(
+fn weight_grad_task<V: Vector, const ROWS: usize>(
     geometry: &WeightGradGeometry,
     input: &[f32],
     grad_output: &[f32],
@@ -164,7 +205,21 @@ fn weight_grad_task(
     channels: std::ops::Range<usize>,
     rows: &mut [f32],
 ) {
-    const ROWS: usize = WEIGHT_GRAD_ROWS;
+    V::compiled(
+        #[inline(always)]
+        || weight_grad_task_body::<V, ROWS>(geometry, input, grad_output, images, channels, rows),
+    )
+}
+
+#[inline(always)]
+fn weight_grad_task_body<V: Vector, const ROWS: usize>(
+    geometry: &WeightGradGeometry,
+    input: &[f32],
+    grad_output: &[f32],
+    images: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
     const COLS: usize = 3;
     let WeightGradGeometry {
         image,
@@ -177,13 +232,13 @@ fn weight_grad_task(
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let input_image_len = shape.in_channels * shape.in_height * shape.in_width;
     let output_image_len = out_channels * h_out * w_out;
-    // dy rows are read 8 pixels at a time, and one tile call reads the same
+    // dy rows are read a vector of pixels at a time, and one tile call reads the same
     // channel of every image of its group. Where the rows are not a multiple
-    // of 8 or a group holds several images, dy is copied per group,
+    // of LANES or a group holds several images, dy is copied per group,
     // channel-major: [channels][group][Ho][dy_row], rows padded with zero
     // lanes. One channel's planes of the group are then contiguous (in the
     // batch layout they lie a power of two apart and evict each other from L1).
-    let dy_row = w_out.next_multiple_of(LANES);
+    let dy_row = w_out.next_multiple_of(V::LANES);
     let dy_plane = h_out * dy_row;
     let per_image = image.image_len() + channels.len() * dy_plane;
     // One tile call reads ROWS planes of dy and about 1 channel of the image per
@@ -199,74 +254,79 @@ fn weight_grad_task(
     } else {
         0
     };
-    with_workspace(&TASK_WORKSPACE, sources_len + dy_len, |task| {
-        let (sources, dy_copy) = task.split_at_mut(sources_len);
-        let mut pairs = PixelPairs::with_capacity(group * slots.len());
-        for group_first in images.clone().step_by(group) {
-            let group_end = images.end.min(group_first + group);
-            let group_len = group_end - group_first;
-            // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
-            sources[group_len * image.image_len()..].fill(0.0);
-            for n in group_first..group_end {
-                let g = n - group_first;
-                image.fill(
-                    &input[n * input_image_len..][..input_image_len],
-                    &mut sources[g * image.image_len()..][..image.image_len()],
-                );
-            }
-            // dy, the stride between its channels, and where (group_first, f = 0) would start in it
-            let (dy, dy_channel_stride, dy_first) = if copy_dy {
-                // dy_copy: [channels][group_len][Ho][dy_row]; channel f at (f − channels.start)
-                let dy_channel_stride = group_len * dy_plane;
-                let dy_copy = &mut dy_copy[..channels.len() * dy_channel_stride];
-                // every float is written: each row's values, then its zero lanes
+    with_workspace(
+        &TASK_WORKSPACE,
+        sources_len + dy_len,
+        #[inline(always)]
+        |task| {
+            let (sources, dy_copy) = task.split_at_mut(sources_len);
+            let mut pairs = PixelPairs::with_capacity(group * slots.len());
+            for group_first in images.clone().step_by(group) {
+                let group_end = images.end.min(group_first + group);
+                let group_len = group_end - group_first;
+                // sources: [group][C][s][s][rows][cols] then SOURCE_SLACK zeros
+                sources[group_len * image.image_len()..].fill(0.0);
                 for n in group_first..group_end {
-                    let dy_n = &grad_output[n * output_image_len..][..output_image_len];
-                    for f in channels.clone() {
-                        let plane = &dy_n[f * h_out * w_out..][..h_out * w_out];
-                        let copy = &mut dy_copy
-                            [(f - channels.start) * dy_channel_stride + (n - group_first) * dy_plane..]
-                            [..dy_plane];
-                        for (row, values) in copy.chunks_mut(dy_row).zip(plane.chunks(w_out)) {
-                            row[..w_out].copy_from_slice(values);
-                            row[w_out..].fill(0.0);
-                        }
-                    }
-                }
-                (&*dy_copy, dy_channel_stride, 0)
-            } else {
-                // one image, rows a multiple of 8: read dy in place, channel f at f
-                let first = group_first * output_image_len + channels.start * h_out * w_out;
-                (grad_output, h_out * w_out, first)
-            };
-            // (dy, source) index pairs of every 8-pixel vector of the group
-            pairs.clear();
-            for g in 0..group_len {
-                for slot in slots {
-                    pairs.push(
-                        dy_first + g * dy_plane + slot.row * dy_row + slot.col,
-                        g * image.image_len() + slot.row * image.row_stride() + slot.col,
+                    let g = n - group_first;
+                    image.fill(
+                        &input[n * input_image_len..][..input_image_len],
+                        &mut sources[g * image.image_len()..][..image.image_len()],
                     );
                 }
-            }
-            let sources = &*sources;
-            for f_first in (0..channels.len()).step_by(ROWS) {
-                let tile_rows = ROWS.min(channels.len() - f_first);
-                let row_starts: [usize; ROWS] =
-                    std::array::from_fn(|r| (f_first + r.min(tile_rows - 1)) * dy_channel_stride);
-                for k_first in (0..depth).step_by(COLS) {
-                    let cols = COLS.min(depth - k_first);
-                    let taps: [usize; COLS] = std::array::from_fn(|j| offsets[k_first + j.min(cols - 1)]);
-                    let tile = dot_tile::<ROWS, COLS>(dy, &row_starts, sources, &taps, &pairs);
-                    for r in 0..tile_rows {
-                        for j in 0..cols {
-                            rows[(f_first + r) * depth + k_first + j] += tile[r][j].reduce_add();
+                // dy, the stride between its channels, and where (group_first, f = 0) would start in it
+                let (dy, dy_channel_stride, dy_first) = if copy_dy {
+                    // dy_copy: [channels][group_len][Ho][dy_row]; channel f at (f − channels.start)
+                    let dy_channel_stride = group_len * dy_plane;
+                    let dy_copy = &mut dy_copy[..channels.len() * dy_channel_stride];
+                    // every float is written: each row's values, then its zero lanes
+                    for n in group_first..group_end {
+                        let dy_n = &grad_output[n * output_image_len..][..output_image_len];
+                        for f in channels.clone() {
+                            let plane = &dy_n[f * h_out * w_out..][..h_out * w_out];
+                            let copy = &mut dy_copy
+                                [(f - channels.start) * dy_channel_stride + (n - group_first) * dy_plane..]
+                                [..dy_plane];
+                            for (row, values) in copy.chunks_mut(dy_row).zip(plane.chunks(w_out)) {
+                                row[..w_out].copy_from_slice(values);
+                                row[w_out..].fill(0.0);
+                            }
+                        }
+                    }
+                    (&*dy_copy, dy_channel_stride, 0)
+                } else {
+                    // one image, rows a multiple of LANES: read dy in place, channel f at f
+                    let first = group_first * output_image_len + channels.start * h_out * w_out;
+                    (grad_output, h_out * w_out, first)
+                };
+                // (dy, source) index pairs of every vector of the group
+                pairs.clear();
+                for g in 0..group_len {
+                    for slot in slots {
+                        pairs.push(
+                            dy_first + g * dy_plane + slot.row * dy_row + slot.col,
+                            g * image.image_len() + slot.row * image.row_stride() + slot.col,
+                        );
+                    }
+                }
+                let sources = &*sources;
+                for f_first in (0..channels.len()).step_by(ROWS) {
+                    let tile_rows = ROWS.min(channels.len() - f_first);
+                    let row_starts: [usize; ROWS] =
+                        std::array::from_fn(|r| (f_first + r.min(tile_rows - 1)) * dy_channel_stride);
+                    for k_first in (0..depth).step_by(COLS) {
+                        let cols = COLS.min(depth - k_first);
+                        let taps: [usize; COLS] = std::array::from_fn(|j| offsets[k_first + j.min(cols - 1)]);
+                        let tile = dot_tile::<V, ROWS, COLS>(dy, &row_starts, sources, &taps, &pairs);
+                        for r in 0..tile_rows {
+                            for j in 0..cols {
+                                rows[(f_first + r) * depth + k_first + j] += tile[r][j].reduce_add();
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 #[cfg(test)]
@@ -288,7 +348,7 @@ mod tests {
 
     fn splits(shape: &ConvShape, threads: usize) -> bool {
         let image_len = PhaseSplitImage::new(shape).image_len();
-        split_over_channels(shape, threads, image_len, shape.weight_len())
+        split_over_channels(shape, 4, threads, image_len, shape.weight_len())
     }
 
     /// The weight gradient's split on the benchmark's shapes: over channels

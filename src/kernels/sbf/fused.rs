@@ -2,7 +2,7 @@
 //! the dense conv's microkernel and padded image ([`crate::kernels::conv`]). The stage-1 maps
 //! never leave L1; its naive twin is [`stage1_forward_naive`] followed by [`gather_forward_naive`].
 //!
-//! For one image, a panel of ROWS templates m_r and a group of VECTORS·8 output pixels p:
+//! For one image, a panel of ROWS templates m_r and a group of VECTORS·LANES output pixels p:
 //!
 //! ```text
 //!   Z[g,tap][r][p] = Σ_{c'<Cg} B[m_r, g·Cg + c', tap] · x_pad[base(p) + offset(g·Cg + c', tap)]
@@ -11,18 +11,22 @@
 //! ```
 //!
 //! The padded image is the dense conv's phase-split copy, so a strided layer computes only the
-//! positions that are read, and 8 neighbouring outputs are 8 neighbouring floats at every stride.
+//! positions that are read, and neighbouring outputs are neighbouring floats at every stride.
+//! Both kernels are generic over the vector ([`crate::kernels::simd`]), chosen like the dense
+//! conv's: `Isa::active()`, or the `isa` of the `_with` variants.
 //! Per output pixel this costs M·C·K² multiply-adds for stage 1 and N·G·K² for stage 2 (the
 //! identity outputs included, at t = 1), against N·C·K² for the dense conv.
 
 use super::super::conv::{
-    choose_tiling, group_bases, vector_slots, with_workspace, InputPhase, PaddedGradOutput, PhaseSplitImage,
-    Tiling, VectorSlot, TASK_WORKSPACE,
+    group_bases, vector_slots, with_workspace, InputPhase, PaddedGradOutput, PhaseSplitImage, VectorSlot,
+    TASK_WORKSPACE,
 };
-use super::super::microkernel::{add_lanes, gemm_tile, store_lanes, GatherMatrix, LANES, SOURCE_SLACK};
+use super::super::microkernel::{
+    add_lanes, gemm_tile, load_lanes, store_lanes, with_tile, GatherMatrix, Tiling, SOURCE_SLACK,
+};
+use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
 use super::*;
-use wide::f32x8;
 
 /// The gradients a backward kernel adds into; a `None` is not computed.
 pub struct SbfGrads<'a> {
@@ -35,7 +39,7 @@ pub struct SbfGrads<'a> {
 }
 
 /// Y = SBF(X; B, T) for scalar masks, overwriting output [Bt, N, Ho, Wo]. Bit-identical at any
-/// thread count (each output value is summed in one fixed order).
+/// thread count and either instruction set (each output value is summed in one fixed order).
 pub fn fused_forward(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
@@ -44,6 +48,27 @@ pub fn fused_forward(
     masks: &[f32],
     output: &mut [f32],
 ) {
+    fused_forward_with(Isa::active(), shape, assignment, input, templates, masks, output)
+}
+
+/// [`fused_forward`] with the instruction set `isa`.
+///
+/// # Panics
+/// If the CPU does not run `isa`, or the operands do not fit `shape`.
+pub fn fused_forward_with(
+    isa: Isa,
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    output: &mut [f32],
+) {
+    assert!(
+        isa.is_supported(),
+        "fused_forward: this CPU does not run {}",
+        isa.name()
+    );
     check_operands(
         "fused_forward",
         shape,
@@ -53,15 +78,13 @@ pub fn fused_forward(
     if output.is_empty() {
         return;
     }
-    let vectors = shape.out_height() * shape.out_width().div_ceil(LANES);
-    match choose_tiling(shape.templates, vectors) {
-        Tiling::Rows6Vectors2 => {
-            fused_forward_tiled::<6, 2>(shape, assignment, input, templates, masks, output)
-        }
-        Tiling::Rows2Vectors6 => {
-            fused_forward_tiled::<2, 6>(shape, assignment, input, templates, masks, output)
-        }
-    }
+    with_vector!(VectorKind::for_columns(isa, shape.out_width()), V => {
+        let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+        let tiling = Tiling::choose(V::REGISTERS, shape.templates, vectors);
+        with_tile!(V, tiling, ROWS, VECTORS => {
+            fused_forward_tiled::<V, ROWS, VECTORS>(shape, assignment, input, templates, masks, output)
+        })
+    })
 }
 
 /// Panics, naming `op` and the sizes, unless X, B, T and Y (or R) and the assignment fit `shape`.
@@ -139,7 +162,7 @@ impl<const ROWS: usize> PanelPlan<ROWS> {
     }
 }
 
-fn fused_forward_tiled<const ROWS: usize, const VECTORS: usize>(
+fn fused_forward_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
@@ -152,51 +175,63 @@ fn fused_forward_tiled<const ROWS: usize, const VECTORS: usize>(
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let plane = h_out * w_out;
     let cg = shape.group_channels();
-    let slots = vector_slots(0..h_out, 0..w_out);
+    let slots = vector_slots(0..h_out, 0..w_out, V::LANES);
     let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
     output
         .par_chunks_mut(shape.out_channels * plane)
         .zip(input.par_chunks(x_image_len))
         .for_each_init(
-            // Z of one tile for every (g, tap): [G·K²][ROWS][VECTORS] vectors, 7 KiB at 6 × 2.
-            || vec![[[f32x8::ZERO; VECTORS]; ROWS]; plan.group_taps],
+            // Z of one tile for every (g, tap): [G·K²][ROWS][VECTORS] vectors, 7 KiB at 6 × 2 × 8.
+            || vec![[[V::zero(); VECTORS]; ROWS]; plan.group_taps],
             |maps, (y, x)| {
-                with_workspace(&TASK_WORKSPACE, image.image_len() + SOURCE_SLACK, |source| {
-                    let (padded, slack) = source.split_at_mut(image.image_len());
-                    slack.fill(0.0);
-                    image.fill(x, padded);
-                    let gathers: Vec<GatherMatrix> = plan
-                        .offsets
-                        .iter()
-                        .map(|o| GatherMatrix::new(source, o))
-                        .collect();
-                    for (panel, outputs) in plan.outputs.iter().enumerate() {
-                        let a = &plan.packed[panel * plan.group_taps * cg * ROWS..];
-                        for group in slots.chunks(VECTORS) {
-                            let bases = group_bases::<VECTORS>(group, image.row_stride());
-                            // Stage 1: Z[gt] = B_panel[gt] · X_gt, one register tile per (g, tap).
-                            for (gt, tile) in maps.iter_mut().enumerate() {
-                                let a_gt = &a[gt * cg * ROWS..][..cg * ROWS];
-                                *tile = gemm_tile::<ROWS, VECTORS, 1>(a_gt, &gathers[gt], &bases);
-                            }
-                            // Stage 2: Y[n] = Σ_gt t(n, gt) · Z[gt][r(n)].
-                            for &(n, r) in outputs {
-                                let t = &plan.mask_table[n * plan.group_taps..][..plan.group_taps];
-                                let mut sum = [f32x8::ZERO; VECTORS];
-                                for (&t, tile) in t.iter().zip(maps.iter()) {
-                                    let t = f32x8::splat(t);
-                                    for v in 0..VECTORS {
-                                        sum[v] = t.mul_add(tile[r][v], sum[v]);
+                V::compiled(
+                    #[inline(always)]
+                    || {
+                        with_workspace(
+                            &TASK_WORKSPACE,
+                            image.image_len() + SOURCE_SLACK,
+                            #[inline(always)]
+                            |source| {
+                                let (padded, slack) = source.split_at_mut(image.image_len());
+                                slack.fill(0.0);
+                                image.fill(x, padded);
+                                let gathers: Vec<GatherMatrix> = plan
+                                    .offsets
+                                    .iter()
+                                    .map(|o| GatherMatrix::new(source, o))
+                                    .collect();
+                                for (panel, outputs) in plan.outputs.iter().enumerate() {
+                                    let a = &plan.packed[panel * plan.group_taps * cg * ROWS..];
+                                    for group in slots.chunks(VECTORS) {
+                                        let bases = group_bases::<VECTORS>(group, image.row_stride());
+                                        // Stage 1: Z[gt] = B_panel[gt] · X_gt, one register tile per (g, tap).
+                                        for (gt, tile) in maps.iter_mut().enumerate() {
+                                            let a_gt = &a[gt * cg * ROWS..][..cg * ROWS];
+                                            *tile =
+                                                gemm_tile::<V, ROWS, VECTORS, 1>(a_gt, &gathers[gt], &bases);
+                                        }
+                                        // Stage 2: Y[n] = Σ_gt t(n, gt) · Z[gt][r(n)].
+                                        for &(n, r) in outputs {
+                                            let t =
+                                                &plan.mask_table[n * plan.group_taps..][..plan.group_taps];
+                                            let mut sum = [V::zero(); VECTORS];
+                                            for (&t, tile) in t.iter().zip(maps.iter()) {
+                                                let t = V::splat(t);
+                                                for v in 0..VECTORS {
+                                                    sum[v] = t.mul_add(tile[r][v], sum[v]);
+                                                }
+                                            }
+                                            for (v, slot) in group.iter().enumerate() {
+                                                let start = n * plane + slot.row * w_out + slot.col;
+                                                store_lanes(y, start, sum[v], slot.lanes);
+                                            }
+                                        }
                                     }
                                 }
-                                for (v, slot) in group.iter().enumerate() {
-                                    let start = n * plane + slot.row * w_out + slot.col;
-                                    store_lanes(y, start, sum[v], slot.lanes);
-                                }
-                            }
-                        }
-                    }
-                })
+                            },
+                        )
+                    },
+                )
             },
         );
 }
@@ -233,6 +268,39 @@ pub fn fused_backward(
     grad_output: &[f32],
     grads: SbfGrads,
 ) {
+    let isa = Isa::active();
+    fused_backward_with(
+        isa,
+        shape,
+        assignment,
+        input,
+        templates,
+        masks,
+        grad_output,
+        grads,
+    )
+}
+
+/// [`fused_backward`] with the instruction set `isa`.
+///
+/// # Panics
+/// If the CPU does not run `isa`, or the operands do not fit `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_backward_with(
+    isa: Isa,
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grads: SbfGrads,
+) {
+    assert!(
+        isa.is_supported(),
+        "fused_backward: this CPU does not run {}",
+        isa.name()
+    );
     check_operands(
         "fused_backward",
         shape,
@@ -250,7 +318,7 @@ pub fn fused_backward(
     if grad_templates.is_some() || grad_masks.is_some() {
         let conv_shape = shape.conv_shape();
         let mut dense_grad = vec![0.0f32; conv_shape.weight_len()]; // dW [N, C, K, K]
-        crate::kernels::conv::weight_grad(&conv_shape, input, grad_output, &mut dense_grad);
+        crate::kernels::conv::weight_grad_with(isa, &conv_shape, input, grad_output, &mut dense_grad);
         crate::kernels::sbf_filters::effective_filters_backward(
             crate::ops::TransformFamily::Scalar,
             shape.kernel,
@@ -264,22 +332,8 @@ pub fn fused_backward(
         );
     }
     if let Some(grad_input) = grad_input {
-        input_grad_fused(shape, assignment, templates, masks, grad_output, grad_input);
+        input_grad_fused(isa, shape, assignment, templates, masks, grad_output, grad_input);
     }
-}
-
-/// 8 values of `source` from `start` (the first `lanes`), zeros in the other lanes.
-#[inline(always)]
-fn load_lanes(source: &[f32], start: usize, lanes: usize) -> f32x8 {
-    if lanes == LANES {
-        let values: &[f32; LANES] = source[start..start + LANES].try_into().unwrap();
-        return f32x8::from(*values);
-    }
-    let mut values = [0.0f32; LANES];
-    for (value, &s) in values.iter_mut().zip(&source[start..start + lanes]) {
-        *value = s;
-    }
-    f32x8::from(values)
 }
 
 /// The operands of the input gradient for one group g and one input phase (see
@@ -292,7 +346,11 @@ struct PhaseOperands {
 }
 
 /// Packs the input gradient's operands with R2-row panels: `[G][phases]`.
-fn phase_operands<const R2: usize>(shape: &SbfShape, templates: &[f32]) -> Vec<Vec<PhaseOperands>> {
+fn phase_operands<const R2: usize>(
+    shape: &SbfShape,
+    templates: &[f32],
+    lanes: usize,
+) -> Vec<Vec<PhaseOperands>> {
     let (taps, cg, k, s) = (shape.taps(), shape.group_channels(), shape.kernel, shape.stride);
     (0..shape.groups)
         .map(|g| {
@@ -317,7 +375,7 @@ fn phase_operands<const R2: usize>(shape: &SbfShape, templates: &[f32]) -> Vec<V
                                 templates[(m * shape.in_channels + g * cg + c) * taps + tap];
                         }
                     }
-                    let slots = vector_slots(phase.rows.clone(), phase.cols.clone());
+                    let slots = vector_slots(phase.rows.clone(), phase.cols.clone(), lanes);
                     PhaseOperands { phase, packed, slots }
                 })
                 .collect()
@@ -327,6 +385,7 @@ fn phase_operands<const R2: usize>(shape: &SbfShape, templates: &[f32]) -> Vec<V
 
 /// dX of [`fused_backward`], in parallel over images.
 fn input_grad_fused(
+    isa: Isa,
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     templates: &[f32],
@@ -334,18 +393,22 @@ fn input_grad_fused(
     grad_output: &[f32],
     grad_input: &mut [f32],
 ) {
-    let input_pixels = shape.in_height * shape.in_width;
-    match choose_tiling(shape.group_channels(), input_pixels.div_ceil(LANES)) {
-        Tiling::Rows6Vectors2 => {
-            input_grad_tiled::<6, 2>(shape, assignment, templates, masks, grad_output, grad_input)
-        }
-        Tiling::Rows2Vectors6 => {
-            input_grad_tiled::<2, 6>(shape, assignment, templates, masks, grad_output, grad_input)
-        }
-    }
+    // The widest phase's columns choose the vector, as in the dense input gradient.
+    let phases = InputPhase::all(&shape.conv_shape());
+    let columns = phases.iter().map(|phase| phase.cols.len()).max().unwrap_or(0);
+    with_vector!(VectorKind::for_columns(isa, columns), V => {
+        let vectors: usize = phases
+            .iter()
+            .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(V::LANES))
+            .sum();
+        let tiling = Tiling::choose(V::REGISTERS, shape.group_channels(), vectors);
+        with_tile!(V, tiling, R2, V2 => {
+            input_grad_tiled::<V, R2, V2>(shape, assignment, templates, masks, grad_output, grad_input)
+        })
+    })
 }
 
-fn input_grad_tiled<const R2: usize, const V2: usize>(
+fn input_grad_tiled<V: Vector, const R2: usize, const V2: usize>(
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     templates: &[f32],
@@ -354,7 +417,7 @@ fn input_grad_tiled<const R2: usize, const V2: usize>(
     grad_input: &mut [f32],
 ) {
     let padded = PaddedGradOutput::new(&shape.conv_shape());
-    let operands = phase_operands::<R2>(shape, templates);
+    let operands = phase_operands::<R2>(shape, templates, V::LANES);
     let (taps, k, s, cg) = (shape.taps(), shape.kernel, shape.stride, shape.group_channels());
     let outputs_of = assignment.outputs_of_templates(shape.templates);
     // t(n, g, tap) at [(g·K² + tap)·N + n].
@@ -364,10 +427,10 @@ fn input_grad_tiled<const R2: usize, const V2: usize>(
                 .map(move |n| mask_value(shape, masks, assignment.mask_row[n], gt / taps, gt % taps))
         })
         .collect();
-    // D of one tile: [(m, t, u)][V2 vectors]; row d starts at d·V2·8.
+    // D of one tile: [(m, t, u)][V2 vectors]; row d starts at d·V2·LANES.
     let max_depth = shape.templates * taps;
-    let d_offsets: Vec<usize> = (0..max_depth).map(|d| d * V2 * LANES).collect();
-    let d_bases: [usize; V2] = std::array::from_fn(|v| v * LANES);
+    let d_offsets: Vec<usize> = (0..max_depth).map(|d| d * V2 * V::LANES).collect();
+    let d_bases: [usize; V2] = std::array::from_fn(|v| v * V::LANES);
     let (width, pixels) = (shape.in_width, shape.in_height * shape.in_width);
     let plane_len = padded.plane_len();
     let (x_image_len, y_image_len) = (shape.in_channels * pixels, shape.out_channels * shape.out_plane());
@@ -375,61 +438,84 @@ fn input_grad_tiled<const R2: usize, const V2: usize>(
         .par_chunks_mut(x_image_len)
         .zip(grad_output.par_chunks(y_image_len))
         .for_each_init(
-            || vec![0.0f32; max_depth * V2 * LANES + SOURCE_SLACK],
+            || vec![0.0f32; max_depth * V2 * V::LANES + SOURCE_SLACK],
             |d_tile, (grad_x, r)| {
-                with_workspace(&TASK_WORKSPACE, padded.image_len() + SOURCE_SLACK, |source| {
-                    // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
-                    let (image, slack) = source.split_at_mut(padded.image_len());
-                    slack.fill(0.0);
-                    padded.fill(r, image);
-                    for (g, phases) in operands.iter().enumerate() {
-                        for PhaseOperands { phase, packed, slots } in phases {
-                            let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
-                            let depth = shape.templates * row_taps * col_taps;
-                            for group in slots.chunks(V2) {
-                                let bases = group_bases::<V2>(group, padded.cols);
-                                // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
-                                for t in 0..row_taps {
-                                    for u in 0..col_taps {
-                                        let tap = (phase.row_phase + s * t) * k + phase.col_phase + s * u;
-                                        let shift = (padded.border - t) * padded.cols + padded.border - u;
-                                        let t_n = &mask_table[(g * taps + tap) * shape.out_channels..];
-                                        for (m, outputs) in outputs_of.iter().enumerate() {
-                                            let mut sum = [f32x8::ZERO; V2];
-                                            for &n in outputs {
-                                                let weight = f32x8::splat(t_n[n]);
-                                                let start = n * plane_len + shift;
-                                                for v in 0..V2 {
-                                                    let r_n = load_lanes(source, start + bases[v], LANES);
-                                                    sum[v] = weight.mul_add(r_n, sum[v]);
+                V::compiled(
+                    #[inline(always)]
+                    || {
+                        with_workspace(
+                            &TASK_WORKSPACE,
+                            padded.image_len() + SOURCE_SLACK,
+                            #[inline(always)]
+                            |source| {
+                                // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
+                                let (image, slack) = source.split_at_mut(padded.image_len());
+                                slack.fill(0.0);
+                                padded.fill(r, image);
+                                for (g, phases) in operands.iter().enumerate() {
+                                    for PhaseOperands { phase, packed, slots } in phases {
+                                        let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
+                                        let depth = shape.templates * row_taps * col_taps;
+                                        for group in slots.chunks(V2) {
+                                            let bases = group_bases::<V2>(group, padded.cols);
+                                            // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
+                                            for t in 0..row_taps {
+                                                for u in 0..col_taps {
+                                                    let tap = (phase.row_phase + s * t) * k
+                                                        + phase.col_phase
+                                                        + s * u;
+                                                    let shift =
+                                                        (padded.border - t) * padded.cols + padded.border - u;
+                                                    let t_n =
+                                                        &mask_table[(g * taps + tap) * shape.out_channels..];
+                                                    for (m, outputs) in outputs_of.iter().enumerate() {
+                                                        let mut sum = [V::zero(); V2];
+                                                        for &n in outputs {
+                                                            let weight = V::splat(t_n[n]);
+                                                            let start = n * plane_len + shift;
+                                                            for v in 0..V2 {
+                                                                let r_n: V = load_lanes(
+                                                                    source,
+                                                                    start + bases[v],
+                                                                    V::LANES,
+                                                                );
+                                                                sum[v] = weight.mul_add(r_n, sum[v]);
+                                                            }
+                                                        }
+                                                        let row = (m * row_taps + t) * col_taps + u;
+                                                        for (v, &vector) in sum.iter().enumerate() {
+                                                            store_lanes(
+                                                                d_tile,
+                                                                (row * V2 + v) * V::LANES,
+                                                                vector,
+                                                                V::LANES,
+                                                            );
+                                                        }
+                                                    }
                                                 }
                                             }
-                                            let row = (m * row_taps + t) * col_taps + u;
-                                            for (v, &vector) in sum.iter().enumerate() {
-                                                store_lanes(d_tile, (row * V2 + v) * LANES, vector, LANES);
+                                            // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
+                                            let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
+                                            for (panel, a) in packed.chunks(depth * R2).enumerate() {
+                                                let tile = gemm_tile::<V, R2, V2, 1>(a, &gather, &d_bases);
+                                                for (v, slot) in group.iter().enumerate() {
+                                                    // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                                    let ih = slot.row * s + phase.row_phase - shape.padding;
+                                                    let iw = slot.col * s + phase.col_phase - shape.padding;
+                                                    let channels = g * cg + panel * R2..(g + 1) * cg;
+                                                    for (r, c) in channels.take(R2).enumerate() {
+                                                        let start = c * pixels + ih * width + iw;
+                                                        add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
+                                                    }
+                                                }
                                             }
                                         }
                                     }
                                 }
-                                // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
-                                let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
-                                for (panel, a) in packed.chunks(depth * R2).enumerate() {
-                                    let tile = gemm_tile::<R2, V2, 1>(a, &gather, &d_bases);
-                                    for (v, slot) in group.iter().enumerate() {
-                                        // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
-                                        let ih = slot.row * s + phase.row_phase - shape.padding;
-                                        let iw = slot.col * s + phase.col_phase - shape.padding;
-                                        let channels = g * cg + panel * R2..(g + 1) * cg;
-                                        for (r, c) in channels.take(R2).enumerate() {
-                                            let start = c * pixels + ih * width + iw;
-                                            add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                })
+                            },
+                        )
+                    },
+                )
             },
         );
 }

@@ -1,6 +1,7 @@
 //! The fast kernels against their naive twins.
 
 use super::*;
+use crate::kernels::simd::Isa;
 use crate::tensor::{max_scaled_difference, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -145,6 +146,9 @@ fn on_threads<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> R {
 
 #[test]
 fn fused_forward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
+    if !Isa::Avx512.is_supported() {
+        eprintln!("skipped: the AVX-512 path (this CPU has no AVX-512F+VL)");
+    }
     let mut rng = StdRng::seed_from_u64(21);
     let cases = fused_grid();
     assert!(cases.len() > 100, "{} cases", cases.len());
@@ -156,19 +160,26 @@ fn fused_forward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
         stage1_forward_naive(&shape, &x, &b, &mut p_naive);
         let mut y_naive = vec![0.0; shape.output_len()];
         gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
-        let run = |threads| {
+        let run = |isa, threads| {
             on_threads(threads, || {
                 let mut y = vec![9.0; shape.output_len()];
-                fused_forward(&shape, &assignment, &x, &b, &t, &mut y);
+                fused_forward_with(isa, &shape, &assignment, &x, &b, &t, &mut y);
                 y
             })
         };
-        let y = run(1);
+        let y = run(Isa::Avx2, 1);
         assert_close_to_scale(&format!("fused_forward {shape:?}"), &y, &y_naive);
         for threads in [2, 3] {
             assert!(
-                run(threads) == y,
+                run(Isa::Avx2, threads) == y,
                 "fused_forward differs on {threads} threads: {shape:?}"
+            );
+        }
+        // Each output sums in one order whatever the vector: AVX-512 gives the same bits.
+        if Isa::Avx512.is_supported() {
+            assert!(
+                run(Isa::Avx512, 2) == y,
+                "fused_forward differs on AVX-512: {shape:?}"
             );
         }
     }
@@ -176,6 +187,9 @@ fn fused_forward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
 
 #[test]
 fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
+    if !Isa::Avx512.is_supported() {
+        eprintln!("skipped: the AVX-512 path (this CPU has no AVX-512F+VL)");
+    }
     let mut rng = StdRng::seed_from_u64(22);
     for (shape, assignment) in fused_grid() {
         let x = random(shape.input_len(), &mut rng);
@@ -193,7 +207,7 @@ fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
         stage1_templates_grad_naive(&shape, &x, &dp_naive, &mut db_naive);
         let mut dx_naive = vec![0.5; shape.input_len()];
         stage1_input_grad_naive(&shape, &dp_naive, &b, &mut dx_naive);
-        let run = |threads, want: [bool; 3]| {
+        let run_with = |isa, threads, want: [bool; 3]| {
             on_threads(threads, || {
                 let mut dx = vec![0.5; shape.input_len()];
                 let mut db = vec![0.5; shape.templates_len()];
@@ -203,10 +217,17 @@ fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
                     templates: want[1].then_some(&mut db[..]),
                     masks: want[2].then_some(&mut dt[..]),
                 };
-                fused_backward(&shape, &assignment, &x, &b, &t, &dy, grads);
+                fused_backward_with(isa, &shape, &assignment, &x, &b, &t, &dy, grads);
                 (dx, db, dt)
             })
         };
+        let run = |threads, want| run_with(Isa::Avx2, threads, want);
+        if Isa::Avx512.is_supported() {
+            let (dx, db, dt) = run_with(Isa::Avx512, 2, [true; 3]);
+            assert_close_to_scale(&format!("AVX-512 fused_backward dX {shape:?}"), &dx, &dx_naive);
+            assert_close_to_scale(&format!("AVX-512 fused_backward dB {shape:?}"), &db, &db_naive);
+            assert_close_to_scale(&format!("AVX-512 fused_backward dT {shape:?}"), &dt, &dt_naive);
+        }
         for threads in [1, 2, 3] {
             let (dx, db, dt) = run(threads, [true; 3]);
             assert_close_to_scale(&format!("fused_backward dX {shape:?}"), &dx, &dx_naive);
