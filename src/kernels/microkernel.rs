@@ -26,67 +26,84 @@ pub const MAX_LANES: usize = 16;
 /// unused lanes of a vector that overhangs the last row stay inside the buffer.
 pub const SOURCE_SLACK: usize = 2 * MAX_LANES;
 
-/// The two register tiles of a vector type: a tall one (more rows of A than
-/// vectors of B) and a wide one.
-#[derive(Clone, Copy, Debug)]
+/// The register tiles compiled: ROWS × VECTORS accumulators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiling {
-    /// 6 × 2 with 16 registers, 12 × 2 with 32.
-    Tall,
-    /// 2 × 6 with 16 registers, 4 × 6 with 32.
-    Wide,
+    /// 12 × 2 (32 registers only).
+    Rows12Vectors2,
+    /// 4 × 6 (32 registers only).
+    Rows4Vectors6,
+    Rows6Vectors2,
+    Rows2Vectors6,
 }
 
 impl Tiling {
-    /// (ROWS, VECTORS) of this tile for `registers` vector registers.
-    pub fn shape(self, registers: usize) -> (usize, usize) {
-        match (self, registers >= 32) {
-            (Tiling::Tall, false) => (6, 2),
-            (Tiling::Wide, false) => (2, 6),
-            (Tiling::Tall, true) => (12, 2),
-            (Tiling::Wide, true) => (4, 6),
+    /// (ROWS, VECTORS).
+    pub fn shape(self) -> (usize, usize) {
+        match self {
+            Tiling::Rows12Vectors2 => (12, 2),
+            Tiling::Rows4Vectors6 => (4, 6),
+            Tiling::Rows6Vectors2 => (6, 2),
+            Tiling::Rows2Vectors6 => (2, 6),
         }
     }
 
-    /// The tile that wastes the fewest padded multiply-adds for `rows` rows
-    /// of the product and `vectors` vectors of pixels, with `registers` registers.
+    /// The tiles that fit `registers` vector registers, larger first.
+    pub fn candidates(registers: usize) -> &'static [Tiling] {
+        if registers >= 32 {
+            &[
+                Tiling::Rows12Vectors2,
+                Tiling::Rows4Vectors6,
+                Tiling::Rows6Vectors2,
+                Tiling::Rows2Vectors6,
+            ]
+        } else {
+            &[Tiling::Rows6Vectors2, Tiling::Rows2Vectors6]
+        }
+    }
+
+    /// The tile that wastes the fewest padded multiply-adds for `rows` rows of
+    /// the product and `vectors` vectors of pixels, with `registers` registers;
+    /// of equal ones the first candidate (larger tiles load less per
+    /// multiply-add, and tall ones less than wide ones). On 64 channels of an
+    /// 8×8 map (8 vectors) that is 6 × 2: 12 × 2 pads 64 rows to 72, and ran
+    /// the forward pass slower than 6 × 2.
     pub fn choose(registers: usize, rows: usize, vectors: usize) -> Tiling {
-        let padded = |tiling: Tiling| {
-            let (tile_rows, tile_vectors) = tiling.shape(registers);
+        let padded = |tiling: &Tiling| {
+            let (tile_rows, tile_vectors) = tiling.shape();
             rows.div_ceil(tile_rows) * tile_rows * vectors.div_ceil(tile_vectors) * tile_vectors
         };
-        // Tall when it wastes at most as much: it loads less per multiply-add.
-        if padded(Tiling::Tall) <= padded(Tiling::Wide) {
-            Tiling::Tall
-        } else {
-            Tiling::Wide
-        }
+        let candidates = Tiling::candidates(registers);
+        let least = candidates.iter().map(padded).min().unwrap();
+        *candidates.iter().find(|tiling| padded(tiling) == least).unwrap()
     }
 }
 
 /// Runs `$body` with the const generics `$rows`, `$vectors` set to the shape of
-/// `tiling` for `V`'s registers: `with_tile!(V, tiling, R, C => f::<V, R, C>())`.
+/// `tiling`: `with_tile!(tiling, R, C => f::<V, R, C>())`. (The 32-register
+/// tiles are compiled for every vector type; `Tiling::choose` picks them only
+/// for vectors with 32 registers.)
 macro_rules! with_tile {
-    ($v:ty, $tiling:expr, $rows:ident, $vectors:ident => $body:expr) => {{
+    ($tiling:expr, $rows:ident, $vectors:ident => $body:expr) => {{
         use $crate::kernels::microkernel::Tiling;
-        use $crate::kernels::simd::Vector;
-        match ($tiling, <$v as Vector>::REGISTERS >= 32) {
-            (Tiling::Tall, false) => {
-                const $rows: usize = 6;
-                const $vectors: usize = 2;
-                $body
-            }
-            (Tiling::Wide, false) => {
-                const $rows: usize = 2;
-                const $vectors: usize = 6;
-                $body
-            }
-            (Tiling::Tall, true) => {
+        match $tiling {
+            Tiling::Rows12Vectors2 => {
                 const $rows: usize = 12;
                 const $vectors: usize = 2;
                 $body
             }
-            (Tiling::Wide, true) => {
+            Tiling::Rows4Vectors6 => {
                 const $rows: usize = 4;
+                const $vectors: usize = 6;
+                $body
+            }
+            Tiling::Rows6Vectors2 => {
+                const $rows: usize = 6;
+                const $vectors: usize = 2;
+                $body
+            }
+            Tiling::Rows2Vectors6 => {
+                const $rows: usize = 2;
                 const $vectors: usize = 6;
                 $body
             }
@@ -374,6 +391,21 @@ mod tests {
     use crate::kernels::simd::F32x8;
 
     type V = F32x8<16>;
+
+    #[test]
+    fn tiling_wastes_the_fewest_padded_multiply_adds_larger_tiles_first() {
+        // 64 channels of an 8×8 map, 8-lane vectors: 12 × 2 pads 64 rows to 72.
+        assert_eq!(Tiling::choose(32, 64, 8), Tiling::Rows6Vectors2);
+        assert_eq!(Tiling::choose(16, 64, 8), Tiling::Rows6Vectors2);
+        // 32 channels of a 16×16 map, 16 lanes: 12 × 2 and 6 × 2 both pad to 36 rows.
+        assert_eq!(Tiling::choose(32, 32, 16), Tiling::Rows12Vectors2);
+        // 16 channels, 64 vectors: the wide tiles pad 64 vectors to 66, the tall 16 rows to 18 or 24.
+        assert_eq!(Tiling::choose(32, 16, 64), Tiling::Rows4Vectors6);
+        assert_eq!(Tiling::choose(16, 16, 64), Tiling::Rows2Vectors6);
+        assert!(Tiling::candidates(16)
+            .iter()
+            .all(|t| t.shape().0 * t.shape().1 <= 12));
+    }
 
     #[test]
     fn gemm_tile_matches_a_scalar_product() {

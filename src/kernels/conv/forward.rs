@@ -36,9 +36,9 @@ fn forward_vector<V: Vector>(shape: &ConvShape, input: &[f32], weight: &[f32], o
     // Stride 1, K = 3: the taps kw = 0, 1, 2 of one (c, kh) are 3 neighbouring
     // floats of the padded image, read through one offset (see `gemm_tile`).
     if shape.stride == 1 && shape.kernel == 3 {
-        with_tile!(V, tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 3>(shape, input, weight, output))
+        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 3>(shape, input, weight, output))
     } else {
-        with_tile!(V, tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 1>(shape, input, weight, output))
+        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 1>(shape, input, weight, output))
     }
 }
 

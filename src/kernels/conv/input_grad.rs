@@ -198,7 +198,7 @@ pub fn input_grad_with(
             .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(V::LANES))
             .sum();
         let tiling = Tiling::choose(V::REGISTERS, shape.in_channels, vectors);
-        with_tile!(V, tiling, ROWS, VECTORS => {
+        with_tile!(tiling, ROWS, VECTORS => {
             input_grad_tiled::<V, ROWS, VECTORS>(shape, &phases, grad_output, weight, grad_input)
         })
     })

@@ -81,7 +81,7 @@ pub fn fused_forward_with(
     with_vector!(VectorKind::for_columns(isa, shape.out_width()), V => {
         let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
         let tiling = Tiling::choose(V::REGISTERS, shape.templates, vectors);
-        with_tile!(V, tiling, ROWS, VECTORS => {
+        with_tile!(tiling, ROWS, VECTORS => {
             fused_forward_tiled::<V, ROWS, VECTORS>(shape, assignment, input, templates, masks, output)
         })
     })
@@ -402,7 +402,7 @@ fn input_grad_fused(
             .map(|phase| phase.rows.len() * phase.cols.len().div_ceil(V::LANES))
             .sum();
         let tiling = Tiling::choose(V::REGISTERS, shape.group_channels(), vectors);
-        with_tile!(V, tiling, R2, V2 => {
+        with_tile!(tiling, R2, V2 => {
             input_grad_tiled::<V, R2, V2>(shape, assignment, templates, masks, grad_output, grad_input)
         })
     })
