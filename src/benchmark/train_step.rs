@@ -125,7 +125,8 @@ pub fn time_checkpoint_train_steps(path: &Path, bench: &TrainStepBench) -> Resul
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::file(path, "has no train_images entry"))?;
     let mut trainer = Trainer::from_checkpoint(&checkpoint, path, train_images)?;
-    (trainer.config.batch_size, trainer.config.shards) = (bench.batch, bench.shards);
+    trainer.config.batch_size = bench.batch;
+    trainer.set_shards(bench.shards);
     time_steps(trainer, bench)
 }
 

@@ -19,6 +19,19 @@ pub fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     flag
 }
 
+/// Like [`stop_on_ctrl_c`], for SIGTERM too: mpirun turns a Ctrl-C into SIGTERM to every rank
+/// (and SIGKILL a few seconds later).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub fn stop_on_signals() -> Arc<AtomicBool> {
+    let flag = stop_on_ctrl_c();
+    #[cfg(unix)]
+    // SAFETY: as in stop_on_ctrl_c.
+    unsafe {
+        signal(SIGTERM, on_interrupt as extern "C" fn(c_int) as usize);
+    }
+    flag
+}
+
 #[cfg(unix)]
 use std::ffi::c_int;
 
@@ -30,15 +43,17 @@ extern "C" {
 
 #[cfg(unix)]
 const SIGINT: c_int = 2;
+#[cfg(unix)]
+const SIGTERM: c_int = 15;
 
 #[cfg(unix)]
-extern "C" fn on_interrupt(_: c_int) {
+extern "C" fn on_interrupt(signum: c_int) {
     if let Some(flag) = STOP.get() {
         flag.store(true, Ordering::Relaxed);
     }
     const SIG_DFL: usize = 0;
-    // SAFETY: signal() is async-signal-safe; the next Ctrl-C takes the default action.
+    // SAFETY: signal() is async-signal-safe; the next such signal takes the default action.
     unsafe {
-        signal(SIGINT, SIG_DFL);
+        signal(signum, SIG_DFL);
     }
 }

@@ -138,5 +138,6 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         &out,
         &output,
     );
-    train::train_to_end(&mut trainer, &train_set, &test_set, &out, true, &output)
+    let stop = super::interrupt::stop_on_ctrl_c();
+    train::train_to_end(&mut trainer, &train_set, &test_set, &out, true, &output, stop)
 }

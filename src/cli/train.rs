@@ -37,6 +37,8 @@ use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
 use sbfnet::train::{validate, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// The steps listed in the test-hook variable `name` (see the module documentation).
 fn hook_steps(name: &str) -> Result<Vec<usize>> {
@@ -50,26 +52,32 @@ fn hook_steps(name: &str) -> Result<Vec<usize>> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // 0. Under mpirun: one process of a run across processes (`--features mpi`).
+    let mut processes = Processes::from_launch()?;
     // 1. Settings, all checked before any data is read.
     let output = OutputSettings::of(&args.run)?;
     let hooks = TestHooks::from_environment()?;
     let resumed = open_resumed(&args)?;
-    // A resumed run keeps its thread count unless told otherwise: the kernels
-    // split their work by it, so it decides the last bits of every sum.
+    // A resumed run keeps its thread count (its shards over the processes) unless told
+    // otherwise: the kernels split their work by it, so it decides the last bits of every sum.
     let threads = args
         .run
         .threads
-        .or(resumed.as_ref().map(|r| r.config.shards))
+        .or(resumed
+            .as_ref()
+            .map(|r| (r.config.shards / processes.count()).max(1)))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     validate::check_at_least("--threads", threads, 1)?;
     let (spec, fresh) = match &resumed {
         Some(resumed) => {
             check_resume_flags(&args.run, &resumed.config, &resumed.path)?;
-            if threads != resumed.config.shards {
+            if threads * processes.count() != resumed.config.shards && processes.writes() {
                 println!(
-                    "note: the run was started with --threads {0}; with {threads} threads it continues with {0} \
-                     shards per batch but will not repeat an uninterrupted run bit for bit",
-                    resumed.config.shards
+                    "note: the run was started with {0} shards per batch (threads × processes); with \
+                     {threads} threads × {1} processes it continues with {0} shards but will not repeat an \
+                     uninterrupted run bit for bit",
+                    resumed.config.shards,
+                    processes.count()
                 );
             }
             let spec = ModelSpec::parse_description(&resumed.checkpoint.model)
@@ -77,7 +85,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (spec, None)
         }
         None => {
-            let (spec, config) = fresh_model(&args, threads)?;
+            let (spec, mut config) = fresh_model(&args, threads)?;
+            // Every process runs `threads` shards of each batch.
+            config.shards = threads * processes.count();
             (spec, Some(config))
         }
     };
@@ -117,6 +127,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     trainer.on_nonfinite = output.on_nonfinite;
     hooks.install(&mut trainer);
+    let stop = processes.join(&mut trainer, (train.len(), test.len()))?;
+    if !processes.writes() {
+        return train_quietly(&mut trainer, &train, &test, &out, &output, stop);
+    }
     // A run without --out claims a fresh folder now, so two runs started in the same second
     // cannot share one.
     let (out, out_existed) = match (&args.run.out, &resumed) {
@@ -146,7 +160,109 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 
     // 4. The epochs, in the library's loop.
-    train_to_end(&mut trainer, &train, &test, &out, out_existed, &output)
+    train_to_end(&mut trainer, &train, &test, &out, out_existed, &output, stop)
+}
+
+/// The processes of a run: this one alone, or (`--features mpi`, under mpirun) one rank of
+/// several ([`sbfnet::train::distributed`]).
+enum Processes {
+    One,
+    #[cfg(feature = "mpi")]
+    Mpi(Option<sbfnet::train::distributed::MpiExchange>, usize, usize),
+}
+
+impl Processes {
+    fn from_launch() -> Result<Processes> {
+        #[cfg(feature = "mpi")]
+        if sbfnet::train::distributed::MpiExchange::launched() {
+            use sbfnet::train::ShardExchange;
+            let exchange = sbfnet::train::distributed::MpiExchange::initialize(interrupt::stop_on_signals())?;
+            let (rank, ranks) = (exchange.rank(), exchange.ranks());
+            return Ok(Processes::Mpi(Some(exchange), rank, ranks));
+        }
+        #[cfg(not(feature = "mpi"))]
+        if ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|v| v != "1"))
+        {
+            return Err(Error::msg(
+                "launched by mpirun, but this sbfnet was built without MPI: build it with `cargo build --release --features mpi`",
+            ));
+        }
+        Ok(Processes::One)
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Processes::One => 1,
+            #[cfg(feature = "mpi")]
+            Processes::Mpi(_, _, ranks) => *ranks,
+        }
+    }
+
+    /// Whether this process writes the run's files and prints its progress: rank 0.
+    fn writes(&self) -> bool {
+        match self {
+            Processes::One => true,
+            #[cfg(feature = "mpi")]
+            Processes::Mpi(_, rank, _) => *rank == 0,
+        }
+    }
+
+    /// Hands the exchange to `trainer` after checking that every process runs the same
+    /// settings on the same data; returns the flag that stops the run between two steps.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn join(&mut self, trainer: &mut Trainer, images: (usize, usize)) -> Result<Arc<AtomicBool>> {
+        match self {
+            Processes::One => Ok(interrupt::stop_on_ctrl_c()),
+            #[cfg(feature = "mpi")]
+            Processes::Mpi(exchange, _, _) => {
+                let exchange = exchange.take().expect("join is called once");
+                if trainer.config.time_budget_minutes.is_some() {
+                    return Err(Error::msg(
+                        "--time-budget is not supported across processes (each would plan its own epochs)",
+                    ));
+                }
+                let settings = format!(
+                    "model {}\nsettings {:#?}\nimages {images:?}\nepoch {} step {}",
+                    trainer.model.spec.description(),
+                    trainer.config,
+                    trainer.epoch,
+                    trainer.step,
+                );
+                exchange.check_same("settings", &settings)?;
+                let stop = exchange.stop_flag();
+                trainer.distribute(Box::new(exchange))?;
+                Ok(stop)
+            }
+        }
+    }
+}
+
+/// A process of a run across processes other than rank 0: trains in step with the others,
+/// writes nothing and prints only errors.
+fn train_quietly(
+    trainer: &mut Trainer,
+    train: &Cifar10,
+    test: &Cifar10,
+    out: &Path,
+    output: &OutputSettings,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let options = RunOptions {
+        out: out.to_path_buf(),
+        eval_every: output.eval_every,
+        test_views: output.test_views,
+        stop: Some(stop),
+        remove_unused_folder: false,
+        writes: false,
+    };
+    let summary = training::run(trainer, train, test, &options, &mut sbfnet::train::Silent)?;
+    trainer.leave_processes();
+    if let RunEnd::Stopped { .. } = summary.end {
+        std::process::exit(130);
+    }
+    Ok(())
 }
 
 /// A run to continue: its checkpoint, the path it was read from, and its settings.
@@ -348,6 +464,7 @@ pub(super) fn train_to_end(
     out: &Path,
     out_existed: bool,
     output: &OutputSettings,
+    stop: Arc<AtomicBool>,
 ) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
     record_command(out, rayon::current_num_threads())?;
@@ -355,8 +472,9 @@ pub(super) fn train_to_end(
         out: out.to_path_buf(),
         eval_every: output.eval_every,
         test_views: output.test_views,
-        stop: Some(interrupt::stop_on_ctrl_c()),
+        stop: Some(stop),
         remove_unused_folder: !out_existed,
+        writes: true,
     };
     let mut progress = ProgressLines::new()?;
     let summary = training::run(trainer, train, test, &options, &mut progress)?;
@@ -397,8 +515,10 @@ pub(super) fn train_to_end(
                     let _ = std::fs::remove_dir(out);
                 }
             }
+            trainer.leave_processes();
             std::process::exit(130);
         }
     }
+    trainer.leave_processes();
     Ok(())
 }

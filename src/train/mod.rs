@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod distillation;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod evaluate;
 pub mod lookahead;
 pub mod metrics;
@@ -24,7 +26,9 @@ pub use distillation::Distillation;
 pub use evaluate::{evaluate, evaluate_views, evaluate_views_with_progress, Evaluation, TestViews};
 pub use numerics::{NonFinitePolicy, NumericalFault};
 pub use optimizer::{Sgd, SgdConfig};
-pub use parallel::{data_parallel_gradients, Objective};
+pub use parallel::{
+    data_parallel_gradients, data_parallel_gradients_in, Objective, ShardExchange, ShardLayout,
+};
 pub use partial_epoch::PartialEpoch;
 pub use run::{
     run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, TEST_IMAGES_KEY,

@@ -36,6 +36,55 @@ impl Objective<'_> {
     }
 }
 
+/// How a process reaches the shards that other processes compute (data
+/// parallelism across processes: MPI ranks, `train::distributed`). Every
+/// process calls `all_gather` at the same points, in the same order.
+pub trait ShardExchange: Send {
+    /// This process's index, 0-based.
+    fn rank(&self) -> usize;
+    /// The number of processes.
+    fn ranks(&self) -> usize;
+    /// Every process's `local` floats, concatenated in rank order (the lengths may differ).
+    fn all_gather(&self, local: &[f32]) -> Vec<f32>;
+}
+
+/// Which of a batch's shards this process computes, and how it reaches the others.
+#[derive(Clone, Copy)]
+pub struct ShardLayout<'a> {
+    /// Shards of the whole batch, every process's.
+    pub total: usize,
+    /// The global index of this process's first shard.
+    pub first: usize,
+    /// None: this process computes every shard.
+    pub exchange: Option<&'a dyn ShardExchange>,
+}
+
+impl<'a> ShardLayout<'a> {
+    /// Every shard here.
+    pub fn whole(total: usize) -> ShardLayout<'static> {
+        ShardLayout {
+            total,
+            first: 0,
+            exchange: None,
+        }
+    }
+
+    /// Rank r of R computes shards ⌊r·S/R⌋ .. ⌊(r+1)·S/R⌋ of S, and reaches the others through `exchange`.
+    pub fn across(total: usize, exchange: &'a dyn ShardExchange) -> ShardLayout<'a> {
+        let (rank, ranks) = (exchange.rank(), exchange.ranks());
+        ShardLayout {
+            total,
+            first: rank * total / ranks,
+            exchange: Some(exchange),
+        }
+    }
+
+    /// How many shards rank `rank` of `ranks` computes.
+    pub fn local_count(total: usize, rank: usize, ranks: usize) -> usize {
+        (rank + 1) * total / ranks - rank * total / ranks
+    }
+}
+
 /// The gradient of the mean loss over the batch `x` [B, 3, 32, 32], computed
 /// on `worker_gradients.len()` shards in parallel and written into
 /// `store`'s gradients (overwriting them). `worker_gradients[s]` is shard s's
@@ -49,20 +98,49 @@ pub fn data_parallel_gradients(
     objective: Objective,
     forward: impl Fn(&mut Tape, Var) -> Var + Sync,
 ) -> (f32, usize, Vec<BatchStatistics>) {
+    let layout = ShardLayout::whole(worker_gradients.len());
+    data_parallel_gradients_in(layout, store, worker_gradients, x, labels, objective, forward)
+}
+
+/// [`data_parallel_gradients`] where this process computes the shards
+/// `layout.first ..` (`worker_gradients.len()` of them) of `layout.total`,
+/// and the exchange brings the others': every shard's gradient, loss, correct
+/// count and batch statistics reach every process, which sums them in global
+/// shard order, so each process ends with the one-process result, bit for bit,
+/// whatever the split over processes. (Volume: every shard's gradient to every
+/// process, S × |θ| floats a step, not a ring all-reduce's 2|θ|: the price of
+/// that exactness, small for CIFAR ResNets on a few processes.)
+pub fn data_parallel_gradients_in(
+    layout: ShardLayout,
+    store: &mut ParamStore,
+    worker_gradients: &mut [Vec<Tensor>],
+    x: &Tensor,
+    labels: &[usize],
+    objective: Objective,
+    forward: impl Fn(&mut Tape, Var) -> Var + Sync,
+) -> (f32, usize, Vec<BatchStatistics>) {
     let batch = labels.len();
-    let shards = worker_gradients.len();
+    let shards = layout.total;
     assert!(
         shards >= 1 && batch >= shards,
         "data_parallel_gradients: {batch} images cannot be split into {shards} shards"
+    );
+    assert!(
+        !worker_gradients.is_empty() && layout.first + worker_gradients.len() <= shards,
+        "data_parallel_gradients: shards {}..{} are not among the batch's {shards}",
+        layout.first,
+        layout.first + worker_gradients.len()
     );
     let image_len = x.len() / batch;
     // Shard s holds images start(s)..start(s + 1): sizes differ by at most one.
     let start = |s: usize| s * batch / shards;
     let shared: &ParamStore = store;
+    let first_shard = layout.first;
     let results: Vec<ShardResult> = worker_gradients
         .par_iter_mut()
         .enumerate()
-        .map(|(s, gradients)| {
+        .map(|(local, gradients)| {
+            let s = first_shard + local;
             let (first, end) = (start(s), start(s + 1));
             let mut shape = x.shape.clone();
             shape[0] = end - first;
@@ -105,8 +183,87 @@ pub fn data_parallel_gradients(
             }
         })
         .collect();
-    // Sum the shards' gradients into the store, in shard order, in parallel
-    // over chunks of each parameter (a few VGG weights hold most of the values).
+    match layout.exchange {
+        None => {
+            sum_in_shard_order(store, shards, |s, p| &worker_gradients[s][p].data);
+            let loss = results.iter().map(|r| r.weighted_loss).sum();
+            let correct = results.iter().map(|r| r.correct).sum();
+            let statistics = results.into_iter().flat_map(|r| r.statistics).collect();
+            (loss, correct, statistics)
+        }
+        Some(exchange) => gather_shards(exchange, shards, store, worker_gradients, results),
+    }
+}
+
+/// Every process's shards, gathered: each shard sends [loss share, correct count, its batch
+/// statistics (count, mean, var per layer), its gradient]; every process then sums them in
+/// global shard order, as one process would.
+fn gather_shards(
+    exchange: &dyn ShardExchange,
+    shards: usize,
+    store: &mut ParamStore,
+    worker_gradients: &[Vec<Tensor>],
+    results: Vec<ShardResult>,
+) -> (f32, usize, Vec<BatchStatistics>) {
+    let mut message = Vec::new();
+    for (result, gradients) in results.iter().zip(worker_gradients) {
+        message.push(result.weighted_loss);
+        message.push(result.correct as f32); // exact below 2^24
+        for statistics in &result.statistics {
+            message.push(statistics.count as f32);
+            message.extend_from_slice(&statistics.mean);
+            message.extend_from_slice(&statistics.var);
+        }
+        for gradient in gradients {
+            message.extend_from_slice(&gradient.data);
+        }
+    }
+    let shard_len = message.len() / results.len();
+    let gathered = exchange.all_gather(&message);
+    assert_eq!(
+        gathered.len(),
+        shards * shard_len,
+        "data_parallel_gradients: the processes' shards differ in size (are they training the same model?)"
+    );
+    let shard = |s: usize| &gathered[s * shard_len..][..shard_len];
+    // Every shard's statistics have the layers of this process's first shard, in its order.
+    let template = &results[0].statistics;
+    let statistics_len: usize = template.iter().map(|t| 1 + 2 * t.mean.len()).sum();
+    let mut statistics = Vec::with_capacity(shards * template.len());
+    for s in 0..shards {
+        let mut fields = &shard(s)[2..];
+        for layer in template {
+            let channels = layer.mean.len();
+            statistics.push(BatchStatistics {
+                count: fields[0] as usize,
+                mean: fields[1..1 + channels].to_vec(),
+                var: fields[1 + channels..1 + 2 * channels].to_vec(),
+                ..layer.clone()
+            });
+            fields = &fields[1 + 2 * channels..];
+        }
+    }
+    // Where parameter p's gradient starts in a shard's message.
+    let mut offsets = Vec::with_capacity(store.params.len());
+    let mut offset = 2 + statistics_len;
+    for param in &store.params {
+        offsets.push(offset);
+        offset += param.grad.data.len();
+    }
+    sum_in_shard_order(store, shards, |s, p| &shard(s)[offsets[p]..]);
+    let loss = (0..shards).map(|s| shard(s)[0]).sum();
+    let correct = (0..shards).map(|s| shard(s)[1] as usize).sum();
+    (loss, correct, statistics)
+}
+
+/// store.grad[p] = Σ_s gradient(s, p) for s = 0, 1, …, `shards` − 1 in that order
+/// (`gradient(s, p)` starts with parameter p's values), in parallel over chunks
+/// of each parameter (a few VGG weights hold most of the values).
+fn sum_in_shard_order<'g>(
+    store: &mut ParamStore,
+    shards: usize,
+    gradient: impl Fn(usize, usize) -> &'g [f32] + Sync,
+) {
     for (p, param) in store.params.iter_mut().enumerate() {
         param
             .grad
@@ -115,16 +272,12 @@ pub fn data_parallel_gradients(
             .enumerate()
             .for_each(|(chunk, sum)| {
                 let range = chunk * REDUCTION_CHUNK..chunk * REDUCTION_CHUNK + sum.len();
-                sum.copy_from_slice(&worker_gradients[0][p].data[range.clone()]);
-                for gradients in &worker_gradients[1..] {
-                    for (total, g) in sum.iter_mut().zip(&gradients[p].data[range.clone()]) {
+                sum.copy_from_slice(&gradient(0, p)[range.clone()]);
+                for s in 1..shards {
+                    for (total, g) in sum.iter_mut().zip(&gradient(s, p)[range.clone()]) {
                         *total += g;
                     }
                 }
             });
     }
-    let loss = results.iter().map(|r| r.weighted_loss).sum();
-    let correct = results.iter().map(|r| r.correct).sum();
-    let statistics = results.into_iter().flat_map(|r| r.statistics).collect();
-    (loss, correct, statistics)
 }

@@ -66,6 +66,9 @@ pub struct RunOptions {
     /// Remove `out` when the run ends before it wrote anything there and the folder is empty
     /// (the caller made the folder for this run).
     pub remove_unused_folder: bool,
+    /// Write metrics, learning curve, pruning log and checkpoints into `out`; false on every
+    /// process of a run across processes but rank 0.
+    pub writes: bool,
 }
 
 impl RunOptions {
@@ -77,6 +80,7 @@ impl RunOptions {
             test_views: TestViews::Plain,
             stop: None,
             remove_unused_folder: false,
+            writes: true,
         }
     }
 }
@@ -167,20 +171,9 @@ pub fn run(
         return Err(Error::msg("eval_every must be at least 1"));
     }
     let out = &options.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
-    for file in [
-        "last.ckpt",
-        "best.ckpt",
-        "metrics.csv",
-        "learning_curve.png",
-        "pruning.csv",
-    ] {
-        for stale in remove_stale_temporaries(&out.join(file))? {
-            observer.note(&format!(
-                "removed {}: the partial write of an interrupted run",
-                stale.display()
-            ));
-        }
+    let writes = options.writes;
+    if writes {
+        prepare_out_folder(out, observer)?;
     }
     let csv_path = out.join("metrics.csv");
     let mut rows: Vec<MetricsRow> = if trainer.epoch > 0 && csv_path.exists() {
@@ -206,7 +199,7 @@ pub fn run(
             Ok(None) => {
                 let done = trainer.partial.as_ref().map_or(0, |p| p.steps);
                 // The unfinished epoch goes into last.ckpt, to be continued from its next step.
-                if done > 0 {
+                if done > 0 && writes {
                     save_last(trainer, out, test.len())?;
                 }
                 let end = RunEnd::Stopped {
@@ -215,13 +208,15 @@ pub fn run(
                     steps,
                     saved: done > 0,
                 };
-                if done == 0 {
+                if done == 0 && writes {
                     remove_if_unused(options, trainer.epoch);
                 }
                 return Ok(summary(trainer, end));
             }
             Err(fault) => {
-                remove_if_unused(options, trainer.epoch);
+                if writes {
+                    remove_if_unused(options, trainer.epoch);
+                }
                 return Err(diverged(&fault, out));
             }
         };
@@ -277,21 +272,10 @@ pub fn run(
             images_per_second: result.images_per_second,
             elapsed_seconds: trainer.elapsed_seconds,
         });
-        // Metrics first: a run killed before last.ckpt is written resumes from the
-        // epoch before, and drops the rows after that epoch when it reads metrics.csv.
-        metrics::write_csv(&csv_path, &rows)?;
-        let transformed = match trainer.pruning {
-            Some(_) => transformed_fractions(trainer, &out.join("pruning.csv"), result.epoch),
-            None => Vec::new(),
-        };
-        metrics::write_learning_curve(&out.join("learning_curve.png"), &rows, &transformed)?;
-        if best {
-            checkpoint_of(trainer, test.len()).save(&out.join("best.ckpt"))?;
-        }
-        save_last(trainer, out, test.len())?;
-        let pruning = match trainer.pruning {
-            Some(_) => Some(log_pruning(trainer, &out.join("pruning.csv"), result.epoch)?),
-            None => None,
+        let pruning = if writes {
+            write_epoch(trainer, out, &rows, best, test.len(), result.epoch)?
+        } else {
+            None
         };
         let session_epochs = (trainer.epoch - first_epoch) as f64;
         observer.epoch_finished(&EpochReport {
@@ -306,6 +290,54 @@ pub fn run(
         });
     }
     Ok(summary(trainer, RunEnd::Finished))
+}
+
+/// Creates `out` and removes the partial writes an interrupted run left there.
+fn prepare_out_folder(out: &Path, observer: &mut dyn Observer) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "cannot create the output folder", e))?;
+    for file in [
+        "last.ckpt",
+        "best.ckpt",
+        "metrics.csv",
+        "learning_curve.png",
+        "pruning.csv",
+    ] {
+        for stale in remove_stale_temporaries(&out.join(file))? {
+            observer.note(&format!(
+                "removed {}: the partial write of an interrupted run",
+                stale.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes what an epoch leaves in `out`: metrics.csv, the learning curve, best.ckpt if
+/// `best`, last.ckpt and the pruning log; returns the pruning state of a pruning run.
+fn write_epoch(
+    trainer: &Trainer,
+    out: &Path,
+    rows: &[MetricsRow],
+    best: bool,
+    test_images: usize,
+    epoch: usize,
+) -> Result<Option<PruningSummary>> {
+    // Metrics first: a run killed before last.ckpt is written resumes from the
+    // epoch before, and drops the rows after that epoch when it reads metrics.csv.
+    metrics::write_csv(&out.join("metrics.csv"), rows)?;
+    let transformed = match trainer.pruning {
+        Some(_) => transformed_fractions(trainer, &out.join("pruning.csv"), epoch),
+        None => Vec::new(),
+    };
+    metrics::write_learning_curve(&out.join("learning_curve.png"), rows, &transformed)?;
+    if best {
+        checkpoint_of(trainer, test_images).save(&out.join("best.ckpt"))?;
+    }
+    save_last(trainer, out, test_images)?;
+    match trainer.pruning {
+        Some(_) => Ok(Some(log_pruning(trainer, &out.join("pruning.csv"), epoch)?)),
+        None => Ok(None),
+    }
 }
 
 /// The trainer's checkpoint, with the number of test images the run evaluates on.

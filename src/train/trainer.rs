@@ -38,7 +38,7 @@ use super::evaluate::{evaluate, Evaluation};
 use super::lookahead::{self, Lookahead};
 use super::numerics::{self, FaultKind, NonFinitePolicy, NumericalFault};
 use super::optimizer::Sgd;
-use super::parallel::{data_parallel_gradients, Objective};
+use super::parallel::{data_parallel_gradients_in, Objective, ShardExchange, ShardLayout};
 use super::partial_epoch::PartialEpoch;
 use super::schedule::{Anchor, Schedule};
 use super::weight_average::WeightAverage;
@@ -156,8 +156,10 @@ pub struct Trainer {
     pub distillation: Option<Distillation>,
     /// The unfinished epoch `epoch + 1`, when a run stopped inside it; None between epochs.
     pub partial: Option<PartialEpoch>,
-    /// Per-shard gradient buffers, [shards][parameters], reused across steps.
+    /// Per-shard gradient buffers of this process's shards, [shards][parameters], reused across steps.
     worker_gradients: Vec<Vec<Tensor>>,
+    /// The other processes of a run across processes ([`Trainer::distribute`]); None: one process.
+    exchange: Option<Box<dyn ShardExchange>>,
     /// The current batch [B, 3, 32, 32] and its labels, reused across steps.
     batch: Tensor,
     labels: Vec<usize>,
@@ -205,9 +207,48 @@ impl Trainer {
             taylor: TaylorScores::default(),
             partial: None,
             worker_gradients,
+            exchange: None,
             batch: Tensor::zeros(&[0]),
             labels: Vec::new(),
         })
+    }
+
+    /// Trains across processes from now on: of every batch's `shards` shards this process
+    /// computes rank r's share (⌊r·S/R⌋ .. ⌊(r+1)·S/R⌋, see [`ShardLayout::across`]) and
+    /// `exchange` brings the others'. Every process must hold the same trainer (settings,
+    /// data, checkpoint): each then takes the same step as one process would.
+    pub fn distribute(&mut self, exchange: Box<dyn ShardExchange>) -> Result<()> {
+        let (rank, ranks, shards) = (exchange.rank(), exchange.ranks(), self.config.shards);
+        if shards < ranks {
+            return Err(Error::msg(format!(
+                "`shards` ({shards}) must be at least the number of processes ({ranks}): every process computes at least one shard"
+            )));
+        }
+        let local = ShardLayout::local_count(shards, rank, ranks);
+        self.worker_gradients = (0..local).map(|_| self.store.zeros_like_params()).collect();
+        self.exchange = Some(exchange);
+        Ok(())
+    }
+
+    /// Splits every batch into `shards` shards from now on (one process).
+    pub fn set_shards(&mut self, shards: usize) {
+        self.config.shards = shards;
+        self.worker_gradients = (0..shards).map(|_| self.store.zeros_like_params()).collect();
+    }
+
+    /// Ends a run across processes on this process (MPI is finalised when its exchange is
+    /// dropped); the trainer then computes every shard itself again.
+    pub fn leave_processes(&mut self) {
+        if self.exchange.take().is_some() {
+            self.worker_gradients = (0..self.config.shards)
+                .map(|_| self.store.zeros_like_params())
+                .collect();
+        }
+    }
+
+    /// (rank, processes): (0, 1) unless [`Trainer::distribute`]d.
+    pub fn process(&self) -> (usize, usize) {
+        self.exchange.as_ref().map_or((0, 1), |e| (e.rank(), e.ranks()))
     }
 
     /// One optimisation step on the batch `x` [B, 3, 32, 32] with `labels` `[B]`.
@@ -220,7 +261,12 @@ impl Trainer {
             net.freeze_whitening_bias_after(self.epoch, &mut self.store);
         }
         let model = &self.model;
-        let (loss, correct, statistics) = data_parallel_gradients(
+        let layout = match &self.exchange {
+            Some(exchange) => ShardLayout::across(self.config.shards, exchange.as_ref()),
+            None => ShardLayout::whole(self.config.shards),
+        };
+        let (loss, correct, statistics) = data_parallel_gradients_in(
+            layout,
             &mut self.store,
             &mut self.worker_gradients,
             x,

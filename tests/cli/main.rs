@@ -3,6 +3,8 @@
 //! one-line refusals of bad settings.
 
 mod common;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod download;
 mod interop;
 mod kill_resume;
