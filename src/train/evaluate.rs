@@ -126,7 +126,76 @@ pub fn evaluate_views_with_progress(
     views: TestViews,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Evaluation {
-    let indices: Vec<usize> = (0..set.len()).collect();
+    evaluate_images(model, store, set, 0..set.len(), batch_size, views, progress).evaluation()
+}
+
+/// What an evaluation counts over some images: summed loss, correct and seen per class. The
+/// tallies of disjoint parts of a set add up to the whole set's (a run across processes
+/// evaluates one part on each).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tally {
+    pub loss_sum: f64,
+    pub correct: [usize; NUM_CLASSES],
+    pub seen: [usize; NUM_CLASSES],
+}
+
+impl Tally {
+    pub fn add(&mut self, other: &Tally) {
+        self.loss_sum += other.loss_sum;
+        for k in 0..NUM_CLASSES {
+            self.correct[k] += other.correct[k];
+            self.seen[k] += other.seen[k];
+        }
+    }
+
+    pub fn evaluation(&self) -> Evaluation {
+        let images = self.seen.iter().sum::<usize>();
+        Evaluation {
+            images,
+            loss: (self.loss_sum / images.max(1) as f64) as f32,
+            accuracy: self.correct.iter().sum::<usize>() as f32 / images.max(1) as f32,
+            per_class_accuracy: std::array::from_fn(|k| self.correct[k] as f32 / self.seen[k] as f32),
+            per_class_images: self.seen,
+        }
+    }
+
+    /// As floats for an exchange between processes: the loss sum's 64 bits as two floats'
+    /// bits, then the counts (exact below 2^24).
+    pub fn to_floats(&self) -> Vec<f32> {
+        let bits = self.loss_sum.to_bits();
+        let mut floats = vec![f32::from_bits((bits >> 32) as u32), f32::from_bits(bits as u32)];
+        floats.extend(self.correct.iter().chain(&self.seen).map(|&n| n as f32));
+        floats
+    }
+
+    /// The tallies of [`Tally::to_floats`], concatenated.
+    pub fn from_floats(floats: &[f32]) -> Vec<Tally> {
+        floats
+            .chunks_exact(2 + 2 * NUM_CLASSES)
+            .map(|f| {
+                let bits = (u64::from(f[0].to_bits()) << 32) | u64::from(f[1].to_bits());
+                Tally {
+                    loss_sum: f64::from_bits(bits),
+                    correct: std::array::from_fn(|k| f[2 + k] as usize),
+                    seen: std::array::from_fn(|k| f[2 + NUM_CLASSES + k] as usize),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The [`Tally`] of the images `images` of `set`.
+pub fn evaluate_images(
+    model: &Model,
+    store: &ParamStore,
+    set: &Cifar10,
+    images: std::ops::Range<usize>,
+    batch_size: usize,
+    views: TestViews,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Tally {
+    let total = images.len();
+    let indices: Vec<usize> = images.collect();
     let threads = rayon::current_num_threads();
     let mut loss_sum = 0.0f64;
     let (mut correct, mut seen) = ([0usize; NUM_CLASSES], [0usize; NUM_CLASSES]);
@@ -174,15 +243,12 @@ pub fn evaluate_views_with_progress(
                 correct[t] += usize::from(p == t);
             }
         }
-        progress(seen.iter().sum(), set.len());
+        progress(seen.iter().sum(), total);
     }
-    let images = set.len();
-    Evaluation {
-        images,
-        loss: (loss_sum / images.max(1) as f64) as f32,
-        accuracy: correct.iter().sum::<usize>() as f32 / images.max(1) as f32,
-        per_class_accuracy: std::array::from_fn(|k| correct[k] as f32 / seen[k] as f32),
-        per_class_images: seen,
+    Tally {
+        loss_sum,
+        correct,
+        seen,
     }
 }
 
@@ -199,6 +265,28 @@ mod tests {
     use super::*;
     use crate::data::synthetic::synthetic_set;
     use crate::nn::ModelSpec;
+
+    /// The tallies of three parts of a set add up to the whole set's, and survive the trip
+    /// through floats that an exchange between processes takes.
+    #[test]
+    fn tallies_of_parts_add_up_to_the_whole_and_round_trip_through_floats() {
+        let (model, store) = tiny_model(5);
+        let set = synthetic_set(37, 10, 6);
+        let plain = TestViews::Plain;
+        let whole = evaluate_images(&model, &store, &set, 0..37, 8, plain, &mut |_, _| {});
+        let parts = [0..12, 12..25, 25..37]
+            .map(|part| evaluate_images(&model, &store, &set, part, 8, plain, &mut |_, _| {}));
+        let floats: Vec<f32> = parts.iter().flat_map(Tally::to_floats).collect();
+        let received = Tally::from_floats(&floats);
+        assert_eq!(received, parts.to_vec());
+        let mut sum = received[0];
+        for tally in &received[1..] {
+            sum.add(tally);
+        }
+        assert_eq!((sum.correct, sum.seen), (whole.correct, whole.seen));
+        assert!((sum.loss_sum - whole.loss_sum).abs() <= 1e-9 * whole.loss_sum.abs());
+        assert_eq!(sum.evaluation().images, 37);
+    }
 
     /// A half-width ResNet-8 initialised from `seed`.
     fn tiny_model(seed: u64) -> (Model, ParamStore) {

@@ -34,7 +34,7 @@
 //! # Ok::<(), sbfnet::Error>(())
 //! ```
 
-use super::evaluate::{evaluate_views_with_progress, Evaluation, TestViews};
+use super::evaluate::{Evaluation, TestViews};
 use super::metrics::{self, MetricsRow};
 use super::numerics::NumericalFault;
 use super::time_budget::{self, BudgetState};
@@ -242,9 +242,7 @@ pub fn run(
             || trainer.epoch == trainer.planned_epochs)
             .then(|| {
                 let started = Instant::now();
-                let evaluation = evaluate_views_with_progress(
-                    &trainer.model,
-                    trainer.evaluated_store(),
+                let evaluation = trainer.evaluate_views(
                     test,
                     trainer.config.batch_size.max(128),
                     options.test_views,

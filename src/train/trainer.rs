@@ -246,6 +246,36 @@ impl Trainer {
         }
     }
 
+    /// The evaluation of the weights that checkpoints keep ([`Trainer::evaluated_store`]) on
+    /// `set`; across processes each evaluates its part of the set (rank r of R: images
+    /// ⌊r·n/R⌋ .. ⌊(r+1)·n/R⌋) and the tallies are added in rank order.
+    pub fn evaluate_views(
+        &self,
+        set: &Cifar10,
+        batch_size: usize,
+        views: super::evaluate::TestViews,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Evaluation {
+        use super::evaluate::{evaluate_images, Tally};
+        let store = self.evaluated_store();
+        let Some(exchange) = &self.exchange else {
+            return evaluate_images(&self.model, store, set, 0..set.len(), batch_size, views, progress)
+                .evaluation();
+        };
+        let (rank, ranks, n) = (exchange.rank(), exchange.ranks(), set.len());
+        let part = rank * n / ranks..(rank + 1) * n / ranks;
+        let local = evaluate_images(&self.model, store, set, part, batch_size, views, progress);
+        let mut total = Tally {
+            loss_sum: 0.0,
+            correct: [0; crate::data::cifar::NUM_CLASSES],
+            seen: [0; crate::data::cifar::NUM_CLASSES],
+        };
+        for tally in Tally::from_floats(&exchange.all_gather(&local.to_floats())) {
+            total.add(&tally);
+        }
+        total.evaluation()
+    }
+
     /// (rank, processes): (0, 1) unless [`Trainer::distribute`]d.
     pub fn process(&self) -> (usize, usize) {
         self.exchange.as_ref().map_or((0, 1), |e| (e.rank(), e.ranks()))
