@@ -72,6 +72,7 @@ use std::thread::LocalKey;
 use rayon::prelude::*;
 
 use super::microkernel::SOURCE_SLACK;
+use super::simd::Vector;
 use super::ConvShape;
 
 thread_local! {
@@ -101,6 +102,34 @@ pub(in crate::kernels) fn with_workspace<R>(
     let result = work(&mut buffer[..len]);
     slot.set(buffer);
     result
+}
+
+/// Runs `work`, compiled for V's instruction set, on this thread's task workspace: `image_len`
+/// floats written by `fill` (one padded image), then SOURCE_SLACK zeros that a vector may read
+/// past the end. Mark `work` `#[inline(always)]`: its loops are then compiled inside
+/// `Vector::compiled`.
+#[inline(always)]
+pub(in crate::kernels) fn with_padded_source<V: Vector, R>(
+    image_len: usize,
+    fill: impl FnOnce(&mut [f32]),
+    work: impl FnOnce(&[f32]) -> R,
+) -> R {
+    V::compiled(
+        #[inline(always)]
+        || {
+            with_workspace(
+                &TASK_WORKSPACE,
+                image_len + SOURCE_SLACK,
+                #[inline(always)]
+                |source| {
+                    let (image, slack) = source.split_at_mut(image_len);
+                    slack.fill(0.0);
+                    fill(image);
+                    work(source)
+                },
+            )
+        },
+    )
 }
 
 /// LANES neighbouring pixels of one row of a pixel grid: (row, first column, lanes used).

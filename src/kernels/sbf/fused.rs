@@ -18,8 +18,7 @@
 //! identity outputs included, at t = 1), against N·C·K² for the dense conv.
 
 use super::super::conv::{
-    group_bases, vector_slots, with_workspace, InputPhase, PaddedGradOutput, PhaseSplitImage, VectorSlot,
-    TASK_WORKSPACE,
+    group_bases, vector_slots, with_padded_source, InputPhase, PaddedGradOutput, PhaseSplitImage, VectorSlot,
 };
 use super::super::microkernel::{
     add_lanes, gemm_tile, load_lanes, store_lanes, with_tile, GatherMatrix, Tiling, SOURCE_SLACK,
@@ -184,52 +183,42 @@ fn fused_forward_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(
             // Z of one tile for every (g, tap): [G·K²][ROWS][VECTORS] vectors, 7 KiB at 6 × 2 × 8.
             || vec![[[V::zero(); VECTORS]; ROWS]; plan.group_taps],
             |maps, (y, x)| {
-                V::compiled(
+                with_padded_source::<V, _>(
+                    image.image_len(),
+                    |padded| image.fill(x, padded),
                     #[inline(always)]
-                    || {
-                        with_workspace(
-                            &TASK_WORKSPACE,
-                            image.image_len() + SOURCE_SLACK,
-                            #[inline(always)]
-                            |source| {
-                                let (padded, slack) = source.split_at_mut(image.image_len());
-                                slack.fill(0.0);
-                                image.fill(x, padded);
-                                let gathers: Vec<GatherMatrix> = plan
-                                    .offsets
-                                    .iter()
-                                    .map(|o| GatherMatrix::new(source, o))
-                                    .collect();
-                                for (panel, outputs) in plan.outputs.iter().enumerate() {
-                                    let a = &plan.packed[panel * plan.group_taps * cg * ROWS..];
-                                    for group in slots.chunks(VECTORS) {
-                                        let bases = group_bases::<VECTORS>(group, image.row_stride());
-                                        // Stage 1: Z[gt] = B_panel[gt] · X_gt, one register tile per (g, tap).
-                                        for (gt, tile) in maps.iter_mut().enumerate() {
-                                            let a_gt = &a[gt * cg * ROWS..][..cg * ROWS];
-                                            *tile =
-                                                gemm_tile::<V, ROWS, VECTORS, 1>(a_gt, &gathers[gt], &bases);
-                                        }
-                                        // Stage 2: Y[n] = Σ_gt t(n, gt) · Z[gt][r(n)].
-                                        for &(n, r) in outputs {
-                                            let t =
-                                                &plan.mask_table[n * plan.group_taps..][..plan.group_taps];
-                                            let mut sum = [V::zero(); VECTORS];
-                                            for (&t, tile) in t.iter().zip(maps.iter()) {
-                                                let t = V::splat(t);
-                                                for v in 0..VECTORS {
-                                                    sum[v] = t.mul_add(tile[r][v], sum[v]);
-                                                }
-                                            }
-                                            for (v, slot) in group.iter().enumerate() {
-                                                let start = n * plane + slot.row * w_out + slot.col;
-                                                store_lanes(y, start, sum[v], slot.lanes);
-                                            }
+                    |source| {
+                        let gathers: Vec<GatherMatrix> = plan
+                            .offsets
+                            .iter()
+                            .map(|o| GatherMatrix::new(source, o))
+                            .collect();
+                        for (panel, outputs) in plan.outputs.iter().enumerate() {
+                            let a = &plan.packed[panel * plan.group_taps * cg * ROWS..];
+                            for group in slots.chunks(VECTORS) {
+                                let bases = group_bases::<VECTORS>(group, image.row_stride());
+                                // Stage 1: Z[gt] = B_panel[gt] · X_gt, one register tile per (g, tap).
+                                for (gt, tile) in maps.iter_mut().enumerate() {
+                                    let a_gt = &a[gt * cg * ROWS..][..cg * ROWS];
+                                    *tile = gemm_tile::<V, ROWS, VECTORS, 1>(a_gt, &gathers[gt], &bases);
+                                }
+                                // Stage 2: Y[n] = Σ_gt t(n, gt) · Z[gt][r(n)].
+                                for &(n, r) in outputs {
+                                    let t = &plan.mask_table[n * plan.group_taps..][..plan.group_taps];
+                                    let mut sum = [V::zero(); VECTORS];
+                                    for (&t, tile) in t.iter().zip(maps.iter()) {
+                                        let t = V::splat(t);
+                                        for v in 0..VECTORS {
+                                            sum[v] = t.mul_add(tile[r][v], sum[v]);
                                         }
                                     }
+                                    for (v, slot) in group.iter().enumerate() {
+                                        let start = n * plane + slot.row * w_out + slot.col;
+                                        store_lanes(y, start, sum[v], slot.lanes);
+                                    }
                                 }
-                            },
-                        )
+                            }
+                        }
                     },
                 )
             },
@@ -440,80 +429,65 @@ fn input_grad_tiled<V: Vector, const R2: usize, const V2: usize>(
         .for_each_init(
             || vec![0.0f32; max_depth * V2 * V::LANES + SOURCE_SLACK],
             |d_tile, (grad_x, r)| {
-                V::compiled(
+                // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
+                with_padded_source::<V, _>(
+                    padded.image_len(),
+                    |image| padded.fill(r, image),
                     #[inline(always)]
-                    || {
-                        with_workspace(
-                            &TASK_WORKSPACE,
-                            padded.image_len() + SOURCE_SLACK,
-                            #[inline(always)]
-                            |source| {
-                                // source: [N][rows][cols] padded R of this image, then SOURCE_SLACK zeros
-                                let (image, slack) = source.split_at_mut(padded.image_len());
-                                slack.fill(0.0);
-                                padded.fill(r, image);
-                                for (g, phases) in operands.iter().enumerate() {
-                                    for PhaseOperands { phase, packed, slots } in phases {
-                                        let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
-                                        let depth = shape.templates * row_taps * col_taps;
-                                        for group in slots.chunks(V2) {
-                                            let bases = group_bases::<V2>(group, padded.cols);
-                                            // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
-                                            for t in 0..row_taps {
-                                                for u in 0..col_taps {
-                                                    let tap = (phase.row_phase + s * t) * k
-                                                        + phase.col_phase
-                                                        + s * u;
-                                                    let shift =
-                                                        (padded.border - t) * padded.cols + padded.border - u;
-                                                    let t_n =
-                                                        &mask_table[(g * taps + tap) * shape.out_channels..];
-                                                    for (m, outputs) in outputs_of.iter().enumerate() {
-                                                        let mut sum = [V::zero(); V2];
-                                                        for &n in outputs {
-                                                            let weight = V::splat(t_n[n]);
-                                                            let start = n * plane_len + shift;
-                                                            for v in 0..V2 {
-                                                                let r_n: V = load_lanes(
-                                                                    source,
-                                                                    start + bases[v],
-                                                                    V::LANES,
-                                                                );
-                                                                sum[v] = weight.mul_add(r_n, sum[v]);
-                                                            }
-                                                        }
-                                                        let row = (m * row_taps + t) * col_taps + u;
-                                                        for (v, &vector) in sum.iter().enumerate() {
-                                                            store_lanes(
-                                                                d_tile,
-                                                                (row * V2 + v) * V::LANES,
-                                                                vector,
-                                                                V::LANES,
-                                                            );
-                                                        }
+                    |source| {
+                        for (g, phases) in operands.iter().enumerate() {
+                            for PhaseOperands { phase, packed, slots } in phases {
+                                let (row_taps, col_taps) = (phase.row_taps, phase.col_taps);
+                                let depth = shape.templates * row_taps * col_taps;
+                                for group in slots.chunks(V2) {
+                                    let bases = group_bases::<V2>(group, padded.cols);
+                                    // 1. D[(m,t,u)] = Σ_{n: m(n)=m} t(n,g,tap) · R[n][I − t, J − u]
+                                    for t in 0..row_taps {
+                                        for u in 0..col_taps {
+                                            let tap = (phase.row_phase + s * t) * k + phase.col_phase + s * u;
+                                            let shift = (padded.border - t) * padded.cols + padded.border - u;
+                                            let t_n = &mask_table[(g * taps + tap) * shape.out_channels..];
+                                            for (m, outputs) in outputs_of.iter().enumerate() {
+                                                let mut sum = [V::zero(); V2];
+                                                for &n in outputs {
+                                                    let weight = V::splat(t_n[n]);
+                                                    let start = n * plane_len + shift;
+                                                    for v in 0..V2 {
+                                                        let r_n: V =
+                                                            load_lanes(source, start + bases[v], V::LANES);
+                                                        sum[v] = weight.mul_add(r_n, sum[v]);
                                                     }
                                                 }
-                                            }
-                                            // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
-                                            let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
-                                            for (panel, a) in packed.chunks(depth * R2).enumerate() {
-                                                let tile = gemm_tile::<V, R2, V2, 1>(a, &gather, &d_bases);
-                                                for (v, slot) in group.iter().enumerate() {
-                                                    // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
-                                                    let ih = slot.row * s + phase.row_phase - shape.padding;
-                                                    let iw = slot.col * s + phase.col_phase - shape.padding;
-                                                    let channels = g * cg + panel * R2..(g + 1) * cg;
-                                                    for (r, c) in channels.take(R2).enumerate() {
-                                                        let start = c * pixels + ih * width + iw;
-                                                        add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
-                                                    }
+                                                let row = (m * row_taps + t) * col_taps + u;
+                                                for (v, &vector) in sum.iter().enumerate() {
+                                                    store_lanes(
+                                                        d_tile,
+                                                        (row * V2 + v) * V::LANES,
+                                                        vector,
+                                                        V::LANES,
+                                                    );
                                                 }
                                             }
                                         }
                                     }
+                                    // 2. dX[c] += Σ_(m,t,u) B[m, c, tap] · D[(m,t,u)], c in group g.
+                                    let gather = GatherMatrix::new(d_tile, &d_offsets[..depth]);
+                                    for (panel, a) in packed.chunks(depth * R2).enumerate() {
+                                        let tile = gemm_tile::<V, R2, V2, 1>(a, &gather, &d_bases);
+                                        for (v, slot) in group.iter().enumerate() {
+                                            // (I, J) → (ih, iw) = (I·s + r − p, J·s + q − p)
+                                            let ih = slot.row * s + phase.row_phase - shape.padding;
+                                            let iw = slot.col * s + phase.col_phase - shape.padding;
+                                            let channels = g * cg + panel * R2..(g + 1) * cg;
+                                            for (r, c) in channels.take(R2).enumerate() {
+                                                let start = c * pixels + ih * width + iw;
+                                                add_lanes(grad_x, start, s, tile[r][v], slot.lanes);
+                                            }
+                                        }
+                                    }
                                 }
-                            },
-                        )
+                            }
+                        }
                     },
                 )
             },
