@@ -477,8 +477,18 @@ pub(super) fn train_to_end(
         writes: true,
     };
     let mut progress = ProgressLines::new()?;
+    let started = std::time::Instant::now();
     let summary = training::run(trainer, train, test, &options, &mut progress)?;
     progress.finish();
+    let (_, processes) = trainer.process();
+    if processes > 1 {
+        let (exchange, total) = (trainer.exchange_seconds(), started.elapsed().as_secs_f64());
+        println!(
+            "rank 0 exchanged shards with the other {} processes for {exchange:.1} s of {total:.1} s ({:.1} %, waiting for them included)",
+            processes - 1,
+            100.0 * exchange / total.max(1e-9)
+        );
+    }
     match summary.end {
         RunEnd::Finished => println!(
             "done: best test accuracy {:.2}%; checkpoints, metrics.csv and learning_curve.png in {}",

@@ -14,8 +14,10 @@
 //! A rank that dies takes the job down through mpirun, which names it; the last checkpoint
 //! was written atomically and stays intact.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
@@ -34,6 +36,8 @@ pub struct MpiExchange {
     requested: Arc<AtomicBool>,
     /// Set on every rank in the exchange after any rank's `requested`: the flag the run checks.
     agreed: Arc<AtomicBool>,
+    /// Seconds spent in the exchanges so far (waiting for the slowest rank included).
+    exchange_seconds: Cell<f64>,
     // Finalises MPI when dropped, after the communicator.
     _universe: Universe,
 }
@@ -60,6 +64,7 @@ impl MpiExchange {
             world: universe.world(),
             requested,
             agreed: Arc::new(AtomicBool::new(false)),
+            exchange_seconds: Cell::new(0.0),
             _universe: universe,
         })
     }
@@ -151,7 +156,12 @@ impl ShardExchange for MpiExchange {
         self.world.size() as usize
     }
 
+    fn exchange_seconds(&self) -> f64 {
+        self.exchange_seconds.get()
+    }
+
     fn all_gather(&self, local: &[f32]) -> Vec<f32> {
+        let started = Instant::now();
         self.agree_on_stop();
         let counts = self.counts(local.len());
         let displacements = displacements(&counts);
@@ -161,6 +171,8 @@ impl ShardExchange for MpiExchange {
             let mut partition = PartitionMut::new(&mut gathered[..], &counts[..], &displacements[..]);
             self.world.all_gather_varcount_into(local, &mut partition);
         }
+        self.exchange_seconds
+            .set(self.exchange_seconds.get() + started.elapsed().as_secs_f64());
         gathered
     }
 }

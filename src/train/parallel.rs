@@ -46,6 +46,8 @@ pub trait ShardExchange: Send {
     fn ranks(&self) -> usize;
     /// Every process's `local` floats, concatenated in rank order (the lengths may differ).
     fn all_gather(&self, local: &[f32]) -> Vec<f32>;
+    /// Wall seconds spent in `all_gather` so far, waiting for the other processes included.
+    fn exchange_seconds(&self) -> f64;
 }
 
 /// Which of a batch's shards this process computes, and how it reaches the others.

@@ -276,6 +276,11 @@ impl Trainer {
         total.evaluation()
     }
 
+    /// Wall seconds this process spent exchanging shards with the others (0 for one process).
+    pub fn exchange_seconds(&self) -> f64 {
+        self.exchange.as_ref().map_or(0.0, |e| e.exchange_seconds())
+    }
+
     /// (rank, processes): (0, 1) unless [`Trainer::distribute`]d.
     pub fn process(&self) -> (usize, usize) {
         self.exchange.as_ref().map_or((0, 1), |e| (e.rank(), e.ranks()))
