@@ -9,8 +9,12 @@
 //! script sets the same two options.
 //!
 //! `retain_freed_memory` keeps freed memory in the process instead:
-//! `M_MMAP_THRESHOLD` = 32 MiB (smaller buffers come from the reusable heap)
-//! and `M_TRIM_THRESHOLD` = 2³¹ − 1 (never give the heap top back). Peak
+//! `M_MMAP_THRESHOLD` = 32 MiB (smaller buffers come from the reusable heap),
+//! `M_MMAP_MAX` = 0 (larger ones too: glibc caps the threshold at 32 MiB, and
+//! airbench94 at batch 1024 frees and maps anew activations of 128 MiB every
+//! step: page faults, page clearing and TLB shootdowns took 17 % of its step;
+//! with the cap lifted it ran 162–166 img/s against 136–140, the same peak
+//! memory) and `M_TRIM_THRESHOLD` = 2³¹ − 1 (never give the heap top back). Peak
 //! resident memory stays the high-water mark of one step; it just is not
 //! returned between steps. `M_ARENA_MAX` = one heap per 4 cores (1 on this
 //! project's 2-core VM): threads share heaps, so memory one worker freed is
@@ -22,7 +26,7 @@
 //! 16`: 1371 and 1425 img/s with 1 heap, 1642 and 1900 with 4, 1546 and 1889
 //! with 16; README, "Beyond 2 cores"). A `MALLOC_ARENA_MAX` set in the
 //! environment wins over this setting (glibc reads it at start-up; this leaves
-//! it alone).
+//! it alone), and so does a `MALLOC_MMAP_MAX_`.
 
 /// Cores that share one malloc heap (see the module doc).
 pub const CORES_PER_HEAP: usize = 4;
@@ -39,14 +43,17 @@ pub fn retain_freed_memory() -> bool {
         }
         const M_TRIM_THRESHOLD: c_int = -1;
         const M_MMAP_THRESHOLD: c_int = -3;
+        const M_MMAP_MAX: c_int = -4;
         const M_ARENA_MAX: c_int = -8;
         let arena_from_environment = std::env::var_os("MALLOC_ARENA_MAX").is_some();
+        let mmap_from_environment = std::env::var_os("MALLOC_MMAP_MAX_").is_some();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let heaps = cores.div_ceil(CORES_PER_HEAP) as c_int;
         // SAFETY: mallopt only changes allocator parameters; every value is in range.
         unsafe {
             mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1
                 && mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
+                && (mmap_from_environment || mallopt(M_MMAP_MAX, 0) == 1)
                 && (arena_from_environment || mallopt(M_ARENA_MAX, heaps) == 1)
         }
     }
