@@ -310,7 +310,7 @@ pub fn scaling(
         let fma_best = fma.map(|gflops| gflops.into_iter().fold(0.0, f64::max));
         writeln!(
             out,
-            "f32x8 FMA chains on every thread (the machine's ceiling): {:.1} → {:.1} GFLOP/s, ×{:.2} (×{:.2})",
+            "FMA chains of the active instruction set on every thread (the machine's ceiling): {:.1} → {:.1} GFLOP/s, ×{:.2} (×{:.2})",
             fma_median[0],
             fma_median[1],
             fma_median[1] / fma_median[0],
