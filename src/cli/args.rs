@@ -104,7 +104,7 @@ pub struct RunArgs {
     pub test_limit: Option<usize>,
     /// Evaluate on the test set after every N-th epoch and after the last (evaluation takes
     /// 5–10 % of an epoch of ResNet-20); other epochs leave the test columns of metrics.csv empty
-    /// and cannot become best.ckpt [default: 1]
+    /// and cannot become best.ckpt [default: 1; airbench94's recipe: only after the last]
     #[arg(long, allow_negative_numbers = true)]
     pub eval_every: Option<usize>,
     /// Train to this wall-clock budget in minutes, training and evaluation: after every epoch the
@@ -114,7 +114,8 @@ pub struct RunArgs {
     pub time_budget: Option<f32>,
     /// Test-time augmentation of those evaluations: none, flip (each test image and its mirror
     /// image, logits averaged; twice the evaluation time), or flip+shift (airbench94's level 2:
-    /// also the image shifted a pixel up-left and down-right, each mirrored; six views) [default: none]
+    /// also the image shifted a pixel up-left and down-right, each mirrored; six views) [default:
+    /// none; airbench94's recipe: flip+shift]
     #[arg(long)]
     pub tta: Option<String>,
     /// A NaN or infinite loss or gradient: stop (keep the last checkpoint and exit with the step
@@ -394,6 +395,20 @@ pub(super) struct OutputSettings {
 }
 
 impl OutputSettings {
+    /// The defaults a model's recipe gives the settings that `args` leaves unset: airbench94
+    /// evaluates as its reference script does, once after the last epoch (`--eval-every` =
+    /// the run's epochs) with TTA level 2 (`--tta flip+shift`).
+    pub(super) fn apply_recipe(&mut self, args: &RunArgs, spec: &ModelSpec, epochs: usize) {
+        if spec.architecture == sbfnet::nn::model::Architecture::Airbench94 {
+            if args.tta.is_none() {
+                self.test_views = TestViews::MirroredAndShifted;
+            }
+            if args.eval_every.is_none() {
+                self.eval_every = epochs.max(1);
+            }
+        }
+    }
+
     /// Parsed and checked before any data is read (the image limits too).
     pub(super) fn of(args: &RunArgs) -> Result<OutputSettings> {
         let on_nonfinite = match &args.on_nonfinite {

@@ -34,7 +34,7 @@ use sbfnet::nn::model::Architecture;
 use sbfnet::nn::ModelSpec;
 use sbfnet::prune;
 use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
-use sbfnet::train::{validate, TrainConfig, Trainer};
+use sbfnet::train::{validate, TestViews, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -55,7 +55,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // 0. Under mpirun: one process of a run across processes (`--features mpi`).
     let mut processes = Processes::from_launch()?;
     // 1. Settings, all checked before any data is read.
-    let output = OutputSettings::of(&args.run)?;
+    let mut output = OutputSettings::of(&args.run)?;
     let hooks = TestHooks::from_environment()?;
     let resumed = open_resumed(&args)?;
     // A resumed run keeps its thread count (its shards over the processes) unless told
@@ -91,6 +91,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (spec, Some(config))
         }
     };
+    let planned_epochs = match (&resumed, &fresh) {
+        (Some(resumed), _) => resumed.config.epochs,
+        (None, Some(config)) => config.epochs,
+        (None, None) => unreachable!("a fresh run has its settings"),
+    };
+    output.apply_recipe(&args.run, &spec, planned_epochs);
     let out = match (&args.run.out, &resumed) {
         (Some(out), _) => out.clone(),
         (None, Some(resumed)) => resumed.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -424,6 +430,13 @@ pub(super) fn print_run_header(
         model_options,
         output.on_nonfinite.name()
     );
+    if output.eval_every != 1 || output.test_views != TestViews::Plain {
+        println!(
+            "evaluation after every {}. epoch and the last, test-time augmentation {}",
+            output.eval_every,
+            output.test_views.describe()
+        );
+    }
     if let Some(minutes) = config.time_budget_minutes {
         println!(
             "time budget {minutes} min: the run re-plans its length after every epoch (at most {} epochs)",

@@ -295,6 +295,63 @@ fn evaluate_every_second_epoch_and_resume_the_sparse_metrics() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// airbench94's recipe evaluates as its reference script: once, after the last epoch, with TTA
+/// level 2 (flip+shift); the flags still override both.
+#[test]
+fn airbench94_evaluates_after_the_last_epoch_with_flip_and_shift_unless_told_otherwise() {
+    let (root, data) = fixture("airbench-eval");
+    let common = [
+        "train",
+        "--data",
+        s(&data),
+        "--model",
+        "airbench94-w4",
+        "--batch-size",
+        "8",
+        "--threads",
+        "2",
+        "--train-limit",
+        "16",
+        "--test-limit",
+        "8",
+        "--epochs",
+        "2",
+    ];
+    let recipe = root.join("recipe");
+    let output = sbfnet(&[&common[..], &["--out", s(&recipe)]].concat());
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("evaluation after every 2. epoch and the last, test-time augmentation flip+shift"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(recipe.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!((rows[0][5], rows.len()), ("", 2), "{csv}");
+    assert!(!rows[1][5].is_empty(), "{csv}");
+    let told = root.join("told");
+    let output = sbfnet(
+        &[
+            &common[..],
+            &["--out", s(&told), "--eval-every", "1", "--tta", "none"],
+        ]
+        .concat(),
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success() && !stdout.contains("test-time augmentation"),
+        "{stdout}\n{stderr}"
+    );
+    let csv = std::fs::read_to_string(told.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .skip(1)
+            .all(|l| !l.split(',').nth(5).unwrap().is_empty()),
+        "{csv}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_command_without_a_panic() {
     // As `sbfnet info --model resnet110 | head -1`: the reader closes the pipe at once.
