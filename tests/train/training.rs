@@ -10,7 +10,7 @@ use sbfnet::data::synthetic::synthetic_set;
 use sbfnet::nn::{Conv2d, Linear, ModelSpec};
 use sbfnet::ops::{self, ConvConfig};
 use sbfnet::tensor::max_scaled_difference;
-use sbfnet::train::data_parallel_gradients;
+use sbfnet::train::{data_parallel_gradients, ShardExchange, ShardLayout};
 use sbfnet::train::{Objective, ScheduleKind, SgdConfig, TrainConfig, Trainer};
 use sbfnet::Tensor;
 
@@ -324,4 +324,127 @@ fn distillation_pulls_the_student_towards_the_teacher() {
     let after = soft_loss(&trainer);
     // Deterministic (seeded): 3.20 -> 2.79 when written.
     assert!(after < 0.9 * before, "KL(teacher ‖ student) {before} -> {after}");
+}
+
+/// An exchange between processes played in one process: `Capture` records what rank `rank`
+/// sends (and answers zeros for the other ranks' shards); `Replay` answers every rank's
+/// recorded message, as MPI's all-gather would.
+enum FakeExchange {
+    Capture {
+        rank: usize,
+        ranks: usize,
+        shards: usize,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+    },
+    Replay {
+        rank: usize,
+        ranks: usize,
+        gathered: Vec<f32>,
+    },
+}
+
+impl ShardExchange for FakeExchange {
+    fn rank(&self) -> usize {
+        match self {
+            FakeExchange::Capture { rank, .. } | FakeExchange::Replay { rank, .. } => *rank,
+        }
+    }
+
+    fn ranks(&self) -> usize {
+        match self {
+            FakeExchange::Capture { ranks, .. } | FakeExchange::Replay { ranks, .. } => *ranks,
+        }
+    }
+
+    fn all_gather(&self, local: &[f32]) -> Vec<f32> {
+        match self {
+            FakeExchange::Capture {
+                rank,
+                ranks,
+                shards,
+                sent,
+            } => {
+                sent.lock().unwrap().extend_from_slice(local);
+                let shard_len = local.len() / ShardLayout::local_count(*shards, *rank, *ranks);
+                let mut gathered = vec![0.0; shards * shard_len];
+                let first = rank * shards / ranks;
+                gathered[first * shard_len..][..local.len()].copy_from_slice(local);
+                gathered
+            }
+            FakeExchange::Replay { gathered, .. } => gathered.clone(),
+        }
+    }
+
+    fn exchange_seconds(&self) -> f64 {
+        0.0
+    }
+}
+
+/// A step across R simulated processes (each computing its share of the S shards, the
+/// exchange bringing the others') leaves every process with the parameters and batch-norm
+/// statistics of one process computing all S shards, bit for bit: the shards are summed in
+/// global shard order wherever they were computed.
+#[test]
+fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
+    let set = synthetic_set(24, 4, 5);
+    let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+    let mut config = tiny_config(1, 3);
+    config.batch_size = 24;
+    let (x, labels) = sbfnet::data::augment::make_batch(
+        &set,
+        &(0..24).collect::<Vec<_>>(),
+        &Augmentation::NONE,
+        &mut StdRng::seed_from_u64(0),
+    );
+    let state = |trainer: &Trainer| -> Vec<Vec<u32>> {
+        let params = trainer.store.params.iter().map(|p| &p.value);
+        let buffers = trainer.store.buffers.iter().map(|b| &b.value);
+        params
+            .chain(buffers)
+            .map(|t| t.data.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let mut alone = Trainer::new(&spec, config.clone(), 24).unwrap();
+    alone.train_step(&x, &labels);
+    for ranks in [2, 3] {
+        // What each rank sends, then every rank's step on what all of them sent.
+        let mut gathered = Vec::new();
+        for rank in 0..ranks {
+            let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
+            let capture = FakeExchange::Capture {
+                rank,
+                ranks,
+                shards: 3,
+                sent: sent.clone(),
+            };
+            trainer.distribute(Box::new(capture)).unwrap();
+            trainer.train_step(&x, &labels);
+            gathered.extend_from_slice(&sent.lock().unwrap());
+        }
+        for rank in 0..ranks {
+            let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
+            let replay = FakeExchange::Replay {
+                rank,
+                ranks,
+                gathered: gathered.clone(),
+            };
+            trainer.distribute(Box::new(replay)).unwrap();
+            let step = trainer.train_step(&x, &labels);
+            assert!(step.fault.is_none());
+            assert!(
+                state(&trainer) == state(&alone),
+                "rank {rank} of {ranks} differs from one process"
+            );
+        }
+    }
+    // More processes than shards: refused, naming the setting.
+    let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
+    let four = FakeExchange::Replay {
+        rank: 0,
+        ranks: 4,
+        gathered: Vec::new(),
+    };
+    let error = trainer.distribute(Box::new(four)).err().unwrap().to_string();
+    assert!(error.contains("`shards` (3)"), "{error}");
 }
