@@ -352,6 +352,46 @@ fn airbench94_evaluates_after_the_last_epoch_with_flip_and_shift_unless_told_oth
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A bad `SBFNET_ISA` stops every command with one line naming the variable; a good one
+/// is what the kernels run (`sbfnet system` prints it).
+#[test]
+fn sbfnet_isa_is_checked_before_any_command_and_forces_the_instruction_set() {
+    let run = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sbfnet"))
+            .arg("system")
+            .env("SBFNET_ISA", value)
+            .output()
+            .unwrap()
+    };
+    let output = run("sse2");
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("SBFNET_ISA=\"sse2\": expected avx2 or avx512"),
+        "{stderr}"
+    );
+    let output = run("avx2");
+    let (stdout, _) = text(&output);
+    assert!(
+        output.status.success() && stdout.contains("instruction set: AVX2+FMA (chosen at run time"),
+        "{stdout}"
+    );
+    let output = run("avx512");
+    let (stdout, stderr) = text(&output);
+    if sbfnet::kernels::simd::Isa::Avx512.is_supported() {
+        assert!(
+            output.status.success() && stdout.contains("instruction set: AVX-512F"),
+            "{stdout}"
+        );
+    } else {
+        assert!(
+            !output.status.success() && stderr.contains("no AVX-512F+VL"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_reader_that_stops_early_ends_the_command_without_a_panic() {
     // As `sbfnet info --model resnet110 | head -1`: the reader closes the pipe at once.
