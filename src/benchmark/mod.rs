@@ -32,11 +32,7 @@ pub fn instruction_set() -> String {
 /// the ceiling of any kernel's speed-up from 1 to that many threads.
 pub fn fma_peak_gflops_on(pool: &rayon::ThreadPool, isa: crate::kernels::simd::Isa) -> f64 {
     use crate::kernels::simd::{fma_chains, F32x16, F32x8, Isa};
-    assert!(
-        isa.is_supported(),
-        "fma_peak_gflops_on: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("fma_peak_gflops_on");
     let steps = 20_000_000;
     let start = Instant::now();
     let flops: f64 = pool

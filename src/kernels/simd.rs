@@ -53,6 +53,11 @@ impl Isa {
         }
     }
 
+    /// Panics, naming `op`, unless this CPU runs it (the `_with` kernels' precondition).
+    pub fn assert_supported(self, op: &str) {
+        assert!(self.is_supported(), "{op}: this CPU does not run {}", self.name());
+    }
+
     /// The widest instruction set this CPU runs.
     pub fn widest() -> Isa {
         *Isa::available().last().unwrap()

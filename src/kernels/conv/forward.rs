@@ -17,11 +17,7 @@ pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f
 /// # Panics
 /// If the CPU does not run `isa` (see [`Isa::is_supported`]).
 pub fn forward_with(isa: Isa, shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
-    assert!(
-        isa.is_supported(),
-        "conv forward: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("conv forward");
     shape.check_buffers(input.len(), weight.len(), output.len());
     if output.is_empty() {
         return;

@@ -179,11 +179,7 @@ pub fn input_grad_with(
     weight: &[f32],
     grad_input: &mut [f32],
 ) {
-    assert!(
-        isa.is_supported(),
-        "conv input_grad: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("conv input_grad");
     shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
     if grad_input.is_empty() || grad_output.is_empty() {
         return;

@@ -48,11 +48,7 @@ pub fn weight_grad_with(
     grad_output: &[f32],
     grad_weight: &mut [f32],
 ) {
-    assert!(
-        isa.is_supported(),
-        "conv weight_grad: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("conv weight_grad");
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;

@@ -63,11 +63,7 @@ pub fn fused_forward_with(
     masks: &[f32],
     output: &mut [f32],
 ) {
-    assert!(
-        isa.is_supported(),
-        "fused_forward: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("fused_forward");
     check_operands(
         "fused_forward",
         shape,
@@ -285,11 +281,7 @@ pub fn fused_backward_with(
     grad_output: &[f32],
     grads: SbfGrads,
 ) {
-    assert!(
-        isa.is_supported(),
-        "fused_backward: this CPU does not run {}",
-        isa.name()
-    );
+    isa.assert_supported("fused_backward");
     check_operands(
         "fused_backward",
         shape,
