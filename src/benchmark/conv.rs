@@ -12,6 +12,8 @@ use std::path::Path;
 use rand::{rngs::StdRng, SeedableRng};
 
 use super::{fma_peak_gflops_on, median, median_cpu_seconds, median_seconds};
+use crate::kernels::conv::ConvLayout;
+use crate::kernels::simd::Isa;
 use crate::kernels::{conv, ConvShape};
 use crate::{Error, Result, Tensor};
 
@@ -58,12 +60,35 @@ pub const NETWORK_CONVS: [(usize, usize, usize, usize); 6] = [
     (32, 64, 16, 2),
 ];
 
-/// The benchmarked shapes for each batch size, in torch_ref.py's order.
-pub fn network_shapes(batches: &[usize]) -> Vec<BenchShape> {
+/// (C, F, H = W, stride) of airbench94's 3×3 convolutions (the 2×2 whitening conv aside):
+/// 64 channels on the 31×31 and 15×15 maps, 256 on 15×15, 7×7 and 3×3.
+pub const AIRBENCH_CONVS: [(usize, usize, usize, usize); 5] = [
+    (24, 64, 31, 1),
+    (64, 64, 15, 1),
+    (64, 256, 15, 1),
+    (256, 256, 7, 1),
+    (256, 256, 3, 1),
+];
+
+/// Which network's convolutions `sbfnet bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchNet {
+    /// The CIFAR ResNets' ([`NETWORK_CONVS`], torch_ref.py's shapes).
+    Resnet,
+    /// airbench94's ([`AIRBENCH_CONVS`]).
+    Airbench94,
+}
+
+/// The benchmarked shapes of `net` for each batch size (for the ResNets in torch_ref.py's order).
+pub fn network_shapes(net: BenchNet, batches: &[usize]) -> Vec<BenchShape> {
+    let convs: &[(usize, usize, usize, usize)] = match net {
+        BenchNet::Resnet => &NETWORK_CONVS,
+        BenchNet::Airbench94 => &AIRBENCH_CONVS,
+    };
     batches
         .iter()
         .flat_map(|&batch| {
-            NETWORK_CONVS
+            convs
                 .iter()
                 .map(move |&(in_channels, out_channels, size, stride)| BenchShape {
                     batch,
@@ -188,6 +213,8 @@ impl Pass {
 /// Random x, w, dy of one shape and the buffers the passes write; allocated once.
 pub struct PassData {
     shape: ConvShape,
+    /// The layout of every pass; None: the ones they choose.
+    layout: Option<ConvLayout>,
     x: Vec<f32>,  // [N, C, H, W]
     w: Vec<f32>,  // [F, C, K, K]
     dy: Vec<f32>, // [N, F, Ho, Wo]
@@ -201,6 +228,7 @@ impl PassData {
         let mut rng = StdRng::seed_from_u64(0);
         PassData {
             shape: *shape,
+            layout: None,
             x: Tensor::normal(&[shape.input_len()], 1.0, &mut rng).data,
             w: Tensor::normal(&[shape.weight_len()], 0.1, &mut rng).data,
             dy: Tensor::normal(&[shape.output_len()], 1.0, &mut rng).data,
@@ -210,25 +238,62 @@ impl PassData {
         }
     }
 
+    /// The same data with every pass forced into `layout` (None: the ones they choose).
+    pub fn with_layout(mut self, layout: Option<ConvLayout>) -> Self {
+        self.layout = layout;
+        self
+    }
+
     /// Runs `pass` once, in the current rayon pool.
     pub fn run(&mut self, pass: Pass) {
         let shape = &self.shape;
         if matches!(pass, Pass::Forward | Pass::Total) {
-            conv::forward(shape, &self.x, &self.w, &mut self.y);
+            match self.layout {
+                Some(layout) => {
+                    conv::forward_layout_with(Isa::active(), layout, shape, &self.x, &self.w, &mut self.y)
+                }
+                None => conv::forward(shape, &self.x, &self.w, &mut self.y),
+            }
         }
         if matches!(pass, Pass::InputGrad | Pass::Total) {
-            conv::input_grad(shape, &self.dy, &self.w, &mut self.dx);
+            match self.layout {
+                Some(layout) => conv::input_grad_layout_with(
+                    Isa::active(),
+                    layout,
+                    shape,
+                    &self.dy,
+                    &self.w,
+                    &mut self.dx,
+                ),
+                None => conv::input_grad(shape, &self.dy, &self.w, &mut self.dx),
+            }
         }
         if matches!(pass, Pass::WeightGrad | Pass::Total) {
-            conv::weight_grad(shape, &self.x, &self.dy, &mut self.dw);
+            match self.layout {
+                Some(layout) => conv::weight_grad_layout_with(
+                    Isa::active(),
+                    layout,
+                    shape,
+                    &self.x,
+                    &self.dy,
+                    &mut self.dw,
+                ),
+                None => conv::weight_grad(shape, &self.x, &self.dy, &mut self.dw),
+            }
         }
     }
 }
 
-/// Times the three kernels of `shape` on random data, in the current rayon pool.
-pub fn time_passes(shape: &ConvShape, min_seconds: f64, clock: Clock) -> PassTimes {
+/// Times the three kernels of `shape` on random data, in the current rayon pool, the forward
+/// passes in `layout` (None: the ones chosen).
+pub fn time_passes(
+    shape: &ConvShape,
+    layout: Option<ConvLayout>,
+    min_seconds: f64,
+    clock: Clock,
+) -> PassTimes {
     let threads = rayon::current_num_threads() as f64;
-    let mut data = PassData::new(shape);
+    let mut data = PassData::new(shape).with_layout(layout);
     let (warmup, reps) = (2, 5);
     let mut time = |pass| {
         let f = || data.run(pass);
@@ -393,6 +458,7 @@ fn fork_join_control() {
 /// count, when given, are printed beside ours with the ratio ours / PyTorch.
 pub fn run(
     shapes: &[BenchShape],
+    layout: Option<ConvLayout>,
     threads: usize,
     peak: f64,
     torch: Option<&TorchFigures>,
@@ -413,7 +479,13 @@ pub fn run(
     let mut results = Vec::new();
     for shape in shapes {
         let conv_shape = shape.conv_shape();
-        let times = time_passes(&conv_shape, min_seconds, clock);
+        let times = time_passes(&conv_shape, layout, min_seconds, clock);
+        let isa = Isa::active();
+        let layouts = [
+            layout.unwrap_or_else(|| ConvLayout::for_forward(isa, &conv_shape, threads)),
+            layout.unwrap_or_else(|| ConvLayout::for_input_grad(isa, &conv_shape, threads)),
+            layout.unwrap_or_else(|| ConvLayout::for_weight_grad(isa, &conv_shape, threads)),
+        ];
         let reference = torch.and_then(|t| t.find(shape));
         let label = shape.label();
         let rows = [
@@ -432,7 +504,12 @@ pub fn run(
                 out,
                 "{:<24}{:<12}{:>10.3}{:>9.1}{:>7.0}%{:>12}{:>8}",
                 if i == 0 { label.as_str() } else { "" },
-                pass.name(),
+                match (pass, layouts) {
+                    (Pass::Forward, [ConvLayout::ChannelVectors, _, _]) => "forward ch",
+                    (Pass::InputGrad, [_, ConvLayout::ChannelVectors, _]) => "input ch",
+                    (Pass::WeightGrad, [_, _, ConvLayout::ChannelVectors]) => "weight ch",
+                    _ => pass.name(),
+                },
                 seconds * 1e3,
                 gflops,
                 100.0 * gflops / peak,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use sbfnet::benchmark::{self, conv};
+use sbfnet::kernels::conv::ConvLayout;
 use sbfnet::kernels::simd::Isa;
 use sbfnet::{Error, Result};
 
@@ -33,6 +34,28 @@ pub struct BenchArgs {
     /// and best against best, under a fork-join control row; 0 skips it.
     #[arg(long, default_value_t = 7)]
     scaling_rounds: usize,
+    /// Whose convolutions: `resnet` (the CIFAR ResNets', torch_ref.py's shapes) or
+    /// `airbench94` (its 3×3 convs of 64 and 256 channels on 31×31 to 3×3 maps).
+    #[arg(long, value_enum, default_value = "resnet")]
+    net: NetArg,
+    /// The layout of the three passes: `auto` (the ones the kernels choose; the channel
+    /// layout is named in the pass column: `forward ch`, `input ch`, `weight ch`), `pixels`
+    /// or `channels` (forced).
+    #[arg(long, value_enum, default_value = "auto")]
+    layout: LayoutArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NetArg {
+    Resnet,
+    Airbench94,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LayoutArg {
+    Auto,
+    Pixels,
+    Channels,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -43,7 +66,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(path) => conv::read_torch_json(path)?,
         None => Vec::new(),
     };
-    let shapes = conv::network_shapes(&args.batch);
+    let net = match args.net {
+        NetArg::Resnet => conv::BenchNet::Resnet,
+        NetArg::Airbench94 => conv::BenchNet::Airbench94,
+    };
+    let shapes = conv::network_shapes(net, &args.batch);
+    let layout = match args.layout {
+        LayoutArg::Auto => None,
+        LayoutArg::Pixels => Some(ConvLayout::PixelVectors),
+        LayoutArg::Channels => Some(ConvLayout::ChannelVectors),
+    };
     let pools = args
         .threads
         .iter()
@@ -85,6 +117,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             conv::run(
                 &shapes,
+                layout,
                 threads,
                 peak,
                 reference,

@@ -234,6 +234,97 @@ pub fn gemm_tile<V: Vector, const ROWS: usize, const VECTORS: usize, const RUN: 
     tile
 }
 
+/// The reduction of a [`broadcast_tile`]: tap t multiplies row `panel_rows[t]` of the packed
+/// panel by the source float `sources[t]` past each tile row's base. Built once per set of
+/// taps, with the ranges kept for one bounds check per tile.
+#[derive(Clone, Debug, Default)]
+pub struct TapList {
+    panel_rows: Vec<usize>,
+    sources: Vec<isize>,
+    min_source: isize,
+    max_source: isize,
+    max_panel_row: usize,
+}
+
+impl TapList {
+    /// The taps `(panel row, source offset)`, in the order the reduction sums them.
+    pub fn new(taps: impl IntoIterator<Item = (usize, isize)>) -> Self {
+        let (panel_rows, sources): (Vec<usize>, Vec<isize>) = taps.into_iter().unzip();
+        TapList {
+            min_source: sources.iter().copied().min().unwrap_or(0),
+            max_source: sources.iter().copied().max().unwrap_or(0),
+            max_panel_row: panel_rows.iter().copied().max().unwrap_or(0),
+            panel_rows,
+            sources,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.panel_rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.panel_rows.is_empty()
+    }
+}
+
+/// One register tile of C = A · B with the roles of [`gemm_tile`] swapped: the vectors run
+/// along B's columns, read from a packed panel, and A's entries are single floats of a source
+/// buffer, broadcast:
+///
+/// ```text
+///   tile[r][v] = Σ_t  source[bases[r] + sources[t]] · panel[panel_rows[t]·W + v·LANES .. +LANES]
+/// ```
+///
+/// with W = VECTORS·LANES (`panel` is `[rows][W]`, row-major). Used where B's columns are many
+/// (output channels) and A's rows few (the pixels of a small map): every lane does useful work
+/// however small the map, and each row of the tile may skip the taps that read zeros, since
+/// `taps` lists only the taps summed. Each lane sums over the taps in order with one FMA per
+/// tap (`bases[r] + sources[t]` may be any in-bounds index; bases may be negative).
+#[inline(always)]
+pub fn broadcast_tile<V: Vector, const ROWS: usize, const VECTORS: usize>(
+    panel: &[f32],
+    source: &[f32],
+    bases: &[isize; ROWS],
+    taps: &TapList,
+) -> [[V; VECTORS]; ROWS] {
+    let width = VECTORS * V::LANES;
+    let mut tile = [[V::zero(); VECTORS]; ROWS];
+    if taps.is_empty() {
+        return tile;
+    }
+    assert!(
+        (taps.max_panel_row + 1) * width <= panel.len(),
+        "broadcast_tile: packed panel too short"
+    );
+    for &base in bases {
+        assert!(
+            base + taps.min_source >= 0 && base + taps.max_source < source.len() as isize,
+            "broadcast_tile: tap out of the source"
+        );
+    }
+    let panel = panel.as_ptr();
+    let source = source.as_ptr();
+    for (&panel_row, &offset) in taps.panel_rows.iter().zip(&taps.sources) {
+        // SAFETY: panel_row ≤ max_panel_row and base + offset lies in
+        // [base + min_source, base + max_source], inside both buffers (checked above).
+        unsafe {
+            let row = panel.add(panel_row * width);
+            let mut columns = [V::zero(); VECTORS];
+            for v in 0..VECTORS {
+                columns[v] = V::load(row.add(v * V::LANES));
+            }
+            for r in 0..ROWS {
+                let value = V::splat(*source.offset(bases[r] + offset));
+                for v in 0..VECTORS {
+                    tile[r][v] = value.mul_add(columns[v], tile[r][v]);
+                }
+            }
+        }
+    }
+    tile
+}
+
 /// Pixel pairs of a reduction over pixels: (index into the output gradient,
 /// index into the source image), with their maxima kept for one bounds check.
 pub struct PixelPairs {
@@ -447,6 +538,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn broadcast_tile_matches_a_scalar_product() {
+        // Panel [5 rows][2·8], taps in a scrambled order with negative bases.
+        let panel: Vec<f32> = (0..80).map(|i| (i as f32 * 0.19).sin()).collect();
+        let source: Vec<f32> = (0..50).map(|i| (i as f32 * 0.41).cos()).collect();
+        let taps = TapList::new([(3, 12), (0, 20), (4, 7), (1, 30)]);
+        let bases = [-5, 0, 17];
+        let tile = broadcast_tile::<V, 3, 2>(&panel, &source, &bases, &taps);
+        for r in 0..3 {
+            for v in 0..2 {
+                for lane in 0..8 {
+                    let expected: f32 = [(3, 12), (0, 20), (4, 7), (1, 30)]
+                        .iter()
+                        .map(|&(row, offset)| {
+                            source[(bases[r] + offset) as usize] * panel[row * 16 + v * 8 + lane]
+                        })
+                        .sum();
+                    assert!((lanes_of(tile[r][v])[lane] - expected).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "tap out of the source")]
+    fn broadcast_tile_refuses_a_tap_outside_the_source() {
+        let panel = vec![0.0; 16];
+        let source = vec![0.0; 10];
+        broadcast_tile::<V, 1, 2>(&panel, &source, &[-3], &TapList::new([(0, 2)]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (AVX2, and AVX-512 where present: each forced in turn).
 
 use rand::{rngs::StdRng, SeedableRng};
+use sbfnet::kernels::conv::ConvLayout;
 use sbfnet::kernels::simd::Isa;
 use sbfnet::kernels::{conv, conv_naive, ConvShape};
 use sbfnet::tensor::max_scaled_difference;
@@ -100,6 +101,35 @@ fn check_isa_against_oracle(isa: Isa, case: &Case, seed: u64) {
     let mut y_avx2 = vec![f32::NAN; shape.output_len()];
     conv::forward_with(Isa::Avx2, &shape, &x.data, &w.data, &mut y_avx2);
     assert!(y_avx2 == y_fast, "{isa:?} forward {case:?} differs from AVX2");
+    // Both layouts, forced: the channel layout sums the same terms in the same order, only
+    // without the padding taps' zeros, so it agrees bit for bit too (== holds 0.0 = −0.0).
+    for layout in [ConvLayout::PixelVectors, ConvLayout::ChannelVectors] {
+        let mut y_layout = vec![f32::NAN; shape.output_len()];
+        conv::forward_layout_with(isa, layout, &shape, &x.data, &w.data, &mut y_layout);
+        assert!(
+            y_layout == y_avx2,
+            "{isa:?} forward {case:?} in the {layout:?} layout differs from the default"
+        );
+        let mut dx_layout = dx_start.data.clone();
+        let mut dx_default = dx_start.data.clone();
+        conv::input_grad_layout_with(isa, layout, &shape, &dy.data, &w.data, &mut dx_layout);
+        conv::input_grad_with(isa, &shape, &dy.data, &w.data, &mut dx_default);
+        assert!(
+            dx_layout == dx_default,
+            "{isa:?} input_grad {case:?} in the {layout:?} layout differs from the default"
+        );
+        // The weight gradient's layouts reduce over pixels in different orders: each against
+        // the oracle.
+        let (mut dw_layout, mut dw_naive) = (dw_start.data.clone(), dw_start.data.clone());
+        conv::weight_grad_layout_with(isa, layout, &shape, &x.data, &dy.data, &mut dw_layout);
+        conv_naive::weight_grad(&shape, &x.data, &dy.data, &mut dw_naive);
+        let weight_length = shape.batch * shape.out_height() * shape.out_width();
+        let error = max_scaled_difference(&dw_layout, &dw_naive, 1e-5, tolerance(weight_length));
+        assert!(
+            error <= 1.0,
+            "{isa:?} weight_grad {case:?} in the {layout:?} layout: scaled difference {error}"
+        );
+    }
 
     let (mut dx_fast, mut dx_naive) = (dx_start.data.clone(), dx_start.data.clone());
     conv::input_grad_with(isa, &shape, &dy.data, &w.data, &mut dx_fast);
@@ -163,6 +193,72 @@ fn fast_conv_matches_naive_on_other_thread_counts() {
             // output channels on 3 threads (the padded batch is smaller than 2·|dW|)
             check_against_oracle(&(6, 16, 16, 4, 4, 3, 1, 1), 340 + threads as u64);
         });
+    }
+}
+
+/// Each pass picks the channel layout on the small maps of a large batch on AVX-512 (where it
+/// skips many padding taps and fills every lane), and the pixel layout on large maps of few
+/// channels, on batches too small to give every thread two tasks, and on AVX2.
+#[test]
+fn layout_choice_follows_the_map_and_the_batch() {
+    let shape = |batch, channels, size| ConvShape {
+        batch,
+        in_channels: channels,
+        in_height: size,
+        in_width: size,
+        out_channels: channels,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    for isa in Isa::available() {
+        for choose in [
+            ConvLayout::for_forward,
+            ConvLayout::for_input_grad,
+            ConvLayout::for_weight_grad,
+        ] {
+            let choose = |s: ConvShape| choose(isa, &s, 2);
+            // AVX2 keeps the pixel layout (its 16 registers hold no good channel tile).
+            let small_maps = match isa {
+                Isa::Avx2 => ConvLayout::PixelVectors,
+                Isa::Avx512 => ConvLayout::ChannelVectors,
+            };
+            assert_eq!(choose(shape(1024, 256, 3)), small_maps, "{isa:?}");
+            assert_eq!(choose(shape(1024, 256, 7)), small_maps, "{isa:?}");
+            assert_eq!(choose(shape(8, 256, 7)), ConvLayout::PixelVectors, "{isa:?}");
+            assert_eq!(choose(shape(128, 16, 32)), ConvLayout::PixelVectors, "{isa:?}");
+        }
+    }
+}
+
+/// The channel layout's tasks of several images, with a batch that leaves the last task
+/// short, on 1 and 3 threads, where the kernels choose it by themselves (on AVX-512; the
+/// oracle check forces it on AVX2 too); stride 1 and 2.
+#[test]
+fn channel_layout_matches_naive_on_batches_that_choose_it() {
+    let cases: [Case; 2] = [(37, 24, 64, 5, 5, 3, 1, 1), (37, 24, 64, 8, 7, 3, 2, 1)];
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        for (i, case) in cases.iter().enumerate() {
+            let shape = shape_of(case);
+            if Isa::Avx512.is_supported() {
+                for choose in [
+                    ConvLayout::for_forward,
+                    ConvLayout::for_input_grad,
+                    ConvLayout::for_weight_grad,
+                ] {
+                    assert_eq!(
+                        choose(Isa::Avx512, &shape, threads),
+                        ConvLayout::ChannelVectors,
+                        "{case:?}"
+                    );
+                }
+            }
+            pool.install(|| check_against_oracle(case, 500 + 10 * threads as u64 + i as u64));
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! The forward pass: `y = conv(x, w)` as register-tiled products over row panels.
+//! The forward pass: `y = conv(x, w)` as register-tiled products over row panels, in the
+//! pixel layout (here) or the channel layout of small maps (`channels.rs`).
 
 use super::super::microkernel::{gemm_tile, store_lanes, with_tile, GatherMatrix, Tiling};
 use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
+use super::channels::{channel_vector, ChannelProduct, ConvLayout};
 use super::*;
 
 /// `output = conv(input, weight)`; see [`crate::kernels::conv_naive::forward`].
@@ -17,13 +19,67 @@ pub fn forward(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f
 /// # Panics
 /// If the CPU does not run `isa` (see [`Isa::is_supported`]).
 pub fn forward_with(isa: Isa, shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
+    let layout = ConvLayout::for_forward(isa, shape, rayon::current_num_threads());
+    forward_layout_with(isa, layout, shape, input, weight, output)
+}
+
+/// [`forward`] with the instruction set `isa` in the layout `layout` (for tests and
+/// benchmarks; both layouts give the same floats, see `channels.rs`).
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn forward_layout_with(
+    isa: Isa,
+    layout: ConvLayout,
+    shape: &ConvShape,
+    input: &[f32],
+    weight: &[f32],
+    output: &mut [f32],
+) {
     isa.assert_supported("conv forward");
     shape.check_buffers(input.len(), weight.len(), output.len());
     if output.is_empty() {
         return;
     }
-    let kind = VectorKind::for_columns(isa, shape.out_width());
-    with_vector!(kind, V => forward_vector::<V>(shape, input, weight, output))
+    match layout {
+        ConvLayout::PixelVectors => {
+            let kind = VectorKind::for_columns(isa, shape.out_width());
+            with_vector!(kind, V => forward_vector::<V>(shape, input, weight, output))
+        }
+        ConvLayout::ChannelVectors => {
+            // panel[(c, kh, kw), f] = w[f, (c, kh, kw)]
+            let depth = shape.in_channels * shape.kernel * shape.kernel;
+            let panel_entry = |f: usize, t: usize| weight[f * depth + t];
+            ChannelProduct::forward(shape).run(isa, panel_entry, input, output, false)
+        }
+    }
+}
+
+impl ConvLayout {
+    /// The forward pass's layout for `shape` on `threads` threads (`ConvLayout::pick`): the
+    /// multiply-adds of the pixel layout count its idle lanes, its padded tile rows and
+    /// vectors, and the padding taps; the channel layout's only its padded channel blocks.
+    pub fn for_forward(isa: Isa, shape: &ConvShape, threads: usize) -> ConvLayout {
+        if isa == Isa::Avx2 || shape.batch.div_ceil(super::channels::CHANNEL_TILE_ROWS) < 2 * threads {
+            return ConvLayout::PixelVectors; // (before building the classes)
+        }
+        let depth = shape.in_channels * shape.kernel * shape.kernel;
+        let kind = VectorKind::for_columns(isa, shape.out_width());
+        let pixel_macs = with_vector!(kind, V => {
+            let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+            let (rows, group) = Tiling::choose(V::REGISTERS, shape.out_channels, vectors).shape();
+            shape.out_channels.next_multiple_of(rows) * vectors.next_multiple_of(group) * V::LANES * depth
+        });
+        let (_, width) = channel_vector(isa, shape.out_channels);
+        let channel_macs = ChannelProduct::forward(shape).macs(width);
+        let margins = &super::channels::CHANNEL_MARGINS;
+        let margin = if shape.stride > 1 {
+            margins.strided_forward
+        } else {
+            margins.forward
+        };
+        ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin)
+    }
 }
 
 fn forward_vector<V: Vector>(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {

@@ -3,6 +3,7 @@
 use super::super::microkernel::{add_lanes, gemm_tile, with_tile, GatherMatrix, Tiling};
 use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
+use super::channels::{channel_vector, ChannelProduct, ConvLayout};
 use super::*;
 
 /// Output gradient dy[n] [F, Ho, Wo] zero-padded by T − 1 rows/columns before
@@ -179,10 +180,33 @@ pub fn input_grad_with(
     weight: &[f32],
     grad_input: &mut [f32],
 ) {
+    let layout = ConvLayout::for_input_grad(isa, shape, rayon::current_num_threads());
+    input_grad_layout_with(isa, layout, shape, grad_output, weight, grad_input)
+}
+
+/// [`input_grad`] with the instruction set `isa` in the layout `layout` (for tests and
+/// benchmarks; both layouts give the same floats, see `channels.rs`).
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn input_grad_layout_with(
+    isa: Isa,
+    layout: ConvLayout,
+    shape: &ConvShape,
+    grad_output: &[f32],
+    weight: &[f32],
+    grad_input: &mut [f32],
+) {
     isa.assert_supported("conv input_grad");
     shape.check_buffers(grad_input.len(), weight.len(), grad_output.len());
     if grad_input.is_empty() || grad_output.is_empty() {
         return;
+    }
+    if layout == ConvLayout::ChannelVectors {
+        // panel[(f, kh, kw), c] = w[f, c, kh, kw]
+        let (channels, taps) = (shape.in_channels, shape.kernel * shape.kernel);
+        let panel_entry = |c: usize, t: usize| weight[((t / taps) * channels + c) * taps + t % taps];
+        return ChannelProduct::input_grad(shape).run(isa, panel_entry, grad_output, grad_input, true);
     }
     let phases = InputPhase::all(shape);
     // The widest phase's columns choose the vector.
@@ -198,6 +222,35 @@ pub fn input_grad_with(
             input_grad_tiled::<V, ROWS, VECTORS>(shape, &phases, grad_output, weight, grad_input)
         })
     })
+}
+
+impl ConvLayout {
+    /// The input gradient's layout for `shape` on `threads` threads (`ConvLayout::pick`),
+    /// counted as in [`ConvLayout::for_forward`]: the pixel layout's multiply-adds over every
+    /// phase's vectors in whole tiles.
+    pub fn for_input_grad(isa: Isa, shape: &ConvShape, threads: usize) -> ConvLayout {
+        if isa == Isa::Avx2 || shape.batch.div_ceil(super::channels::CHANNEL_TILE_ROWS) < 2 * threads {
+            return ConvLayout::PixelVectors; // (before building the classes)
+        }
+        let phases = InputPhase::all(shape);
+        let columns = phases.iter().map(|phase| phase.cols.len()).max().unwrap_or(0);
+        let kind = VectorKind::for_columns(isa, columns);
+        let pixel_macs = with_vector!(kind, V => {
+            let phase_vectors =
+                |phase: &InputPhase| phase.rows.len() * phase.cols.len().div_ceil(V::LANES);
+            let vectors = phases.iter().map(phase_vectors).sum();
+            let (rows, group) = Tiling::choose(V::REGISTERS, shape.in_channels, vectors).shape();
+            let per_row: usize = phases
+                .iter()
+                .map(|phase| phase_vectors(phase).next_multiple_of(group) * phase.depth(shape))
+                .sum();
+            shape.in_channels.next_multiple_of(rows) * per_row * V::LANES
+        });
+        let (_, width) = channel_vector(isa, shape.in_channels);
+        let channel_macs = ChannelProduct::input_grad(shape).macs(width);
+        let margin = super::channels::CHANNEL_MARGINS.input_grad;
+        ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin)
+    }
 }
 
 fn input_grad_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(

@@ -13,6 +13,13 @@
 //! at `base(oh, ow) + offset(c, kh, kw)` and neighbouring ow are
 //! neighbouring floats (one vector: 8 or 16 of them).
 //!
+//! Small maps (at a batch that keeps every thread busy): a row of a
+//! few pixels fills few lanes, and many taps read padding (40 % of them on a 3×3 map). There
+//! the forward pass and the input gradient swap the roles ([`ConvLayout::ChannelVectors`],
+//! `channels.rs`): vectors of channels, one broadcast source float per image, and per pixel
+//! only the taps that read inside the source (as oneDNN does). `ConvLayout::for_forward` and
+//! `for_input_grad` compare the multiply-adds each layout would do.
+//!
 //! Input gradient: each input pixel gathers from the output gradient. Split
 //! the input pixels by their phase (r, q) = ((ih+p) mod s, (iw+p) mod s) and
 //! let (I, J) = ((ih+p) div s, (iw+p) div s); only the taps kh = r + s·t,
@@ -56,14 +63,16 @@
 //! thread-local buffers that grow and are kept between calls (fresh pages are
 //! expensive here).
 
+mod channels;
 mod forward;
 mod input_grad;
 mod weight_grad;
 
-pub use forward::{forward, forward_with};
-pub use input_grad::{input_grad, input_grad_with};
+pub use channels::ConvLayout;
+pub use forward::{forward, forward_layout_with, forward_with};
+pub use input_grad::{input_grad, input_grad_layout_with, input_grad_with};
 pub(in crate::kernels) use input_grad::{InputPhase, PaddedGradOutput};
-pub use weight_grad::{weight_grad, weight_grad_with};
+pub use weight_grad::{weight_grad, weight_grad_layout_with, weight_grad_with};
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,9 +3,10 @@
 
 use rayon::prelude::*;
 
-use super::super::microkernel::{dot_tile, PixelPairs, SOURCE_SLACK};
-use super::super::simd::{with_vector, Isa, Vector, VectorKind};
+use super::super::microkernel::{broadcast_tile, dot_tile, PixelPairs, TapList, SOURCE_SLACK};
+use super::super::simd::{lanes_of, with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
+use super::channels::{channel_vector, ChannelProduct, ConvLayout, CHANNEL_TILE_ROWS};
 use super::*;
 
 /// Images whose padded copies one weight-gradient task keeps at once (about
@@ -48,23 +49,74 @@ pub fn weight_grad_with(
     grad_output: &[f32],
     grad_weight: &mut [f32],
 ) {
+    let layout = ConvLayout::for_weight_grad(isa, shape, rayon::current_num_threads());
+    weight_grad_layout_with(isa, layout, shape, input, grad_output, grad_weight)
+}
+
+/// [`weight_grad`] with the instruction set `isa` in the layout `layout` (for tests and
+/// benchmarks).
+///
+/// # Panics
+/// If the CPU does not run `isa` (see [`Isa::is_supported`]).
+pub fn weight_grad_layout_with(
+    isa: Isa,
+    layout: ConvLayout,
+    shape: &ConvShape,
+    input: &[f32],
+    grad_output: &[f32],
+    grad_weight: &mut [f32],
+) {
     isa.assert_supported("conv weight_grad");
     shape.check_buffers(input.len(), grad_weight.len(), grad_output.len());
     if grad_weight.is_empty() || grad_output.is_empty() {
         return;
     }
-    let kind = VectorKind::for_columns(isa, shape.out_width());
-    with_vector!(kind, V => {
-        if V::REGISTERS >= 32 {
-            weight_grad_vector::<V, 8>(shape, input, grad_output, grad_weight)
-        } else {
-            weight_grad_vector::<V, 4>(shape, input, grad_output, grad_weight)
+    match layout {
+        ConvLayout::PixelVectors => {
+            let kind = VectorKind::for_columns(isa, shape.out_width());
+            with_vector!(kind, V => {
+                if V::REGISTERS >= 32 {
+                    weight_grad_vector::<V, 8>(layout, shape, input, grad_output, grad_weight)
+                } else {
+                    weight_grad_vector::<V, 4>(layout, shape, input, grad_output, grad_weight)
+                }
+            })
         }
-    })
+        ConvLayout::ChannelVectors => {
+            let (kind, _) = channel_vector(isa, shape.out_channels);
+            with_vector!(kind, V => {
+                weight_grad_vector::<V, CHANNEL_TILE_ROWS>(layout, shape, input, grad_output, grad_weight)
+            })
+        }
+    }
 }
 
-/// ROWS: output channels per register tile.
+impl ConvLayout {
+    /// The weight gradient's layout for `shape` on `threads` threads (`ConvLayout::pick`),
+    /// counted as in [`ConvLayout::for_forward`]: the pixel layout reduces over every lane of
+    /// its dy rows (padded to whole vectors) for every tap, in tiles of 8 (4) channels.
+    pub fn for_weight_grad(isa: Isa, shape: &ConvShape, threads: usize) -> ConvLayout {
+        if isa == Isa::Avx2 || shape.batch.div_ceil(CHANNEL_TILE_ROWS) < 2 * threads {
+            return ConvLayout::PixelVectors; // (before building the classes)
+        }
+        let depth = shape.in_channels * shape.kernel * shape.kernel;
+        let kind = VectorKind::for_columns(isa, shape.out_width());
+        let pixel_macs = with_vector!(kind, V => {
+            let rows = if V::REGISTERS >= 32 { 8 } else { 4 };
+            let lanes = shape.out_height() * shape.out_width().next_multiple_of(V::LANES);
+            shape.out_channels.next_multiple_of(rows) * lanes * depth
+        });
+        let (_, width) = channel_vector(isa, shape.out_channels);
+        let channel_macs = ChannelProduct::forward(shape).macs(width);
+        let margin = super::channels::CHANNEL_MARGINS.weight_grad;
+        ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin)
+    }
+}
+
+/// ROWS: the register tile's rows: output channels (pixel layout) or input channels (channel
+/// layout, whose tile has 4 vectors of output channels with 32 registers, 2 with 16).
 fn weight_grad_vector<V: Vector, const ROWS: usize>(
+    layout: ConvLayout,
     shape: &ConvShape,
     input: &[f32],
     grad_output: &[f32],
@@ -74,8 +126,22 @@ fn weight_grad_vector<V: Vector, const ROWS: usize>(
     let depth = geometry.offsets.len(); // C·K²
     let weight_len = grad_weight.len();
     let threads = rayon::current_num_threads();
+    // sum[f, (c,kh,kw)] += the chunk `images`' share of dW
+    let task = |images: std::ops::Range<usize>, sum: &mut [f32]| match layout {
+        ConvLayout::PixelVectors => {
+            weight_grad_task::<V, ROWS>(&geometry, input, grad_output, images, 0..shape.out_channels, sum)
+        }
+        ConvLayout::ChannelVectors if V::REGISTERS >= 32 => {
+            weight_grad_channels_task::<V, ROWS, 4>(shape, input, grad_output, images, sum)
+        }
+        ConvLayout::ChannelVectors => {
+            weight_grad_channels_task::<V, ROWS, 2>(shape, input, grad_output, images, sum)
+        }
+    };
     let panels = shape.out_channels.div_ceil(ROWS);
-    if split_over_channels(shape, ROWS, threads, geometry.image.image_len(), weight_len) {
+    if layout == ConvLayout::PixelVectors
+        && split_over_channels(shape, ROWS, threads, geometry.image.image_len(), weight_len)
+    {
         // Split over output channels: task i owns dw rows [i·rows_per_task, …).
         let rows_per_task = panels.div_ceil(threads) * ROWS;
         grad_weight
@@ -112,8 +178,7 @@ fn weight_grad_vector<V: Vector, const ROWS: usize>(
                 sum.fill(0.0);
             }
             let first = chunk * images_per_chunk;
-            let images = first..shape.batch.min(first + images_per_chunk);
-            weight_grad_task::<V, ROWS>(&geometry, input, grad_output, images, 0..shape.out_channels, sum);
+            task(first..shape.batch.min(first + images_per_chunk), sum);
         });
         // grad_weight += Σ_(chunk > 0) partials[chunk − 1], in chunk order,
         // split over slices of grad_weight.
@@ -323,6 +388,123 @@ fn weight_grad_task_body<V: Vector, const ROWS: usize>(
             }
         },
     );
+}
+
+/// Floats of dy transposed per channel block of a channel-layout weight-gradient group
+/// (256 KiB: a tile streams them, from L2).
+const CHANNEL_GROUP_FLOATS: usize = 64 * 1024;
+
+/// One weight-gradient task in the channel layout (`channels.rs`):
+///
+///   rows[f, (c,kh,kw)] += Σ_(n ∈ images) Σ_(p whose tap (kh,kw) reads inside x) dy[n, f, p] · x[n, base(p) + offset(c,kh,kw)]
+///
+/// with base and offset as in the forward pass. A [`broadcast_tile`] per ROWS input channels
+/// c of one tap (kh, kw) and VECTORS·LANES output channels f: its rows broadcast x at
+/// offset(c, kh, kw) + base(p), its vectors read dy transposed to [block][image][p][f], and it
+/// reduces over the (image, p) pairs whose tap (kh, kw) reads inside x, so the padding taps
+/// are skipped. Images go in groups whose transposed dy block stays in L2.
+fn weight_grad_channels_task<V: Vector, const ROWS: usize, const VECTORS: usize>(
+    shape: &ConvShape,
+    input: &[f32],
+    grad_output: &[f32],
+    images: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
+    let (h_out, w_out, kernel) = (shape.out_height(), shape.out_width(), shape.kernel);
+    let (pixels, taps) = (h_out * w_out, kernel * kernel);
+    let (channels, out_channels) = (shape.in_channels, shape.out_channels);
+    let depth = channels * taps;
+    let width = VECTORS * V::LANES;
+    let blocks = out_channels.div_ceil(width);
+    let x_image_len = channels * shape.in_height * shape.in_width;
+    let dy_image_len = out_channels * pixels;
+    let group = (CHANNEL_GROUP_FLOATS / (pixels * width)).clamp(1, images.len().max(1));
+    // base(p) of each output pixel, and per tap (kh, kw) the pixels it reads inside x for
+    let bases: Vec<isize> = (0..h_out)
+        .flat_map(|oh| (0..w_out).map(move |ow| (oh, ow)))
+        .map(|(oh, ow)| {
+            (oh * shape.stride * shape.in_width + ow * shape.stride) as isize
+                - (shape.padding * shape.in_width + shape.padding) as isize
+        })
+        .collect();
+    let inside: Vec<Vec<usize>> = (0..taps)
+        .map(|t| {
+            (0..pixels)
+                .filter(|p| {
+                    shape
+                        .input_position(p / w_out, p % w_out, t / kernel, t % kernel)
+                        .is_some()
+                })
+                .collect()
+        })
+        .collect();
+    with_workspace(&TASK_WORKSPACE, blocks * group * pixels * width, |dy_t| {
+        for group_first in images.clone().step_by(group) {
+            let group_len = group.min(images.end - group_first);
+            let block_len = group_len * pixels * width;
+            // dy_t: [block][g][p][width], dy_t[…][j] = dy[group_first + g, block·width + j, p] (0 past F)
+            for (block, dy_block) in dy_t[..blocks * block_len].chunks_mut(block_len).enumerate() {
+                for (g, dy_image) in dy_block.chunks_mut(pixels * width).enumerate() {
+                    let dy_n = &grad_output[(group_first + g) * dy_image_len..][..dy_image_len];
+                    for j in 0..width {
+                        let f = block * width + j;
+                        for p in 0..pixels {
+                            dy_image[p * width + j] = if f < out_channels {
+                                dy_n[f * pixels + p]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+            // per tap (kh, kw): the (g, p) pairs it sums, (panel row g·P + p, base in the group's x)
+            let bases = &bases;
+            let lists: Vec<TapList> = inside
+                .iter()
+                .map(|pixels_inside| {
+                    TapList::new((0..group_len).flat_map(|g| {
+                        pixels_inside
+                            .iter()
+                            .map(move |&p| (g * pixels + p, (g * x_image_len) as isize + bases[p]))
+                    }))
+                })
+                .collect();
+            let x_group = &input[group_first * x_image_len..][..group_len * x_image_len];
+            let dy_t = &*dy_t;
+            V::compiled(
+                #[inline(always)]
+                || {
+                    for (block, panel) in dy_t[..blocks * block_len].chunks(block_len).enumerate() {
+                        for c_first in (0..channels).step_by(ROWS) {
+                            let tile_rows = ROWS.min(channels - c_first);
+                            for (t, list) in lists.iter().enumerate() {
+                                let (kh, kw) = (t / kernel, t % kernel);
+                                // Rows past the last channel repeat it (thrown away).
+                                let offsets: [isize; ROWS] = std::array::from_fn(|r| {
+                                    let c = c_first + r.min(tile_rows - 1);
+                                    ((c * shape.in_height + kh) * shape.in_width + kw) as isize
+                                });
+                                let tile = broadcast_tile::<V, ROWS, VECTORS>(panel, x_group, &offsets, list);
+                                for (r, tile_row) in tile.iter().enumerate().take(tile_rows) {
+                                    let k = (c_first + r) * taps + t;
+                                    for (v, &vector) in tile_row.iter().enumerate() {
+                                        let first = block * width + v * V::LANES;
+                                        let lanes = lanes_of(vector);
+                                        for (f, &value) in
+                                            (first..out_channels.min(first + V::LANES)).zip(&lanes)
+                                        {
+                                            rows[f * depth + k] += value;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+        }
+    });
 }
 
 #[cfg(test)]
