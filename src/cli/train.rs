@@ -224,11 +224,6 @@ impl Processes {
             #[cfg(feature = "mpi")]
             Processes::Mpi(exchange, _, _) => {
                 let exchange = exchange.take().expect("join is called once");
-                if trainer.config.time_budget_minutes.is_some() {
-                    return Err(Error::msg(
-                        "--time-budget is not supported across processes (each would plan its own epochs)",
-                    ));
-                }
                 let settings = format!(
                     "model {}\nsettings {:#?}\nimages {images:?}\nepoch {} step {}",
                     trainer.model.spec.description(),

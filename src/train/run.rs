@@ -361,7 +361,8 @@ fn summary(trainer: &Trainer, end: RunEnd) -> RunSummary {
 }
 
 /// With a time budget: after every epoch, plan how many epochs fit from the mean of the last
-/// epochs and the last evaluation, at most the configured epochs, and reshape the schedule.
+/// epochs and the last evaluation, at most the configured epochs, and reshape the schedule
+/// (across processes, every process takes rank 0's plan).
 fn replan_to_budget(
     trainer: &mut Trainer,
     epoch_seconds: &[f64],
@@ -390,6 +391,8 @@ fn replan_to_budget(
         Some(pruning) => planned.max(pruning.ramp.epochs_needed()),
         None => planned,
     };
+    // Across processes every clock differs: all follow rank 0's plan.
+    let planned = trainer.rank_zero_value(planned);
     if planned != trainer.planned_epochs {
         observer.note(&format!(
             "time budget: {planned} epochs fit in {minutes} min (were {}); the schedule now ends there",

@@ -161,6 +161,20 @@ fn wait_for_rank(rank: usize, out: &Path, timeout: std::time::Duration) -> u32 {
     }
 }
 
+/// A time budget across processes: every rank re-plans after each epoch and follows rank 0's
+/// plan (`Trainer::rank_zero_value`, tested with a fake exchange in tests/train); the tiny
+/// set's 5 epochs fit in the minute, and rank 0 alone writes their 5 rows.
+#[test]
+fn a_time_budget_runs_across_processes() {
+    let (root, data) = fixture("mpi-budget");
+    let out = root.join("run");
+    let budget = ["--train-limit", "48", "--epochs", "5", "--time-budget", "1"];
+    let stdout = succeed(&mut mpirun(2, 1, &data, &out, &budget));
+    assert_eq!(stdout.matches("done: best test accuracy").count(), 1, "{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 5, "{metrics}");
+}
+
 #[test]
 fn settings_that_differ_between_ranks_are_refused_naming_the_ranks() {
     let (root, data) = fixture("mpi-mismatch");

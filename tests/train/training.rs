@@ -448,3 +448,24 @@ fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
     let error = trainer.distribute(Box::new(four)).err().unwrap().to_string();
     assert!(error.contains("`shards` (3)"), "{error}");
 }
+
+/// Decisions a process could make differently (a time budget's plan reads its own clock) are
+/// taken from rank 0 on every rank; one process keeps its own.
+#[test]
+fn every_rank_takes_rank_zero_s_value() {
+    let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+    let config = tiny_config(1, 3);
+    let alone = Trainer::new(&spec, config.clone(), 24).unwrap();
+    assert_eq!(alone.rank_zero_value(5), 5);
+    for rank in [0, 1] {
+        let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
+        // Rank 0 planned 7 epochs, rank 1 only 4.
+        let replay = FakeExchange::Replay {
+            rank,
+            ranks: 2,
+            gathered: vec![7.0, 4.0],
+        };
+        trainer.distribute(Box::new(replay)).unwrap();
+        assert_eq!(trainer.rank_zero_value([7, 4][rank]), 7, "rank {rank}");
+    }
+}

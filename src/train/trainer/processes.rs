@@ -76,6 +76,17 @@ impl Trainer {
         self.exchange.as_ref().map_or(0.0, |e| e.exchange_seconds())
     }
 
+    /// `value` as rank 0 has it, on every process (`value` itself in one process): for the
+    /// decisions each process could make differently, such as a time budget's plan, which
+    /// reads the process's own clock. Every process must call it at the same point.
+    pub fn rank_zero_value(&self, value: usize) -> usize {
+        match &self.exchange {
+            // Exact: the values agreed on (epoch counts) are far below 2²⁴.
+            Some(exchange) => exchange.all_gather(&[value as f32])[0] as usize,
+            None => value,
+        }
+    }
+
     /// (rank, processes): (0, 1) unless [`Trainer::distribute`]d.
     pub fn process(&self) -> (usize, usize) {
         self.exchange.as_ref().map_or((0, 1), |e| (e.rank(), e.ranks()))
