@@ -154,17 +154,11 @@ impl ChannelProduct {
                 - (shape.padding * width + shape.padding) as isize;
             (oh * w_out + ow, base, (rows.collect(), cols.collect()))
         };
-        let taps = |(rows, cols): &TapKey| {
-            let mut taps = Vec::with_capacity(shape.in_channels * rows.len() * cols.len());
-            for c in 0..shape.in_channels {
-                for &kh in rows {
-                    for &kw in cols {
-                        let offset = (c * height + kh) * width + kw;
-                        taps.push(((c * kernel + kh) * kernel + kw, offset as isize));
-                    }
-                }
-            }
-            TapList::new(taps)
+        let taps = |key: &TapKey| {
+            tap_list(shape.in_channels, key, |c, kh, kw| {
+                let offset = (c * height + kh) * width + kw;
+                ((c * kernel + kh) * kernel + kw, offset as isize)
+            })
         };
         ChannelProduct {
             channels: shape.out_channels,
@@ -197,18 +191,12 @@ impl ChannelProduct {
             let base = ((ih + shape.padding) / stride * w_out + (iw + shape.padding) / stride) as isize;
             (ih * width + iw, base, (reaching(ih, h_out), reaching(iw, w_out)))
         };
-        let taps = |(rows, cols): &TapKey| {
+        let taps = |key: &TapKey| {
             let plane = (h_out * w_out) as isize;
-            let mut taps = Vec::with_capacity(shape.out_channels * rows.len() * cols.len());
-            for f in 0..shape.out_channels {
-                for &kh in rows {
-                    for &kw in cols {
-                        let offset = f as isize * plane - (kh / stride * w_out + kw / stride) as isize;
-                        taps.push(((f * kernel + kh) * kernel + kw, offset));
-                    }
-                }
-            }
-            TapList::new(taps)
+            tap_list(shape.out_channels, key, |f, kh, kw| {
+                let offset = f as isize * plane - (kh / stride * w_out + kw / stride) as isize;
+                ((f * kernel + kh) * kernel + kw, offset)
+            })
         };
         ChannelProduct {
             channels: shape.in_channels,
@@ -332,6 +320,24 @@ pub(super) fn forward_tap_ranges(
         first..end.max(first)
     };
     (inside(oh, shape.in_height), inside(ow, shape.in_width))
+}
+
+/// The tap list of a class: `tap(ch, kh, kw)` = (panel row, source offset) for ch in
+/// 0..`channels`, then the class's kh, then its kw (the order of the reduction).
+fn tap_list(
+    channels: usize,
+    (rows, cols): &TapKey,
+    tap: impl Fn(usize, usize, usize) -> (usize, isize),
+) -> TapList {
+    let mut taps = Vec::with_capacity(channels * rows.len() * cols.len());
+    for ch in 0..channels {
+        for &kh in rows {
+            for &kw in cols {
+                taps.push(tap(ch, kh, kw));
+            }
+        }
+    }
+    TapList::new(taps)
 }
 
 /// The taps (kh, kw) a pixel keeps: the key of its class.
