@@ -75,7 +75,8 @@ pub(super) struct ChannelMargins {
 impl ConvLayout {
     /// The channel layout where its multiply-adds (`channel_macs` per image, the batch padded
     /// to whole tasks) are at most `margin` of the pixel layout's (`pixel_macs`), and the
-    /// batch gives each of `threads` threads two tasks or more; on AVX-512 only. (With AVX2's
+    /// batch gives each of `threads` threads two tasks or more; on AVX-512 only. With the
+    /// speed-up over the pixel layout this predicts: pixel ÷ (channel ÷ margin), or 1. (With AVX2's
     /// 16 registers the channel layout's 6 × 2 tile ran at 27–44 % of the FMA peak on the
     /// ResNet shapes where the pixel layout ran at 75–81 %: `SBFNET_ISA=avx2 sbfnet bench
     /// --layout channels`, 2026-12-07. It stays available there, forced, for tests.)
@@ -86,16 +87,14 @@ impl ConvLayout {
         pixel_macs: usize,
         channel_macs: usize,
         margin: f64,
-    ) -> Self {
+    ) -> (Self, f64) {
         let tasks = batch.div_ceil(CHANNEL_TILE_ROWS);
         let padded_batch = (tasks * CHANNEL_TILE_ROWS) as f64 / batch as f64;
-        if isa != Isa::Avx2
-            && tasks >= 2 * threads
-            && channel_macs as f64 * padded_batch <= margin * pixel_macs as f64
-        {
-            ConvLayout::ChannelVectors
+        let channel_time = channel_macs as f64 * padded_batch / margin;
+        if isa != Isa::Avx2 && tasks >= 2 * threads && channel_time <= pixel_macs as f64 {
+            (ConvLayout::ChannelVectors, pixel_macs as f64 / channel_time)
         } else {
-            ConvLayout::PixelVectors
+            (ConvLayout::PixelVectors, 1.0)
         }
     }
 }

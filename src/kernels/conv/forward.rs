@@ -60,8 +60,15 @@ impl ConvLayout {
     /// multiply-adds of the pixel layout count its idle lanes, its padded tile rows and
     /// vectors, and the padding taps; the channel layout's only its padded channel blocks.
     pub fn for_forward(isa: Isa, shape: &ConvShape, threads: usize) -> ConvLayout {
+        ConvLayout::forward_choice(isa, shape, threads).0
+    }
+
+    /// [`ConvLayout::for_forward`] and how much faster than the pixel layout it is predicted
+    /// to run the pass (1 for the pixel layout): what `SbfPath::Auto` weighs the fused SBF
+    /// kernels against.
+    pub fn forward_choice(isa: Isa, shape: &ConvShape, threads: usize) -> (ConvLayout, f64) {
         if isa == Isa::Avx2 || shape.batch.div_ceil(super::channels::CHANNEL_TILE_ROWS) < 2 * threads {
-            return ConvLayout::PixelVectors; // (before building the classes)
+            return (ConvLayout::PixelVectors, 1.0); // (before building the classes)
         }
         let depth = shape.in_channels * shape.kernel * shape.kernel;
         let kind = VectorKind::for_columns(isa, shape.out_width());

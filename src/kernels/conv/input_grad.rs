@@ -229,8 +229,14 @@ impl ConvLayout {
     /// counted as in [`ConvLayout::for_forward`]: the pixel layout's multiply-adds over every
     /// phase's vectors in whole tiles.
     pub fn for_input_grad(isa: Isa, shape: &ConvShape, threads: usize) -> ConvLayout {
+        ConvLayout::input_grad_choice(isa, shape, threads).0
+    }
+
+    /// [`ConvLayout::for_input_grad`] and its predicted speed-up over the pixel layout (see
+    /// [`ConvLayout::forward_choice`]).
+    pub fn input_grad_choice(isa: Isa, shape: &ConvShape, threads: usize) -> (ConvLayout, f64) {
         if isa == Isa::Avx2 || shape.batch.div_ceil(super::channels::CHANNEL_TILE_ROWS) < 2 * threads {
-            return ConvLayout::PixelVectors; // (before building the classes)
+            return (ConvLayout::PixelVectors, 1.0); // (before building the classes)
         }
         let phases = InputPhase::all(shape);
         let columns = phases.iter().map(|phase| phase.cols.len()).max().unwrap_or(0);

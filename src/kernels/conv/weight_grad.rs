@@ -109,7 +109,7 @@ impl ConvLayout {
         let (_, width) = channel_vector(isa, shape.out_channels);
         let channel_macs = ChannelProduct::forward(shape).macs(width);
         let margin = super::channels::CHANNEL_MARGINS.weight_grad;
-        ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin)
+        ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin).0
     }
 }
 

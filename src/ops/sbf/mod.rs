@@ -133,10 +133,24 @@ impl SbfConfig {
     /// dense MACs per tap and pixel, is below the dense conv's C·N (the same rule at every
     /// stride: the fused kernels compute only the positions a strided layer reads).
     pub fn plan(&self, in_channels: usize, outputs: usize, templates: usize) -> SbfPlan {
-        let cheaper = |cost: PassCost| {
+        self.plan_against(in_channels, outputs, templates, [1.0, 1.0])
+    }
+
+    /// [`SbfConfig::plan`] against a dense conv that runs the forward pass and the input
+    /// gradient `dense_speedups` times faster than the C·N its cost counts: on small maps the
+    /// dense conv takes the channel layout (`kernels::conv::ConvLayout`, whose predicted
+    /// speed-up this is), while the fused kernels keep the pixel layout.
+    pub fn plan_against(
+        &self,
+        in_channels: usize,
+        outputs: usize,
+        templates: usize,
+        dense_speedups: [f64; 2],
+    ) -> SbfPlan {
+        let cheaper = |cost: PassCost, dense_speedup: f64| {
             let fused = cost.templates * (in_channels * templates) as f64
                 + cost.masks * (self.groups * outputs) as f64;
-            fused < (in_channels * outputs) as f64
+            fused < (in_channels * outputs) as f64 / dense_speedup
         };
         match (self.path, self.family) {
             (SbfPath::EffectiveFilters, _) | (SbfPath::Auto, _) if self.family != TransformFamily::Scalar => {
@@ -154,8 +168,8 @@ impl SbfConfig {
                 input_grad_fused: true,
             },
             (SbfPath::Auto, _) => SbfPlan {
-                forward_fused: cheaper(FUSED_COSTS.forward),
-                input_grad_fused: cheaper(FUSED_COSTS.input_grad),
+                forward_fused: cheaper(FUSED_COSTS.forward, dense_speedups[0]),
+                input_grad_fused: cheaper(FUSED_COSTS.input_grad, dense_speedups[1]),
             },
         }
     }
@@ -310,7 +324,27 @@ pub fn sbf_conv2d(
             config.family.name()
         );
     }
-    let plan = config.plan(shape.in_channels, shape.out_channels, shape.templates);
+    let dense = ConvShape {
+        batch: shape.batch,
+        in_channels: shape.in_channels,
+        in_height: shape.in_height,
+        in_width: shape.in_width,
+        out_channels: shape.out_channels,
+        kernel: shape.kernel,
+        stride: shape.stride,
+        padding: shape.padding,
+    };
+    let (isa, threads) = (crate::kernels::simd::Isa::active(), rayon::current_num_threads());
+    let dense_speedups = [
+        conv_kernel::ConvLayout::forward_choice(isa, &dense, threads).1,
+        conv_kernel::ConvLayout::input_grad_choice(isa, &dense, threads).1,
+    ];
+    let plan = config.plan_against(
+        shape.in_channels,
+        shape.out_channels,
+        shape.templates,
+        dense_speedups,
+    );
     match plan {
         SbfPlan {
             forward_fused: false,
