@@ -3,7 +3,8 @@
 //! turns into time (speed-up ÷ MAC reduction).
 //!
 //! Cells: the 3×3, pad-1 convs of a CIFAR ResNet (16 channels at 32×32, 32 at 16×16, 64 at 8×8,
-//! and the stride-2 transitions 16→32 at 32×32 and 32→64 at 16×16), a fraction `rate` of the
+//! and the stride-2 transitions 16→32 at 32×32 and 32→64 at 16×16) or of airbench94 (24→64 at
+//! 31×31, 64 at 15×15, 64→256 at 15×15, 256 at 7×7 and 3×3), a fraction `rate` of the
 //! filters transformed, G groups. Both layers run through the tape (`ops::conv2d`,
 //! `ops::sbf_conv2d`), so both pay the same framework overhead; the dense conv is timed beside
 //! every SBF cell, so each ratio compares two timings taken moments apart.
@@ -15,9 +16,12 @@
 //! which on a shared machine does not count the time other processes held the core; with more
 //! threads it is wall time.
 
+use super::conv::{BenchNet, AIRBENCH_CONVS, NETWORK_CONVS};
 use super::{median_cpu_seconds, median_seconds};
 use crate::autograd::{Mode, ParamStore, Tape};
+use crate::kernels::conv::ConvLayout;
 use crate::kernels::sbf::{self as sbf_kernel, SbfGrads, SbfShape};
+use crate::kernels::simd::Isa;
 use crate::kernels::{conv as conv_kernel, ConvShape};
 use crate::nn::cost::LayerCost;
 use crate::ops::sbf::{sbf_conv2d, SbfConfig, SbfPath, TemplateAssignment, TransformFamily, FUSED_COSTS};
@@ -44,14 +48,16 @@ impl CellSpec {
         ((self.outputs as f64 * (1.0 - self.rate)).round() as usize).clamp(1, self.outputs)
     }
 
-    /// "16ch 32x32" or "16→32 32x32 /2".
+    /// "16ch 32x32", "64→256 15x15" or "16→32 32x32 /2".
     pub fn label(&self) -> String {
+        let channels = if self.in_channels == self.outputs {
+            format!("{}ch", self.in_channels)
+        } else {
+            format!("{}→{}", self.in_channels, self.outputs)
+        };
         match self.stride {
-            1 => format!("{}ch {}x{}", self.in_channels, self.size, self.size),
-            s => format!(
-                "{}→{} {}x{} /{s}",
-                self.in_channels, self.outputs, self.size, self.size
-            ),
+            1 => format!("{channels} {}x{}", self.size, self.size),
+            s => format!("{channels} {}x{} /{s}", self.size, self.size),
         }
     }
 
@@ -89,17 +95,16 @@ impl CellSpec {
     }
 }
 
-/// The cells of the table: every shape × rate × batch, G groups.
-pub fn cells(batches: &[usize], rates: &[f64], groups: usize) -> Vec<CellSpec> {
+/// The cells of the table: every 3×3 conv of `net` (the ResNets' first, 3-channel one aside)
+/// × rate × batch, G groups.
+pub fn cells(net: BenchNet, batches: &[usize], rates: &[f64], groups: usize) -> Vec<CellSpec> {
+    let convs: &[(usize, usize, usize, usize)] = match net {
+        BenchNet::Resnet => &NETWORK_CONVS[1..],
+        BenchNet::Airbench94 => &AIRBENCH_CONVS,
+    };
     let mut cells = Vec::new();
     for &batch in batches {
-        for (in_channels, outputs, size, stride) in [
-            (16, 16, 32, 1),
-            (32, 32, 16, 1),
-            (64, 64, 8, 1),
-            (16, 32, 32, 2),
-            (32, 64, 16, 2),
-        ] {
+        for &(in_channels, outputs, size, stride) in convs {
             for &rate in rates {
                 cells.push(CellSpec {
                     in_channels,
@@ -265,7 +270,7 @@ pub fn measure(spec: &CellSpec, path: SbfPath, reps: usize) -> SbfCell {
         spec: *spec,
         threads: rayon::current_num_threads(),
         plan: config
-            .plan(spec.in_channels, spec.outputs, spec.templates())
+            .plan_for(&spec.shape(), Isa::active(), rayon::current_num_threads())
             .describe(),
         dense_forward_ms: dense_forward * 1e3,
         sbf_forward_ms: sbf_forward * 1e3,
@@ -332,19 +337,31 @@ pub struct PassTimes {
     pub fused_forward_ms: f64,
     pub dense_input_grad_ms: f64,
     pub fused_input_grad_ms: f64,
+    /// The layout and predicted speed-up over the pixel layout of each kernel: dense forward,
+    /// dense input gradient, fused forward, fused input gradient.
+    pub layouts: [(ConvLayout, f64); 4],
 }
 
 impl PassTimes {
-    /// The time ratios fused ÷ dense that [`FUSED_COSTS`] predicts: (forward, input gradient).
+    /// The time ratios fused ÷ dense that [`FUSED_COSTS`] and the layouts' speed-ups predict:
+    /// (forward, input gradient).
     pub fn predicted_ratios(&self) -> (f64, f64) {
         let s = &self.spec;
         let dense = (s.in_channels * s.outputs) as f64;
-        let ratio = |cost: crate::ops::sbf::PassCost| {
-            (cost.templates * (s.in_channels * s.templates()) as f64
-                + cost.masks * (s.groups * s.outputs) as f64)
-                / dense
+        let ratio = |cost: crate::ops::sbf::PassCost, dense_pass: usize| {
+            let fused = cost.templates * (s.in_channels * s.templates()) as f64
+                + cost.masks * (s.groups * s.outputs) as f64;
+            (fused / self.layouts[dense_pass + 2].1) / (dense / self.layouts[dense_pass].1)
         };
-        (ratio(FUSED_COSTS.forward), ratio(FUSED_COSTS.input_grad))
+        (ratio(FUSED_COSTS.forward, 0), ratio(FUSED_COSTS.input_grad, 1))
+    }
+}
+
+/// "px" or "ch": the layout column of the passes table.
+fn layout_tag(layout: ConvLayout) -> &'static str {
+    match layout {
+        ConvLayout::PixelVectors => "px",
+        ConvLayout::ChannelVectors => "ch",
     }
 }
 
@@ -378,12 +395,19 @@ pub fn measure_passes(spec: &CellSpec, reps: usize) -> PassTimes {
             },
             reps,
         );
+    let (isa, threads) = (Isa::active(), rayon::current_num_threads());
     PassTimes {
         spec: *spec,
         dense_forward_ms,
         fused_forward_ms,
         dense_input_grad_ms,
         fused_input_grad_ms,
+        layouts: [
+            ConvLayout::forward_choice(isa, &conv, threads),
+            ConvLayout::input_grad_choice(isa, &conv, threads),
+            sbf_kernel::fused_forward_choice(isa, &shape, threads),
+            sbf_kernel::fused_input_grad_choice(isa, &shape, threads),
+        ],
     }
 }
 
@@ -392,7 +416,7 @@ pub fn passes_table(rows: &[PassTimes]) -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "{:<17} {:>4} {:>3} {:>5} {:>9} {:>9} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6}",
+        "{:<17} {:>4} {:>3} {:>5} {:>9} {:>9} {:>6} {:>6} {:>9} {:>9} {:>6} {:>6}  layouts",
         "shape",
         "rate",
         "M",
@@ -411,7 +435,7 @@ pub fn passes_table(rows: &[PassTimes]) -> String {
         let (forward_model, input_grad_model) = row.predicted_ratios();
         writeln!(
             out,
-            "{:<17} {:>4.2} {:>3} {:>5} {:>7.2}ms {:>7.2}ms {:>6.2} {:>6.2} {:>7.2}ms {:>7.2}ms {:>6.2} {:>6.2}",
+            "{:<17} {:>4.2} {:>3} {:>5} {:>7.2}ms {:>7.2}ms {:>6.2} {:>6.2} {:>7.2}ms {:>7.2}ms {:>6.2} {:>6.2}  {}",
             row.spec.label(),
             row.spec.rate,
             row.spec.templates(),
@@ -423,7 +447,8 @@ pub fn passes_table(rows: &[PassTimes]) -> String {
             row.dense_input_grad_ms,
             row.fused_input_grad_ms,
             row.fused_input_grad_ms / row.dense_input_grad_ms,
-            input_grad_model
+            input_grad_model,
+            row.layouts.map(|(layout, _)| layout_tag(layout)).join(" ")
         )
         .unwrap();
     }
@@ -436,7 +461,7 @@ mod tests {
 
     #[test]
     fn cells_cover_every_shape_rate_and_batch_with_sensible_template_counts() {
-        let cells = cells(&[128, 8], &[0.5, 0.9], 2);
+        let cells = cells(BenchNet::Resnet, &[128, 8], &[0.5, 0.9], 2);
         assert_eq!(cells.len(), 2 * 5 * 2);
         let c = cells
             .iter()

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use sbfnet::benchmark::conv::BenchNet;
 use sbfnet::benchmark::sbf::{self as bench, SbfCell};
 use sbfnet::ops::sbf::SbfPath;
 use sbfnet::{Error, Result};
@@ -17,6 +18,12 @@ enum PathChoice {
     Fused,
     /// The effective filters and the dense conv.
     Dense,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NetChoice {
+    Resnet,
+    Airbench94,
 }
 
 #[derive(Args)]
@@ -43,6 +50,10 @@ pub struct BenchSbfArgs {
     /// dense, beside the cost model's prediction).
     #[arg(long)]
     passes: bool,
+    /// Whose convolutions: `resnet` (the CIFAR ResNets' 3×3 convs after the first) or
+    /// `airbench94` (its five 3×3 convs).
+    #[arg(long, value_enum, default_value = "resnet")]
+    net: NetChoice,
     /// Also write the cells as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -59,9 +70,17 @@ pub fn run(args: BenchSbfArgs) -> Result<()> {
             "bench-sbf: --rates must lie strictly between 0 and 1, got {rate}"
         )));
     }
-    if ![16, 32, 64].iter().all(|c| c % args.groups == 0) || args.groups == 0 {
+    let net = match args.net {
+        NetChoice::Resnet => BenchNet::Resnet,
+        NetChoice::Airbench94 => BenchNet::Airbench94,
+    };
+    let inputs: &[usize] = match net {
+        BenchNet::Resnet => &[16, 32, 64],
+        BenchNet::Airbench94 => &[24, 64, 256],
+    };
+    if args.groups == 0 || !inputs.iter().all(|c| c % args.groups == 0) {
         return Err(Error::msg(format!(
-            "bench-sbf: --groups {} must divide the 16, 32 and 64 channels of the benchmarked layers",
+            "bench-sbf: --groups {} must divide the {inputs:?} input channels of the benchmarked layers",
             args.groups
         )));
     }
@@ -70,7 +89,7 @@ pub fn run(args: BenchSbfArgs) -> Result<()> {
         PathChoice::Fused => SbfPath::Fused,
         PathChoice::Dense => SbfPath::EffectiveFilters,
     };
-    let cells = bench::cells(&args.batch, &args.rates, args.groups);
+    let cells = bench::cells(net, &args.batch, &args.rates, args.groups);
     let mut measured: Vec<SbfCell> = Vec::new();
     println!("instruction set: {}", sbfnet::benchmark::instruction_set());
     for &threads in &args.threads {

@@ -266,6 +266,11 @@ impl TapList {
     pub fn is_empty(&self) -> bool {
         self.panel_rows.is_empty()
     }
+
+    /// The taps `(panel row, source offset)` in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, isize)> + '_ {
+        self.panel_rows.iter().copied().zip(self.sources.iter().copied())
+    }
 }
 
 /// One register tile of C = A · B with the roles of [`gemm_tile`] swapped: the vectors run

@@ -109,7 +109,7 @@ pub(super) fn channel_vector(isa: Isa, channels: usize) -> (VectorKind, usize) {
 
 /// VECTORS of the channel layout's tile for V: 6 × 4 with 32 registers (24 accumulators, 4
 /// panel vectors, 1 broadcast), 6 × 2 with 16.
-const fn channel_tile_vectors<V: Vector>() -> usize {
+pub(in crate::kernels) const fn channel_tile_vectors<V: Vector>() -> usize {
     if V::REGISTERS >= 32 {
         4
     } else {
@@ -118,7 +118,7 @@ const fn channel_tile_vectors<V: Vector>() -> usize {
 }
 
 /// Output pixels that read the same taps inside their source, and those taps.
-pub(super) struct PixelClass {
+pub(in crate::kernels) struct PixelClass {
     /// (p, base(p)) of each pixel of the class: its index in an output plane and where its
     /// taps' offsets start in the source image (may be negative).
     pub pixels: Vec<(usize, isize)>,
@@ -127,7 +127,7 @@ pub(super) struct PixelClass {
 }
 
 /// One pass in the channel layout: the sizes of its product and its pixel classes.
-pub(super) struct ChannelProduct {
+pub(in crate::kernels) struct ChannelProduct {
     /// Output channels, the lanes: F (forward) or C (input gradient).
     pub channels: usize,
     /// Rows of the panel: C·K² (forward) or F·K² (input gradient).

@@ -69,6 +69,7 @@ mod input_grad;
 mod weight_grad;
 
 pub use channels::ConvLayout;
+pub(in crate::kernels) use channels::{channel_tile_vectors, ChannelProduct, CHANNEL_TILE_ROWS};
 pub use forward::{forward, forward_layout_with, forward_with};
 pub use input_grad::{input_grad, input_grad_layout_with, input_grad_with};
 pub(in crate::kernels) use input_grad::{InputPhase, PaddedGradOutput};
@@ -210,14 +211,14 @@ fn pack_row_panels<const ROWS: usize, Row: Iterator<Item = f32>>(
 static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh number for one kernel call (see [`with_thread_panels`]).
-fn new_call() -> u64 {
+pub(in crate::kernels) fn new_call() -> u64 {
     NEXT_CALL.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Runs `work` on this thread's copy of the packed weight panels of kernel
 /// call `call` (`len` floats), packing them with `pack` first if this is the
 /// thread's first task of the call.
-fn with_thread_panels<R>(
+pub(in crate::kernels) fn with_thread_panels<R>(
     call: u64,
     len: usize,
     pack: impl FnOnce(&mut [f32]),

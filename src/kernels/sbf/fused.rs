@@ -18,13 +18,15 @@
 //! identity outputs included, at t = 1), against N·C·K² for the dense conv.
 
 use super::super::conv::{
-    group_bases, vector_slots, with_padded_source, InputPhase, PaddedGradOutput, PhaseSplitImage, VectorSlot,
+    group_bases, vector_slots, with_padded_source, ConvLayout, InputPhase, PaddedGradOutput, PhaseSplitImage,
+    VectorSlot,
 };
 use super::super::microkernel::{
     add_lanes, gemm_tile, load_lanes, store_lanes, with_tile, GatherMatrix, Tiling, SOURCE_SLACK,
 };
 use super::super::simd::{with_vector, Isa, Vector, VectorKind};
 use super::super::ConvShape;
+use super::channels::{fused_forward_channels, fused_input_grad_channels};
 use super::*;
 
 /// The gradients a backward kernel adds into; a `None` is not computed.
@@ -50,12 +52,39 @@ pub fn fused_forward(
     fused_forward_with(Isa::active(), shape, assignment, input, templates, masks, output)
 }
 
-/// [`fused_forward`] with the instruction set `isa`.
+/// [`fused_forward`] with the instruction set `isa`, in the layout [`fused_forward_choice`]
+/// picks for this thread pool.
 ///
 /// # Panics
 /// If the CPU does not run `isa`, or the operands do not fit `shape`.
 pub fn fused_forward_with(
     isa: Isa,
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    output: &mut [f32],
+) {
+    check_operands(
+        "fused_forward",
+        shape,
+        assignment,
+        [input, templates, masks, output],
+    );
+    let layout = fused_forward_choice(isa, shape, rayon::current_num_threads()).0;
+    fused_forward_layout_with(isa, layout, shape, assignment, input, templates, masks, output)
+}
+
+/// [`fused_forward`] with the instruction set `isa` in the layout `layout` (for tests and
+/// benchmarks; both layouts give the same floats, see `channels.rs`).
+///
+/// # Panics
+/// If the CPU does not run `isa`, or the operands do not fit `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_forward_layout_with(
+    isa: Isa,
+    layout: ConvLayout,
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
@@ -72,6 +101,9 @@ pub fn fused_forward_with(
     );
     if output.is_empty() {
         return;
+    }
+    if layout == ConvLayout::ChannelVectors {
+        return fused_forward_channels(isa, shape, assignment, input, templates, masks, output);
     }
     with_vector!(VectorKind::for_columns(isa, shape.out_width()), V => {
         let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
@@ -266,13 +298,51 @@ pub fn fused_backward(
     )
 }
 
-/// [`fused_backward`] with the instruction set `isa`.
+/// [`fused_backward`] with the instruction set `isa`, the input gradient in the layout
+/// [`fused_input_grad_choice`] picks for this thread pool.
 ///
 /// # Panics
 /// If the CPU does not run `isa`, or the operands do not fit `shape`.
 #[allow(clippy::too_many_arguments)]
 pub fn fused_backward_with(
     isa: Isa,
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    input: &[f32],
+    templates: &[f32],
+    masks: &[f32],
+    grad_output: &[f32],
+    grads: SbfGrads,
+) {
+    check_operands(
+        "fused_backward",
+        shape,
+        assignment,
+        [input, templates, masks, grad_output],
+    );
+    let layout = fused_input_grad_choice(isa, shape, rayon::current_num_threads()).0;
+    fused_backward_layout_with(
+        isa,
+        layout,
+        shape,
+        assignment,
+        input,
+        templates,
+        masks,
+        grad_output,
+        grads,
+    )
+}
+
+/// [`fused_backward`] with the instruction set `isa` and the input gradient in the layout
+/// `layout` (both layouts give the same floats).
+///
+/// # Panics
+/// If the CPU does not run `isa`, or the operands do not fit `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_backward_layout_with(
+    isa: Isa,
+    layout: ConvLayout,
     shape: &SbfShape,
     assignment: &TemplateAssignment,
     input: &[f32],
@@ -313,7 +383,14 @@ pub fn fused_backward_with(
         );
     }
     if let Some(grad_input) = grad_input {
-        input_grad_fused(isa, shape, assignment, templates, masks, grad_output, grad_input);
+        match layout {
+            ConvLayout::PixelVectors => {
+                input_grad_fused(isa, shape, assignment, templates, masks, grad_output, grad_input)
+            }
+            ConvLayout::ChannelVectors => {
+                fused_input_grad_channels(isa, shape, assignment, templates, masks, grad_output, grad_input)
+            }
+        }
     }
 }
 

@@ -57,7 +57,11 @@
 //!    pixels, on the dense conv's microkernel and padded images, so P never reaches memory
 //!    ([`fused_forward`]); the backward ([`fused_backward`]) takes dX through the maps a tile of
 //!    input pixels at a time, and dB and dT from the dense weight gradient;
-//! 4. `tests.rs`: the fused kernels against the naive reference over a grid of shapes.
+//! 4. `channels.rs`: the same forward pass and input gradient in the channel layout of small maps
+//!    (templates, or the input channels of a group, in the lanes; the taps that read padding
+//!    skipped), chosen like the dense conv's layout ([`fused_forward_choice`]);
+//! 5. `tests.rs`: the fused kernels against the naive reference over a grid of shapes, and the
+//!    two layouts against each other (the same floats).
 //!
 //! Contract (as for every kernel): forward kernels overwrite their output,
 //! gradient kernels accumulate (`+=`), except `gather_maps_grad_naive`, which
@@ -65,11 +69,13 @@
 
 use rayon::prelude::*;
 
+mod channels;
 mod fused;
 mod naive;
 #[cfg(test)]
 mod tests;
 
+pub use channels::{fused_forward_choice, fused_input_grad_choice};
 pub use fused::*;
 pub use naive::*;
 

@@ -1,6 +1,7 @@
 //! The fast kernels against their naive twins.
 
 use super::*;
+use crate::kernels::conv::ConvLayout;
 use crate::kernels::simd::Isa;
 use crate::tensor::{max_scaled_difference, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
@@ -243,5 +244,108 @@ fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
             let (_, db_alone, dt_alone) = run(threads, [false, true, true]);
             assert!(db_alone == db && dt_alone == dt);
         }
+    }
+}
+
+#[test]
+fn the_channel_layout_gives_the_pixel_layouts_floats_over_the_grid() {
+    // Batches of 1, 7 and 13 images: one task with repeated rows, then whole and partial tasks
+    // of 6. AVX2 runs the channel layout forced (it never picks it).
+    let mut rng = StdRng::seed_from_u64(23);
+    for (index, (shape, assignment)) in fused_grid().into_iter().enumerate() {
+        let shape = SbfShape {
+            batch: [1, 7, 13][index % 3],
+            ..shape
+        };
+        let x = random(shape.input_len(), &mut rng);
+        let b = random(shape.templates_len(), &mut rng);
+        let t = random(shape.masks_len(), &mut rng);
+        let dy = random(shape.output_len(), &mut rng);
+        for isa in Isa::available() {
+            let forward = |layout| {
+                on_threads(2, || {
+                    let mut y = vec![9.0; shape.output_len()];
+                    fused_forward_layout_with(isa, layout, &shape, &assignment, &x, &b, &t, &mut y);
+                    y
+                })
+            };
+            assert!(
+                forward(ConvLayout::ChannelVectors) == forward(ConvLayout::PixelVectors),
+                "{isa:?} forward: the layouts differ for {shape:?}"
+            );
+            let input_grad = |layout| {
+                on_threads(2, || {
+                    let mut dx = vec![0.5; shape.input_len()];
+                    let grads = SbfGrads {
+                        input: Some(&mut dx[..]),
+                        templates: None,
+                        masks: None,
+                    };
+                    fused_backward_layout_with(isa, layout, &shape, &assignment, &x, &b, &t, &dy, grads);
+                    dx
+                })
+            };
+            assert!(
+                input_grad(ConvLayout::ChannelVectors) == input_grad(ConvLayout::PixelVectors),
+                "{isa:?} input gradient: the layouts differ for {shape:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_template_with_many_outputs_gets_as_many_slots() {
+    // Template 0 copied by 9 of 12 outputs, template 1 by 3: a block of slots for each output of
+    // template 0, empty for template 1 past its 3 (their lanes thrown away).
+    let shape = SbfShape {
+        batch: 13,
+        in_channels: 8,
+        in_height: 5,
+        in_width: 4,
+        out_channels: 12,
+        templates: 2,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        groups: 2,
+    };
+    let mut template_of = vec![0; 12];
+    template_of[3] = 1;
+    template_of[7] = 1;
+    template_of[11] = 1;
+    let assignment = TemplateAssignment::with_templates(&[0, 3], template_of);
+    let mut rng = StdRng::seed_from_u64(24);
+    let x = random(shape.input_len(), &mut rng);
+    let b = random(shape.templates_len(), &mut rng);
+    let t = random(shape.masks_len(), &mut rng);
+    let mut p_naive = vec![0.0; shape.maps_len()];
+    stage1_forward_naive(&shape, &x, &b, &mut p_naive);
+    let mut y_naive = vec![0.0; shape.output_len()];
+    gather_forward_naive(&shape, &assignment, &t, &p_naive, &mut y_naive);
+    for isa in Isa::available() {
+        let mut y = vec![9.0; shape.output_len()];
+        fused_forward_layout_with(
+            isa,
+            ConvLayout::ChannelVectors,
+            &shape,
+            &assignment,
+            &x,
+            &b,
+            &t,
+            &mut y,
+        );
+        assert_close_to_scale(&format!("{isa:?} channel-layout forward"), &y, &y_naive);
+        let dy = random(shape.output_len(), &mut rng);
+        let input_grad = |layout| {
+            let mut dx = vec![0.5; shape.input_len()];
+            let grads = SbfGrads {
+                input: Some(&mut dx[..]),
+                templates: None,
+                masks: None,
+            };
+            fused_backward_layout_with(isa, layout, &shape, &assignment, &x, &b, &t, &dy, grads);
+            dx
+        };
+        assert!(input_grad(ConvLayout::ChannelVectors) == input_grad(ConvLayout::PixelVectors));
     }
 }

@@ -30,7 +30,9 @@
 //! K²×K² matrix per output and group, not implemented).
 
 use crate::autograd::{Tape, Var};
+use crate::kernels::conv::ConvLayout;
 use crate::kernels::sbf::{self as kernel, SbfShape};
+use crate::kernels::simd::Isa;
 use crate::kernels::{conv as conv_kernel, sbf_filters, ConvShape};
 use crate::ops::conv::{accumulate_channel_sums, add_channel_bias};
 use crate::ops::{conv2d, ConvConfig};
@@ -133,24 +135,45 @@ impl SbfConfig {
     /// dense MACs per tap and pixel, is below the dense conv's C·N (the same rule at every
     /// stride: the fused kernels compute only the positions a strided layer reads).
     pub fn plan(&self, in_channels: usize, outputs: usize, templates: usize) -> SbfPlan {
-        self.plan_against(in_channels, outputs, templates, [1.0, 1.0])
+        self.plan_against(in_channels, outputs, templates, [1.0; 2], [1.0; 2])
     }
 
-    /// [`SbfConfig::plan`] against a dense conv that runs the forward pass and the input
-    /// gradient `dense_speedups` times faster than the C·N its cost counts: on small maps the
-    /// dense conv takes the channel layout (`kernels::conv::ConvLayout`, whose predicted
-    /// speed-up this is), while the fused kernels keep the pixel layout.
+    /// The plan [`sbf_conv2d`] follows for a call of this geometry (its batch included) on
+    /// `threads` threads of `isa`: [`SbfConfig::plan_against`] the speed-ups the dense conv's
+    /// and the fused kernels' layouts predict.
+    pub fn plan_for(&self, shape: &SbfShape, isa: Isa, threads: usize) -> SbfPlan {
+        let (inputs, outputs, templates) = (shape.in_channels, shape.out_channels, shape.templates);
+        if self.path != SbfPath::Auto || self.family != TransformFamily::Scalar {
+            return self.plan(inputs, outputs, templates); // no choice to weigh
+        }
+        let dense = shape.conv_shape();
+        let dense_speedups = [
+            ConvLayout::forward_choice(isa, &dense, threads).1,
+            ConvLayout::input_grad_choice(isa, &dense, threads).1,
+        ];
+        let fused_speedups = [
+            kernel::fused_forward_choice(isa, shape, threads).1,
+            kernel::fused_input_grad_choice(isa, shape, threads).1,
+        ];
+        self.plan_against(inputs, outputs, templates, dense_speedups, fused_speedups)
+    }
+
+    /// [`SbfConfig::plan`] with the layouts' predicted speed-ups over the pixel layout, forward
+    /// pass and input gradient: `dense_speedups` of the dense conv, `fused_speedups` of the
+    /// fused kernels (on small maps both take the channel layout, `kernels::conv::ConvLayout`;
+    /// the fused kernels' is that of their stage-1 product, `kernels::sbf::fused_forward_choice`).
     pub fn plan_against(
         &self,
         in_channels: usize,
         outputs: usize,
         templates: usize,
         dense_speedups: [f64; 2],
+        fused_speedups: [f64; 2],
     ) -> SbfPlan {
-        let cheaper = |cost: PassCost, dense_speedup: f64| {
+        let cheaper = |cost: PassCost, pass: usize| {
             let fused = cost.templates * (in_channels * templates) as f64
                 + cost.masks * (self.groups * outputs) as f64;
-            fused < (in_channels * outputs) as f64 / dense_speedup
+            fused / fused_speedups[pass] < (in_channels * outputs) as f64 / dense_speedups[pass]
         };
         match (self.path, self.family) {
             (SbfPath::EffectiveFilters, _) | (SbfPath::Auto, _) if self.family != TransformFamily::Scalar => {
@@ -168,8 +191,8 @@ impl SbfConfig {
                 input_grad_fused: true,
             },
             (SbfPath::Auto, _) => SbfPlan {
-                forward_fused: cheaper(FUSED_COSTS.forward, dense_speedups[0]),
-                input_grad_fused: cheaper(FUSED_COSTS.input_grad, dense_speedups[1]),
+                forward_fused: cheaper(FUSED_COSTS.forward, 0),
+                input_grad_fused: cheaper(FUSED_COSTS.input_grad, 1),
             },
         }
     }
@@ -324,27 +347,7 @@ pub fn sbf_conv2d(
             config.family.name()
         );
     }
-    let dense = ConvShape {
-        batch: shape.batch,
-        in_channels: shape.in_channels,
-        in_height: shape.in_height,
-        in_width: shape.in_width,
-        out_channels: shape.out_channels,
-        kernel: shape.kernel,
-        stride: shape.stride,
-        padding: shape.padding,
-    };
-    let (isa, threads) = (crate::kernels::simd::Isa::active(), rayon::current_num_threads());
-    let dense_speedups = [
-        conv_kernel::ConvLayout::forward_choice(isa, &dense, threads).1,
-        conv_kernel::ConvLayout::input_grad_choice(isa, &dense, threads).1,
-    ];
-    let plan = config.plan_against(
-        shape.in_channels,
-        shape.out_channels,
-        shape.templates,
-        dense_speedups,
-    );
+    let plan = config.plan_for(&shape, Isa::active(), rayon::current_num_threads());
     match plan {
         SbfPlan {
             forward_fused: false,

@@ -402,10 +402,25 @@ fn auto_takes_the_pass_the_cost_model_predicts_faster() {
     // Against a dense conv predicted 1.5× faster (the channel layout of a small map), the
     // fused forward pays only while 1.1·64·M + 2.8·128 < 64·64 / 1.5 (M ≤ 33), the input
     // gradient while 1.15·64·M + 6·128 < 64·64 / 1.5 (M ≤ 26).
-    assert_eq!(cfg.plan_against(64, 64, 32, [1.5, 1.5]), plan(true, false));
-    assert_eq!(cfg.plan_against(64, 64, 24, [1.5, 1.5]), plan(true, true));
-    assert_eq!(cfg.plan_against(64, 64, 32, [1.5, 1.0]), plan(true, true));
-    assert_eq!(cfg.plan_against(64, 64, 32, [5.0, 5.0]), plan(false, false));
+    let pixels = [1.0; 2];
+    assert_eq!(
+        cfg.plan_against(64, 64, 32, [1.5, 1.5], pixels),
+        plan(true, false)
+    );
+    assert_eq!(cfg.plan_against(64, 64, 24, [1.5, 1.5], pixels), plan(true, true));
+    assert_eq!(cfg.plan_against(64, 64, 32, [1.5, 1.0], pixels), plan(true, true));
+    assert_eq!(
+        cfg.plan_against(64, 64, 32, [5.0, 5.0], pixels),
+        plan(false, false)
+    );
+    // Fused kernels in the channel layout as well, predicted 4.5× faster than in the pixel
+    // layout where the dense conv is 5×: the forward pays while 1.1·64·M + 2.8·128 <
+    // 64·64 · 4.5/5 (M ≤ 47), the input gradient while 1.15·64·M + 6·128 < 64·64 · 4.5/5 (M ≤ 39).
+    assert_eq!(
+        cfg.plan_against(64, 64, 40, [5.0; 2], [4.5; 2]),
+        plan(true, false)
+    );
+    assert_eq!(cfg.plan_against(64, 64, 32, [5.0; 2], [4.5; 2]), plan(true, true));
     // C = N = 16: stage 2 weighs more (G·N against C·N): forward M ≤ 9, input gradient M ≤ 3.
     assert_eq!(cfg.plan(16, 16, 8), plan(true, false));
     assert_eq!(cfg.plan(16, 16, 2), plan(true, true));
