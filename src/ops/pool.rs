@@ -21,15 +21,20 @@ pub fn max_pool(tape: &mut Tape, x: Var, k: usize) -> Var {
         tape.value(x).shape
     );
     let xv = tape.value(x);
-    // y: [N, C, Ho, Wo]; argmax: index into x of each winner, same shape as y; planes in parallel
+    // y: [N, C, Ho, Wo]; winners: the index within its input plane of each output's winner, same
+    // shape as y. Both passes run planes in parallel (a plane's winners are in its plane).
+    let (plane_in, plane_out) = (h_in * w_in, h_out * w_out);
+    assert!(
+        plane_in <= u32::MAX as usize,
+        "max_pool: a {h_in}×{w_in} plane is too large"
+    );
     let mut y = Tensor::zeros(&[n_batch, channels, h_out, w_out]);
-    let mut argmax = vec![0usize; y.len()];
+    let mut winners = vec![0u32; y.len()];
     y.data
-        .par_chunks_mut(h_out * w_out)
-        .zip(argmax.par_chunks_mut(h_out * w_out))
-        .enumerate()
-        .for_each(|(plane, (y_plane, winners))| {
-            let x_plane = &xv.data[plane * h_in * w_in..][..h_in * w_in];
+        .par_chunks_mut(plane_out)
+        .zip(winners.par_chunks_mut(plane_out))
+        .zip(xv.data.par_chunks(plane_in))
+        .for_each(|((y_plane, winners), x_plane)| {
             for oh in 0..h_out {
                 for ow in 0..w_out {
                     let mut best = k * oh * w_in + k * ow;
@@ -42,15 +47,22 @@ pub fn max_pool(tape: &mut Tape, x: Var, k: usize) -> Var {
                         }
                     }
                     y_plane[oh * w_out + ow] = x_plane[best];
-                    winners[oh * w_out + ow] = plane * h_in * w_in + best;
+                    winners[oh * w_out + ow] = best as u32;
                 }
             }
         });
     tape.push(y, &[x], move |grad_y, ctx| {
         if let Some(grad_x) = ctx.grad(x) {
-            for (o, &i) in argmax.iter().enumerate() {
-                grad_x.data[i] += grad_y.data[o];
-            }
+            grad_x
+                .data
+                .par_chunks_mut(plane_in)
+                .zip(grad_y.data.par_chunks(plane_out))
+                .zip(winners.par_chunks(plane_out))
+                .for_each(|((grad_x_plane, grad_y_plane), winners)| {
+                    for (&gy, &i) in grad_y_plane.iter().zip(winners) {
+                        grad_x_plane[i as usize] += gy;
+                    }
+                });
         }
     })
 }
