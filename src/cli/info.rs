@@ -3,8 +3,11 @@
 use clap::Args;
 use rand::{rngs::StdRng, SeedableRng};
 use sbfnet::autograd::ParamStore;
+use sbfnet::kernels::sbf::SbfShape;
+use sbfnet::kernels::simd::Isa;
 use sbfnet::nn::ConvLayer;
-use sbfnet::Result;
+use sbfnet::train::TrainConfig;
+use sbfnet::{Error, Result};
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
@@ -17,6 +20,13 @@ pub struct InfoArgs {
     /// Show the model saved in this checkpoint instead (e.g. a pruned run: its templates per layer)
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
+    /// The batch at which to plan how each SBF layer computes [default: the model's recipe
+    /// batch: 1024 for airbench94, else 128]
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// The threads at which to plan it
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
@@ -81,24 +91,47 @@ pub fn run(args: InfoArgs) -> Result<()> {
         macs as f64 / 1e6,
         100.0 * (1.0 - macs as f64 / dense_macs.max(1) as f64)
     );
-    // How each SBF layer computes its passes (`SbfPath::Auto`: the cost model of ops::sbf).
+    // How each SBF layer computes its passes at this batch and thread count on this CPU
+    // (`SbfPath::Auto`: the cost model of ops::sbf and the layouts' predicted speed-ups).
+    if args.batch == Some(0) || args.threads == 0 {
+        return Err(Error::msg("info: --batch and --threads must be at least 1"));
+    }
+    let batch = args
+        .batch
+        .unwrap_or_else(|| TrainConfig::recipe_for(&model.spec).batch_size);
+    let isa = Isa::active();
     let plans: Vec<String> = model
         .conv_layers()
         .into_iter()
         .filter_map(|(name, layer)| match layer {
             ConvLayer::Sbf(sbf) => {
-                let plan = sbf
-                    .config
-                    .plan(sbf.in_channels, sbf.out_channels, sbf.num_templates());
-                Some(format!("  {name}: {}", plan.describe()))
+                let [_, in_height, in_width] = table.iter().find(|row| row.name == name)?.input[..] else {
+                    return None;
+                };
+                let shape = SbfShape {
+                    batch,
+                    in_channels: sbf.in_channels,
+                    in_height,
+                    in_width,
+                    out_channels: sbf.out_channels,
+                    templates: sbf.num_templates(),
+                    kernel: sbf.kernel,
+                    stride: sbf.config.stride,
+                    padding: sbf.config.padding,
+                    groups: sbf.config.groups,
+                };
+                let plan = sbf.config.plan_for(&shape, isa, args.threads);
+                Some(format!("  {name} ({in_height}×{in_width}): {}", plan.describe()))
             }
             ConvLayer::Dense(_) => None,
         })
         .collect();
     if !plans.is_empty() {
         println!(
-            "how the SBF layers compute (fused kernels, or the effective filters and the dense conv; \
-             the weight gradients always from the dense one):\n{}",
+            "how the SBF layers compute at batch {batch} on {} threads of {} (fused kernels, or the \
+             effective filters and the dense conv; the weight gradients always from the dense one):\n{}",
+            args.threads,
+            isa.name(),
             plans.join("\n")
         );
     }

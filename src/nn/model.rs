@@ -251,6 +251,8 @@ pub struct LayerRow {
     pub name: String,
     /// e.g. "conv3x3", "linear", "batch norm".
     pub kind: String,
+    /// Input [C, H, W] (or `[features]` for the classifier; empty for the batch-norm row).
+    pub input: Vec<usize>,
     /// Output [C, H, W] (or `[features]` for the classifier).
     pub output: Vec<usize>,
     pub params: usize,
@@ -371,6 +373,7 @@ impl Model {
             rows.push(LayerRow {
                 name: name.to_string(),
                 kind: conv.kind_name(),
+                input: vec![conv.in_channels(), h, w],
                 output: vec![conv.out_channels(), ho, wo],
                 params: conv.param_count(store),
                 macs: cost.macs,
@@ -386,6 +389,7 @@ impl Model {
             rows.push(LayerRow {
                 name: name.to_string(),
                 kind: "linear".into(),
+                input: vec![inputs],
                 output: vec![outputs],
                 params: outputs * inputs + outputs,
                 macs: outputs * inputs,
@@ -424,6 +428,7 @@ impl Model {
                 rows.push(LayerRow {
                     name: "whiten".into(),
                     kind: "conv2x2".into(),
+                    input: vec![3, 32, 32],
                     output: vec![c_out, h, w],
                     params,
                     macs: h * w * c_out * 3 * k * k,
@@ -442,6 +447,7 @@ impl Model {
         rows.push(LayerRow {
             name: format!("{batch_norm_layers} batch norms"),
             kind: "batch norm".into(),
+            input: vec![],
             output: vec![],
             params: batch_norm_params,
             macs: 0,

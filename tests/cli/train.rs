@@ -437,12 +437,29 @@ fn info_prints_the_layer_table() {
     assert_eq!(kind_of("stage2.block2.conv2"), "conv3x3", "{stdout}");
     assert_eq!(kind_of("stage3.block0.conv1"), "sbf3x3", "{stdout}");
     // At rate 0.75 (16 templates of 64) the cost model sends both passes of every stage-3 layer,
-    // the strided one included, through the fused kernels.
-    for layer in ["stage3.block0.conv1", "stage3.block2.conv2"] {
+    // the strided one (16×16 input) included, through the fused kernels at the default batch 128.
+    assert!(
+        stdout.contains("how the SBF layers compute at batch 128 on 2 threads"),
+        "{stdout}"
+    );
+    for layer in ["stage3.block0.conv1 (16×16)", "stage3.block2.conv2 (8×8)"] {
         let line = format!("  {layer}: forward fused, input gradient fused");
         assert!(stdout.lines().any(|l| l == line), "{stdout}");
     }
-    assert!(!stdout.contains("stage2.block0.conv1:"), "{stdout}");
+    assert!(!stdout.contains("stage2.block0.conv1 ("), "{stdout}");
+    // --batch plans at another batch; 0 is refused, naming the flags.
+    let output = sbfnet(&["info", "--convs", "sbf:rate=0.5,groups=2", "--batch", "8"]);
+    assert!(
+        text(&output).0.contains("at batch 8 on 2 threads"),
+        "{}",
+        text(&output).0
+    );
+    let output = sbfnet(&["info", "--batch", "0"]);
+    assert!(
+        !output.status.success() && text(&output).1.contains("--batch"),
+        "{}",
+        text(&output).1
+    );
 }
 
 #[test]

@@ -177,14 +177,7 @@ impl ChannelProduct {
     pub fn input_grad(shape: &ConvShape) -> Self {
         let (h_out, w_out) = (shape.out_height(), shape.out_width());
         let (height, width, kernel, stride) = (shape.in_height, shape.in_width, shape.kernel, shape.stride);
-        // The taps k ≡ i + p (mod s), k ≤ i + p, that reach an output index below `size`.
-        let reaching = |i: usize, size: usize| -> Vec<usize> {
-            let shifted = i + shape.padding;
-            (shifted % stride..kernel.min(shifted + 1))
-                .step_by(stride)
-                .filter(|&k| (shifted - k) / stride < size)
-                .collect()
-        };
+        let reaching = |i: usize, size: usize| input_grad_taps(shape, i, size).collect::<Vec<_>>();
         let pixels = (0..height).flat_map(|ih| (0..width).map(move |iw| (ih, iw)));
         let describe = |(ih, iw): (usize, usize)| {
             let base = ((ih + shape.padding) / stride * w_out + (iw + shape.padding) / stride) as isize;
@@ -206,15 +199,30 @@ impl ChannelProduct {
         }
     }
 
-    /// Multiply-adds per image with `width` channels per block: the channels padded to whole
-    /// blocks, times the taps each pixel keeps.
-    pub fn macs(&self, width: usize) -> usize {
-        let taps: usize = self
-            .classes
-            .iter()
-            .map(|class| class.pixels.len() * class.taps.len())
+    /// [`ChannelProduct::forward`]'s multiply-adds per image with `width` channels per block (the
+    /// channels padded to whole blocks, times the taps each pixel keeps), without building it.
+    pub fn forward_macs(shape: &ConvShape, width: usize) -> usize {
+        let taps: usize = (0..shape.out_height())
+            .flat_map(|oh| (0..shape.out_width()).map(move |ow| (oh, ow)))
+            .map(|(oh, ow)| {
+                let (rows, cols) = forward_tap_ranges(shape, oh, ow);
+                rows.len() * cols.len()
+            })
             .sum();
-        self.channels.next_multiple_of(width) * taps
+        shape.out_channels.next_multiple_of(width) * shape.in_channels * taps
+    }
+
+    /// [`ChannelProduct::input_grad`]'s multiply-adds per image, as [`ChannelProduct::forward_macs`].
+    pub fn input_grad_macs(shape: &ConvShape, width: usize) -> usize {
+        // A pixel's taps are its row's times its column's, so the sum over pixels factors.
+        let (h_out, w_out) = (shape.out_height(), shape.out_width());
+        let rows: usize = (0..shape.in_height)
+            .map(|ih| input_grad_taps(shape, ih, h_out).count())
+            .sum();
+        let cols: usize = (0..shape.in_width)
+            .map(|iw| input_grad_taps(shape, iw, w_out).count())
+            .sum();
+        shape.in_channels.next_multiple_of(width) * shape.out_channels * rows * cols
     }
 
     /// out[n] (=, or += with `accumulate`) the product for every image n, with
@@ -321,6 +329,16 @@ pub(super) fn forward_tap_ranges(
     (inside(oh, shape.in_height), inside(ow, shape.in_width))
 }
 
+/// The taps k of the input gradient at input index i (a row or a column) that reach an output
+/// index below `size`: k ≡ i + p (mod s), k ≤ i + p, (i + p − k)/s < size.
+fn input_grad_taps(shape: &ConvShape, i: usize, size: usize) -> impl Iterator<Item = usize> {
+    let (kernel, stride) = (shape.kernel, shape.stride);
+    let shifted = i + shape.padding;
+    (shifted % stride..kernel.min(shifted + 1))
+        .step_by(stride)
+        .filter(move |&k| (shifted - k) / stride < size)
+}
+
 /// The tap list of a class: `tap(ch, kh, kw)` = (panel row, source offset) for ch in
 /// 0..`channels`, then the class's kh, then its kw (the order of the reduction).
 fn tap_list(
@@ -367,4 +385,55 @@ fn classify<P>(
         classes[class].pixels.push((index, base));
     }
     classes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Multiply-adds of a built product: the channels padded to whole blocks of `width`, times
+    /// the taps each pixel of each class keeps.
+    fn built_macs(product: &ChannelProduct, width: usize) -> usize {
+        let taps: usize = product
+            .classes
+            .iter()
+            .map(|class| class.pixels.len() * class.taps.len())
+            .sum();
+        product.channels.next_multiple_of(width) * taps
+    }
+
+    #[test]
+    fn the_counted_multiply_adds_are_those_of_the_built_products() {
+        for (size, kernel, stride, padding) in [
+            (7, 3, 1, 1),
+            (3, 3, 1, 1),
+            (9, 5, 2, 2),
+            (8, 3, 2, 1),
+            (6, 1, 2, 0),
+            (5, 3, 1, 0),
+        ] {
+            let shape = ConvShape {
+                batch: 2,
+                in_channels: 5,
+                in_height: size,
+                in_width: size + 2,
+                out_channels: 11,
+                kernel,
+                stride,
+                padding,
+            };
+            for width in [16, 64] {
+                assert_eq!(
+                    ChannelProduct::forward_macs(&shape, width),
+                    built_macs(&ChannelProduct::forward(&shape), width),
+                    "forward {shape:?}"
+                );
+                assert_eq!(
+                    ChannelProduct::input_grad_macs(&shape, width),
+                    built_macs(&ChannelProduct::input_grad(&shape), width),
+                    "input gradient {shape:?}"
+                );
+            }
+        }
+    }
 }

@@ -78,7 +78,7 @@ impl ConvLayout {
             shape.out_channels.next_multiple_of(rows) * vectors.next_multiple_of(group) * V::LANES * depth
         });
         let (_, width) = channel_vector(isa, shape.out_channels);
-        let channel_macs = ChannelProduct::forward(shape).macs(width);
+        let channel_macs = ChannelProduct::forward_macs(shape, width);
         let margins = &super::channels::CHANNEL_MARGINS;
         let margin = if shape.stride > 1 {
             margins.strided_forward

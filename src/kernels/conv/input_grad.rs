@@ -253,7 +253,7 @@ impl ConvLayout {
             shape.in_channels.next_multiple_of(rows) * per_row * V::LANES
         });
         let (_, width) = channel_vector(isa, shape.in_channels);
-        let channel_macs = ChannelProduct::input_grad(shape).macs(width);
+        let channel_macs = ChannelProduct::input_grad_macs(shape, width);
         let margin = super::channels::CHANNEL_MARGINS.input_grad;
         ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin)
     }

@@ -107,7 +107,7 @@ impl ConvLayout {
             shape.out_channels.next_multiple_of(rows) * lanes * depth
         });
         let (_, width) = channel_vector(isa, shape.out_channels);
-        let channel_macs = ChannelProduct::forward(shape).macs(width);
+        let channel_macs = ChannelProduct::forward_macs(shape, width);
         let margin = super::channels::CHANNEL_MARGINS.weight_grad;
         ConvLayout::pick(isa, shape.batch, threads, pixel_macs, channel_macs, margin).0
     }

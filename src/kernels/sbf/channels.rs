@@ -69,15 +69,19 @@ pub fn fused_input_grad_choice(isa: Isa, shape: &SbfShape, threads: usize) -> (C
     ConvLayout::input_grad_choice(isa, &shape.stage1_shape(), threads)
 }
 
-/// VECTORS of the tile for `channels` lanes of work: the dense channel layout's, or 2 where
-/// that covers them (a 6 × 4 tile over 32 templates would leave half its lanes idle).
-fn tile_vectors<V: Vector>(channels: usize) -> usize {
-    let vectors = channel_tile_vectors::<V>();
-    if vectors > 2 && channels <= 2 * V::LANES {
-        2
-    } else {
-        vectors
-    }
+/// Runs `$body` with the const `$vectors` = VECTORS of the tile for `$channels` lanes of work
+/// on the vector `$V`: the dense channel layout's, or 2 where that covers them (a 6 × 4 tile
+/// over 32 templates would leave half its lanes idle).
+macro_rules! with_tile_vectors {
+    ($V:ty, $channels:expr, $vectors:ident => $body:expr) => {
+        if channel_tile_vectors::<$V>() == 4 && $channels > 2 * <$V>::LANES {
+            const $vectors: usize = 4;
+            $body
+        } else {
+            const $vectors: usize = 2;
+            $body
+        }
+    };
 }
 
 /// n_j(m) of an empty slot.
@@ -180,11 +184,9 @@ pub(super) fn fused_forward_channels(
     output: &mut [f32],
 ) {
     with_vector!(VectorKind::for_columns(isa, shape.templates), V => {
-        if tile_vectors::<V>(shape.templates) == 4 {
-            forward_tiled::<V, CHANNEL_TILE_ROWS, 4>(shape, assignment, input, templates, masks, output)
-        } else {
-            forward_tiled::<V, CHANNEL_TILE_ROWS, 2>(shape, assignment, input, templates, masks, output)
-        }
+        with_tile_vectors!(V, shape.templates, VECTORS => {
+            forward_tiled::<V, CHANNEL_TILE_ROWS, VECTORS>(shape, assignment, input, templates, masks, output)
+        })
     })
 }
 
@@ -295,11 +297,9 @@ pub(super) fn fused_input_grad_channels(
 ) {
     let cg = shape.group_channels();
     with_vector!(VectorKind::for_columns(isa, cg), V => {
-        if tile_vectors::<V>(cg) == 4 {
-            input_grad_tiled::<V, CHANNEL_TILE_ROWS, 4>(shape, assignment, templates, masks, grad_output, grad_input)
-        } else {
-            input_grad_tiled::<V, CHANNEL_TILE_ROWS, 2>(shape, assignment, templates, masks, grad_output, grad_input)
-        }
+        with_tile_vectors!(V, cg, VECTORS => {
+            input_grad_tiled::<V, CHANNEL_TILE_ROWS, VECTORS>(shape, assignment, templates, masks, grad_output, grad_input)
+        })
     })
 }
 

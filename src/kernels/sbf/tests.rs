@@ -247,6 +247,24 @@ fn fused_backward_equals_the_naive_stages_over_the_grid_on_1_2_and_3_threads() {
     }
 }
 
+/// dX alone of [`fused_backward_layout_with`] from X, B, T and dY, added onto 0.5.
+fn input_grad_alone(
+    isa: Isa,
+    layout: ConvLayout,
+    shape: &SbfShape,
+    assignment: &TemplateAssignment,
+    [x, b, t, dy]: [&[f32]; 4],
+) -> Vec<f32> {
+    let mut dx = vec![0.5; shape.input_len()];
+    let grads = SbfGrads {
+        input: Some(&mut dx[..]),
+        templates: None,
+        masks: None,
+    };
+    fused_backward_layout_with(isa, layout, shape, assignment, x, b, t, dy, grads);
+    dx
+}
+
 #[test]
 fn the_channel_layout_gives_the_pixel_layouts_floats_over_the_grid() {
     // Batches of 1, 7 and 13 images: one task with repeated rows, then whole and partial tasks
@@ -274,16 +292,8 @@ fn the_channel_layout_gives_the_pixel_layouts_floats_over_the_grid() {
                 "{isa:?} forward: the layouts differ for {shape:?}"
             );
             let input_grad = |layout| {
-                on_threads(2, || {
-                    let mut dx = vec![0.5; shape.input_len()];
-                    let grads = SbfGrads {
-                        input: Some(&mut dx[..]),
-                        templates: None,
-                        masks: None,
-                    };
-                    fused_backward_layout_with(isa, layout, &shape, &assignment, &x, &b, &t, &dy, grads);
-                    dx
-                })
+                let operands: [&[f32]; 4] = [&x, &b, &t, &dy];
+                on_threads(2, || input_grad_alone(isa, layout, &shape, &assignment, operands))
             };
             assert!(
                 input_grad(ConvLayout::ChannelVectors) == input_grad(ConvLayout::PixelVectors),
@@ -336,16 +346,7 @@ fn a_template_with_many_outputs_gets_as_many_slots() {
         );
         assert_close_to_scale(&format!("{isa:?} channel-layout forward"), &y, &y_naive);
         let dy = random(shape.output_len(), &mut rng);
-        let input_grad = |layout| {
-            let mut dx = vec![0.5; shape.input_len()];
-            let grads = SbfGrads {
-                input: Some(&mut dx[..]),
-                templates: None,
-                masks: None,
-            };
-            fused_backward_layout_with(isa, layout, &shape, &assignment, &x, &b, &t, &dy, grads);
-            dx
-        };
+        let input_grad = |layout| input_grad_alone(isa, layout, &shape, &assignment, [&x, &b, &t, &dy]);
         assert!(input_grad(ConvLayout::ChannelVectors) == input_grad(ConvLayout::PixelVectors));
     }
 }
