@@ -122,15 +122,22 @@ fn weight_grad_vector<V: Vector, const ROWS: usize>(
     grad_output: &[f32],
     grad_weight: &mut [f32],
 ) {
-    let geometry = WeightGradGeometry::new(shape, V::LANES);
-    let depth = geometry.offsets.len(); // C·K²
+    // The pixel layout's padded images and tap offsets (the channel layout reads x as it is).
+    let geometry = (layout == ConvLayout::PixelVectors).then(|| WeightGradGeometry::new(shape, V::LANES));
+    let pixel_geometry = || geometry.as_ref().expect("built for the pixel layout");
+    let depth = shape.in_channels * shape.kernel * shape.kernel;
     let weight_len = grad_weight.len();
     let threads = rayon::current_num_threads();
     // sum[f, (c,kh,kw)] += the chunk `images`' share of dW
     let task = |images: std::ops::Range<usize>, sum: &mut [f32]| match layout {
-        ConvLayout::PixelVectors => {
-            weight_grad_task::<V, ROWS>(&geometry, input, grad_output, images, 0..shape.out_channels, sum)
-        }
+        ConvLayout::PixelVectors => weight_grad_task::<V, ROWS>(
+            pixel_geometry(),
+            input,
+            grad_output,
+            images,
+            0..shape.out_channels,
+            sum,
+        ),
         ConvLayout::ChannelVectors if V::REGISTERS >= 32 => {
             weight_grad_channels_task::<V, ROWS, 4>(shape, input, grad_output, images, sum)
         }
@@ -140,7 +147,13 @@ fn weight_grad_vector<V: Vector, const ROWS: usize>(
     };
     let panels = shape.out_channels.div_ceil(ROWS);
     if layout == ConvLayout::PixelVectors
-        && split_over_channels(shape, ROWS, threads, geometry.image.image_len(), weight_len)
+        && split_over_channels(
+            shape,
+            ROWS,
+            threads,
+            pixel_geometry().image.image_len(),
+            weight_len,
+        )
     {
         // Split over output channels: task i owns dw rows [i·rows_per_task, …).
         let rows_per_task = panels.div_ceil(threads) * ROWS;
@@ -150,7 +163,14 @@ fn weight_grad_vector<V: Vector, const ROWS: usize>(
             .for_each(|(task, rows)| {
                 let first = task * rows_per_task;
                 let channels = first..first + rows.len() / depth;
-                weight_grad_task::<V, ROWS>(&geometry, input, grad_output, 0..shape.batch, channels, rows);
+                weight_grad_task::<V, ROWS>(
+                    pixel_geometry(),
+                    input,
+                    grad_output,
+                    0..shape.batch,
+                    channels,
+                    rows,
+                );
             });
         return;
     }
