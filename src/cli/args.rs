@@ -39,9 +39,10 @@ pub struct RunArgs {
     /// else ./data/cifar-10-batches-bin]
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Epochs of the whole run [default: 50]
+    /// Epochs of the whole run; a fraction trains part of the last epoch (9.9: ten epochs, the
+    /// last on its first 90 % of batches) [default: 50; airbench94: 9.9]
     #[arg(long, allow_negative_numbers = true)]
-    pub epochs: Option<usize>,
+    pub epochs: Option<f64>,
     /// Images per optimisation step [default: 128]
     #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,

@@ -156,7 +156,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "resuming in epoch {} after {} of its {} steps (step {})",
             trainer.epoch + 1,
             partial.steps,
-            trainer.config.steps_per_epoch(train.len()),
+            trainer.config.steps_in_epoch(trainer.epoch, train.len()),
             trainer.step
         ),
         None if trainer.epoch > 0 => {

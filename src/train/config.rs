@@ -11,7 +11,11 @@ use std::path::Path;
 /// Every setting of a training run (saved in checkpoints).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// Epochs the run begins: ⌈`--epochs`⌉.
     pub epochs: usize,
+    /// The share of its batches that the last epoch trains, in (0, 1]: 1 for a whole number of
+    /// epochs, 0.9 for airbench94's 9.9 ([`TrainConfig::steps_in_epoch`]).
+    pub last_epoch_fraction: f64,
     pub batch_size: usize,
     /// Shards each batch is split into (one rayon task each); the command line sets it to --threads.
     pub shards: usize,
@@ -43,6 +47,7 @@ impl TrainConfig {
     pub fn recipe() -> TrainConfig {
         TrainConfig {
             epochs: 50,
+            last_epoch_fraction: 1.0,
             batch_size: 128,
             shards: 1,
             learning_rate: 0.1,
@@ -65,7 +70,7 @@ impl TrainConfig {
 
     /// The recipe a model selects, which every flag can override: airbench94's for airbench94
     /// (batch 1024; Nesterov SGD, momentum 0.85; its schedule; label smoothing 0.2; lookahead;
-    /// translate-2 and alternating flips; 10 epochs), [`TrainConfig::recipe`] for the others.
+    /// translate-2 and alternating flips; 9.9 epochs), [`TrainConfig::recipe`] for the others.
     ///
     /// The reference sums its loss over the batch and sets lr = 11.5 / k and weight decay
     /// 0.0153·B / k per parameter group with k = 1024·(1 + 1/(1 − 0.85)); for sbfnet's mean loss
@@ -76,7 +81,9 @@ impl TrainConfig {
             crate::nn::model::Architecture::Airbench94 => {
                 let k = 1024.0 * (1.0 + 1.0 / (1.0 - 0.85));
                 TrainConfig {
+                    // 9.9 epochs: ten, the last on ⌈0.9 · 48⌉ = 44 of its 48 batches (476 steps).
                     epochs: 10,
+                    last_epoch_fraction: 0.9,
                     batch_size: 1024,
                     learning_rate: 11.5 * 1024.0 / k,
                     sgd: SgdConfig {
@@ -113,7 +120,13 @@ impl TrainConfig {
     pub fn validate(&self, train_images: usize) -> Result<()> {
         let fail = |m: String| Err(Error::msg(m));
         if self.epochs == 0 {
-            return fail("`epochs` must be at least 1".into());
+            return fail("`epochs` must be a positive number of epochs".into());
+        }
+        if !(self.last_epoch_fraction > 0.0 && self.last_epoch_fraction <= 1.0) {
+            return fail(format!(
+                "`epochs`: the last epoch's fraction {} must lie in (0, 1]",
+                self.last_epoch_fraction
+            ));
         }
         if self.batch_size == 0 {
             return fail("`batch_size` must be at least 1".into());
@@ -182,14 +195,55 @@ impl TrainConfig {
         train_images / self.batch_size
     }
 
+    /// Steps of epoch `epoch` (0-based): all of them, but the run's last epoch trains only the
+    /// first ⌈fraction · steps⌉ of its batches when `--epochs` has a fraction. That is
+    /// airbench94's count: 9.9 epochs of 48 steps are ⌈475.2⌉ = 476 steps, the tenth epoch 44.
+    pub fn steps_in_epoch(&self, epoch: usize, train_images: usize) -> usize {
+        let steps = self.steps_per_epoch(train_images);
+        if epoch + 1 == self.epochs && self.last_epoch_fraction < 1.0 {
+            // The tolerance keeps a product that is whole in decimal (0.5 · 48) from rounding up.
+            let share = (self.last_epoch_fraction * steps as f64 - 1e-9).ceil() as usize;
+            share.clamp(1, steps)
+        } else {
+            steps
+        }
+    }
+
+    /// Steps of the first `epochs` epochs of the run.
+    pub fn steps_in_epochs(&self, epochs: usize, train_images: usize) -> usize {
+        (0..epochs)
+            .map(|epoch| self.steps_in_epoch(epoch, train_images))
+            .sum()
+    }
+
+    /// `--epochs` as text: a whole number, or the decimal it was given as (`9.9`).
+    pub fn epochs_text(&self) -> String {
+        if self.last_epoch_fraction == 1.0 {
+            self.epochs.to_string()
+        } else {
+            (self.epochs.saturating_sub(1) as f64 + self.last_epoch_fraction).to_string()
+        }
+    }
+
+    /// Sets `epochs` and `last_epoch_fraction` from `--epochs`' number: 9.9 begins ten epochs and
+    /// trains 0.9 of the last (9.9 − 9, exact in floating point, so that the text reads back).
+    pub fn set_epochs(&mut self, epochs: f64) -> std::result::Result<(), String> {
+        if !(epochs.is_finite() && epochs >= 0.0 && epochs <= 1e9) {
+            return Err(format!("\"{epochs}\" is not a positive number of epochs"));
+        }
+        let whole = epochs.ceil();
+        self.epochs = whole as usize;
+        self.last_epoch_fraction = if whole == 0.0 { 1.0 } else { epochs - (whole - 1.0) };
+        Ok(())
+    }
+
     /// The per-iteration learning-rate schedule of a run of `epochs` epochs.
     pub fn schedule_for(&self, train_images: usize, epochs: usize) -> Schedule {
-        let steps = self.steps_per_epoch(train_images);
         Schedule {
             kind: self.schedule,
             base: self.learning_rate,
-            warmup_steps: self.warmup_epochs * steps,
-            total_steps: epochs * steps,
+            warmup_steps: self.warmup_epochs * self.steps_per_epoch(train_images),
+            total_steps: self.steps_in_epochs(epochs, train_images),
             anchor: None,
         }
     }
@@ -234,9 +288,17 @@ mod tests {
     fn airbench94_selects_its_recipe_and_the_others_the_default() {
         let airbench = TrainConfig::recipe_for(&crate::nn::ModelSpec::parse_name("airbench94").unwrap());
         assert_eq!(
-            (airbench.batch_size, airbench.epochs, airbench.warmup_epochs),
-            (1024, 10, 0)
+            (
+                airbench.batch_size,
+                airbench.epochs_text(),
+                airbench.warmup_epochs
+            ),
+            (1024, "9.9".to_string(), 0)
         );
+        // ⌈9.9 · 48⌉ = 476 steps, as the reference counts them: the tenth epoch trains 44.
+        assert_eq!(airbench.steps_in_epoch(9, 50_000), 44);
+        assert_eq!(airbench.steps_in_epoch(8, 50_000), 48);
+        assert_eq!(airbench.schedule_for(50_000, 10).total_steps, 476);
         assert!((airbench.learning_rate - 1.5).abs() < 1e-3 && airbench.lookahead);
         assert_eq!(
             (airbench.schedule, airbench.label_smoothing),
@@ -257,11 +319,43 @@ mod tests {
     }
 
     #[test]
+    fn fractional_epochs_train_part_of_the_last_epoch_and_read_back() {
+        let mut config = TrainConfig::recipe();
+        for (text, epochs, last_steps, total) in [
+            ("9.9", 10, 44, 476),
+            ("0.5", 1, 24, 24),
+            ("2.25", 3, 12, 108),
+            ("3", 3, 48, 144),
+            ("0.001", 1, 1, 1),
+        ] {
+            config.set("epochs", text).unwrap();
+            assert_eq!(config.epochs, epochs, "{text}");
+            assert_eq!(config.epochs_text(), text);
+            // 48 steps an epoch: 6,144 images at batch 128.
+            assert_eq!(config.steps_in_epoch(epochs - 1, 6_144), last_steps, "{text}");
+            assert_eq!(config.steps_in_epochs(epochs, 6_144), total, "{text}");
+            assert_eq!(config.schedule_for(6_144, epochs).total_steps, total, "{text}");
+            config.validate(6_144).unwrap();
+        }
+        // A run planned shorter by a time budget ends on whole epochs.
+        config.set("epochs", "9.9").unwrap();
+        assert_eq!(config.steps_in_epochs(6, 6_144), 6 * 48);
+        for bad in ["-1", "NaN", "inf", "ten"] {
+            let err = config.set("epochs", bad).unwrap_err().to_string();
+            assert!(err.starts_with("`epochs`"), "{err}");
+        }
+        config.set("epochs", "0").unwrap();
+        let err = config.validate(6_144).unwrap_err().to_string();
+        assert_eq!(err, "`epochs` must be a positive number of epochs");
+    }
+
+    #[test]
     fn config_metadata_round_trips_and_bad_settings_are_named() {
         let mut config = TrainConfig::recipe();
         config.label_smoothing = 0.1;
         config.augmentation.rotation_degrees = 7.5;
         config.shards = 3;
+        config.set_epochs(9.9).unwrap();
         // A config written to a checkpoint's metadata and read back.
         let saved = |config: &TrainConfig| Checkpoint {
             metadata: config.to_metadata(),

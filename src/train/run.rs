@@ -190,7 +190,7 @@ pub fn run(
     // What training epochs and evaluations cost in this session (for a time budget's plan).
     let (mut epoch_seconds, mut eval_seconds) = (Vec::new(), None);
     while trainer.epoch < trainer.planned_epochs {
-        let steps = trainer.config.steps_per_epoch(train.len());
+        let steps = trainer.config.steps_in_epoch(trainer.epoch, train.len());
         observer.epoch_started(trainer.epoch + 1, trainer.planned_epochs, steps);
         let result = trainer.train_epoch_until(train, |p| observer.step(p), stop);
         // A fault keeps the last good checkpoint: nothing of this epoch is saved.
@@ -611,6 +611,82 @@ mod tests {
         )
         .unwrap();
         assert_eq!(summary.end, RunEnd::Finished);
+        for (a, b) in resumed.store.params.iter().zip(&straight.store.params) {
+            assert_eq!(a.value.data, b.value.data, "{}", a.name);
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_fractional_last_epoch_trains_its_share_and_resumes_bit_exact() {
+        let (train, test) = (synthetic_set(64, 10, 1), synthetic_set(16, 10, 2));
+        let mut config = TrainConfig {
+            batch_size: 16,
+            ..TrainConfig::recipe()
+        };
+        config.set("epochs", "1.75").unwrap(); // 4 steps, then ⌈0.75 · 4⌉ = 3: 7 in all
+        let spec = ModelSpec::parse_name("resnet8-w2").unwrap();
+        let root = std::env::temp_dir().join(format!("sbfnet-run-fraction-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let fresh = || Trainer::new(&spec, config.clone(), train.len()).unwrap();
+        let options = |name: &str, stop: &Arc<AtomicBool>| RunOptions {
+            stop: Some(stop.clone()),
+            ..RunOptions::new(root.join(name))
+        };
+        let never = Arc::new(AtomicBool::new(false));
+        let mut straight = fresh();
+        let summary = run(
+            &mut straight,
+            &train,
+            &test,
+            &options("straight", &never),
+            &mut Silent,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                summary.end,
+                straight.epoch,
+                straight.step,
+                straight.schedule.total_steps
+            ),
+            (RunEnd::Finished, 2, 7, 7)
+        );
+        // Stopped after step 5, the last epoch's first of 3, and resumed: the same parameters.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut observer = StopAfter {
+            after: 5,
+            seen: 0,
+            stop: stop.clone(),
+        };
+        let summary = run(
+            &mut fresh(),
+            &train,
+            &test,
+            &options("stopped", &stop),
+            &mut observer,
+        )
+        .unwrap();
+        let end = RunEnd::Stopped {
+            epoch: 2,
+            step: 1,
+            steps: 3,
+            saved: true,
+        };
+        assert_eq!(summary.end, end);
+        let path = root.join("stopped").join("last.ckpt");
+        let mut resumed = Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, 64).unwrap();
+        assert_eq!(resumed.config.epochs_text(), "1.75");
+        run(
+            &mut resumed,
+            &train,
+            &test,
+            &options("stopped", &never),
+            &mut Silent,
+        )
+        .unwrap();
+        assert_eq!(resumed.step, 7);
         for (a, b) in resumed.store.params.iter().zip(&straight.store.params) {
             assert_eq!(a.value.data, b.value.data, "{}", a.name);
         }

@@ -80,7 +80,14 @@ macro_rules! optional {
 /// Every setting, in the order a run describes them. `augmentation` comes before `rotation`, so
 /// that setting both in this order gives the rotation asked for.
 pub const SETTINGS: &[Setting] = &[
-    plain!("epochs", epochs),
+    // A decimal: 9.9 begins ten epochs and trains 90 % of the last (`TrainConfig::set_epochs`).
+    Setting {
+        name: "epochs",
+        get: TrainConfig::epochs_text,
+        set: |c, t| c.set_epochs(number(t)?),
+        saved: true,
+        before_it_existed: None,
+    },
     plain!("batch_size", batch_size),
     plain!("shards", shards),
     plain!("learning_rate", learning_rate),

@@ -341,7 +341,7 @@ impl Trainer {
         let mut rng = epoch_rng(self.config.seed, self.epoch);
         let mut order: Vec<usize> = (0..set.len()).collect();
         order.shuffle(&mut rng);
-        let steps = self.config.steps_per_epoch(set.len());
+        let steps = self.config.steps_in_epoch(self.epoch, set.len());
         let (mut loss_sum, mut correct, mut images) = (before.loss_sum, before.correct, before.images);
         let mut learning_rate = before.learning_rate;
         let mut batch = std::mem::replace(&mut self.batch, Tensor::zeros(&[0]));
@@ -351,7 +351,7 @@ impl Trainer {
             seed: self.config.seed,
             epoch: self.epoch,
         };
-        for (index, indices) in order.chunks_exact(self.config.batch_size).enumerate() {
+        for (index, indices) in order.chunks_exact(self.config.batch_size).take(steps).enumerate() {
             if index >= before.steps && stop.load(Ordering::Relaxed) {
                 let seconds = started.elapsed().as_secs_f64();
                 self.elapsed_seconds += seconds;
@@ -613,7 +613,9 @@ impl Trainer {
     /// steps left ([`Schedule::replanned`]).
     pub fn plan_epochs(&mut self, epochs: usize) {
         self.planned_epochs = epochs.min(self.config.epochs);
-        let total_steps = self.config.steps_per_epoch(self.train_images) * self.planned_epochs;
+        let total_steps = self
+            .config
+            .steps_in_epochs(self.planned_epochs, self.train_images);
         self.schedule = self.schedule.replanned(self.step, total_steps);
     }
 

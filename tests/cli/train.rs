@@ -515,7 +515,14 @@ fn impossible_settings_are_refused_with_one_line() {
     let d = s(&data);
     for (args, message) in [
         (vec!["--batch-size", "0"], "--batch-size must be at least 1"),
-        (vec!["--epochs", "0"], "--epochs must be at least 1"),
+        (
+            vec!["--epochs", "0"],
+            "--epochs must be a positive number of epochs",
+        ),
+        (
+            vec!["--epochs", "-2"],
+            "--epochs \"-2\" is not a positive number of epochs",
+        ),
         (
             vec!["--batch-size", "2", "--threads", "4"],
             "smaller than --threads 4",

@@ -17,6 +17,7 @@ use sbfnet::Tensor;
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         epochs,
+        last_epoch_fraction: 1.0,
         batch_size: 16,
         shards: 2,
         learning_rate: 0.05,

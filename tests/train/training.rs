@@ -117,6 +117,7 @@ fn data_parallel_gradient_equals_the_single_worker_gradient() {
 fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
     TrainConfig {
         epochs,
+        last_epoch_fraction: 1.0,
         batch_size: 16,
         shards,
         learning_rate: 0.05,

@@ -202,14 +202,14 @@ impl ChannelProduct {
     /// [`ChannelProduct::forward`]'s multiply-adds per image with `width` channels per block (the
     /// channels padded to whole blocks, times the taps each pixel keeps), without building it.
     pub fn forward_macs(shape: &ConvShape, width: usize) -> usize {
-        let taps: usize = (0..shape.out_height())
-            .flat_map(|oh| (0..shape.out_width()).map(move |ow| (oh, ow)))
-            .map(|(oh, ow)| {
-                let (rows, cols) = forward_tap_ranges(shape, oh, ow);
-                rows.len() * cols.len()
-            })
+        // A pixel's taps are its row's times its column's, so the sum over pixels factors.
+        let rows: usize = (0..shape.out_height())
+            .map(|oh| forward_tap_ranges(shape, oh, 0).0.len())
             .sum();
-        shape.out_channels.next_multiple_of(width) * shape.in_channels * taps
+        let cols: usize = (0..shape.out_width())
+            .map(|ow| forward_tap_ranges(shape, 0, ow).1.len())
+            .sum();
+        shape.out_channels.next_multiple_of(width) * shape.in_channels * rows * cols
     }
 
     /// [`ChannelProduct::input_grad`]'s multiply-adds per image, as [`ChannelProduct::forward_macs`].

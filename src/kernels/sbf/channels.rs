@@ -408,13 +408,16 @@ fn input_grad_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(
                                         }
                                     }
                                 }
-                                // 2. dX[c] += Σ B[m, c, tap] · D[..][tap][m], c in group g.
-                                for (block, panel) in group_panels.chunks(depth * width).enumerate() {
-                                    for (class_pixels, list) in &classes {
-                                        for &(q, base) in class_pixels {
-                                            let bases: [isize; ROWS] = std::array::from_fn(|r| {
-                                                (r.min(images - 1) * d_image_len) as isize + base
-                                            });
+                                // 2. dX[c] += Σ B[m, c, tap] · D[..][tap][m], c in group g. Each
+                                //    (p, tap) of D is read by one pixel q only, once per block of
+                                //    channels: the blocks go innermost, so that D (MiBs on 15×15
+                                //    maps) streams from memory once rather than once per block.
+                                for (class_pixels, list) in &classes {
+                                    for &(q, base) in class_pixels {
+                                        let bases: [isize; ROWS] = std::array::from_fn(|r| {
+                                            (r.min(images - 1) * d_image_len) as isize + base
+                                        });
+                                        for (block, panel) in group_panels.chunks(depth * width).enumerate() {
                                             let tile =
                                                 broadcast_tile::<V, ROWS, VECTORS>(panel, d, &bases, list);
                                             for (r, tile_row) in tile.iter().enumerate().take(images) {
