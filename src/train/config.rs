@@ -228,7 +228,7 @@ impl TrainConfig {
     /// Sets `epochs` and `last_epoch_fraction` from `--epochs`' number: 9.9 begins ten epochs and
     /// trains 0.9 of the last (9.9 − 9, exact in floating point, so that the text reads back).
     pub fn set_epochs(&mut self, epochs: f64) -> std::result::Result<(), String> {
-        if !(epochs.is_finite() && epochs >= 0.0 && epochs <= 1e9) {
+        if !(0.0..=1e9).contains(&epochs) {
             return Err(format!("\"{epochs}\" is not a positive number of epochs"));
         }
         let whole = epochs.ceil();
