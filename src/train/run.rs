@@ -538,6 +538,36 @@ mod tests {
         }
     }
 
+    /// Runs `trainer` with `options(stop)` until an observer sets `stop` after `after` steps.
+    fn run_stopped_after(
+        after: usize,
+        trainer: &mut Trainer,
+        (train, test): (&Cifar10, &Cifar10),
+        options: RunOptions,
+        stop: Arc<AtomicBool>,
+    ) -> RunEnd {
+        let mut observer = StopAfter { after, seen: 0, stop };
+        run(trainer, train, test, &options, &mut observer).unwrap().end
+    }
+
+    /// Runs `trainer` to its end (or its stop flag) without output.
+    fn run_silent(trainer: &mut Trainer, (train, test): (&Cifar10, &Cifar10), options: RunOptions) -> RunEnd {
+        run(trainer, train, test, &options, &mut Silent).unwrap().end
+    }
+
+    /// The trainer of `folder`'s last.ckpt.
+    fn resumed_from(folder: &Path, train_images: usize) -> Trainer {
+        let path = folder.join("last.ckpt");
+        Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, train_images).unwrap()
+    }
+
+    /// `a` and `b` hold the same parameters, bit for bit.
+    fn assert_same_parameters(a: &Trainer, b: &Trainer) {
+        for (a, b) in a.store.params.iter().zip(&b.store.params) {
+            assert_eq!(a.value.data, b.value.data, "{}", a.name);
+        }
+    }
+
     #[test]
     fn a_stopped_run_saves_its_unfinished_epoch_or_leaves_no_folder() {
         let (train, test) = (synthetic_set(64, 10, 1), synthetic_set(16, 10, 2));
@@ -582,38 +612,16 @@ mod tests {
         )
         .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut observer = StopAfter {
-            after: 6,
-            seen: 0,
-            stop: stop.clone(),
-        };
-        let summary = run(
-            &mut fresh(),
-            &train,
-            &test,
-            &options("stopped", &stop),
-            &mut observer,
-        )
-        .unwrap();
-        assert_eq!(summary.end, stopped(2, 2, true));
-        let path = root.join("stopped").join("last.ckpt");
-        let mut resumed = Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, 64).unwrap();
+        let end = run_stopped_after(6, &mut fresh(), (&train, &test), options("stopped", &stop), stop);
+        assert_eq!(end, stopped(2, 2, true));
+        let mut resumed = resumed_from(&root.join("stopped"), 64);
         assert_eq!(
             (resumed.epoch, resumed.partial.as_ref().map(|p| p.steps)),
             (1, Some(2))
         );
-        let summary = run(
-            &mut resumed,
-            &train,
-            &test,
-            &options("stopped", &never),
-            &mut Silent,
-        )
-        .unwrap();
-        assert_eq!(summary.end, RunEnd::Finished);
-        for (a, b) in resumed.store.params.iter().zip(&straight.store.params) {
-            assert_eq!(a.value.data, b.value.data, "{}", a.name);
-        }
+        let end = run_silent(&mut resumed, (&train, &test), options("stopped", &never));
+        assert_eq!(end, RunEnd::Finished);
+        assert_same_parameters(&resumed, &straight);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -655,41 +663,19 @@ mod tests {
         );
         // Stopped after step 5, the last epoch's first of 3, and resumed: the same parameters.
         let stop = Arc::new(AtomicBool::new(false));
-        let mut observer = StopAfter {
-            after: 5,
-            seen: 0,
-            stop: stop.clone(),
-        };
-        let summary = run(
-            &mut fresh(),
-            &train,
-            &test,
-            &options("stopped", &stop),
-            &mut observer,
-        )
-        .unwrap();
-        let end = RunEnd::Stopped {
+        let end = run_stopped_after(5, &mut fresh(), (&train, &test), options("stopped", &stop), stop);
+        let stopped = RunEnd::Stopped {
             epoch: 2,
             step: 1,
             steps: 3,
             saved: true,
         };
-        assert_eq!(summary.end, end);
-        let path = root.join("stopped").join("last.ckpt");
-        let mut resumed = Trainer::from_checkpoint(&Checkpoint::load(&path).unwrap(), &path, 64).unwrap();
+        assert_eq!(end, stopped);
+        let mut resumed = resumed_from(&root.join("stopped"), 64);
         assert_eq!(resumed.config.epochs_text(), "1.75");
-        run(
-            &mut resumed,
-            &train,
-            &test,
-            &options("stopped", &never),
-            &mut Silent,
-        )
-        .unwrap();
-        assert_eq!(resumed.step, 7);
-        for (a, b) in resumed.store.params.iter().zip(&straight.store.params) {
-            assert_eq!(a.value.data, b.value.data, "{}", a.name);
-        }
+        let end = run_silent(&mut resumed, (&train, &test), options("stopped", &never));
+        assert_eq!((end, resumed.step), (RunEnd::Finished, 7));
+        assert_same_parameters(&resumed, &straight);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
