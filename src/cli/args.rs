@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// schedule): --lookahead, --lookahead true|false [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub lookahead: Option<bool>,
+    /// The SBF layers' masks learn at this multiple of the learning rate (without weight decay,
+    /// as at 1); needs a model with SBF layers [default: 1]
+    #[arg(long, allow_negative_numbers = true)]
+    pub mask_lr_scale: Option<f32>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
@@ -175,6 +179,7 @@ impl RunArgs {
             ("zero_init_residual", text(&self.zero_init_residual)),
             ("lookahead", text(&self.lookahead)),
             ("ema_decay", text(&self.ema)),
+            ("mask_lr_scale", text(&self.mask_lr_scale)),
         ]
         .into_iter()
         .filter_map(|(setting, value)| Some((setting, value?)))

@@ -21,6 +21,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("zero_init_residual", "--zero-init-residual"),
     ("ema_decay", "--ema"),
     ("lookahead", "--lookahead"),
+    ("mask_lr_scale", "--mask-lr-scale"),
     ("eval_every", "--eval-every"),
     ("test_views", "--tta"),
     ("on_nonfinite", "--on-nonfinite"),

@@ -30,7 +30,6 @@ use super::out_folder::{check_out_folder, claim_new_folder, default_out_folder, 
 use super::progress::ProgressLines;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar::{self, Cifar10};
-use sbfnet::nn::model::Architecture;
 use sbfnet::nn::ModelSpec;
 use sbfnet::prune;
 use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
@@ -323,13 +322,8 @@ fn fresh_model(args: &TrainArgs, threads: usize) -> Result<(ModelSpec, TrainConf
         (None, convs) => convs.clone().unwrap_or("dense".into()),
     };
     let spec = model_spec(model_name, &convs)?;
-    if config.zero_init_residual && !matches!(spec.architecture, Architecture::ResNet { .. }) {
-        return Err(Error::msg(format!(
-            "--zero-init-residual needs a model with residual blocks, and {} has none",
-            spec.name()
-        )));
-    }
     // Everything that does not depend on the data's size.
+    config.check_model(&spec)?;
     config.validate(usize::MAX)?;
     Ok((spec, config))
 }
@@ -407,6 +401,9 @@ pub(super) fn print_run_header(
     }
     if config.lookahead {
         model_options += ", lookahead every 5 steps";
+    }
+    if config.mask_lr_scale != 1.0 {
+        model_options += &format!(", SBF masks at {}× the learning rate", config.mask_lr_scale);
     }
     println!(
         "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \

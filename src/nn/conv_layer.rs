@@ -400,7 +400,6 @@ impl ConvLayer {
         }
     }
 
-    /// The SBF layer, if this slot is one.
     /// The weight of the dense conv that computes the same function: a dense layer's weight, an
     /// SBF layer's effective filters Weff [N, C, K, K] (exact).
     pub fn dense_weight(&self, store: &ParamStore) -> crate::tensor::Tensor {
@@ -428,6 +427,7 @@ impl ConvLayer {
         }
     }
 
+    /// The SBF layer, if this slot is one.
     pub fn as_sbf(&self) -> Option<&SbfConv2d> {
         match self {
             ConvLayer::Sbf(conv) => Some(conv),

@@ -291,6 +291,20 @@ impl Model {
             .collect()
     }
 
+    /// Gives the masks T of every SBF layer the learning-rate multiple `scale`
+    /// ([`crate::autograd::Parameter::lr_scale`]); the number of SBF layers (0: a dense model).
+    pub fn scale_mask_learning_rates(&self, store: &mut ParamStore, scale: f32) -> usize {
+        let masks: Vec<_> = self
+            .conv_layers()
+            .iter()
+            .filter_map(|(_, layer)| layer.as_sbf().map(|sbf| sbf.transforms))
+            .collect();
+        for id in &masks {
+            store.params[id.0].lr_scale = scale;
+        }
+        masks.len()
+    }
+
     /// Every convolution with its name and the batch norm that normalises its output, in forward
     /// order (every convolution of these models has one).
     pub fn conv_batch_norms(&self) -> Vec<(String, &ConvLayer, &BatchNorm2d)> {

@@ -39,6 +39,12 @@ pub struct TrainConfig {
     /// Pull the weights back to a slow copy every 5 steps with airbench94's schedule
     /// ([`super::lookahead::Lookahead`]).
     pub lookahead: bool,
+    /// The SBF masks T learn at this multiple of the run's rate (1: the same). A transformed
+    /// filter is T ⊙ B, so a step on T moves it by η·|B_g|² along its one direction: with small
+    /// templates (airbench94's strong weight decay) the masks barely move ([`Parameter::lr_scale`]).
+    ///
+    /// [`Parameter::lr_scale`]: crate::autograd::Parameter::lr_scale
+    pub mask_lr_scale: f32,
 }
 
 impl TrainConfig {
@@ -65,6 +71,7 @@ impl TrainConfig {
             zero_init_residual: false,
             lookahead: false,
             ema_decay: None,
+            mask_lr_scale: 1.0,
         }
     }
 
@@ -114,6 +121,25 @@ impl TrainConfig {
     /// rate of a short trial run still reaches its peak and decays.
     pub fn default_warmup_epochs(epochs: usize) -> usize {
         2.min(epochs.saturating_sub(1))
+    }
+
+    /// Refuses settings that the model `spec` cannot honour, before it is built: a residual start
+    /// without residual blocks, a masks' rate without SBF layers.
+    pub fn check_model(&self, spec: &crate::nn::ModelSpec) -> Result<()> {
+        let residual = matches!(spec.architecture, crate::nn::model::Architecture::ResNet { .. });
+        if self.zero_init_residual && !residual {
+            return Err(Error::msg(format!(
+                "`zero_init_residual` needs a model with residual blocks, and {} has none",
+                spec.name()
+            )));
+        }
+        if self.mask_lr_scale != 1.0 && spec.convs.is_dense() {
+            return Err(Error::msg(format!(
+                "`mask_lr_scale` needs SBF layers (`target_rate`, or SBF layers in the model's conv plan), and {} has none",
+                spec.description()
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses impossible settings with one line that names the setting (in backticks).
@@ -179,6 +205,12 @@ impl TrainConfig {
                     "`ema_decay` {decay}: the decay must lie strictly between 0 and 1"
                 ));
             }
+        }
+        if !(self.mask_lr_scale > 0.0 && self.mask_lr_scale.is_finite()) {
+            return fail(format!(
+                "`mask_lr_scale` must be a positive number, got {}",
+                self.mask_lr_scale
+            ));
         }
         if let Some(minutes) = self.time_budget_minutes {
             if !(minutes.is_finite() && minutes > 0.0) {

@@ -137,6 +137,8 @@ pub const SETTINGS: &[Setting] = &[
     optional!("ema_decay", ema_decay),
     // Checkpoints from before this setting had no lookahead.
     plain!("lookahead", lookahead, Some("false")),
+    // Checkpoints from before this setting trained the masks at the run's rate.
+    plain!("mask_lr_scale", mask_lr_scale, Some("1")),
 ];
 
 /// The setting called `name`.
@@ -171,6 +173,7 @@ mod tests {
         let mut config = TrainConfig::recipe();
         config.time_budget_minutes = Some(69.5);
         config.ema_decay = Some(0.999);
+        config.mask_lr_scale = 8.0;
         config.augmentation.rotation_degrees = 15.0;
         for setting in SETTINGS {
             let text = (setting.get)(&config);

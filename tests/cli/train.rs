@@ -627,6 +627,14 @@ fn settings_are_refused_before_the_data_is_read() {
             vec!["--augment", "flip+altflip"],
             "--augment \"flip+altflip\" is unknown",
         ),
+        (
+            vec!["--prune-rate", "0.5", "--mask-lr-scale", "0"],
+            "--mask-lr-scale must be a positive number, got 0",
+        ),
+        (
+            vec!["--model", "vgg16", "--mask-lr-scale", "4"],
+            "--mask-lr-scale needs SBF layers (--prune-rate, or SBF layers in the model's conv plan), and vgg16 dense has none",
+        ),
     ] {
         let output = sbfnet(
             &[

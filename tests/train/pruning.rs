@@ -35,6 +35,7 @@ fn config(epochs: usize) -> TrainConfig {
         zero_init_residual: false,
         ema_decay: None,
         lookahead: false,
+        mask_lr_scale: 1.0,
     }
 }
 

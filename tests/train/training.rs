@@ -140,6 +140,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         zero_init_residual: false,
         ema_decay: None,
         lookahead: false,
+        mask_lr_scale: 1.0,
     }
 }
 
