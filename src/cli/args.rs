@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// as at 1); needs a model with SBF layers [default: 1]
     #[arg(long, allow_negative_numbers = true)]
     pub mask_lr_scale: Option<f32>,
+    /// The SBF layers' masks take the weight decay too: --mask-decay, --mask-decay true|false;
+    /// needs a model with SBF layers [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub mask_decay: Option<bool>,
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
@@ -180,6 +184,7 @@ impl RunArgs {
             ("lookahead", text(&self.lookahead)),
             ("ema_decay", text(&self.ema)),
             ("mask_lr_scale", text(&self.mask_lr_scale)),
+            ("mask_weight_decay", text(&self.mask_decay)),
         ]
         .into_iter()
         .filter_map(|(setting, value)| Some((setting, value?)))

@@ -22,6 +22,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("ema_decay", "--ema"),
     ("lookahead", "--lookahead"),
     ("mask_lr_scale", "--mask-lr-scale"),
+    ("mask_weight_decay", "--mask-decay"),
     ("eval_every", "--eval-every"),
     ("test_views", "--tta"),
     ("on_nonfinite", "--on-nonfinite"),

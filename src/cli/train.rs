@@ -405,6 +405,9 @@ pub(super) fn print_run_header(
     if config.mask_lr_scale != 1.0 {
         model_options += &format!(", SBF masks at {}× the learning rate", config.mask_lr_scale);
     }
+    if config.mask_weight_decay {
+        model_options += ", SBF masks with weight decay";
+    }
     println!(
         "epochs {}, batch {}, lr {} {} (warm-up epochs {}), momentum {}{}, weight decay {}, label smoothing {}, \
          augmentation {}, seed {}{}, on non-finite: {}",

@@ -291,16 +291,16 @@ impl Model {
             .collect()
     }
 
-    /// Gives the masks T of every SBF layer the learning-rate multiple `scale`
-    /// ([`crate::autograd::Parameter::lr_scale`]); the number of SBF layers (0: a dense model).
-    pub fn scale_mask_learning_rates(&self, store: &mut ParamStore, scale: f32) -> usize {
+    /// Gives the masks T of every SBF layer the learning-rate multiple `lr_scale` and weight decay
+    /// or none ([`crate::autograd::Parameter`]); the number of SBF layers (0: a dense model).
+    pub fn set_mask_optimisation(&self, store: &mut ParamStore, lr_scale: f32, decay: bool) -> usize {
         let masks: Vec<_> = self
             .conv_layers()
             .iter()
             .filter_map(|(_, layer)| layer.as_sbf().map(|sbf| sbf.transforms))
             .collect();
         for id in &masks {
-            store.params[id.0].lr_scale = scale;
+            (store.params[id.0].lr_scale, store.params[id.0].decay) = (lr_scale, decay);
         }
         masks.len()
     }

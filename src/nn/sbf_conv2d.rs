@@ -27,8 +27,10 @@ pub enum TransformInit {
 pub struct SbfConv2d {
     /// B [M, C, K, K] (weight decay on).
     pub templates: ParamId,
-    /// [N−M, G, K, K] scalar masks, [N−M, G, 2, 3] affine, [N−M, G, 1] rotation (no weight decay:
-    /// it would pull the transforms towards 0, i.e. towards plain pruning).
+    /// [N−M, G, K, K] scalar masks, [N−M, G, 2, 3] affine, [N−M, G, 1] rotation. No weight decay
+    /// (a choice): without a batch norm after the layer it would pull the masks towards 0, i.e.
+    /// towards plain pruning; with one, an output does not depend on its mask's scale and decay
+    /// would only hold the mask's norm down (docs/sbf.md, "How the masks learn").
     pub transforms: ParamId,
     /// `[N]`, no weight decay; `None` when batch norm follows.
     pub bias: Option<ParamId>,

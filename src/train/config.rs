@@ -45,6 +45,10 @@ pub struct TrainConfig {
     ///
     /// [`Parameter::lr_scale`]: crate::autograd::Parameter::lr_scale
     pub mask_lr_scale: f32,
+    /// The SBF masks take the run's weight decay too (false: none, as before). With a batch norm
+    /// after the layer a mask's scale does not change the output; decay then holds its norm
+    /// down, so that it keeps learning at the templates' pace instead of slowing as it grows.
+    pub mask_weight_decay: bool,
 }
 
 impl TrainConfig {
@@ -72,6 +76,7 @@ impl TrainConfig {
             lookahead: false,
             ema_decay: None,
             mask_lr_scale: 1.0,
+            mask_weight_decay: false,
         }
     }
 
@@ -124,7 +129,7 @@ impl TrainConfig {
     }
 
     /// Refuses settings that the model `spec` cannot honour, before it is built: a residual start
-    /// without residual blocks, a masks' rate without SBF layers.
+    /// without residual blocks, the masks' rate or decay without SBF layers.
     pub fn check_model(&self, spec: &crate::nn::ModelSpec) -> Result<()> {
         let residual = matches!(spec.architecture, crate::nn::model::Architecture::ResNet { .. });
         if self.zero_init_residual && !residual {
@@ -133,11 +138,17 @@ impl TrainConfig {
                 spec.name()
             )));
         }
-        if self.mask_lr_scale != 1.0 && spec.convs.is_dense() {
-            return Err(Error::msg(format!(
-                "`mask_lr_scale` needs SBF layers (`target_rate`, or SBF layers in the model's conv plan), and {} has none",
-                spec.description()
-            )));
+        let masks = [
+            ("mask_lr_scale", self.mask_lr_scale != 1.0),
+            ("mask_weight_decay", self.mask_weight_decay),
+        ];
+        for (setting, _) in masks.iter().filter(|(_, set)| *set) {
+            if spec.convs.is_dense() {
+                return Err(Error::msg(format!(
+                    "`{setting}` needs SBF layers (`target_rate`, or SBF layers in the model's conv plan), and {} has none",
+                    spec.description()
+                )));
+            }
         }
         Ok(())
     }

@@ -139,6 +139,8 @@ pub const SETTINGS: &[Setting] = &[
     plain!("lookahead", lookahead, Some("false")),
     // Checkpoints from before this setting trained the masks at the run's rate.
     plain!("mask_lr_scale", mask_lr_scale, Some("1")),
+    // Checkpoints from before this setting did not decay the masks.
+    plain!("mask_weight_decay", mask_weight_decay, Some("false")),
 ];
 
 /// The setting called `name`.
@@ -174,6 +176,7 @@ mod tests {
         config.time_budget_minutes = Some(69.5);
         config.ema_decay = Some(0.999);
         config.mask_lr_scale = 8.0;
+        config.mask_weight_decay = true;
         config.augmentation.rotation_degrees = 15.0;
         for setting in SETTINGS {
             let text = (setting.get)(&config);

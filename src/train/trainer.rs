@@ -180,11 +180,11 @@ impl Trainer {
             }
         }
         // A plan whose SBF entries name no layer of this model builds none.
-        if config.mask_lr_scale != 1.0
-            && model.scale_mask_learning_rates(&mut store, config.mask_lr_scale) == 0
-        {
+        let masks_set = config.mask_lr_scale != 1.0 || config.mask_weight_decay;
+        let layers = model.set_mask_optimisation(&mut store, config.mask_lr_scale, config.mask_weight_decay);
+        if masks_set && layers == 0 {
             return Err(Error::msg(format!(
-                "`mask_lr_scale` needs SBF layers, and the plan of {} builds none",
+                "the masks' settings (`mask_lr_scale`, `mask_weight_decay`) need SBF layers, and the plan of {} builds none",
                 spec.description()
             )));
         }

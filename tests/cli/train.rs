@@ -635,6 +635,10 @@ fn settings_are_refused_before_the_data_is_read() {
             vec!["--model", "vgg16", "--mask-lr-scale", "4"],
             "--mask-lr-scale needs SBF layers (--prune-rate, or SBF layers in the model's conv plan), and vgg16 dense has none",
         ),
+        (
+            vec!["--model", "vgg16", "--mask-decay"],
+            "--mask-decay needs SBF layers (--prune-rate, or SBF layers in the model's conv plan), and vgg16 dense has none",
+        ),
     ] {
         let output = sbfnet(
             &[

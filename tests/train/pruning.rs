@@ -36,6 +36,7 @@ fn config(epochs: usize) -> TrainConfig {
         ema_decay: None,
         lookahead: false,
         mask_lr_scale: 1.0,
+        mask_weight_decay: false,
     }
 }
 

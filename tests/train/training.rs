@@ -141,6 +141,7 @@ fn tiny_config(epochs: usize, shards: usize) -> TrainConfig {
         ema_decay: None,
         lookahead: false,
         mask_lr_scale: 1.0,
+        mask_weight_decay: false,
     }
 }
 
