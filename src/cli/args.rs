@@ -84,8 +84,8 @@ pub struct RunArgs {
     /// schedule): --lookahead, --lookahead true|false [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub lookahead: Option<bool>,
-    /// The SBF layers' masks learn at this multiple of the learning rate (without weight decay,
-    /// as at 1); needs a model with SBF layers [default: 1]
+    /// The SBF layers' masks learn at this multiple of the learning rate; needs a model with SBF
+    /// layers [default: 1]
     #[arg(long, allow_negative_numbers = true)]
     pub mask_lr_scale: Option<f32>,
     /// The SBF layers' masks take the weight decay too: --mask-decay, --mask-decay true|false;

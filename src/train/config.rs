@@ -39,9 +39,10 @@ pub struct TrainConfig {
     /// Pull the weights back to a slow copy every 5 steps with airbench94's schedule
     /// ([`super::lookahead::Lookahead`]).
     pub lookahead: bool,
-    /// The SBF masks T learn at this multiple of the run's rate (1: the same). A transformed
-    /// filter is T ⊙ B, so a step on T moves it by η·|B_g|² along its one direction: with small
-    /// templates (airbench94's strong weight decay) the masks barely move ([`Parameter::lr_scale`]).
+    /// The SBF masks T learn at this multiple of the run's rate (1: the same;
+    /// [`Parameter::lr_scale`]). A transformed filter is T ⊙ B, so a step on T moves it by
+    /// η·|B_g|² along its one direction. With a batch norm after the layer an undecayed mask's
+    /// norm grows and takes back most of the factor (docs/sbf.md, "How the masks learn").
     ///
     /// [`Parameter::lr_scale`]: crate::autograd::Parameter::lr_scale
     pub mask_lr_scale: f32,
@@ -142,7 +143,7 @@ impl TrainConfig {
             ("mask_lr_scale", self.mask_lr_scale != 1.0),
             ("mask_weight_decay", self.mask_weight_decay),
         ];
-        for (setting, _) in masks.iter().filter(|(_, set)| *set) {
+        if let Some((setting, _)) = masks.iter().find(|(_, set)| *set) {
             if spec.convs.is_dense() {
                 return Err(Error::msg(format!(
                     "`{setting}` needs SBF layers (`target_rate`, or SBF layers in the model's conv plan), and {} has none",
