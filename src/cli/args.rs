@@ -4,7 +4,7 @@
 
 use clap::Args;
 use sbfnet::data::cifar::{Cifar10, IMAGE_BYTES};
-use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TransformInit};
+use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TemplateChoice, TransformInit};
 use sbfnet::ops::TransformFamily;
 use sbfnet::prune::{self, PruneSettings, Ramp, Saliency};
 use sbfnet::train::numerics::NonFinitePolicy;
@@ -227,6 +227,11 @@ pub struct ConversionArgs {
     /// taylor (first-order Taylor over the previous epoch / the layer's mean) [default: l1-relative]
     #[arg(long)]
     pub saliency: Option<String>,
+    /// Template of a newly transformed filter: balanced (the one with the fewest copies: the
+    /// paper's round-robin) or best-fit (the one whose least-squares masks reproduce it best,
+    /// at most ⌈(N−M)/M⌉ copies each) [default: balanced]
+    #[arg(long)]
+    pub template_choice: Option<String>,
 }
 
 impl PruneArgs {
@@ -238,6 +243,7 @@ impl PruneArgs {
             || c.mask_init.is_some()
             || c.method.is_some()
             || c.saliency.is_some()
+            || c.template_choice.is_some()
     }
 
     /// The conv plan and pruning settings of a fresh pruning run, or None without --prune-rate.
@@ -245,7 +251,8 @@ impl PruneArgs {
         let Some(rate) = self.prune_rate else {
             if self.any_given() {
                 return Err(Error::msg(
-                    "--prune-epochs, --min-templates, --groups, --mask-init, --method and --saliency need --prune-rate",
+                    "--prune-epochs, --min-templates, --groups, --mask-init, --method, --saliency and --template-choice \
+                     need --prune-rate",
                 ));
             }
             return Ok(None);
@@ -260,6 +267,7 @@ impl PruneArgs {
             min_templates: self.conversion.min_templates.unwrap_or(8),
             init,
             saliency: self.conversion.saliency()?,
+            choice: self.conversion.template_choice()?,
         };
         settings.validate(epochs)?;
         let groups = self.conversion.groups.unwrap_or(2);
@@ -296,6 +304,18 @@ impl ConversionArgs {
             None => Ok(TransformInit::LeastSquares),
             Some(text) => prune::ramp::parse_init(text).ok_or_else(|| {
                 Error::msg(format!("unknown --mask-init \"{text}\" (expected copy or lstsq)"))
+            }),
+        }
+    }
+
+    /// --template-choice, parsed.
+    pub fn template_choice(&self) -> Result<TemplateChoice> {
+        match &self.template_choice {
+            None => Ok(TemplateChoice::Balanced),
+            Some(text) => TemplateChoice::parse(text).ok_or_else(|| {
+                Error::msg(format!(
+                    "unknown --template-choice \"{text}\" (expected balanced or best-fit)"
+                ))
             }),
         }
     }

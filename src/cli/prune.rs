@@ -10,7 +10,7 @@ use clap::Args;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar;
 use sbfnet::nn::ModelSpec;
-use sbfnet::prune::{self, PruneState, Saliency};
+use sbfnet::prune::{self, PruneSettings, PruneState, Ramp, Saliency};
 use sbfnet::train::{Trainer, TEST_IMAGES_KEY};
 use sbfnet::{Error, Result};
 use std::path::PathBuf;
@@ -59,6 +59,7 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     let dense_spec = ModelSpec::parse_description(&dense.model).map_err(|e| Error::file(&from, e.message))?;
     let family = conversion.family()?;
     let saliency = conversion.saliency()?;
+    let choice = conversion.template_choice()?;
     if saliency == Saliency::Taylor {
         return Err(Error::msg(
             "--saliency taylor needs gradients from training steps; a conversion has none: use l1-relative or l1 \
@@ -87,9 +88,13 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         &dense,
         &from,
         rate,
-        min_templates,
-        init,
-        saliency,
+        &PruneSettings {
+            ramp: Ramp::new(rate, 1),
+            min_templates,
+            init,
+            saliency,
+            choice,
+        },
     )?;
     let reshaped: Vec<_> = trainer
         .model
@@ -119,9 +124,10 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     std::fs::write(
         &note,
         format!(
-            "from {}\nrate {rate}\nmask_init {}\n",
+            "from {}\nrate {rate}\nmask_init {}\ntemplate_choice {}\n",
             from.display(),
-            prune::ramp::init_name(init)
+            prune::ramp::init_name(init),
+            choice.name()
         ),
     )
     .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;

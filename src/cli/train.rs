@@ -441,14 +441,15 @@ pub(super) fn print_run_header(
     if let Some(pruning) = trainer.pruning {
         println!(
             "pruning: target rate {} in {} steps at the starts of epochs {} to {}, at least {} templates per layer, \
-             masks {}, saliency {}",
+             masks {}, saliency {}, templates {}",
             pruning.ramp.target_rate,
             pruning.ramp.epochs,
             pruning.ramp.first_epoch + 1,
             pruning.ramp.epochs_needed(),
             pruning.min_templates,
             prune::ramp::init_name(pruning.init),
-            pruning.saliency.name()
+            pruning.saliency.name(),
+            pruning.choice.name()
         );
     }
     if let Some(kd) = &trainer.distillation {

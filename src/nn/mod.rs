@@ -18,4 +18,4 @@ pub use conv_layer::{ConvKind, ConvLayer, ConvPlan};
 pub use cost::LayerCost;
 pub use linear::Linear;
 pub use model::{LayerRow, Model, ModelSpec, Network};
-pub use sbf_conv2d::{SbfConv2d, TransformInit};
+pub use sbf_conv2d::{SbfConv2d, TemplateChoice, TransformInit};

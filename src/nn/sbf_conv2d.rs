@@ -23,6 +23,42 @@ pub enum TransformInit {
     LeastSquares,
 }
 
+/// Which template a newly transformed output copies at a pruning step
+/// ([`SbfConv2d::reassign`]). Either way no template gets more than ⌈(N−M)/M⌉ copies (unless
+/// earlier steps gave it more), so the fused kernels' slots stay as few as round-robin's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateChoice {
+    /// The template with the fewest copies so far, outputs in increasing order: from one step on
+    /// an unpruned layer this is the paper's fixed round-robin, m(n) = n mod M over the
+    /// transformed outputs.
+    Balanced,
+    /// The template whose least-squares masks reproduce the output's filter best: for every
+    /// (output n, template m) pair the energy that the fit explains,
+    /// `E(n, m) = Σ_{g,k} (Σ_{i∈g} W_n[i,k]·B_m[i,k])² / Σ_{i∈g} B_m[i,k]²`,
+    /// then greedily the pairs in decreasing E while the template has room (an extension of the
+    /// paper, measured in docs/results.md).
+    BestFit,
+}
+
+impl TemplateChoice {
+    /// "balanced" or "best-fit", the flag's and the checkpoint's text.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateChoice::Balanced => "balanced",
+            TemplateChoice::BestFit => "best-fit",
+        }
+    }
+
+    /// Parses [`TemplateChoice::name`]'s text.
+    pub fn parse(text: &str) -> Option<TemplateChoice> {
+        match text {
+            "balanced" => Some(TemplateChoice::Balanced),
+            "best-fit" => Some(TemplateChoice::BestFit),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SbfConv2d {
     /// B [M, C, K, K] (weight decay on).
@@ -97,11 +133,17 @@ impl SbfConv2d {
     /// Re-selects the templates in place (a step of the pruning ramp): the filters at
     /// `kept_outputs` stay templates at their output positions. A transformed output whose
     /// template is kept keeps its template and its (trained) mask. Every other output that is not
-    /// kept (newly pruned, or orphaned because its template was pruned) goes to the template with
-    /// the fewest copies so far, in increasing order of n, with a mask initialised by `init` from
-    /// its current effective filter. The ParamIds stay; the values AND gradients of `templates`
-    /// and `transforms` get new shapes, so any optimizer state kept for them must be reset.
-    pub fn reassign(&mut self, store: &mut ParamStore, kept_outputs: &[usize], init: TransformInit) {
+    /// kept (newly pruned, or orphaned because its template was pruned) goes to a template chosen
+    /// by `choice` ([`TemplateChoice`]), with a mask initialised by `init` from its current
+    /// effective filter. The ParamIds stay; the values AND gradients of `templates` and
+    /// `transforms` get new shapes, so any optimizer state kept for them must be reset.
+    pub fn reassign(
+        &mut self,
+        store: &mut ParamStore,
+        kept_outputs: &[usize],
+        init: TransformInit,
+        choice: TemplateChoice,
+    ) {
         let old = self.assignment.clone();
         let weff = self.effective_weight(store);
         let old_identity = old.identity_outputs();
@@ -123,6 +165,18 @@ impl SbfConv2d {
                 copies[k] += 1;
             }
         }
+        let templates = rows_of(&weff, kept_outputs);
+        if choice == TemplateChoice::BestFit {
+            let capacity = (outputs - kept_outputs.len()).div_ceil(kept_outputs.len());
+            best_fit_templates(
+                &weff,
+                &templates,
+                self.config.groups,
+                capacity,
+                &mut template_of,
+                &mut copies,
+            );
+        }
         for n in 0..outputs {
             if template_of[n] == usize::MAX {
                 let k = (0..copies.len())
@@ -133,7 +187,6 @@ impl SbfConv2d {
             }
         }
         let assignment = TemplateAssignment::with_templates(kept_outputs, template_of);
-        let templates = rows_of(&weff, kept_outputs);
         let (groups, kernel, family) = (self.config.groups, self.kernel, self.config.family);
         let transformed = outputs - kept_outputs.len();
         let mut transforms = identity_transforms(family, transformed, groups, kernel);
@@ -279,6 +332,55 @@ fn dense_to_parts(
         fit_masks(weight, &b, &assignment, config, &mut t, |_| true);
     }
     (b, t, assignment)
+}
+
+/// [`TemplateChoice::BestFit`]: gives every output n with `template_of[n] == usize::MAX` the
+/// template m whose least-squares masks explain most of its filter `weight[n]`, taking the
+/// (n, m) pairs in decreasing explained energy E(n, m) (ties: smaller n, then smaller m) and
+/// skipping templates that already have `capacity` copies. `copies[m]` counts them; an output
+/// that finds no room keeps usize::MAX.
+fn best_fit_templates(
+    weight: &Tensor,
+    templates: &Tensor,
+    groups: usize,
+    capacity: usize,
+    template_of: &mut [usize],
+    copies: &mut [usize],
+) {
+    let [_, in_channels, kernel, _] = weight.nchw("best_fit_templates");
+    let (taps, cg) = (kernel * kernel, in_channels / groups);
+    let explained = |n: usize, m: usize| -> f64 {
+        let mut energy = 0.0;
+        for g in 0..groups {
+            for k in 0..taps {
+                let (mut wb, mut bb) = (0.0f64, 0.0f64);
+                for i in g * cg..(g + 1) * cg {
+                    let bv = templates.data[(m * in_channels + i) * taps + k] as f64;
+                    wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
+                    bb += bv * bv;
+                }
+                if bb > 0.0 {
+                    energy += wb * wb / bb;
+                }
+            }
+        }
+        energy
+    };
+    let open: Vec<usize> = (0..template_of.len())
+        .filter(|&n| template_of[n] == usize::MAX)
+        .collect();
+    let mut pairs: Vec<(f64, usize, usize)> = open
+        .iter()
+        .flat_map(|&n| (0..copies.len()).map(move |m| (n, m)))
+        .map(|(n, m)| (explained(n, m), n, m))
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (_, n, m) in pairs {
+        if template_of[n] == usize::MAX && copies[m] < capacity {
+            template_of[n] = m;
+            copies[m] += 1;
+        }
+    }
 }
 
 /// The filters of `weight` [N, C, K, K] at `outputs`, in that order: [outputs.len(), C, K, K].
@@ -433,7 +535,12 @@ mod tests {
         );
         let before = layer.effective_weight(&store);
         let templates_id = layer.templates;
-        layer.reassign(&mut store, &[2, 5], TransformInit::LeastSquares);
+        layer.reassign(
+            &mut store,
+            &[2, 5],
+            TransformInit::LeastSquares,
+            TemplateChoice::Balanced,
+        );
         assert_eq!(layer.templates, templates_id);
         assert_eq!(layer.num_templates(), 2);
         assert_eq!(store.value(layer.templates).shape, vec![2, 4, 3, 3]);
@@ -451,6 +558,59 @@ mod tests {
         let x = tape.input(Tensor::normal(&[1, 4, 5, 5], 1.0, &mut rng));
         let y = layer.forward(&mut tape, x);
         assert_eq!(tape.value(y).shape, vec![1, 6, 5, 5]);
+    }
+
+    /// A layer of 6 filters on 4 channels (G = 2) whose filter `n` is, for each (source, n, scales)
+    /// given, filter `source` scaled by scales[g] on group g; reassigned to keep `kept`.
+    fn reassigned(
+        copies: &[(usize, usize, [f32; 2])],
+        kept: &[usize],
+        choice: TemplateChoice,
+    ) -> (SbfConv2d, ParamStore, Tensor) {
+        let mut weight = Tensor::normal(&[6, 4, 3, 3], 1.0, &mut StdRng::seed_from_u64(5));
+        for &(source, n, scales) in copies {
+            for i in 0..4 {
+                for k in 0..9 {
+                    weight.data[(n * 4 + i) * 9 + k] = scales[i / 2] * weight.data[(source * 4 + i) * 9 + k];
+                }
+            }
+        }
+        let mut store = ParamStore::default();
+        let config = SbfConfig::new(1, 1, 2);
+        let all: Vec<usize> = (0..6).collect();
+        let mut layer = SbfConv2d::from_dense(
+            &mut store,
+            "l",
+            &weight,
+            None,
+            &all,
+            config,
+            TransformInit::Identity,
+        );
+        layer.reassign(&mut store, kept, TransformInit::LeastSquares, choice);
+        (layer, store, weight)
+    }
+
+    #[test]
+    fn best_fit_gives_each_pruned_filter_the_template_it_is_a_masked_copy_of() {
+        let copies = [(2, 3, [0.5, -2.0]), (0, 4, [1.5, 0.25]), (1, 5, [-1.0, 3.0])];
+        let (layer, store, weight) = reassigned(&copies, &[0, 1, 2], TemplateChoice::BestFit);
+        assert_eq!(layer.assignment.template_of, vec![0, 1, 2, 2, 0, 1]);
+        let weff = layer.effective_weight(&store);
+        assert!(max_scaled_difference(&weff.data, &weight.data, 1e-5, 1e-5) <= 1.0);
+        // Balanced ignores the filters: outputs 3, 4, 5 go to templates 0, 1, 2 and the fit is not exact.
+        let (layer, store, weight) = reassigned(&copies, &[0, 1, 2], TemplateChoice::Balanced);
+        assert_eq!(layer.assignment.template_of, vec![0, 1, 2, 0, 1, 2]);
+        assert!(max_scaled_difference(&layer.effective_weight(&store).data, &weight.data, 1e-5, 1e-5) > 1.0);
+    }
+
+    #[test]
+    fn best_fit_gives_no_template_more_than_its_share_of_copies() {
+        // Outputs 2..6 all copy filter 0, but two templates share four transformed outputs: two each.
+        let copies: Vec<_> = (2..6).map(|n| (0, n, [1.0 + n as f32, -0.5])).collect();
+        let (layer, _, _) = reassigned(&copies, &[0, 1], TemplateChoice::BestFit);
+        let to_first = (2..6).filter(|&n| layer.assignment.template_of[n] == 0).count();
+        assert_eq!(to_first, 2, "{:?}", layer.assignment.template_of);
     }
 
     #[test]

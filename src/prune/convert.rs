@@ -6,13 +6,12 @@
 //! copied by name. One global L1 selection at the target rate ([`prune_step`]) then turns the
 //! lowest-norm filters into transformed copies of the kept ones.
 
-use super::ramp::prune_step;
-use super::schedule::Saliency;
+use super::ramp::{prune_step, PruneSettings};
 use crate::autograd::ParamStore;
 use crate::checkpoint::load_model_tensors;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::nn::{ConvKind, Model, ModelSpec, TransformInit};
+use crate::nn::{ConvKind, Model, ModelSpec};
 use crate::ops::TransformFamily;
 use std::path::Path;
 
@@ -47,16 +46,15 @@ pub fn sbf_spec_of_dense(
 }
 
 /// Loads the dense checkpoint's tensors into `store`, which holds `model` = the SBF (M = N)
-/// version of the checkpoint's model, then prunes at `rate` in one step.
+/// version of the checkpoint's model, then prunes at `rate` in one step by `settings`' minimum,
+/// saliency, mask init and template choice (not its ramp).
 pub fn load_dense_and_prune(
     model: &mut Model,
     store: &mut ParamStore,
     dense: &Checkpoint,
     path: &Path,
     rate: f32,
-    min_templates: usize,
-    init: TransformInit,
-    saliency: Saliency,
+    settings: &PruneSettings,
 ) -> Result<()> {
     let mut renamed = Checkpoint {
         model: dense.model.clone(),
@@ -83,7 +81,7 @@ pub fn load_dense_and_prune(
         }
     }
     load_model_tensors(store, &renamed, path)?;
-    prune_step(model, store, rate, min_templates, init, saliency, None);
+    prune_step(model, store, rate, settings, None);
     Ok(())
 }
 
@@ -91,6 +89,8 @@ pub fn load_dense_and_prune(
 mod tests {
     use super::*;
     use crate::checkpoint::model_tensors;
+    use crate::nn::{TemplateChoice, TransformInit};
+    use crate::prune::schedule::{Ramp, Saliency};
     use crate::prune::PruneState;
     use rand::{rngs::StdRng, SeedableRng};
 
@@ -117,9 +117,13 @@ mod tests {
                 &checkpoint,
                 path,
                 rate,
-                2,
-                TransformInit::Identity,
-                Saliency::L1,
+                &PruneSettings {
+                    ramp: Ramp::new(rate, 1),
+                    min_templates: 2,
+                    init: TransformInit::Identity,
+                    saliency: Saliency::L1,
+                    choice: TemplateChoice::Balanced,
+                },
             )
             .unwrap();
             let state = PruneState::of(&model);

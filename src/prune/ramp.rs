@@ -20,7 +20,7 @@ use super::taylor::TaylorScores;
 use crate::autograd::{ParamId, ParamStore};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::nn::{ConvKind, Model, SbfConv2d, TransformInit};
+use crate::nn::{ConvKind, Model, SbfConv2d, TemplateChoice, TransformInit};
 use crate::ops::TransformFamily;
 use std::path::Path;
 
@@ -33,6 +33,8 @@ pub struct PruneSettings {
     pub init: TransformInit,
     /// How filters are ranked ([`Saliency::L1Relative`] unless told otherwise).
     pub saliency: Saliency,
+    /// Which template a newly transformed output copies ([`TemplateChoice::Balanced`] unless told otherwise).
+    pub choice: TemplateChoice,
 }
 
 impl PruneSettings {
@@ -77,6 +79,7 @@ impl PruneSettings {
             ("prune_min_templates".into(), self.min_templates.to_string()),
             ("prune_mask_init".into(), init_name(self.init).into()),
             ("prune_saliency".into(), self.saliency.name().into()),
+            ("prune_template_choice".into(), self.choice.name().into()),
         ]
     }
 
@@ -104,8 +107,14 @@ impl PruneSettings {
             None => Saliency::L1,
             Some(text) => Saliency::parse(text).ok_or_else(|| bad("prune_saliency", text))?,
         };
+        // ... and before --template-choice existed by the fewest copies.
+        let choice = match checkpoint.get("prune_template_choice") {
+            None => TemplateChoice::Balanced,
+            Some(text) => TemplateChoice::parse(text).ok_or_else(|| bad("prune_template_choice", text))?,
+        };
         Ok(Some(PruneSettings {
             saliency,
+            choice,
             ramp: Ramp {
                 target_rate: rate.parse().map_err(|_| bad("prune_rate", rate))?,
                 epochs: epochs.parse().map_err(|_| bad("prune_epochs", epochs))?,
@@ -207,17 +216,24 @@ fn template_scores(
 }
 
 /// One global selection at `rate` over every SBF layer of `model`, then `reassign` of every
-/// layer whose templates changed. `taylor`: the accumulated sums for [`Saliency::Taylor`] (None
-/// or empty: rank by the relative L1 norm). Returns the ids of the reshaped parameters.
+/// layer whose templates changed, by the minimum, saliency, mask init and template choice of
+/// `settings` (its ramp is the caller's). `taylor`: the accumulated sums for
+/// [`Saliency::Taylor`] (None or empty: rank by the relative L1 norm). Returns the ids of the
+/// reshaped parameters.
 pub fn prune_step(
     model: &mut Model,
     store: &mut ParamStore,
     rate: f32,
-    min_templates: usize,
-    init: TransformInit,
-    saliency: Saliency,
+    settings: &PruneSettings,
     taylor: Option<&TaylorScores>,
 ) -> Vec<ParamId> {
+    let PruneSettings {
+        min_templates,
+        init,
+        saliency,
+        choice,
+        ..
+    } = *settings;
     let taylor = taylor.filter(|t| t.steps > 0);
     let mut layers: Vec<&mut SbfConv2d> = model
         .conv_layers_mut()
@@ -239,7 +255,7 @@ pub fn prune_step(
             continue;
         }
         let kept: Vec<usize> = (0..after.len()).filter(|&n| after[n]).collect();
-        layer.reassign(store, &kept, init);
+        layer.reassign(store, &kept, init, choice);
         reshaped.extend([layer.templates, layer.transforms]);
     }
     drop(layers);
@@ -296,6 +312,17 @@ mod tests {
 
     use crate::prune::test_logits as logits;
 
+    /// A step's settings with balanced template choice (the ramp is not read by `prune_step`).
+    fn rules(min_templates: usize, init: TransformInit, saliency: Saliency) -> PruneSettings {
+        PruneSettings {
+            ramp: Ramp::new(0.5, 1),
+            min_templates,
+            init,
+            saliency,
+            choice: TemplateChoice::Balanced,
+        }
+    }
+
     #[test]
     fn the_ramp_reaches_the_target_keeps_the_minimum_and_then_freezes() {
         // resnet8-w8: 6 SBF layers of 8, 8, 16, 16, 32, 32 outputs (112 filters).
@@ -309,9 +336,7 @@ mod tests {
                 &mut model,
                 &mut store,
                 ramp.rate_at(epoch),
-                min_templates,
-                TransformInit::Identity,
-                Saliency::L1Relative,
+                &rules(min_templates, TransformInit::Identity, Saliency::L1Relative),
                 None,
             );
             let state = PruneState::of(&model);
@@ -343,9 +368,7 @@ mod tests {
             &mut model,
             &mut store,
             ramp.target_rate,
-            min_templates,
-            TransformInit::Identity,
-            Saliency::L1Relative,
+            &rules(min_templates, TransformInit::Identity, Saliency::L1Relative),
             None,
         );
         assert!(reshaped.is_empty());
@@ -366,9 +389,7 @@ mod tests {
             &mut model,
             &mut store,
             0.9,
-            8,
-            TransformInit::Identity,
-            Saliency::L1,
+            &rules(8, TransformInit::Identity, Saliency::L1),
             None,
         );
         let state = PruneState::of(&model);
@@ -383,9 +404,7 @@ mod tests {
             &mut model,
             &mut store,
             0.0,
-            1,
-            TransformInit::LeastSquares,
-            Saliency::L1,
+            &rules(1, TransformInit::LeastSquares, Saliency::L1),
             None
         )
         .is_empty());
@@ -400,9 +419,7 @@ mod tests {
             &mut model,
             &mut store,
             0.5,
-            1,
-            TransformInit::Identity,
-            Saliency::L1,
+            &rules(1, TransformInit::Identity, Saliency::L1),
             None,
         );
         for ((_, layer), old) in model
@@ -439,9 +456,7 @@ mod tests {
             &mut model,
             &mut store,
             1.0 / 56.0,
-            1,
-            TransformInit::LeastSquares,
-            Saliency::L1,
+            &rules(1, TransformInit::LeastSquares, Saliency::L1),
             None,
         );
         let pruned = model.conv_layers()[1].1.as_sbf().unwrap().clone();
@@ -486,7 +501,7 @@ mod tests {
     fn later_step_keeps_masks(init: TransformInit) {
         let (mut model, mut store) = model("resnet8-w8 sbf:rate=0,groups=2");
         let step = |model: &mut Model, store: &mut ParamStore, rate: f32| {
-            prune_step(model, store, rate, 2, init, Saliency::L1, None);
+            prune_step(model, store, rate, &rules(2, init, Saliency::L1), None);
         };
         step(&mut model, &mut store, 0.3);
         // Training moves the masks away from their least-squares start.
@@ -541,6 +556,7 @@ mod tests {
             min_templates: 8,
             init: TransformInit::LeastSquares,
             saliency: Saliency::L1Relative,
+            choice: TemplateChoice::BestFit,
         };
         let mut checkpoint = Checkpoint {
             metadata: settings.to_metadata(),
@@ -556,6 +572,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(old.ramp.first_epoch, 0);
+        // Checkpoints written before --template-choice existed chose balanced.
+        checkpoint.metadata.retain(|(k, _)| k != "prune_template_choice");
+        let old = PruneSettings::from_checkpoint(&checkpoint, path)
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.choice, TemplateChoice::Balanced);
         // The run needs an epoch after the ramp's last step.
         let err = settings.validate(3).unwrap_err().to_string();
         assert!(err.contains("epochs 2 to 4"), "{err}");

@@ -450,9 +450,7 @@ impl Trainer {
             &mut self.model,
             &mut self.store,
             rate,
-            pruning.min_templates,
-            pruning.init,
-            pruning.saliency,
+            &pruning,
             Some(&self.taylor),
         );
         self.taylor.clear();

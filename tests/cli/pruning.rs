@@ -132,6 +132,8 @@ fn convert_a_dense_run(root: &Path, data: &Path, common: &[&str]) {
             "2",
             "--on-nonfinite",
             "skip",
+            "--template-choice",
+            "best-fit",
         ],
     );
     assert!(ok, "{text}");
@@ -139,6 +141,8 @@ fn convert_a_dense_run(root: &Path, data: &Path, common: &[&str]) {
         text.contains("converted resnet8-w8 dense at rate 0.5: 50.0%"),
         "{text}"
     );
+    let note = std::fs::read_to_string(root.join("converted").join("converted_from.txt")).unwrap();
+    assert!(note.contains("template_choice best-fit"), "{note}");
     // The fine-tuning honours the output flags (it used to drop them).
     assert!(text.contains("on non-finite: skip"), "{text}");
     assert!(

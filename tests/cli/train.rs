@@ -636,6 +636,14 @@ fn settings_are_refused_before_the_data_is_read() {
             "--mask-lr-scale needs SBF layers (--prune-rate, or SBF layers in the model's conv plan), and vgg16 dense has none",
         ),
         (
+            vec!["--template-choice", "best-fit"],
+            "--prune-epochs, --min-templates, --groups, --mask-init, --method, --saliency and --template-choice need --prune-rate",
+        ),
+        (
+            vec!["--prune-rate", "0.5", "--template-choice", "closest"],
+            "unknown --template-choice \"closest\" (expected balanced or best-fit)",
+        ),
+        (
             vec!["--model", "vgg16", "--mask-decay"],
             "--mask-decay needs SBF layers (--prune-rate, or SBF layers in the model's conv plan), and vgg16 dense has none",
         ),

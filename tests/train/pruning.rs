@@ -9,7 +9,7 @@ use sbfnet::checkpoint::load_model;
 use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::augment::Augmentation;
 use sbfnet::data::synthetic::synthetic_set;
-use sbfnet::nn::{Model, ModelSpec, TransformInit};
+use sbfnet::nn::{Model, ModelSpec, TemplateChoice, TransformInit};
 use sbfnet::prune::{PruneSettings, PruneState, Ramp, Saliency};
 use sbfnet::train::{ScheduleKind, SgdConfig, TrainConfig, Trainer};
 use sbfnet::Tensor;
@@ -40,7 +40,7 @@ fn config(epochs: usize) -> TrainConfig {
     }
 }
 
-fn pruning_trainer(epochs: usize, images: usize, saliency: Saliency) -> Trainer {
+fn pruning_trainer(epochs: usize, images: usize, saliency: Saliency, choice: TemplateChoice) -> Trainer {
     let spec = ModelSpec::parse_description("resnet8-w8 sbf:rate=0,groups=2").unwrap();
     let mut trainer = Trainer::new(&spec, config(epochs), images).unwrap();
     trainer.pruning = Some(PruneSettings {
@@ -48,6 +48,7 @@ fn pruning_trainer(epochs: usize, images: usize, saliency: Saliency) -> Trainer 
         min_templates: 2,
         init: TransformInit::LeastSquares,
         saliency,
+        choice,
     });
     trainer
 }
@@ -65,21 +66,29 @@ fn logits(model: &Model, store: &ParamStore) -> Tensor {
 
 #[test]
 fn a_pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit() {
-    for saliency in [Saliency::L1Relative, Saliency::Taylor] {
-        pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency);
+    for (saliency, choice) in [
+        (Saliency::L1Relative, TemplateChoice::Balanced),
+        (Saliency::Taylor, TemplateChoice::Balanced),
+        (Saliency::L1Relative, TemplateChoice::BestFit),
+    ] {
+        pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency, choice);
     }
 }
 
-fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(saliency: Saliency) {
+fn pruning_run_reaches_its_rate_reloads_exactly_and_resumes_bit_for_bit(
+    saliency: Saliency,
+    choice: TemplateChoice,
+) {
     let set = synthetic_set(48, 10, 3);
     let dir = std::env::temp_dir().join(format!(
-        "sbfnet-pruning-{}-{}",
+        "sbfnet-pruning-{}-{}-{}",
         saliency.name(),
+        choice.name(),
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let mut trainer = pruning_trainer(3, set.len(), saliency);
+    let mut trainer = pruning_trainer(3, set.len(), saliency, choice);
     let transformed = |state: &PruneState| state.layers.iter().map(|l| l.2 - l.1).sum::<usize>();
     // Epoch 1 trains the whole network: the first step comes after it, at the start of epoch 2.
     trainer.train_epoch(&set, |_| {}).unwrap();
@@ -143,6 +152,7 @@ fn l1_pruning_silences_the_batch_norm_of_every_pruned_channel_through_training()
         min_templates: 2,
         init: TransformInit::Identity,
         saliency: Saliency::L1,
+        choice: TemplateChoice::Balanced,
     });
     for _ in 0..3 {
         trainer.train_epoch(&set, |_| {}).unwrap();
