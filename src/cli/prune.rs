@@ -114,6 +114,19 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
         100.0 * state.transformed_fraction(),
         state.templates_text()
     );
+    let fits = prune::convert::conversion_fit(&trainer.model, &trainer.store, &dense);
+    if !fits.is_empty() {
+        let (residual, energy) = fits
+            .iter()
+            .fold((0.0, 0.0), |(r, e), fit| (r + fit.residual, e + fit.energy));
+        let per_layer: Vec<String> = fits.iter().map(|fit| format!("{:.3}", fit.explained())).collect();
+        println!(
+            "the transformed filters reproduce {:.1}% of the energy of the dense filters they replace \
+             (per layer: {})",
+            100.0 * (1.0 - residual / energy),
+            per_layer.join(" ")
+        );
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, "cannot create the output folder", e))?;
     let mut checkpoint = trainer.to_checkpoint();
     checkpoint

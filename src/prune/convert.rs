@@ -85,6 +85,57 @@ pub fn load_dense_and_prune(
     Ok(())
 }
 
+/// How closely one converted layer's transformed outputs reproduce the dense filters they
+/// replace: Σ_n ‖Weff_n − W_n‖² and Σ_n ‖W_n‖² over its transformed outputs n.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerFit {
+    pub layer: String,
+    pub residual: f64,
+    pub energy: f64,
+}
+
+impl LayerFit {
+    /// The share of the replaced filters' energy that the masked templates reproduce:
+    /// 1 − residual / energy (0 for plain pruning, 1 for an exact fit).
+    pub fn explained(&self) -> f64 {
+        if self.energy > 0.0 {
+            1.0 - self.residual / self.energy
+        } else {
+            1.0
+        }
+    }
+}
+
+/// [`LayerFit`] of every SBF layer of a converted `model` with transformed outputs, against the
+/// dense filters `param.<layer>.weight` of the checkpoint it was converted from.
+pub fn conversion_fit(model: &Model, store: &ParamStore, dense: &Checkpoint) -> Vec<LayerFit> {
+    let mut fits = Vec::new();
+    for (name, layer) in model.conv_layers() {
+        let Some(sbf) = layer.as_sbf() else { continue };
+        let Some(weight) = dense.tensor(&format!("param.{name}.weight")) else {
+            continue;
+        };
+        let effective = sbf.effective_weight(store);
+        let filter = weight.len() / sbf.out_channels;
+        let (mut residual, mut energy) = (0.0, 0.0);
+        for n in (0..sbf.out_channels).filter(|&n| sbf.assignment.mask_row[n].is_some()) {
+            let range = n * filter..(n + 1) * filter;
+            for (&w, &e) in weight.data[range.clone()].iter().zip(&effective.data[range]) {
+                residual += (e as f64 - w as f64).powi(2);
+                energy += (w as f64).powi(2);
+            }
+        }
+        if energy > 0.0 {
+            fits.push(LayerFit {
+                layer: name,
+                residual,
+                energy,
+            });
+        }
+    }
+    fits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +187,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not dense"), "{err}");
+    }
+
+    #[test]
+    fn the_fit_is_zero_for_plain_pruning_and_best_fit_explains_more_than_balanced() {
+        let dense_spec = ModelSpec::parse_name("resnet8-w8").unwrap();
+        let mut dense_store = ParamStore::default();
+        let dense = dense_spec.build(&mut dense_store, &mut StdRng::seed_from_u64(1));
+        let checkpoint = Checkpoint {
+            model: dense.description(),
+            metadata: Vec::new(),
+            tensors: model_tensors(&dense_store),
+        };
+        let path = Path::new("dense.ckpt");
+        // The converted model's fits, summed over its layers: (residual, energy, layers).
+        let fit = |family: TransformFamily, choice: TemplateChoice| {
+            let spec = sbf_spec_of_dense(&dense_spec, 2, family, path).unwrap();
+            let mut store = ParamStore::default();
+            let mut model = spec.build(&mut store, &mut StdRng::seed_from_u64(2));
+            let settings = PruneSettings {
+                ramp: Ramp::new(0.5, 1),
+                min_templates: 2,
+                init: TransformInit::LeastSquares,
+                saliency: Saliency::L1,
+                choice,
+            };
+            load_dense_and_prune(&mut model, &mut store, &checkpoint, path, 0.5, &settings).unwrap();
+            let fits = conversion_fit(&model, &store, &checkpoint);
+            for layer in &fits {
+                let explained = layer.explained();
+                assert!((0.0..=1.0).contains(&explained), "{layer:?}");
+            }
+            let sum = |f: fn(&LayerFit) -> f64| fits.iter().map(f).sum::<f64>();
+            (sum(|l| l.residual), sum(|l| l.energy), fits.len())
+        };
+        let (residual, energy, layers) = fit(TransformFamily::Zero, TemplateChoice::Balanced);
+        assert!(layers > 0);
+        assert_eq!(residual, energy, "plain pruning reproduces nothing");
+        let (balanced, energy, _) = fit(TransformFamily::Scalar, TemplateChoice::Balanced);
+        let (best, best_energy, _) = fit(TransformFamily::Scalar, TemplateChoice::BestFit);
+        assert_eq!(energy, best_energy, "the same filters are transformed");
+        assert!(best < balanced && balanced < energy, "{best} {balanced} {energy}");
     }
 }

@@ -141,6 +141,11 @@ fn convert_a_dense_run(root: &Path, data: &Path, common: &[&str]) {
         text.contains("converted resnet8-w8 dense at rate 0.5: 50.0%"),
         "{text}"
     );
+    assert!(
+        text.contains("the transformed filters reproduce ")
+            && text.contains("% of the energy of the dense filters"),
+        "{text}"
+    );
     let note = std::fs::read_to_string(root.join("converted").join("converted_from.txt")).unwrap();
     assert!(note.contains("template_choice best-fit"), "{note}");
     // The fine-tuning honours the output flags (it used to drop them).
