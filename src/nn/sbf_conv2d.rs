@@ -353,12 +353,7 @@ fn best_fit_templates(
         let mut energy = 0.0;
         for g in 0..groups {
             for k in 0..taps {
-                let (mut wb, mut bb) = (0.0f64, 0.0f64);
-                for i in g * cg..(g + 1) * cg {
-                    let bv = templates.data[(m * in_channels + i) * taps + k] as f64;
-                    wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
-                    bb += bv * bv;
-                }
+                let (wb, bb) = fit_sums(weight, n, templates, m, g * cg..(g + 1) * cg, k);
                 if bb > 0.0 {
                     energy += wb * wb / bb;
                 }
@@ -426,17 +421,35 @@ fn fit_masks(
         let m = assignment.template_of[n];
         for g in 0..config.groups {
             for k in 0..taps {
-                let (mut wb, mut bb) = (0.0f64, 0.0f64);
-                for i in g * cg..(g + 1) * cg {
-                    let bv = templates.data[(m * in_channels + i) * taps + k] as f64;
-                    wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
-                    bb += bv * bv;
-                }
+                let (wb, bb) = fit_sums(weight, n, templates, m, g * cg..(g + 1) * cg, k);
                 masks.data[(r * config.groups + g) * taps + k] =
                     if bb > 0.0 { (wb / bb) as f32 } else { 1.0 };
             }
         }
     }
+}
+
+/// The two sums of the per-tap least-squares fit of filter `n` of `weight` [N, C, K, K] by filter
+/// `m` of `templates` [M, C, K, K] over the input channels `channels` (one group) at tap `k`:
+/// (Σ_i W_n[i,k]·B_m[i,k], Σ_i B_m[i,k]²), in f64. The mask is their ratio and the energy it
+/// explains (Σ W·B)² / Σ B².
+fn fit_sums(
+    weight: &Tensor,
+    n: usize,
+    templates: &Tensor,
+    m: usize,
+    channels: std::ops::Range<usize>,
+    k: usize,
+) -> (f64, f64) {
+    let [_, in_channels, kernel, _] = weight.nchw("fit_sums");
+    let taps = kernel * kernel;
+    let (mut wb, mut bb) = (0.0f64, 0.0f64);
+    for i in channels {
+        let bv = templates.data[(m * in_channels + i) * taps + k] as f64;
+        wb += weight.data[(n * in_channels + i) * taps + k] as f64 * bv;
+        bb += bv * bv;
+    }
+    (wb, bb)
 }
 
 /// Identity transforms for `transformed` outputs and `groups` groups, in the family's shape.

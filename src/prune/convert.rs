@@ -147,16 +147,22 @@ mod tests {
 
     use crate::prune::test_logits as logits;
 
+    /// A random dense resnet8-w8 (spec, model, store) and its checkpoint.
+    fn dense_resnet8() -> (ModelSpec, Model, ParamStore, Checkpoint) {
+        let spec = ModelSpec::parse_name("resnet8-w8").unwrap();
+        let mut store = ParamStore::default();
+        let model = spec.build(&mut store, &mut StdRng::seed_from_u64(1));
+        let checkpoint = Checkpoint {
+            model: model.description(),
+            metadata: Vec::new(),
+            tensors: model_tensors(&store),
+        };
+        (spec, model, store, checkpoint)
+    }
+
     #[test]
     fn converting_at_rate_zero_changes_no_output_and_a_rate_prunes_globally() {
-        let dense_spec = ModelSpec::parse_name("resnet8-w8").unwrap();
-        let mut dense_store = ParamStore::default();
-        let dense = dense_spec.build(&mut dense_store, &mut StdRng::seed_from_u64(1));
-        let checkpoint = Checkpoint {
-            model: dense.description(),
-            metadata: Vec::new(),
-            tensors: model_tensors(&dense_store),
-        };
+        let (dense_spec, dense, dense_store, checkpoint) = dense_resnet8();
         let path = Path::new("dense.ckpt");
         let spec = sbf_spec_of_dense(&dense_spec, 2, TransformFamily::Scalar, path).unwrap();
         for (rate, transformed) in [(0.0, 0), (0.5, 56)] {
@@ -191,14 +197,7 @@ mod tests {
 
     #[test]
     fn the_fit_is_zero_for_plain_pruning_and_best_fit_explains_more_than_balanced() {
-        let dense_spec = ModelSpec::parse_name("resnet8-w8").unwrap();
-        let mut dense_store = ParamStore::default();
-        let dense = dense_spec.build(&mut dense_store, &mut StdRng::seed_from_u64(1));
-        let checkpoint = Checkpoint {
-            model: dense.description(),
-            metadata: Vec::new(),
-            tensors: model_tensors(&dense_store),
-        };
+        let (dense_spec, _, _, checkpoint) = dense_resnet8();
         let path = Path::new("dense.ckpt");
         // The converted model's fits, summed over its layers: (residual, energy, layers).
         let fit = |family: TransformFamily, choice: TemplateChoice| {
