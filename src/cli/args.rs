@@ -300,35 +300,54 @@ impl ConversionArgs {
     /// --mask-init, parsed. The default is lstsq: at ~50 % fewer MACs it gave 79.78 % against 77.93 %
     /// for copy masks (docs/results.md).
     pub fn mask_init(&self) -> Result<TransformInit> {
-        match &self.mask_init {
-            None => Ok(TransformInit::LeastSquares),
-            Some(text) => prune::ramp::parse_init(text).ok_or_else(|| {
-                Error::msg(format!("unknown --mask-init \"{text}\" (expected copy or lstsq)"))
-            }),
-        }
+        let default = TransformInit::LeastSquares;
+        parse_choice(
+            "--mask-init",
+            &self.mask_init,
+            default,
+            prune::ramp::parse_init,
+            "copy or lstsq",
+        )
     }
 
     /// --template-choice, parsed.
     pub fn template_choice(&self) -> Result<TemplateChoice> {
-        match &self.template_choice {
-            None => Ok(TemplateChoice::Balanced),
-            Some(text) => TemplateChoice::parse(text).ok_or_else(|| {
-                Error::msg(format!(
-                    "unknown --template-choice \"{text}\" (expected balanced or best-fit)"
-                ))
-            }),
-        }
+        let default = TemplateChoice::Balanced;
+        parse_choice(
+            "--template-choice",
+            &self.template_choice,
+            default,
+            TemplateChoice::parse,
+            "balanced or best-fit",
+        )
     }
 
     /// --saliency, parsed.
     pub fn saliency(&self) -> Result<Saliency> {
-        match &self.saliency {
-            None => Ok(Saliency::L1Relative),
-            Some(text) => Saliency::parse(text).ok_or_else(|| {
-                Error::msg(format!(
-                    "unknown --saliency \"{text}\" (expected l1-relative, l1 or taylor)"
-                ))
-            }),
+        let expected = "l1-relative, l1 or taylor";
+        parse_choice(
+            "--saliency",
+            &self.saliency,
+            Saliency::L1Relative,
+            Saliency::parse,
+            expected,
+        )
+    }
+}
+
+/// The value of a flag that names one of a few choices: `default` when it is not given, else
+/// `parse(text)`, else the error `unknown FLAG "text" (expected …)`.
+fn parse_choice<T>(
+    flag: &str,
+    given: &Option<String>,
+    default: T,
+    parse: impl Fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<T> {
+    match given {
+        None => Ok(default),
+        Some(text) => {
+            parse(text).ok_or_else(|| Error::msg(format!("unknown {flag} \"{text}\" (expected {expected})")))
         }
     }
 }
