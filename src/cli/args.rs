@@ -99,6 +99,12 @@ pub struct RunArgs {
     /// resuming: the run's]
     #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
+    /// Shards each batch is split into, over all threads and processes: batch norm normalises each
+    /// shard with its own statistics, so this is part of the recipe; fixing it trains the same
+    /// recipe on any thread count (rounded differently) [default: threads × processes; when
+    /// resuming: the run's]
+    #[arg(long, allow_negative_numbers = true)]
+    pub shards: Option<usize>,
     /// Seed of the initialisation, shuffling and augmentation [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
@@ -179,6 +185,7 @@ impl RunArgs {
             ("augmentation", text(&self.augment)),
             ("rotation", text(&self.rotate)),
             ("seed", text(&self.seed)),
+            ("shards", text(&self.shards)),
             ("time_budget_minutes", text(&self.time_budget)),
             ("zero_init_residual", text(&self.zero_init_residual)),
             ("lookahead", text(&self.lookahead)),
@@ -402,6 +409,13 @@ pub(super) fn fresh_config(
     config.shards = threads;
     for (setting, text) in args.given_settings() {
         config.set(setting, &text)?;
+    }
+    if args.shards.is_none() && (1..threads).contains(&config.batch_size) {
+        return Err(Error::msg(format!(
+            "--batch-size {} is smaller than --threads {threads}: each thread's shard needs at least one image \
+             (or set --shards)",
+            config.batch_size
+        )));
     }
     match args.warmup_epochs {
         Some(warmup) => validate::check_warmup(warmup, config.epochs)?,

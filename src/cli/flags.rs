@@ -6,7 +6,7 @@
 pub const FLAGS: &[(&str, &str)] = &[
     ("epochs", "--epochs"),
     ("batch_size", "--batch-size"),
-    ("shards", "--threads"),
+    ("shards", "--shards"),
     ("learning_rate", "--lr"),
     ("momentum", "--momentum"),
     ("nesterov", "--nesterov"),
@@ -60,7 +60,7 @@ mod tests {
         }
         assert_eq!(
             with_flags("`batch_size` 2 is smaller than `shards` 4"),
-            "--batch-size 2 is smaller than --threads 4"
+            "--batch-size 2 is smaller than --shards 4"
         );
         assert_eq!(with_flags("a plain batch size"), "a plain batch size");
     }

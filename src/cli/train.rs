@@ -32,7 +32,7 @@ use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar::{self, Cifar10};
 use sbfnet::nn::ModelSpec;
 use sbfnet::prune;
-use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY};
+use sbfnet::train::{self as training, RunEnd, RunOptions, TEST_IMAGES_KEY, THREADS_KEY};
 use sbfnet::train::{validate, TestViews, TrainConfig, Trainer};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -57,24 +57,34 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut output = OutputSettings::of(&args.run)?;
     let hooks = TestHooks::from_environment()?;
     let resumed = open_resumed(&args)?;
-    // A resumed run keeps its thread count (its shards over the processes) unless told
-    // otherwise: the kernels split their work by it, so it decides the last bits of every sum.
+    // A resumed run keeps its thread count unless told otherwise: the kernels split their work
+    // by it, so it decides the last bits of every sum. (Checkpoints from before the count was
+    // saved: the run's shards over the processes, the default then.)
     let threads = args
         .run
         .threads
-        .or(resumed
-            .as_ref()
-            .map(|r| (r.config.shards / processes.count()).max(1)))
+        .or(resumed.as_ref().map(|r| {
+            let saved = r.checkpoint.get(THREADS_KEY).and_then(|t| t.parse().ok());
+            saved.unwrap_or((r.config.shards / processes.count()).max(1))
+        }))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     validate::check_at_least("--threads", threads, 1)?;
     let (spec, fresh) = match &resumed {
         Some(resumed) => {
             check_resume_flags(&args.run, &resumed.config, &resumed.path)?;
-            if threads * processes.count() != resumed.config.shards && processes.writes() {
+            let saved_threads = resumed
+                .checkpoint
+                .get(THREADS_KEY)
+                .and_then(|t| t.parse::<usize>().ok());
+            let other_threads = match saved_threads {
+                Some(saved) => saved != threads,
+                None => threads * processes.count() != resumed.config.shards,
+            };
+            if other_threads && processes.writes() {
                 println!(
-                    "note: the run was started with {0} shards per batch (threads × processes); with \
-                     {threads} threads × {1} processes it continues with {0} shards but will not repeat an \
-                     uninterrupted run bit for bit",
+                    "note: the run continues with its {0} shards per batch on {threads} threads × {1} \
+                     processes, another thread count than it had: the kernels split their sums by it, so \
+                     it will not repeat an uninterrupted run bit for bit",
                     resumed.config.shards,
                     processes.count()
                 );
@@ -85,8 +95,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => {
             let (spec, mut config) = fresh_model(&args, threads)?;
-            // Every process runs `threads` shards of each batch.
-            config.shards = threads * processes.count();
+            // By default every process runs `threads` shards of each batch.
+            config.shards = args.run.shards.unwrap_or(threads * processes.count());
+            if config.shards < processes.count() {
+                return Err(Error::msg(format!(
+                    "--shards {} is fewer than the {} processes: each process computes at least one shard",
+                    config.shards,
+                    processes.count()
+                )));
+            }
             (spec, Some(config))
         }
     };

@@ -34,5 +34,5 @@ pub use run::{
     run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, TEST_IMAGES_KEY,
 };
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{EpochResult, Progress, StepResult, Trainer};
+pub use trainer::{EpochResult, Progress, StepResult, Trainer, THREADS_KEY};
 pub use weight_average::WeightAverage;

@@ -41,6 +41,9 @@ use super::optimizer::Sgd;
 use super::parallel::{data_parallel_gradients_in, Objective, ShardExchange, ShardLayout};
 
 mod processes;
+
+/// The checkpoint key of the thread count that computed the run (`rayon`'s pool size).
+pub const THREADS_KEY: &str = "threads";
 use super::partial_epoch::PartialEpoch;
 use super::schedule::{Anchor, Schedule};
 use super::weight_average::WeightAverage;
@@ -516,6 +519,9 @@ impl Trainer {
             ("best_test_accuracy", self.best_test_accuracy.to_string()),
             ("elapsed_seconds", self.elapsed_seconds.to_string()),
             ("planned_epochs", self.planned_epochs.to_string()),
+            // The kernels split their sums by the thread count: a resume on as many threads
+            // repeats the run bit for bit, so the command line takes it by default.
+            (THREADS_KEY, rayon::current_num_threads().to_string()),
         ] {
             metadata.push((key.to_string(), value));
         }

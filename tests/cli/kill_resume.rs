@@ -63,6 +63,22 @@ fn killed_in_the_middle_of_an_epoch_the_run_resumes_to_the_uninterrupted_paramet
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `--shards` fixes the batch-norm shards apart from the thread count; the checkpoint keeps the
+/// thread count too, so a plain `--resume` runs on the 3 threads the run had, not on 1 thread per
+/// shard, and repeats the uninterrupted run bit for bit.
+#[test]
+fn a_run_with_fewer_shards_than_threads_resumes_on_its_own_thread_count() {
+    let (root, data) = fixture("kill-shards");
+    let reference = root.join("reference");
+    let stdout = succeed(&mut train_command(&data, &reference, &["--shards", "1"]));
+    assert!(stdout.contains("3 threads, 1 shards per batch"), "{stdout}");
+    let out = root.join("killed");
+    let (mut child, _, _) = start_paused(&data, &out, STEPS_PER_EPOCH + 2, &["--shards", "1"]);
+    kill(&mut child);
+    resume_and_compare(&data, &out, &reference);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn killed_in_the_middle_of_writing_a_checkpoint_the_previous_one_is_intact_and_the_run_resumes() {
     let (root, data) = fixture("kill-mid-write");

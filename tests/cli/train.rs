@@ -525,7 +525,11 @@ fn impossible_settings_are_refused_with_one_line() {
         ),
         (
             vec!["--batch-size", "2", "--threads", "4"],
-            "smaller than --threads 4",
+            "--batch-size 2 is smaller than --threads 4",
+        ),
+        (
+            vec!["--batch-size", "2", "--threads", "1", "--shards", "3"],
+            "--batch-size 2 is smaller than --shards 3",
         ),
         (vec!["--model", "resnet19"], "6n + 2"),
         (vec!["--model", "alexnet"], "unknown model \"alexnet\""),
