@@ -10,6 +10,8 @@
 # e.g. scripts/run_into_results.sh resnet20 sbf-55-lstsq-8ep --epochs 8 --warmup-epochs 1 --prune-rate 0.55
 # then: target/release/sbfnet report results/resnet20 --plot docs/results-resnet20.png
 # SBFNET_BIN=path runs another binary (e.g. a copy, so a rebuild mid-run cannot change it).
+# runs/ may be a link to a folder outside the checkout (ln -s ~/sbfnet-runs runs), so that the
+# checkpoints of a run cut off by a session's end survive a fresh checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1 run=$2

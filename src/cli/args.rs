@@ -95,8 +95,8 @@ pub struct RunArgs {
     /// Also rotate training images by up to this many degrees (bilinear) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub rotate: Option<f32>,
-    /// Worker threads; each batch is split into this many shards [default: all cores; when
-    /// resuming: the run's]
+    /// Worker threads; unless --shards says otherwise, each batch is split into this many shards
+    /// [default: all cores; when resuming: the run's]
     #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Shards each batch is split into, over all threads and processes: batch norm normalises each
