@@ -60,27 +60,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // A resumed run keeps its thread count unless told otherwise: the kernels split their work
     // by it, so it decides the last bits of every sum. (Checkpoints from before the count was
     // saved: the run's shards over the processes, the default then.)
+    let run_threads = resumed.as_ref().map(|r| {
+        let saved = r.checkpoint.get(THREADS_KEY).and_then(|t| t.parse().ok());
+        saved.unwrap_or((r.config.shards / processes.count()).max(1))
+    });
     let threads = args
         .run
         .threads
-        .or(resumed.as_ref().map(|r| {
-            let saved = r.checkpoint.get(THREADS_KEY).and_then(|t| t.parse().ok());
-            saved.unwrap_or((r.config.shards / processes.count()).max(1))
-        }))
+        .or(run_threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     validate::check_at_least("--threads", threads, 1)?;
     let (spec, fresh) = match &resumed {
         Some(resumed) => {
             check_resume_flags(&args.run, &resumed.config, &resumed.path)?;
-            let saved_threads = resumed
-                .checkpoint
-                .get(THREADS_KEY)
-                .and_then(|t| t.parse::<usize>().ok());
-            let other_threads = match saved_threads {
-                Some(saved) => saved != threads,
-                None => threads * processes.count() != resumed.config.shards,
-            };
-            if other_threads && processes.writes() {
+            if run_threads != Some(threads) && processes.writes() {
                 println!(
                     "note: the run continues with its {0} shards per batch on {threads} threads × {1} \
                      processes, another thread count than it had: the kernels split their sums by it, so \

@@ -41,9 +41,6 @@ use super::optimizer::Sgd;
 use super::parallel::{data_parallel_gradients_in, Objective, ShardExchange, ShardLayout};
 
 mod processes;
-
-/// The checkpoint key of the thread count that computed the run (`rayon`'s pool size).
-pub const THREADS_KEY: &str = "threads";
 use super::partial_epoch::PartialEpoch;
 use super::schedule::{Anchor, Schedule};
 use super::weight_average::WeightAverage;
@@ -67,6 +64,9 @@ use rand::SeedableRng;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// The checkpoint key of the thread count that computed the run (`rayon`'s pool size).
+pub const THREADS_KEY: &str = "threads";
 
 /// The RNG of epoch `epoch` (shuffle and augmentation): a function of (seed, epoch) only.
 pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
