@@ -209,6 +209,19 @@ impl<'s> Tape<'s> {
 
     /// Backpropagates from `output`, seeding its gradient with `grad_output`.
     pub fn backward_with(&mut self, output: Var, grad_output: Tensor) {
+        self.backward_with_progress(output, grad_output, |_, _| {});
+    }
+
+    /// [`Tape::backward_with`], calling `settled(tape, position)` after the op at every tape
+    /// position from `output` down to 0: from then on the gradient of every value at
+    /// `position` or later is final (only ops recorded after a value read it). A data-parallel
+    /// step uses it to send the gradients of the last layers while the backward pass goes on.
+    pub fn backward_with_progress(
+        &mut self,
+        output: Var,
+        grad_output: Tensor,
+        mut settled: impl FnMut(&Tape, usize),
+    ) {
         assert_eq!(
             grad_output.shape, self.values[output.0].shape,
             "backward_with: seed gradient shape differs from the output's"
@@ -218,20 +231,27 @@ impl<'s> Tape<'s> {
             slot => *slot = Some(grad_output),
         }
         for index in (0..=output.0).rev() {
-            let Some(backward) = self.backward_fns[index].take() else {
-                continue;
-            };
-            // The gradient of an intermediate value is consumed here and freed.
-            let Some(grad_output) = self.grads[index].take() else {
-                continue; // nothing flowed into this value
-            };
-            let mut ctx = BackwardContext {
-                values: &self.values,
-                grads: &mut self.grads,
-                requires_grad: &self.requires_grad,
-            };
-            backward(&grad_output, &mut ctx);
+            self.backward_op(index);
+            settled(self, index);
         }
+    }
+
+    /// Runs the backward function of the op at `index`, if it has one and a gradient flowed
+    /// into its output.
+    fn backward_op(&mut self, index: usize) {
+        let Some(backward) = self.backward_fns[index].take() else {
+            return;
+        };
+        // The gradient of an intermediate value is consumed here and freed.
+        let Some(grad_output) = self.grads[index].take() else {
+            return; // nothing flowed into this value
+        };
+        let mut ctx = BackwardContext {
+            values: &self.values,
+            grads: &mut self.grads,
+            requires_grad: &self.requires_grad,
+        };
+        backward(&grad_output, &mut ctx);
     }
 
     /// The gradient of every parameter used on this tape (a parameter used

@@ -25,6 +25,11 @@ pub struct TrainArgs {
     /// Continue the run saved in this checkpoint (e.g. runs/x/last.ckpt)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Across processes (under mpirun): send the gradients in buckets while the backward pass
+    /// goes on (true), or all at once after it (false); the step is the same bit for bit
+    /// [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub overlap_exchange: Option<bool>,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]

@@ -52,7 +52,12 @@ fn hook_steps(name: &str) -> Result<Vec<usize>> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // 0. Under mpirun: one process of a run across processes (`--features mpi`).
-    let mut processes = Processes::from_launch()?;
+    let mut processes = Processes::from_launch(args.overlap_exchange.unwrap_or(true))?;
+    if args.overlap_exchange.is_some() && processes.count() == 1 {
+        return Err(Error::msg(
+            "--overlap-exchange applies to a run across processes only (started by mpirun, built with --features mpi)",
+        ));
+    }
     // 1. Settings, all checked before any data is read.
     let mut output = OutputSettings::of(&args.run)?;
     let hooks = TestHooks::from_environment()?;
@@ -187,11 +192,14 @@ enum Processes {
 }
 
 impl Processes {
-    fn from_launch() -> Result<Processes> {
+    /// `overlap`: whether the gradients travel while the backward pass goes on (`--overlap-exchange`).
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn from_launch(overlap: bool) -> Result<Processes> {
         #[cfg(feature = "mpi")]
         if sbfnet::train::distributed::MpiExchange::launched() {
             use sbfnet::train::ShardExchange;
-            let exchange = sbfnet::train::distributed::MpiExchange::initialize(interrupt::stop_on_signals())?;
+            let requested = interrupt::stop_on_signals();
+            let exchange = sbfnet::train::distributed::MpiExchange::initialize(requested, overlap)?;
             let (rank, ranks) = (exchange.rank(), exchange.ranks());
             return Ok(Processes::Mpi(Some(exchange), rank, ranks));
         }
@@ -233,12 +241,14 @@ impl Processes {
             #[cfg(feature = "mpi")]
             Processes::Mpi(exchange, _, _) => {
                 let exchange = exchange.take().expect("join is called once");
+                use sbfnet::train::ShardExchange;
                 let settings = format!(
-                    "model {}\nsettings {:#?}\nimages {images:?}\nepoch {} step {}",
+                    "model {}\nsettings {:#?}\nimages {images:?}\nepoch {} step {}\noverlap-exchange {}",
                     trainer.model.spec.description(),
                     trainer.config,
                     trainer.epoch,
                     trainer.step,
+                    exchange.overlaps(),
                 );
                 exchange.check_same("settings", &settings)?;
                 let stop = exchange.stop_flag();
@@ -503,7 +513,7 @@ pub(super) fn train_to_end(
     if processes > 1 {
         let (exchange, total) = (trainer.exchange_seconds(), started.elapsed().as_secs_f64());
         println!(
-            "rank 0 exchanged shards with the other {} processes for {exchange:.1} s of {total:.1} s ({:.1} %, waiting for them included)",
+            "rank 0 waited for its exchanges with the other {} processes after its backward passes for {exchange:.1} s of {total:.1} s ({:.1} %, waiting for them included)",
             processes - 1,
             100.0 * exchange / total.max(1e-9)
         );

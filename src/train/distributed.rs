@@ -9,15 +9,18 @@
 //! up to the kernels' own thread-count dependence, and the ranks never drift apart. Rank 0
 //! alone writes (metrics, learning curve, checkpoints).
 //!
+//! With `overlap` (the default) the gradients travel in buckets while the backward pass goes
+//! on ([`ShardExchange::all_gather_stream`] with MPI's non-blocking `MPI_Iallgatherv`; the
+//! sums are the same, bit for bit).
+//!
 //! A stop (SIGINT or SIGTERM to any rank; mpirun turns Ctrl-C into SIGTERM) is agreed on
 //! inside the step's exchange, so every rank stops after the same step and rank 0 saves it.
 //! A rank that dies takes the job down through mpirun, which names it; the last checkpoint
 //! was written atomically and stays intact.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
@@ -25,8 +28,9 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;
+use mpi::Threading;
 
-use super::parallel::ShardExchange;
+use super::parallel::{ShardExchange, ShardLayout};
 use crate::error::{Error, Result};
 
 /// MPI's world communicator, as the trainer's [`ShardExchange`].
@@ -36,16 +40,25 @@ pub struct MpiExchange {
     requested: Arc<AtomicBool>,
     /// Set on every rank in the exchange after any rank's `requested`: the flag the run checks.
     agreed: Arc<AtomicBool>,
-    /// Seconds spent in the exchanges so far (waiting for the slowest rank included).
-    exchange_seconds: Cell<f64>,
+    /// Whether the gradients travel while the backward pass goes on.
+    overlap: bool,
+    /// Seconds the steps waited for their exchanges after the backward pass (waiting for the
+    /// slowest rank included).
+    exchange_seconds: Mutex<f64>,
     // Finalises MPI when dropped, after the communicator.
     _universe: Universe,
 }
 
-// SAFETY: MPI is initialised with MPI_THREAD_SERIALIZED, and the exchange is only used
-// through `&self` of the trainer that owns it, one call at a time (the trainer's steps are
-// `&mut self`).
+// SAFETY: MPI is initialised with MPI_THREAD_SERIALIZED (overlap needs at least that level),
+// and the exchange is used by one thread at a time: the trainer that owns it calls it between
+// steps or inside a step (`&mut self`), where one exchange thread alone calls it while the
+// other threads compute.
 unsafe impl Send for MpiExchange {}
+unsafe impl Sync for MpiExchange {}
+
+/// How often the exchange thread looks for a ready bucket, and meanwhile lets MPI move the
+/// buckets in flight (Open MPI progresses non-blocking collectives inside MPI calls).
+const POLL: Duration = Duration::from_micros(200);
 
 impl MpiExchange {
     /// Whether this process was started by an MPI launcher (mpirun, mpiexec, srun).
@@ -57,16 +70,24 @@ impl MpiExchange {
 
     /// Initialises MPI. `requested` is the flag this process's signal handler sets; the
     /// returned exchange's [`MpiExchange::stop_flag`] is the one every rank sets together.
-    pub fn initialize(requested: Arc<AtomicBool>) -> Result<MpiExchange> {
-        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+    /// With `overlap` the gradients travel while the backward pass goes on, if this MPI lets
+    /// a thread other than the main one call it (MPI_THREAD_SERIALIZED); see [`MpiExchange::overlaps`].
+    pub fn initialize(requested: Arc<AtomicBool>, overlap: bool) -> Result<MpiExchange> {
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| Error::msg("MPI was already initialised in this process"))?;
+        let threads_allowed = matches!(provided, Threading::Serialized | Threading::Multiple);
         Ok(MpiExchange {
             world: universe.world(),
             requested,
             agreed: Arc::new(AtomicBool::new(false)),
-            exchange_seconds: Cell::new(0.0),
+            overlap: overlap && threads_allowed,
+            exchange_seconds: Mutex::new(0.0),
             _universe: universe,
         })
+    }
+
+    fn add_exchange_seconds(&self, seconds: f64) {
+        *self.exchange_seconds.lock().unwrap() += seconds;
     }
 
     /// The flag set on every rank once any rank was asked to stop (checked between steps).
@@ -157,7 +178,70 @@ impl ShardExchange for MpiExchange {
     }
 
     fn exchange_seconds(&self) -> f64 {
-        self.exchange_seconds.get()
+        *self.exchange_seconds.lock().unwrap()
+    }
+
+    fn overlaps(&self) -> bool {
+        self.overlap
+    }
+
+    /// Every message leaves as soon as `next` hands it over (`MPI_Iallgatherv`); while
+    /// waiting for the next one the thread tests the messages in flight, which lets Open MPI
+    /// move them. The wait after the last message counts as exchange time.
+    fn all_gather_stream(
+        &self,
+        shards: usize,
+        lengths: &[usize],
+        next: &mut dyn FnMut(&mut [f32], Duration) -> bool,
+    ) -> Vec<Vec<f32>> {
+        self.agree_on_stop();
+        let (rank, ranks) = (self.rank(), self.ranks());
+        let count = |length: usize, rank: usize| {
+            Count::try_from(ShardLayout::local_count(shards, rank, ranks) * length)
+                .expect("an exchange of more than 2^31 values")
+        };
+        let counts: Vec<Vec<Count>> = lengths
+            .iter()
+            .map(|&length| (0..ranks).map(|r| count(length, r)).collect())
+            .collect();
+        let displacements: Vec<Vec<Count>> = counts.iter().map(|c| displacements(c)).collect();
+        let mut sent: Vec<Vec<f32>> = lengths
+            .iter()
+            .map(|&length| vec![0.0; count(length, rank) as usize])
+            .collect();
+        let mut gathered: Vec<Vec<f32>> = lengths.iter().map(|&length| vec![0.0; shards * length]).collect();
+        let mut partitions: Vec<_> = gathered
+            .iter_mut()
+            .zip(&counts)
+            .zip(&displacements)
+            .map(|((buffer, counts), displacements)| {
+                PartitionMut::new(&mut buffer[..], &counts[..], &displacements[..])
+            })
+            .collect();
+        let waited = mpi::request::scope(|scope| {
+            let mut in_flight = Vec::new();
+            for (message, partition) in sent.iter_mut().zip(partitions.iter_mut()) {
+                while !next(message, POLL) {
+                    in_flight = in_flight
+                        .into_iter()
+                        .filter_map(|request: mpi::request::Request<'_, _, _>| request.test().err())
+                        .collect();
+                }
+                let message: &[f32] = message;
+                in_flight.push(
+                    self.world
+                        .immediate_all_gather_varcount_into(scope, message, partition),
+                );
+            }
+            let started = Instant::now();
+            for request in in_flight {
+                request.wait();
+            }
+            started.elapsed().as_secs_f64()
+        });
+        drop(partitions);
+        self.add_exchange_seconds(waited);
+        gathered
     }
 
     fn all_gather(&self, local: &[f32]) -> Vec<f32> {
@@ -171,8 +255,7 @@ impl ShardExchange for MpiExchange {
             let mut partition = PartitionMut::new(&mut gathered[..], &counts[..], &displacements[..]);
             self.world.all_gather_varcount_into(local, &mut partition);
         }
-        self.exchange_seconds
-            .set(self.exchange_seconds.get() + started.elapsed().as_secs_f64());
+        self.add_exchange_seconds(started.elapsed().as_secs_f64());
         gathered
     }
 }

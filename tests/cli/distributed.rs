@@ -132,6 +132,44 @@ fn the_same_layout_repeats_bit_for_bit_and_a_killed_rank_stops_the_job_which_res
     assert_same_state(&first.join("last.ckpt"), &killed.join("last.ckpt"));
 }
 
+/// The gradients sent in buckets during the backward pass (the default) or all at once after
+/// it: the same steps, bit for bit, on 2 and on 3 ranks (4 shards: ranks of 2, 1 and 1 shards).
+#[test]
+fn overlapping_the_exchange_with_the_backward_pass_changes_no_bit() {
+    let (root, data) = fixture("mpi-overlap");
+    for ranks in [2, 3] {
+        let runs = [("true", "overlap"), ("false", "after")].map(|(overlap, name)| {
+            let out = root.join(format!("{name}-{ranks}"));
+            let flags = [&SHORT[..], &["--shards", "4", "--overlap-exchange", overlap]].concat();
+            let stdout = succeed(&mut mpirun(ranks, 1, &data, &out, &flags));
+            assert!(stdout.contains("rank 0 waited for its exchanges"), "{stdout}");
+            out
+        });
+        assert_same_state(&runs[0].join("last.ckpt"), &runs[1].join("last.ckpt"));
+    }
+    // Ranks that disagree on it are refused before the first step.
+    let program = env!("CARGO_BIN_EXE_sbfnet");
+    let args = |overlap: &str| -> Vec<String> {
+        let flags = [&["--threads", "1", "--overlap-exchange"][..], &[overlap]].concat();
+        let command = train_command(&data, &root.join("mixed"), &flags);
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    };
+    let output = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "1", program])
+        .args(args("true"))
+        .arg(":")
+        .args(["-np", "1", program])
+        .args(args("false"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("overlap-exchange"), "{stdout}\n{stderr}");
+}
+
 /// The PID of rank `rank` of a run writing into `out` (its environment names the rank, its
 /// command line the folder).
 fn wait_for_rank(rank: usize, out: &Path, timeout: std::time::Duration) -> u32 {

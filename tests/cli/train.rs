@@ -543,6 +543,10 @@ fn impossible_settings_are_refused_with_one_line() {
             "\"stage4\", which is no convolution of resnet20",
         ),
         (vec!["--batch-size", "64"], "larger than the 40 training images"),
+        (
+            vec!["--overlap-exchange", "false"],
+            "--overlap-exchange applies to a run across processes only",
+        ),
     ] {
         let output = sbfnet(&[&["train", "--data", d, "--out", s(&out)][..], &args].concat());
         let (_, stderr) = text(&output);

@@ -329,20 +329,24 @@ fn distillation_pulls_the_student_towards_the_teacher() {
     assert!(after < 0.9 * before, "KL(teacher ‖ student) {before} -> {after}");
 }
 
-/// An exchange between processes played in one process: `Capture` records what rank `rank`
-/// sends (and answers zeros for the other ranks' shards); `Replay` answers every rank's
-/// recorded message, as MPI's all-gather would.
+/// An exchange between processes played in one process: `Capture` records each message rank
+/// `rank` sends (and answers zeros for the other ranks' shards); `Replay` answers, call after
+/// call, every rank's recorded messages, as MPI's all-gather would. With `overlap` the step
+/// sends its gradients in buckets ([`ShardExchange::all_gather_stream`]).
 enum FakeExchange {
     Capture {
         rank: usize,
         ranks: usize,
         shards: usize,
-        sent: std::sync::Arc<std::sync::Mutex<Vec<f32>>>,
+        overlap: bool,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<f32>>>>,
     },
     Replay {
         rank: usize,
         ranks: usize,
-        gathered: Vec<f32>,
+        overlap: bool,
+        gathered: Vec<Vec<f32>>,
+        calls: std::sync::Mutex<usize>,
     },
 }
 
@@ -359,6 +363,12 @@ impl ShardExchange for FakeExchange {
         }
     }
 
+    fn overlaps(&self) -> bool {
+        match self {
+            FakeExchange::Capture { overlap, .. } | FakeExchange::Replay { overlap, .. } => *overlap,
+        }
+    }
+
     fn all_gather(&self, local: &[f32]) -> Vec<f32> {
         match self {
             FakeExchange::Capture {
@@ -366,15 +376,20 @@ impl ShardExchange for FakeExchange {
                 ranks,
                 shards,
                 sent,
+                ..
             } => {
-                sent.lock().unwrap().extend_from_slice(local);
+                sent.lock().unwrap().push(local.to_vec());
                 let shard_len = local.len() / ShardLayout::local_count(*shards, *rank, *ranks);
                 let mut gathered = vec![0.0; shards * shard_len];
                 let first = rank * shards / ranks;
                 gathered[first * shard_len..][..local.len()].copy_from_slice(local);
                 gathered
             }
-            FakeExchange::Replay { gathered, .. } => gathered.clone(),
+            FakeExchange::Replay { gathered, calls, .. } => {
+                let mut calls = calls.lock().unwrap();
+                *calls += 1;
+                gathered[*calls - 1].clone()
+            }
         }
     }
 
@@ -386,7 +401,8 @@ impl ShardExchange for FakeExchange {
 /// A step across R simulated processes (each computing its share of the S shards, the
 /// exchange bringing the others') leaves every process with the parameters and batch-norm
 /// statistics of one process computing all S shards, bit for bit: the shards are summed in
-/// global shard order wherever they were computed.
+/// global shard order wherever they were computed, and whether the gradients travel after the
+/// backward pass or in buckets during it.
 #[test]
 fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
     let set = synthetic_set(24, 4, 5);
@@ -409,9 +425,9 @@ fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
     };
     let mut alone = Trainer::new(&spec, config.clone(), 24).unwrap();
     alone.train_step(&x, &labels);
-    for ranks in [2, 3] {
+    for (ranks, overlap) in [(2, false), (3, false), (2, true), (3, true)] {
         // What each rank sends, then every rank's step on what all of them sent.
-        let mut gathered = Vec::new();
+        let mut sent_by_rank = Vec::new();
         for rank in 0..ranks {
             let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
@@ -419,25 +435,34 @@ fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
                 rank,
                 ranks,
                 shards: 3,
+                overlap,
                 sent: sent.clone(),
             };
             trainer.distribute(Box::new(capture)).unwrap();
             trainer.train_step(&x, &labels);
-            gathered.extend_from_slice(&sent.lock().unwrap());
+            sent_by_rank.push(sent.lock().unwrap().clone());
         }
+        // One message a step after the backward pass; the report and then every bucket with it.
+        let messages = sent_by_rank[0].len();
+        assert_eq!(messages > 1, overlap, "{messages} messages a step");
+        let gathered: Vec<Vec<f32>> = (0..messages)
+            .map(|m| sent_by_rank.iter().flat_map(|sent| sent[m].clone()).collect())
+            .collect();
         for rank in 0..ranks {
             let mut trainer = Trainer::new(&spec, config.clone(), 24).unwrap();
             let replay = FakeExchange::Replay {
                 rank,
                 ranks,
+                overlap,
                 gathered: gathered.clone(),
+                calls: std::sync::Mutex::new(0),
             };
             trainer.distribute(Box::new(replay)).unwrap();
             let step = trainer.train_step(&x, &labels);
             assert!(step.fault.is_none());
             assert!(
                 state(&trainer) == state(&alone),
-                "rank {rank} of {ranks} differs from one process"
+                "rank {rank} of {ranks} (overlap {overlap}) differs from one process"
             );
         }
     }
@@ -446,7 +471,9 @@ fn a_step_across_processes_equals_the_one_process_step_bit_for_bit() {
     let four = FakeExchange::Replay {
         rank: 0,
         ranks: 4,
+        overlap: false,
         gathered: Vec::new(),
+        calls: std::sync::Mutex::new(0),
     };
     let error = trainer.distribute(Box::new(four)).err().unwrap().to_string();
     assert!(error.contains("`shards` (3)"), "{error}");
@@ -466,7 +493,9 @@ fn every_rank_takes_rank_zero_s_value() {
         let replay = FakeExchange::Replay {
             rank,
             ranks: 2,
-            gathered: vec![7.0, 4.0],
+            overlap: false,
+            gathered: vec![vec![7.0, 4.0]],
+            calls: std::sync::Mutex::new(0),
         };
         trainer.distribute(Box::new(replay)).unwrap();
         assert_eq!(trainer.rank_zero_value([7, 4][rank]), 7, "rank {rank}");
