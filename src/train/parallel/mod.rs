@@ -144,7 +144,9 @@ pub fn data_parallel_gradients(
 /// shard order, so each process ends with the one-process result, bit for bit,
 /// whatever the split over processes. (Volume: every shard's gradient to every
 /// process, S × |θ| floats a step, not a ring all-reduce's 2|θ|: the price of
-/// that exactness, small for CIFAR ResNets on a few processes.)
+/// that exactness, small for CIFAR ResNets on a few processes.) With an exchange
+/// that [`ShardExchange::overlaps`], the gradients travel in buckets while the
+/// backward pass goes on (`overlap.rs`), to the same sums bit for bit.
 pub fn data_parallel_gradients_in(
     layout: ShardLayout,
     store: &mut ParamStore,
