@@ -137,10 +137,12 @@ pub fn run(args: PruneCommandArgs) -> Result<()> {
     std::fs::write(
         &note,
         format!(
-            "from {}\nrate {rate}\nmask_init {}\ntemplate_choice {}\n",
+            "from {}\nrate {rate}\nmask_init {}\ntemplate_choice {}\n{} {}\n",
             from.display(),
             prune::ramp::init_name(init),
-            choice.name()
+            choice.name(),
+            sbfnet::train::report::DENSE_SECONDS_KEY,
+            dense.get("elapsed_seconds").unwrap_or("0"),
         ),
     )
     .map_err(|e| Error::io(&note, "cannot write the conversion note", e))?;

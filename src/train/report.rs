@@ -43,10 +43,17 @@ pub struct RunSummary {
     pub macs: usize,
     pub dense_macs: usize,
     pub seconds: f64,
+    /// The wall time of the run this one started from (a converted run: the dense run's, which
+    /// the route also took); 0 for a run from scratch.
+    pub seconds_before: f64,
     /// For a dense run narrower than its default width: the full-width model's name, dense
     /// parameters and dense MACs (what [`read_runs`] needs to report it as the thin baseline).
     pub full_width: Option<(String, usize, usize)>,
 }
+
+/// The line of a conversion note (and of a converted run's summary.txt) that holds the dense
+/// run's wall time in seconds.
+pub const DENSE_SECONDS_KEY: &str = "dense_seconds";
 
 /// The file that stands for a run's checkpoint in a results folder (no checkpoints committed):
 /// [`RunSummary::summary_text`].
@@ -148,6 +155,14 @@ impl RunSummary {
             macs: table.iter().map(|r| r.macs).sum(),
             dense_macs: table.iter().map(|r| r.dense_macs).sum(),
             seconds: number("elapsed_seconds"),
+            seconds_before: note
+                .as_deref()
+                .and_then(|note| {
+                    note.lines()
+                        .find_map(|l| l.strip_prefix(DENSE_SECONDS_KEY)?.strip_prefix(' '))
+                })
+                .and_then(|seconds| seconds.parse().ok())
+                .unwrap_or(0.0),
             full_width,
         })
     }
@@ -156,7 +171,7 @@ impl RunSummary {
 impl RunSummary {
     /// What a results folder keeps of the checkpoint: `key value` lines.
     pub fn summary_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "model {}\nmethod {}\ndense {}\nparams {}\ndense_params {}\nmacs {}\ndense_macs {}\n",
             self.model,
             self.method,
@@ -165,7 +180,11 @@ impl RunSummary {
             self.dense_params,
             self.macs,
             self.dense_macs
-        )
+        );
+        if self.seconds_before > 0.0 {
+            text += &format!("{DENSE_SECONDS_KEY} {}\n", self.seconds_before);
+        }
+        text
     }
 
     /// A run of a results folder: `summary.txt` and `metrics.csv` (accuracy of the last and the best
@@ -199,6 +218,10 @@ impl RunSummary {
             macs: count("macs")?,
             dense_macs: count("dense_macs")?,
             seconds: rows.last().map_or(f64::NAN, |r| r.elapsed_seconds),
+            seconds_before: value(DENSE_SECONDS_KEY)
+                .ok()
+                .and_then(|seconds| seconds.parse().ok())
+                .unwrap_or(0.0),
             full_width: None,
         })
     }
@@ -254,8 +277,17 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
             ),
             None => ("–".into(), "–".into()),
         };
+        // A converted run's wall time is the route's: the dense run's and its own.
+        let wall = match run.seconds_before {
+            before if before > 0.0 => format!(
+                "{:.0} s ({before:.0} s dense + {:.0} s)",
+                before + run.seconds,
+                run.seconds
+            ),
+            _ => format!("{:.0} s", run.seconds),
+        };
         text += &format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.0} s |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {wall} |\n",
             run.folder,
             run.model,
             run.method,
@@ -265,7 +297,6 @@ pub fn markdown_table(runs: &[RunSummary]) -> String {
             change,
             100.0 * (1.0 - run.macs as f64 / run.dense_macs.max(1) as f64),
             100.0 * (1.0 - run.params as f64 / run.dense_params.max(1) as f64),
-            run.seconds
         );
     }
     text
@@ -416,6 +447,30 @@ mod tests {
             elapsed_seconds: 10.0 * epoch as f64,
         };
         write_csv(&dir.join("metrics.csv"), &[row(1), row(2)]).unwrap();
+    }
+
+    #[test]
+    fn a_converted_run_s_wall_time_includes_the_dense_run_s() {
+        let dir = std::env::temp_dir().join(format!("sbfnet-report-converted-{}", std::process::id()));
+        let converted = dir.join("converted");
+        write_run(&converted, "resnet8", 0.6);
+        std::fs::write(
+            converted.join(CONVERSION_NOTE),
+            "from dense/last.ckpt\ndense_seconds 100\n",
+        )
+        .unwrap();
+        let run = RunSummary::read(&converted).unwrap();
+        assert_eq!(run.seconds_before, 100.0);
+        // A results folder keeps it in summary.txt.
+        let recorded = dir.join("recorded");
+        std::fs::create_dir_all(&recorded).unwrap();
+        std::fs::write(recorded.join(SUMMARY_FILE), run.summary_text()).unwrap();
+        std::fs::copy(converted.join("metrics.csv"), recorded.join("metrics.csv")).unwrap();
+        let again = RunSummary::read(&recorded).unwrap();
+        assert_eq!((again.seconds, again.seconds_before), (20.0, 100.0));
+        let table = markdown_table(&[again]);
+        assert!(table.contains("| 120 s (100 s dense + 20 s) |"), "{table}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

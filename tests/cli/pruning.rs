@@ -148,6 +148,13 @@ fn convert_a_dense_run(root: &Path, data: &Path, common: &[&str]) {
     );
     let note = std::fs::read_to_string(root.join("converted").join("converted_from.txt")).unwrap();
     assert!(note.contains("template_choice best-fit"), "{note}");
+    // The route's wall time is the dense run's and the fine-tuning's.
+    let (ok, table) = sbfnet(&["report", s(root)]);
+    let row = table.lines().find(|l| l.starts_with("| converted |"));
+    assert!(
+        ok && row.is_some_and(|row| row.contains(" s dense + ")),
+        "{table}"
+    );
     // The fine-tuning honours the output flags (it used to drop them).
     assert!(text.contains("on non-finite: skip"), "{text}");
     assert!(
