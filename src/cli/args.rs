@@ -26,8 +26,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Across processes (under mpirun): send the gradients in buckets while the backward pass
-    /// goes on (true), or all at once after it (false); the step is the same bit for bit
-    /// [default: true]
+    /// goes on (true), or all at once after it (false); the step is the same bit for bit. The
+    /// overlap needs a core to spare for the exchange thread [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub overlap_exchange: Option<bool>,
     #[command(flatten)]

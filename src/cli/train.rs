@@ -52,7 +52,7 @@ fn hook_steps(name: &str) -> Result<Vec<usize>> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // 0. Under mpirun: one process of a run across processes (`--features mpi`).
-    let mut processes = Processes::from_launch(args.overlap_exchange.unwrap_or(true))?;
+    let mut processes = Processes::from_launch(args.overlap_exchange.unwrap_or(false))?;
     if args.overlap_exchange.is_some() && processes.count() == 1 {
         return Err(Error::msg(
             "--overlap-exchange applies to a run across processes only (started by mpirun, built with --features mpi)",

@@ -9,7 +9,7 @@
 //! up to the kernels' own thread-count dependence, and the ranks never drift apart. Rank 0
 //! alone writes (metrics, learning curve, checkpoints).
 //!
-//! With `overlap` (the default) the gradients travel in buckets while the backward pass goes
+//! With `overlap` (`--overlap-exchange`) the gradients travel in buckets while the backward pass goes
 //! on ([`ShardExchange::all_gather_stream`] with MPI's non-blocking `MPI_Iallgatherv`; the
 //! sums are the same, bit for bit).
 //!
