@@ -70,17 +70,22 @@ impl MpiExchange {
 
     /// Initialises MPI. `requested` is the flag this process's signal handler sets; the
     /// returned exchange's [`MpiExchange::stop_flag`] is the one every rank sets together.
-    /// With `overlap` the gradients travel while the backward pass goes on, if this MPI lets
-    /// a thread other than the main one call it (MPI_THREAD_SERIALIZED); see [`MpiExchange::overlaps`].
+    /// With `overlap` the gradients travel while the backward pass goes on, which needs an
+    /// MPI that lets a thread other than the main one call it (MPI_THREAD_SERIALIZED).
     pub fn initialize(requested: Arc<AtomicBool>, overlap: bool) -> Result<MpiExchange> {
         let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| Error::msg("MPI was already initialised in this process"))?;
         let threads_allowed = matches!(provided, Threading::Serialized | Threading::Multiple);
+        if overlap && !threads_allowed {
+            return Err(Error::msg(format!(
+                "`overlap_exchange` needs an MPI that lets a second thread call it (MPI_THREAD_SERIALIZED); this one offers {provided:?}"
+            )));
+        }
         Ok(MpiExchange {
             world: universe.world(),
             requested,
             agreed: Arc::new(AtomicBool::new(false)),
-            overlap: overlap && threads_allowed,
+            overlap,
             exchange_seconds: Mutex::new(0.0),
             _universe: universe,
         })
