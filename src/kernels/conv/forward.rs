@@ -2,7 +2,7 @@
 //! pixel layout (here) or the channel layout of small maps (`channels.rs`).
 
 use super::super::microkernel::{gemm_tile, store_lanes, with_tile, GatherMatrix, Tiling};
-use super::super::simd::{with_vector, Isa, Vector, VectorKind};
+use super::super::simd::{with_vector, Isa, Vector};
 use super::super::ConvShape;
 use super::channels::{channel_vector, ChannelProduct, ConvLayout};
 use super::*;
@@ -43,8 +43,8 @@ pub fn forward_layout_with(
     }
     match layout {
         ConvLayout::PixelVectors => {
-            let kind = VectorKind::for_columns(isa, shape.out_width());
-            with_vector!(kind, V => forward_vector::<V>(shape, input, weight, output))
+            let vectors = PlaneVectors::for_plane(isa, shape.out_width());
+            with_vector!(vectors.kind, V => forward_vector::<V>(shape, vectors, input, weight, output))
         }
         ConvLayout::ChannelVectors => {
             // panel[(c, kh, kw), f] = w[f, (c, kh, kw)]
@@ -71,9 +71,9 @@ impl ConvLayout {
             return (ConvLayout::PixelVectors, 1.0); // (before building the classes)
         }
         let depth = shape.in_channels * shape.kernel * shape.kernel;
-        let kind = VectorKind::for_columns(isa, shape.out_width());
-        let pixel_macs = with_vector!(kind, V => {
-            let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+        let plane = PlaneVectors::for_plane(isa, shape.out_width());
+        let pixel_macs = with_vector!(plane.kind, V => {
+            let vectors = plane.count(shape.out_height(), shape.out_width(), V::LANES);
             let (rows, group) = Tiling::choose(V::REGISTERS, shape.out_channels, vectors).shape();
             shape.out_channels.next_multiple_of(rows) * vectors.next_multiple_of(group) * V::LANES * depth
         });
@@ -89,33 +89,40 @@ impl ConvLayout {
     }
 }
 
-fn forward_vector<V: Vector>(shape: &ConvShape, input: &[f32], weight: &[f32], output: &mut [f32]) {
-    let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+fn forward_vector<V: Vector>(
+    shape: &ConvShape,
+    plane: PlaneVectors,
+    input: &[f32],
+    weight: &[f32],
+    output: &mut [f32],
+) {
+    let vectors = plane.count(shape.out_height(), shape.out_width(), V::LANES);
     let tiling = Tiling::choose(V::REGISTERS, shape.out_channels, vectors);
-    // Stride 1, K = 3: the taps kw = 0, 1, 2 of one (c, kh) are 3 neighbouring
+    // Stride 1, K = 3, rows: the taps kw = 0, 1, 2 of one (c, kh) are 3 neighbouring
     // floats of the padded image, read through one offset (see `gemm_tile`).
-    if shape.stride == 1 && shape.kernel == 3 {
-        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 3>(shape, input, weight, output))
+    if shape.stride == 1 && shape.kernel == 3 && !plane.flat {
+        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 3>(shape, plane, input, weight, output))
     } else {
-        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 1>(shape, input, weight, output))
+        with_tile!(tiling, ROWS, VECTORS => forward_tiled::<V, ROWS, VECTORS, 1>(shape, plane, input, weight, output))
     }
 }
 
 /// RUN: taps per run of neighbouring floats in the padded image (3 or 1).
 fn forward_tiled<V: Vector, const ROWS: usize, const VECTORS: usize, const RUN: usize>(
     shape: &ConvShape,
+    plane: PlaneVectors,
     input: &[f32],
     weight: &[f32],
     output: &mut [f32],
 ) {
-    let image = PhaseSplitImage::new(shape);
+    let image = plane.image(shape);
     let offsets = image.tap_offsets();
     let depth = offsets.len(); // C·K²
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let pixels = h_out * w_out;
     let panels = shape.out_channels.div_ceil(ROWS);
     let packed_len = panels * depth * ROWS;
-    let slots = vector_slots(0..h_out, 0..w_out, V::LANES);
+    let slots = plane.slots(h_out, w_out, V::LANES);
     let panels_per_task = panels.div_ceil(tasks_per_image(shape.batch, panels));
     let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
     // packed: [panels][C·K²][ROWS], panels of w [F, C·K²]; one copy per thread

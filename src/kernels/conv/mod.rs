@@ -82,7 +82,7 @@ use std::thread::LocalKey;
 use rayon::prelude::*;
 
 use super::microkernel::SOURCE_SLACK;
-use super::simd::Vector;
+use super::simd::{Isa, Vector, VectorKind};
 use super::ConvShape;
 
 thread_local! {
@@ -259,6 +259,59 @@ fn with_task_inputs<R>(
     })
 }
 
+/// How the pixel layout covers an output plane of Ho × Wo pixels with vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::kernels) struct PlaneVectors {
+    pub kind: VectorKind,
+    /// One flat run of the plane's Ho·Wo pixels (vectors may span rows) over a
+    /// column-unrolled image ([`PhaseSplitImage::unrolled`]), instead of row by row.
+    pub flat: bool,
+}
+
+impl PlaneVectors {
+    /// Rows of Wo pixels, except on AVX-512 where a row would take 8-lane vectors (rows
+    /// narrower than 16 pixels, or 24): there the plane runs flat in 16-lane vectors. An 8×8
+    /// map is then 4 full vectors instead of 8 half ones, which matters where the CPU has two
+    /// 512-bit FMA units (a 256-bit FMA does half the work in the same slot).
+    pub fn for_plane(isa: Isa, w_out: usize) -> Self {
+        match VectorKind::for_columns(isa, w_out) {
+            VectorKind::Avx512Lanes8 => PlaneVectors {
+                kind: VectorKind::Avx512Lanes16,
+                flat: true,
+            },
+            kind => PlaneVectors { kind, flat: false },
+        }
+    }
+
+    /// The vectors of `lanes` lanes covering an Ho × Wo plane: a row each (VectorSlot::row
+    /// = oh), or flat (row 0, col = the first pixel's index oh·Wo + ow).
+    pub fn slots(self, h_out: usize, w_out: usize, lanes: usize) -> Vec<VectorSlot> {
+        if self.flat {
+            vector_slots(0..1, 0..h_out * w_out, lanes)
+        } else {
+            vector_slots(0..h_out, 0..w_out, lanes)
+        }
+    }
+
+    /// How many vectors of `lanes` lanes cover an Ho × Wo plane.
+    pub fn count(self, h_out: usize, w_out: usize, lanes: usize) -> usize {
+        if self.flat {
+            (h_out * w_out).div_ceil(lanes)
+        } else {
+            h_out * w_out.div_ceil(lanes)
+        }
+    }
+
+    /// The source image a pass over these vectors reads.
+    pub fn image(self, shape: &ConvShape) -> PhaseSplitImage {
+        if self.flat {
+            PhaseSplitImage::unrolled(shape)
+        } else {
+            PhaseSplitImage::new(shape)
+        }
+    }
+}
+
 /// One image x[n] [C, H, W] zero-padded and split into s × s phases, so that
 /// every tap of a strided convolution reads neighbouring floats for
 /// neighbouring outputs:
@@ -267,13 +320,27 @@ fn with_task_inputs<R>(
 ///
 /// Tap (c, kh, kw) of output (oh, ow) is then image[c][kh mod s][kw mod s]
 /// [oh + kh div s][ow + kw div s] = `base(oh, ow) + tap_offset(c, kh, kw)`.
+///
+/// Column-unrolled ([`PhaseSplitImage::unrolled`], for flat vectors that span rows): one
+/// copy per column tap kw, rows of exactly Wo floats,
+///
+///   image[c][kw][ph][i][j] = x[n, c, i·s + ph − p, j·s + kw − p]   (0 outside x)
+///
+/// so tap (c, kh, kw) of output (oh, ow) is image[c][kw][kh mod s][oh + kh div s][ow], at
+/// `oh·Wo + ow + tap_offset(c, kh, kw)`: pixel p = oh·Wo + ow and p + 1 are neighbouring
+/// floats also where p + 1 starts the next row. (K times the floats of the phase split, written
+/// once per image: about 1/F of the pass's multiply-adds. The copies of one channel sit side by
+/// side, so that the reduction, in the order (c, kh, kw), streams through the image: with the
+/// K copies apart, each a whole image, the 64→64 forward on 8×8 maps waited on its loads.)
 #[derive(Clone, Copy, Debug)]
 pub(in crate::kernels) struct PhaseSplitImage {
     shape: ConvShape,
     /// Rows i of one phase plane: Ho + (K−1) div s.
     rows: usize,
-    /// Columns j of one phase plane: Wo + (K−1) div s.
+    /// Columns j of one phase plane: Wo + (K−1) div s, or Wo when unrolled.
     cols: usize,
+    /// One copy per column tap (see above).
+    unrolled: bool,
 }
 
 impl PhaseSplitImage {
@@ -283,6 +350,16 @@ impl PhaseSplitImage {
             shape: *shape,
             rows: shape.out_height() + reach,
             cols: shape.out_width() + reach,
+            unrolled: false,
+        }
+    }
+
+    /// The column-unrolled image (see the type's doc).
+    pub(in crate::kernels) fn unrolled(shape: &ConvShape) -> Self {
+        PhaseSplitImage {
+            cols: shape.out_width(),
+            unrolled: true,
+            ..PhaseSplitImage::new(shape)
         }
     }
 
@@ -290,9 +367,25 @@ impl PhaseSplitImage {
         self.rows * self.cols
     }
 
-    /// Floats of one image: C · s² planes.
+    /// Planes of one image: C · s · s, or K · C · s unrolled.
+    fn planes(&self) -> usize {
+        let ConvShape {
+            in_channels,
+            kernel,
+            stride,
+            ..
+        } = self.shape;
+        in_channels * stride * if self.unrolled { kernel } else { stride }
+    }
+
+    /// Floats of one image.
     pub(in crate::kernels) fn image_len(&self) -> usize {
-        self.shape.in_channels * self.shape.stride * self.shape.stride * self.plane_len()
+        self.planes() * self.plane_len()
+    }
+
+    /// Floats of one input channel's planes.
+    pub(in crate::kernels) fn channel_len(&self) -> usize {
+        self.image_len() / self.shape.in_channels
     }
 
     /// offset(c, kh, kw) for k = (c·K + kh)·K + kw, the column order of w [F, C·K²].
@@ -307,8 +400,12 @@ impl PhaseSplitImage {
         for c in 0..in_channels {
             for kh in 0..kernel {
                 for kw in 0..kernel {
-                    let plane = (c * stride + kh % stride) * stride + kw % stride;
-                    offsets.push(plane * self.plane_len() + (kh / stride) * self.cols + kw / stride);
+                    let (plane, column) = if self.unrolled {
+                        ((c * kernel + kw) * stride + kh % stride, 0)
+                    } else {
+                        ((c * stride + kh % stride) * stride + kw % stride, kw / stride)
+                    };
+                    offsets.push(plane * self.plane_len() + (kh / stride) * self.cols + column);
                 }
             }
         }
@@ -320,20 +417,24 @@ impl PhaseSplitImage {
         self.cols
     }
 
-    /// Writes image = padded, phase-split x_image [C, H, W].
+    /// Writes image = padded, phase-split (or column-unrolled) x_image [C, H, W].
     pub(in crate::kernels) fn fill(&self, x_image: &[f32], image: &mut [f32]) {
         let ConvShape {
+            in_channels: _,
             in_height,
             in_width,
+            kernel,
             stride,
             padding,
             ..
         } = self.shape;
         image.fill(0.0);
-        // Phase pw holds the columns iw = j·s + pw − p, from the first j with iw ≥ 0:
-        // (pw, first j, first iw), computed once (integer divisions by a run-time stride,
-        // per row and phase, took a third of a stride-2 forward pass).
-        let column_phases: Vec<(usize, usize, usize)> = (0..stride)
+        // Plane column phase (pw, or kw unrolled) holds the columns iw = j·s + pw − p, from
+        // the first j with iw ≥ 0: (its plane's place among the column phases, first j, first
+        // iw), computed once (integer divisions by a run-time stride, per row and phase, took
+        // a third of a stride-2 forward pass).
+        let column_phases = if self.unrolled { kernel } else { stride };
+        let first_columns: Vec<(usize, usize, usize)> = (0..column_phases)
             .map(|phase_col| {
                 let first_j = padding.saturating_sub(phase_col).div_ceil(stride);
                 (phase_col, first_j, first_j * stride + phase_col - padding)
@@ -346,14 +447,18 @@ impl PhaseSplitImage {
                 if i >= self.rows {
                     continue;
                 }
-                if stride == 1 {
+                if stride == 1 && !self.unrolled {
                     let start = (c * self.rows + i) * self.cols + padding;
                     let len = in_width.min(self.cols.saturating_sub(padding));
                     image[start..start + len].copy_from_slice(&x_row[..len]);
                     continue;
                 }
-                for &(phase_col, first_j, first_iw) in &column_phases {
-                    let plane = (c * stride + phase_row) * stride + phase_col;
+                for &(phase_col, first_j, first_iw) in &first_columns {
+                    let plane = if self.unrolled {
+                        (c * kernel + phase_col) * stride + phase_row
+                    } else {
+                        (c * stride + phase_row) * stride + phase_col
+                    };
                     let row = &mut image[plane * self.plane_len() + i * self.cols..][..self.cols];
                     copy_every_nth(stride, &x_row[first_iw..], &mut row[first_j..]);
                 }
@@ -376,6 +481,7 @@ fn copy_every_nth(stride: usize, source: &[f32], destination: &mut [f32]) {
         }
     }
     match stride {
+        1 => copy::<1>(source, destination),
         2 => copy::<2>(source, destination),
         _ => {
             for (value, chunk) in destination.iter_mut().zip(source.chunks(stride)) {

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::super::microkernel::{broadcast_tile, dot_tile, PixelPairs, TapList, SOURCE_SLACK};
-use super::super::simd::{lanes_of, with_vector, Isa, Vector, VectorKind};
+use super::super::simd::{lanes_of, with_vector, Isa, Vector};
 use super::super::ConvShape;
 use super::channels::{channel_vector, ChannelProduct, ConvLayout, CHANNEL_TILE_ROWS};
 use super::*;
@@ -73,19 +73,20 @@ pub fn weight_grad_layout_with(
     }
     match layout {
         ConvLayout::PixelVectors => {
-            let kind = VectorKind::for_columns(isa, shape.out_width());
-            with_vector!(kind, V => {
+            let plane = PlaneVectors::for_plane(isa, shape.out_width());
+            let pixels = Some(plane);
+            with_vector!(plane.kind, V => {
                 if V::REGISTERS >= 32 {
-                    weight_grad_vector::<V, 8>(layout, shape, input, grad_output, grad_weight)
+                    weight_grad_vector::<V, 8>(pixels, shape, input, grad_output, grad_weight)
                 } else {
-                    weight_grad_vector::<V, 4>(layout, shape, input, grad_output, grad_weight)
+                    weight_grad_vector::<V, 4>(pixels, shape, input, grad_output, grad_weight)
                 }
             })
         }
         ConvLayout::ChannelVectors => {
             let (kind, _) = channel_vector(isa, shape.out_channels);
             with_vector!(kind, V => {
-                weight_grad_vector::<V, CHANNEL_TILE_ROWS>(layout, shape, input, grad_output, grad_weight)
+                weight_grad_vector::<V, CHANNEL_TILE_ROWS>(None, shape, input, grad_output, grad_weight)
             })
         }
     }
@@ -100,10 +101,10 @@ impl ConvLayout {
             return ConvLayout::PixelVectors; // (before building the classes)
         }
         let depth = shape.in_channels * shape.kernel * shape.kernel;
-        let kind = VectorKind::for_columns(isa, shape.out_width());
-        let pixel_macs = with_vector!(kind, V => {
+        let plane = PlaneVectors::for_plane(isa, shape.out_width());
+        let pixel_macs = with_vector!(plane.kind, V => {
             let rows = if V::REGISTERS >= 32 { 8 } else { 4 };
-            let lanes = shape.out_height() * shape.out_width().next_multiple_of(V::LANES);
+            let lanes = plane.count(shape.out_height(), shape.out_width(), V::LANES) * V::LANES;
             shape.out_channels.next_multiple_of(rows) * lanes * depth
         });
         let (_, width) = channel_vector(isa, shape.out_channels);
@@ -113,17 +114,22 @@ impl ConvLayout {
     }
 }
 
-/// ROWS: the register tile's rows: output channels (pixel layout) or input channels (channel
-/// layout, whose tile has 4 vectors of output channels with 32 registers, 2 with 16).
+/// `pixels`: the pixel layout's vectors, or None for the channel layout. ROWS: the register
+/// tile's rows: output channels (pixel layout) or input channels (channel layout, whose tile
+/// has 4 vectors of output channels with 32 registers, 2 with 16).
 fn weight_grad_vector<V: Vector, const ROWS: usize>(
-    layout: ConvLayout,
+    pixels: Option<PlaneVectors>,
     shape: &ConvShape,
     input: &[f32],
     grad_output: &[f32],
     grad_weight: &mut [f32],
 ) {
+    let layout = match pixels {
+        Some(_) => ConvLayout::PixelVectors,
+        None => ConvLayout::ChannelVectors,
+    };
     // The pixel layout's padded images and tap offsets (the channel layout reads x as it is).
-    let geometry = (layout == ConvLayout::PixelVectors).then(|| WeightGradGeometry::new(shape, V::LANES));
+    let geometry = pixels.map(|plane| WeightGradGeometry::new(shape, plane, V::LANES));
     let pixel_geometry = || geometry.as_ref().expect("built for the pixel layout");
     let depth = shape.in_channels * shape.kernel * shape.kernel;
     let weight_len = grad_weight.len();
@@ -260,15 +266,19 @@ struct WeightGradGeometry {
     offsets: Vec<usize>,
     /// The vectors covering the Ho × Wo output pixels.
     slots: Vec<VectorSlot>,
+    /// The grid the slots cover: (Ho, Wo), or (1, Ho·Wo) for flat vectors.
+    grid: (usize, usize),
 }
 
 impl WeightGradGeometry {
-    fn new(shape: &ConvShape, lanes: usize) -> Self {
-        let image = PhaseSplitImage::new(shape);
+    fn new(shape: &ConvShape, plane: PlaneVectors, lanes: usize) -> Self {
+        let image = plane.image(shape);
+        let (h_out, w_out) = (shape.out_height(), shape.out_width());
         WeightGradGeometry {
             image,
             offsets: image.tap_offsets(),
-            slots: vector_slots(0..shape.out_height(), 0..shape.out_width(), lanes),
+            slots: plane.slots(h_out, w_out, lanes),
+            grid: if plane.flat { (1, h_out * w_out) } else { (h_out, w_out) },
         }
     }
 }
@@ -306,11 +316,13 @@ fn weight_grad_task_body<V: Vector, const ROWS: usize>(
         image,
         offsets,
         slots,
+        grid,
     } = geometry;
     let shape = &image.shape;
     let depth = offsets.len(); // C·K²
     let out_channels = shape.out_channels;
-    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    // dy's planes as rows of pixels the slots cover: Ho × Wo, or flat 1 × Ho·Wo
+    let (h_out, w_out) = *grid;
     let input_image_len = shape.in_channels * shape.in_height * shape.in_width;
     let output_image_len = out_channels * h_out * w_out;
     // dy rows are read a vector of pixels at a time, and one tile call reads the same
@@ -324,7 +336,7 @@ fn weight_grad_task_body<V: Vector, const ROWS: usize>(
     let per_image = image.image_len() + channels.len() * dy_plane;
     // One tile call reads ROWS planes of dy and about 1 channel of the image per
     // grouped image: keep that inside L1, and the group's images inside L2.
-    let tile_floats = ROWS * dy_plane + shape.stride * shape.stride * image.plane_len();
+    let tile_floats = ROWS * dy_plane + image.channel_len();
     let group = (WEIGHT_GRAD_TILE_FLOATS / tile_floats)
         .min(WEIGHT_GRAD_GROUP_FLOATS / per_image)
         .clamp(1, images.len().max(1));
