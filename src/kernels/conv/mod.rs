@@ -442,15 +442,22 @@ impl PhaseSplitImage {
             .filter(|&(_, first_j, first_iw)| first_j < self.cols && first_iw < in_width)
             .collect();
         for (c, x_channel) in x_image.chunks_exact(in_height * in_width).enumerate() {
-            for (ih, x_row) in x_channel.chunks_exact(in_width).enumerate() {
-                let (phase_row, i) = ((ih + padding) % stride, (ih + padding) / stride);
+            // row ih + p = i·s + phase_row, stepped along (no division per row)
+            let (mut phase_row, mut i) = (padding % stride, padding / stride);
+            for x_row in x_channel.chunks_exact(in_width) {
+                let row_at = (phase_row, i);
+                phase_row += 1;
+                if phase_row == stride {
+                    (phase_row, i) = (0, i + 1);
+                }
+                let (phase_row, i) = row_at;
                 if i >= self.rows {
-                    continue;
+                    break;
                 }
                 if stride == 1 && !self.unrolled {
                     let start = (c * self.rows + i) * self.cols + padding;
                     let len = in_width.min(self.cols.saturating_sub(padding));
-                    image[start..start + len].copy_from_slice(&x_row[..len]);
+                    copy_row(&x_row[..len], &mut image[start..start + len]);
                     continue;
                 }
                 for &(phase_col, first_j, first_iw) in &first_columns {
@@ -481,13 +488,35 @@ fn copy_every_nth(stride: usize, source: &[f32], destination: &mut [f32]) {
         }
     }
     match stride {
-        1 => copy::<1>(source, destination),
+        1 => {
+            let count = destination.len().min(source.len());
+            copy_row(&source[..count], &mut destination[..count]);
+        }
         2 => copy::<2>(source, destination),
         _ => {
             for (value, chunk) in destination.iter_mut().zip(source.chunks(stride)) {
                 *value = chunk[0];
             }
         }
+    }
+}
+
+/// destination = source, for the short rows of an image (8–32 floats): 8-float blocks
+/// copied inline, where `copy_from_slice` called memcpy once per row (with the row loop's
+/// divisions, a 16-channel 32×32 image's padded copy took about a fifth of its forward pass).
+#[inline(always)]
+fn copy_row(source: &[f32], destination: &mut [f32]) {
+    assert_eq!(source.len(), destination.len(), "copy_row: lengths differ");
+    let mut blocks = destination.chunks_exact_mut(8);
+    for (block, values) in (&mut blocks).zip(source.chunks_exact(8)) {
+        let values: &[f32; 8] = values.try_into().expect("8-float block");
+        let block: &mut [f32; 8] = block.try_into().expect("8-float block");
+        *block = *values;
+    }
+    let tail = blocks.into_remainder();
+    let start = source.len() - tail.len();
+    for (value, &source_value) in tail.iter_mut().zip(&source[start..]) {
+        *value = source_value;
     }
 }
 

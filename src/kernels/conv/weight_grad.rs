@@ -278,7 +278,11 @@ impl WeightGradGeometry {
             image,
             offsets: image.tap_offsets(),
             slots: plane.slots(h_out, w_out, lanes),
-            grid: if plane.flat { (1, h_out * w_out) } else { (h_out, w_out) },
+            grid: if plane.flat {
+                (1, h_out * w_out)
+            } else {
+                (h_out, w_out)
+            },
         }
     }
 }
