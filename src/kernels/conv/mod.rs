@@ -38,7 +38,10 @@
 //!
 //! Vector width: each pass picks its vector for the width of its pixel rows
 //! under `Isa::active()` (`kernels::simd`): AVX2's 8 lanes, or on AVX-512 16
-//! lanes for rows of 16 pixels or more and 8 lanes (with 32 registers) below.
+//! lanes for rows of 16 pixels or more. Below that the forward pass and the
+//! weight gradient run the output plane flat, 16-lane vectors spanning rows
+//! over a column-unrolled image (`PlaneVectors`); the input gradient, whose
+//! stride phases scatter into dx, keeps 8 lanes (with 32 registers) a row.
 //! The `_with` variant of each pass takes the instruction set, for tests and
 //! benchmarks. The task's loops run inside `Vector::compiled`.
 //!
@@ -442,15 +445,14 @@ impl PhaseSplitImage {
             .filter(|&(_, first_j, first_iw)| first_j < self.cols && first_iw < in_width)
             .collect();
         for (c, x_channel) in x_image.chunks_exact(in_height * in_width).enumerate() {
-            // row ih + p = i·s + phase_row, stepped along (no division per row)
-            let (mut phase_row, mut i) = (padding % stride, padding / stride);
+            // row ih + p = i·s + phase_row of the next row, stepped along (no division per row)
+            let (mut next_phase_row, mut next_i) = (padding % stride, padding / stride);
             for x_row in x_channel.chunks_exact(in_width) {
-                let row_at = (phase_row, i);
-                phase_row += 1;
-                if phase_row == stride {
-                    (phase_row, i) = (0, i + 1);
+                let (phase_row, i) = (next_phase_row, next_i);
+                next_phase_row += 1;
+                if next_phase_row == stride {
+                    (next_phase_row, next_i) = (0, next_i + 1);
                 }
-                let (phase_row, i) = row_at;
                 if i >= self.rows {
                     break;
                 }
