@@ -31,6 +31,8 @@ pub enum Mode {
 /// gradient slots of the whole tape.
 pub struct BackwardContext<'t> {
     values: &'t [Tensor],
+    /// The tape position of the op whose backward runs.
+    output: usize,
     grads: &'t mut [Option<Tensor>],
     requires_grad: &'t [bool],
 }
@@ -41,6 +43,12 @@ impl<'t> BackwardContext<'t> {
     pub fn value(&self, var: Var) -> &'t Tensor {
         let values: &'t [Tensor] = self.values;
         &values[var.0]
+    }
+
+    /// The forward value of the op's own output (what a ReLU epilogue reads its mask from).
+    pub fn output(&self) -> &'t Tensor {
+        let values: &'t [Tensor] = self.values;
+        &values[self.output]
     }
 
     /// The gradient accumulator of `var`, created as zeros on first use, or
@@ -248,6 +256,7 @@ impl<'s> Tape<'s> {
         };
         let mut ctx = BackwardContext {
             values: &self.values,
+            output: index,
             grads: &mut self.grads,
             requires_grad: &self.requires_grad,
         };

@@ -1,7 +1,7 @@
 //! `BatchNorm2d`: learned scale γ and shift β per channel, plus running statistics.
 
 use crate::autograd::{BatchStatistics, BufferId, ParamId, ParamStore, Tape, Var};
-use crate::ops::batch_norm::{batch_norm2d, Statistics};
+use crate::ops::batch_norm::{batch_norm2d_with, Epilogue, Statistics};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
@@ -34,10 +34,17 @@ impl BatchNorm2d {
     /// Training mode: normalise with batch statistics and record them on the
     /// tape; evaluation mode: normalise with the running statistics.
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
+        self.forward_with(tape, x, Epilogue::default())
+    }
+
+    /// [`Self::forward`] with a residual and a ReLU fused into the same pass (the same floats
+    /// as the separate ops, with fewer tensors written and kept).
+    pub fn forward_with(&self, tape: &mut Tape, x: Var, epilogue: Epilogue) -> Var {
         let gamma = tape.param(self.gamma);
         let beta = tape.param(self.beta);
         if tape.is_training() {
-            let (y, measured) = batch_norm2d(tape, x, gamma, beta, self.eps, Statistics::Batch);
+            let (y, measured) =
+                batch_norm2d_with(tape, x, gamma, beta, self.eps, Statistics::Batch, epilogue);
             let measured = measured.expect("batch statistics are measured in training mode");
             tape.record_batch_statistics(BatchStatistics {
                 running_mean: self.running_mean,
@@ -54,7 +61,7 @@ impl BatchNorm2d {
                 mean: &params.buffer(self.running_mean).data,
                 var: &params.buffer(self.running_var).data,
             };
-            batch_norm2d(tape, x, gamma, beta, self.eps, statistics).0
+            batch_norm2d_with(tape, x, gamma, beta, self.eps, statistics, epilogue).0
         }
     }
 }

@@ -17,6 +17,7 @@
 use super::conv_layer::{ConvLayer, ConvPlan};
 use super::{BatchNorm2d, Linear};
 use crate::autograd::{ParamStore, Tape, Var};
+use crate::ops::batch_norm::Epilogue;
 use crate::ops::{self, ConvConfig};
 use rand::Rng;
 
@@ -80,18 +81,16 @@ impl BasicBlock {
     /// x [N, C, H, W] → y [N, F, H/s, W/s]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         let h = self.conv1.forward(tape, x);
-        let h = self.bn1.forward(tape, h);
-        let h = ops::relu(tape, h);
+        let h = self.bn1.forward_with(tape, h, Epilogue::RELU); // relu(bn1(conv1(x)))
         let h = self.conv2.forward(tape, h);
-        let h = self.bn2.forward(tape, h);
         let out_channels = self.conv2.out_channels();
         let shortcut = if self.stride != 1 || self.conv1.in_channels() != out_channels {
             ops::shortcut_option_a(tape, x, out_channels, self.stride)
         } else {
             x
         };
-        let sum = ops::add(tape, h, shortcut);
-        ops::relu(tape, sum)
+        // relu(bn2(h) + shortcut), in one pass
+        self.bn2.forward_with(tape, h, Epilogue::residual_relu(shortcut))
     }
 }
 
@@ -168,8 +167,7 @@ impl ResNet {
     /// image [N, 3, 32, 32] → logits [N, classes]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         let h = self.stem.forward(tape, x);
-        let h = self.stem_bn.forward(tape, h);
-        let mut h = ops::relu(tape, h);
+        let mut h = self.stem_bn.forward_with(tape, h, Epilogue::RELU);
         for block in self.stages.iter().flatten() {
             h = block.forward(tape, h);
         }

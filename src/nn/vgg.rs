@@ -15,6 +15,7 @@
 use super::conv_layer::{ConvLayer, ConvPlan};
 use super::{BatchNorm2d, Linear};
 use crate::autograd::{ParamStore, Tape, Var};
+use crate::ops::batch_norm::Epilogue;
 use crate::ops::{self, ConvConfig};
 use rand::Rng;
 
@@ -116,8 +117,7 @@ impl Vgg {
             h = match layer {
                 VggLayer::Conv { conv, bn } => {
                     let c = conv.forward(tape, h);
-                    let b = bn.forward(tape, c);
-                    ops::relu(tape, b)
+                    bn.forward_with(tape, c, Epilogue::RELU) // relu(bn(conv(h)))
                 }
                 VggLayer::Pool => ops::max_pool(tape, h, 2),
             };

@@ -10,10 +10,41 @@
 //!
 //! Evaluation (running statistics μ_r, σ²_r are constants):
 //!   y = γ·(x − μ_r)/√(σ²_r + ε) + β,   ∂L/∂x = R·γ/√(σ²_r + ε)
+//!
+//! Epilogue (optional, in the same pass, so the intermediate tensors never exist): a residual
+//! s added and a ReLU applied, out = max(y + s, 0), the end of a ResNet block. Backward: the
+//! ReLU's mask is read from `out` (out > 0 exactly where y + s > 0), R′ = R·`[out > 0]`,
+//! ∂L/∂s = R′, and R′ goes through the formulas above. The same floats as
+//! batch_norm2d → add → relu (`fused_epilogue_matches_the_three_ops` checks it bit for bit).
 
 use crate::autograd::{Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, PARALLEL_CHUNK};
 use rayon::prelude::*;
+
+/// What the normalisation's pass does before it writes its output: out = max(y + s, 0).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue {
+    /// s: a tensor of x's shape added to y (a ResNet block's shortcut).
+    pub residual: Option<Var>,
+    /// max(·, 0) last.
+    pub relu: bool,
+}
+
+impl Epilogue {
+    /// Batch norm, then ReLU.
+    pub const RELU: Epilogue = Epilogue {
+        residual: None,
+        relu: true,
+    };
+
+    /// Batch norm, then + `residual`, then ReLU.
+    pub fn residual_relu(residual: Var) -> Epilogue {
+        Epilogue {
+            residual: Some(residual),
+            relu: true,
+        }
+    }
+}
 
 /// Which statistics normalise the input.
 #[derive(Clone, Copy, Debug)]
@@ -107,7 +138,28 @@ pub fn batch_norm2d(
     eps: f32,
     statistics: Statistics,
 ) -> (Var, Option<MeasuredStatistics>) {
+    batch_norm2d_with(tape, x, gamma, beta, eps, statistics, Epilogue::default())
+}
+
+/// [`batch_norm2d`] followed by `epilogue` in the same pass: out = max(y + s, 0) with the
+/// residual and the ReLU that it names (the module doc has the backward).
+pub fn batch_norm2d_with(
+    tape: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    eps: f32,
+    statistics: Statistics,
+    epilogue: Epilogue,
+) -> (Var, Option<MeasuredStatistics>) {
     let [n_batch, channels, h, w] = tape.value(x).nchw("batch_norm2d");
+    if let Some(residual) = epilogue.residual {
+        let (rs, xs) = (&tape.value(residual).shape, &tape.value(x).shape);
+        assert_eq!(
+            rs, xs,
+            "batch_norm2d: residual shape {rs:?} does not match input {xs:?}"
+        );
+    }
     for (name, v) in [("gamma", gamma), ("beta", beta)] {
         let s = &tape.value(v).shape;
         assert_eq!(
@@ -160,14 +212,38 @@ pub fn batch_norm2d(
     let (gv, bv) = (tape.value(gamma), tape.value(beta));
     let a: Vec<f32> = (0..channels).map(|c| gv.data[c] * inv_std[c]).collect();
     let b: Vec<f32> = (0..channels).map(|c| bv.data[c] - mean[c] * a[c]).collect();
+    // out = max(y + s, 0) as the epilogue asks, each step rounded as the separate ops round it
+    let residual = epilogue.residual.map(|s| &tape.value(s).data);
+    let relu = epilogue.relu;
     let y = Tensor::from_planes(&xv.shape, plane, |p| {
         let (a, b) = (a[p % channels], b[p % channels]);
-        xv.data[p * plane..][..plane].iter().map(move |&xi| a * xi + b)
+        let x = &xv.data[p * plane..][..plane];
+        let s = residual.map(|s| &s[p * plane..][..plane]);
+        (0..plane).map(move |i| {
+            let mut v = a * x[i] + b;
+            if let Some(s) = s {
+                v += s[i];
+            }
+            if relu && v < 0.0 {
+                v = 0.0;
+            }
+            v
+        })
     });
     let uses_batch_statistics = measured.is_some();
-    let out = tape.push(y, &[x, gamma, beta], move |grad_y, ctx| {
+    let mut inputs = vec![x, gamma, beta];
+    inputs.extend(epilogue.residual);
+    let out = tape.push(y, &inputs, move |grad_y, ctx| {
         let (xv, gv) = (ctx.value(x), ctx.value(gamma));
-        let r = &grad_y.data;
+        // R′ = R·[out > 0] through the ReLU (the same floats as the ReLU op's backward)
+        let masked = relu.then(|| Tensor {
+            shape: grad_y.shape.clone(),
+            data: (grad_y.data.par_iter().with_min_len(PARALLEL_CHUNK))
+                .zip(&ctx.output().data)
+                .map(|(&gy, &v)| gy * if v > 0.0 { 1.0 } else { 0.0 })
+                .collect(),
+        });
+        let r = &masked.as_ref().unwrap_or(grad_y).data;
         // Σ R and Σ R·(x − μ) per channel, then Σ R·x̂ = inv_std·Σ R·(x − μ): [C]
         let (sum_r, sum_r_centred) = channel_sums(n_batch * channels, channels, |p| {
             let range = p * plane..(p + 1) * plane;
@@ -212,6 +288,13 @@ pub fn batch_norm2d(
                     .map(move |(&ri, &xi)| k_r * ri + k_x * xi + k_1)
             });
             ctx.accumulate(x, grad_x);
+        }
+        // ∂L/∂s = R′, handed over whole where it is a fresh tensor
+        if let Some(residual) = epilogue.residual {
+            match masked {
+                Some(masked) => ctx.accumulate(residual, masked),
+                None => ctx.accumulate_copy(residual, grad_y),
+            }
         }
     });
     (out, measured)
@@ -429,6 +512,99 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused epilogue against batch_norm2d → add → relu: output and every gradient
+    /// (x, γ, β, the residual) bit for bit, with and without a residual, both statistics.
+    /// The shift makes about half of the values negative, so the ReLU's mask matters.
+    #[test]
+    fn fused_epilogue_matches_the_three_ops() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let shape = [3usize, 4, 5, 7];
+        let x = Tensor::normal(&shape, 2.0, &mut rng);
+        let residual = Tensor::normal(&shape, 1.0, &mut rng);
+        let gamma = Tensor::uniform(&[4], 0.5, 1.5, &mut rng);
+        let beta = Tensor::normal(&[4], 0.5, &mut rng);
+        let grad_y = Tensor::normal(&shape, 1.0, &mut rng);
+        let (mean, var) = ([0.3f32, -0.2, 0.1, 0.0], [1.5f32, 0.7, 2.0, 1.0]);
+        for running in [false, true] {
+            let statistics = if running {
+                Statistics::Running {
+                    mean: &mean,
+                    var: &var,
+                }
+            } else {
+                Statistics::Batch
+            };
+            for with_residual in [false, true] {
+                let run = |fused: bool| {
+                    let store = crate::autograd::ParamStore::default();
+                    let mut tape = Tape::new(&store, crate::autograd::Mode::Train);
+                    let vars =
+                        [x.clone(), gamma.clone(), beta.clone(), residual.clone()].map(|t| tape.leaf(t));
+                    let skip = with_residual.then_some(vars[3]);
+                    let y = if fused {
+                        let epilogue = Epilogue {
+                            residual: skip,
+                            relu: true,
+                        };
+                        batch_norm2d_with(&mut tape, vars[0], vars[1], vars[2], 1e-5, statistics, epilogue).0
+                    } else {
+                        let y = batch_norm2d(&mut tape, vars[0], vars[1], vars[2], 1e-5, statistics).0;
+                        let y = match skip {
+                            Some(s) => crate::ops::add(&mut tape, y, s),
+                            None => y,
+                        };
+                        crate::ops::relu(&mut tape, y)
+                    };
+                    tape.backward_with(y, grad_y.clone());
+                    let grads: Vec<Option<Tensor>> = vars.iter().map(|&v| tape.grad(v).cloned()).collect();
+                    (tape.value(y).clone(), grads)
+                };
+                let (fused, separate) = (run(true), run(false));
+                assert!(fused.0.data.contains(&0.0) && fused.0.data.iter().any(|&v| v > 0.0));
+                assert_eq!(fused.1[3].is_some(), with_residual);
+                assert_eq!(fused, separate, "running={running} residual={with_residual}");
+            }
+        }
+    }
+
+    /// The fused op's own gradcheck: out = relu(bn(x) + s), with s chosen so that every
+    /// bn(x) + s lies at least 0.3 from the ReLU's kink (finite differences of 1e-3 in x move
+    /// bn(x) far less).
+    #[test]
+    fn gradcheck_fused_epilogue() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let shape = [3usize, 2, 3, 5];
+        let x = Tensor::normal(&shape, 2.0, &mut rng);
+        let gamma = Tensor::uniform(&[2], 0.5, 1.5, &mut rng);
+        let beta = Tensor::normal(&[2], 1.0, &mut rng);
+        let normalised = {
+            let store = crate::autograd::ParamStore::default();
+            let mut tape = Tape::new(&store, crate::autograd::Mode::Eval);
+            let vars = [x.clone(), gamma.clone(), beta.clone()].map(|t| tape.input(t));
+            let y = batch_norm2d(&mut tape, vars[0], vars[1], vars[2], 1e-5, Statistics::Batch).0;
+            tape.value(y).clone()
+        };
+        let target = crate::gradcheck::away_from_zero(Tensor::normal(&shape, 1.0, &mut rng), 0.3);
+        let residual = Tensor::from_vec(
+            &shape,
+            target
+                .data
+                .iter()
+                .zip(&normalised.data)
+                .map(|(t, n)| t - n)
+                .collect(),
+        );
+        check_gradients(
+            |t, v| {
+                let epilogue = Epilogue::residual_relu(v[3]);
+                batch_norm2d_with(t, v[0], v[1], v[2], 1e-5, Statistics::Batch, epilogue).0
+            },
+            &[x, gamma, beta, residual],
+            &GradcheckOptions::default(),
+        )
+        .unwrap();
     }
 
     #[test]
