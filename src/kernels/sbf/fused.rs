@@ -19,7 +19,7 @@
 
 use super::super::conv::{
     group_bases, vector_slots, with_padded_source, ConvLayout, InputPhase, PaddedGradOutput, PhaseSplitImage,
-    VectorSlot,
+    PlaneVectors, VectorSlot,
 };
 use super::super::microkernel::{
     add_lanes, gemm_tile, load_lanes, store_lanes, with_tile, GatherMatrix, Tiling, SOURCE_SLACK,
@@ -105,11 +105,12 @@ pub fn fused_forward_layout_with(
     if layout == ConvLayout::ChannelVectors {
         return fused_forward_channels(isa, shape, assignment, input, templates, masks, output);
     }
-    with_vector!(VectorKind::for_columns(isa, shape.out_width()), V => {
-        let vectors = shape.out_height() * shape.out_width().div_ceil(V::LANES);
+    let plane = PlaneVectors::for_plane(isa, shape.out_width());
+    with_vector!(plane.kind, V => {
+        let vectors = plane.count(shape.out_height(), shape.out_width(), V::LANES);
         let tiling = Tiling::choose(V::REGISTERS, shape.templates, vectors);
         with_tile!(tiling, ROWS, VECTORS => {
-            fused_forward_tiled::<V, ROWS, VECTORS>(shape, assignment, input, templates, masks, output)
+            fused_forward_tiled::<V, ROWS, VECTORS>(shape, plane, assignment, input, templates, masks, output)
         })
     })
 }
@@ -189,20 +190,23 @@ impl<const ROWS: usize> PanelPlan<ROWS> {
     }
 }
 
+/// `vectors`: rows of Wo pixels, or (narrow maps on AVX-512) the plane as flat 16-lane vectors
+/// over a column-unrolled image, as the dense forward pass ([`PlaneVectors`]).
 fn fused_forward_tiled<V: Vector, const ROWS: usize, const VECTORS: usize>(
     shape: &SbfShape,
+    vectors: PlaneVectors,
     assignment: &TemplateAssignment,
     input: &[f32],
     templates: &[f32],
     masks: &[f32],
     output: &mut [f32],
 ) {
-    let image = PhaseSplitImage::new(&shape.conv_shape());
+    let image = vectors.image(&shape.conv_shape());
     let plan = PanelPlan::<ROWS>::new(shape, &image, assignment, templates, masks);
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let plane = h_out * w_out;
     let cg = shape.group_channels();
-    let slots = vector_slots(0..h_out, 0..w_out, V::LANES);
+    let slots = vectors.slots(h_out, w_out, V::LANES);
     let x_image_len = shape.in_channels * shape.in_height * shape.in_width;
     output
         .par_chunks_mut(shape.out_channels * plane)
