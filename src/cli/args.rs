@@ -3,12 +3,13 @@
 //! flags agree with its checkpoint, and the output settings.
 
 use clap::Args;
+use sbfnet::checkpoint::Checkpoint;
 use sbfnet::data::cifar::{Cifar10, IMAGE_BYTES};
 use sbfnet::nn::{ConvKind, ConvPlan, ModelSpec, TemplateChoice, TransformInit};
 use sbfnet::ops::TransformFamily;
 use sbfnet::prune::{self, PruneSettings, Ramp, Saliency};
 use sbfnet::train::numerics::NonFinitePolicy;
-use sbfnet::train::{validate, Distillation, TestViews, TrainConfig};
+use sbfnet::train::{validate, Distillation, TestViews, TrainConfig, EVAL_EVERY_KEY, TEST_VIEWS_KEY};
 use sbfnet::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -456,7 +457,8 @@ pub(super) fn check_resume_flags(args: &RunArgs, saved: &TrainConfig, path: &Pat
 }
 
 /// The settings of what a run writes and evaluates, and of its response to a non-finite
-/// number: taken from the flags, also when resuming.
+/// number: taken from the flags, also when resuming (where `--eval-every` and `--tta` default
+/// to the run's own, see [`OutputSettings::keep_saved`]).
 pub(super) struct OutputSettings {
     pub on_nonfinite: NonFinitePolicy,
     pub test_views: TestViews,
@@ -476,6 +478,28 @@ impl OutputSettings {
                 self.eval_every = epochs.max(1);
             }
         }
+    }
+
+    /// A resumed run evaluates as it did before (`--eval-every`, `--tta`, saved in its
+    /// checkpoint; the recipe's defaults were applied when it started) unless `args` set them.
+    /// Checkpoints from before these were saved keep the flags' defaults.
+    pub(super) fn keep_saved(&mut self, args: &RunArgs, checkpoint: &Checkpoint, path: &Path) -> Result<()> {
+        if args.eval_every.is_none() {
+            if let Some(text) = checkpoint.get(EVAL_EVERY_KEY) {
+                self.eval_every = text.parse().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                    Error::file(
+                        path,
+                        format!("`{EVAL_EVERY_KEY}` is {text:?}, not a count of at least 1"),
+                    )
+                })?;
+            }
+        }
+        if args.tta.is_none() {
+            if let Some(text) = checkpoint.get(TEST_VIEWS_KEY) {
+                self.test_views = TestViews::parse(text).map_err(|e| Error::file(path, e.message))?;
+            }
+        }
+        Ok(())
     }
 
     /// Parsed and checked before any data is read (the image limits too).

@@ -110,7 +110,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, Some(config)) => config.epochs,
         (None, None) => unreachable!("a fresh run has its settings"),
     };
-    output.apply_recipe(&args.run, &spec, planned_epochs);
+    match &resumed {
+        Some(resumed) => output.keep_saved(&args.run, &resumed.checkpoint, &resumed.path)?,
+        None => output.apply_recipe(&args.run, &spec, planned_epochs),
+    }
     let out = match (&args.run.out, &resumed) {
         (Some(out), _) => out.clone(),
         (None, Some(resumed)) => resumed.path.parent().unwrap_or(Path::new(".")).to_path_buf(),

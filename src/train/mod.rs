@@ -31,7 +31,8 @@ pub use parallel::{
 };
 pub use partial_epoch::PartialEpoch;
 pub use run::{
-    run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, TEST_IMAGES_KEY,
+    run, EpochReport, Observer, PruningSummary, RunEnd, RunOptions, RunSummary, Silent, EVAL_EVERY_KEY,
+    TEST_IMAGES_KEY, TEST_VIEWS_KEY,
 };
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{EpochResult, Progress, StepResult, Trainer, THREADS_KEY};

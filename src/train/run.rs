@@ -50,6 +50,10 @@ use std::time::Instant;
 
 /// Metadata key of the number of test images a run evaluates on (a resumed run keeps it).
 pub const TEST_IMAGES_KEY: &str = "test_images";
+/// Metadata key of the run's `eval_every` (a resumed run keeps it unless told otherwise).
+pub const EVAL_EVERY_KEY: &str = "eval_every";
+/// Metadata key of the run's test views, as `TestViews::describe` writes them (kept likewise).
+pub const TEST_VIEWS_KEY: &str = "test_views";
 
 /// Where a run writes and how it evaluates: output settings, not training ones (a resumed
 /// run may change them without changing what it learns).
@@ -187,6 +191,7 @@ pub fn run(
     let never = AtomicBool::new(false);
     let stop = options.stop.as_deref().unwrap_or(&never);
     let (session_started, first_epoch) = (Instant::now(), trainer.epoch);
+    let evaluation_keys = evaluation_metadata(test.len(), options);
     // What training epochs and evaluations cost in this session (for a time budget's plan).
     let (mut epoch_seconds, mut eval_seconds) = (Vec::new(), None);
     while trainer.epoch < trainer.planned_epochs {
@@ -200,7 +205,7 @@ pub fn run(
                 let done = trainer.partial.as_ref().map_or(0, |p| p.steps);
                 // The unfinished epoch goes into last.ckpt, to be continued from its next step.
                 if done > 0 && writes {
-                    save_last(trainer, out, test.len())?;
+                    save_last(trainer, out, &evaluation_keys)?;
                 }
                 let end = RunEnd::Stopped {
                     epoch: trainer.epoch + 1,
@@ -271,7 +276,7 @@ pub fn run(
             elapsed_seconds: trainer.elapsed_seconds,
         });
         let pruning = if writes {
-            write_epoch(trainer, out, &rows, best, test.len(), result.epoch)?
+            write_epoch(trainer, out, &rows, best, &evaluation_keys, result.epoch)?
         } else {
             None
         };
@@ -317,7 +322,7 @@ fn write_epoch(
     out: &Path,
     rows: &[MetricsRow],
     best: bool,
-    test_images: usize,
+    evaluation_keys: &[(String, String)],
     epoch: usize,
 ) -> Result<Option<PruningSummary>> {
     // Metrics first: a run killed before last.ckpt is written resumes from the
@@ -329,27 +334,35 @@ fn write_epoch(
     };
     metrics::write_learning_curve(&out.join("learning_curve.png"), rows, &transformed)?;
     if best {
-        checkpoint_of(trainer, test_images).save(&out.join("best.ckpt"))?;
+        checkpoint_of(trainer, evaluation_keys).save(&out.join("best.ckpt"))?;
     }
-    save_last(trainer, out, test_images)?;
+    save_last(trainer, out, evaluation_keys)?;
     match trainer.pruning {
         Some(_) => Ok(Some(log_pruning(trainer, &out.join("pruning.csv"), epoch)?)),
         None => Ok(None),
     }
 }
 
-/// The trainer's checkpoint, with the number of test images the run evaluates on.
-fn checkpoint_of(trainer: &Trainer, test_images: usize) -> Checkpoint {
+/// How the run evaluates, for its checkpoints: the number of test images, `eval_every` and
+/// the test views, which a resumed run keeps unless told otherwise.
+fn evaluation_metadata(test_images: usize, options: &RunOptions) -> Vec<(String, String)> {
+    vec![
+        (TEST_IMAGES_KEY.into(), test_images.to_string()),
+        (EVAL_EVERY_KEY.into(), options.eval_every.to_string()),
+        (TEST_VIEWS_KEY.into(), options.test_views.describe().into()),
+    ]
+}
+
+/// The trainer's checkpoint, with how the run evaluates ([`evaluation_metadata`]).
+fn checkpoint_of(trainer: &Trainer, evaluation_keys: &[(String, String)]) -> Checkpoint {
     let mut checkpoint = trainer.to_checkpoint();
-    checkpoint
-        .metadata
-        .push((TEST_IMAGES_KEY.into(), test_images.to_string()));
+    checkpoint.metadata.extend_from_slice(evaluation_keys);
     checkpoint
 }
 
 /// Writes `out/last.ckpt`: where the run stands.
-fn save_last(trainer: &Trainer, out: &Path, test_images: usize) -> Result<()> {
-    checkpoint_of(trainer, test_images).save(&out.join("last.ckpt"))
+fn save_last(trainer: &Trainer, out: &Path, evaluation_keys: &[(String, String)]) -> Result<()> {
+    checkpoint_of(trainer, evaluation_keys).save(&out.join("last.ckpt"))
 }
 
 fn summary(trainer: &Trainer, end: RunEnd) -> RunSummary {

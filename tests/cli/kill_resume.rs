@@ -303,6 +303,29 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A resumed run evaluates as it did before: `--eval-every` and `--tta` are saved in its
+/// checkpoint, so a plain `--resume` neither evaluates the epochs the run skipped nor drops its
+/// test-time augmentation (before, it fell back to every epoch and plain views).
+#[test]
+fn a_resumed_run_keeps_its_evaluation_settings() {
+    let (root, data) = fixture("resume-evaluation");
+    let out = root.join("run");
+    let (code, stdout) = interrupt_at(&data, &out, 2, &["--eval-every", "2", "--tta", "flip"]);
+    assert_eq!(code, Some(130), "{stdout}");
+    let stdout = succeed(&mut resume_command(&data, &out));
+    assert!(
+        stdout.contains("evaluation after every 2. epoch and the last, test-time augmentation flip"),
+        "{stdout}"
+    );
+    // epoch,lr,train_loss,train_acc,test_loss,test_acc: epoch 1 skipped, 2 and 3 (the last) evaluated
+    let evaluated: Vec<bool> = metrics_without_timings(&out)[1..]
+        .iter()
+        .map(|row| !row.split(',').nth(5).unwrap().is_empty())
+        .collect();
+    assert_eq!(evaluated, [false, true, true]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// airbench94 (its whitening filters fitted to the first training images, GELU, max pools,
 /// frozen batch-norm scales) with its schedule and lookahead (pulls after steps 5 and 10, the
 /// slow weights taken after step 12): the same seed gives the same bits, and a run stopped with
