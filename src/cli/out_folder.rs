@@ -32,8 +32,8 @@ pub fn utc_now() -> [i64; 6] {
 }
 
 /// Appends to `<out>/command.txt` how this session of the run was started: the command line, the
-/// UTC date, the git commit of the working directory (where there is one), the CPU and the
-/// thread count. A resumed run adds a block of its own.
+/// UTC date, the git commit the binary was built from, the CPU and the thread count. A resumed
+/// run adds a block of its own.
 pub fn record_command(out: &Path, threads: usize) -> Result<()> {
     let quote = |arg: String| {
         let plain = arg
@@ -53,23 +53,14 @@ pub fn record_command(out: &Path, threads: usize) -> Result<()> {
     });
     let command = std::iter::once(program).chain(args).collect::<Vec<_>>().join(" ");
     let [year, month, day, hour, minute, second] = utc_now();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or("unknown (not run from a git checkout)".into(), |o| {
-            let dirty = std::process::Command::new("git")
-                .args(["diff", "--quiet", "HEAD"])
-                .status()
-                .is_ok_and(|status| status.code() == Some(1));
-            let hash = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if dirty {
-                format!("{hash} with uncommitted changes")
-            } else {
-                hash
-            }
-        });
+    // The commit the binary was built from (build.rs); where that is unknown (sources outside a
+    // git checkout), the working directory's, said to be so.
+    let commit = match env!("SBFNET_BUILD_COMMIT") {
+        "" => checkout_commit().map_or("unknown (built outside a git checkout)".into(), |commit| {
+            format!("{commit} (the working directory's; the binary's build is unknown)")
+        }),
+        built => built.to_string(),
+    };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -136,6 +127,25 @@ pub fn check_out_folder(out: &Path, given: bool, resuming: bool) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The git commit of the working directory, "<hash> with uncommitted changes" where it differs.
+fn checkout_commit() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let dirty = std::process::Command::new("git")
+        .args(["diff", "--quiet", "HEAD"])
+        .status()
+        .is_ok_and(|status| status.code() == Some(1));
+    let hash = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Some(if dirty {
+        format!("{hash} with uncommitted changes")
+    } else {
+        hash
+    })
 }
 
 #[cfg(test)]

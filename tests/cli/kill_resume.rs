@@ -303,6 +303,23 @@ fn ctrl_c_saves_the_unfinished_epoch_and_the_resumed_run_is_the_uninterrupted_on
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// command.txt names the commit the binary was built from (build.rs), also for a run started
+/// outside the checkout: a copied binary (as the long runs use) used to record the commit of
+/// whatever folder it was started in, or none outside a checkout.
+#[test]
+fn command_txt_names_the_commit_the_binary_was_built_from() {
+    let (root, data) = fixture("build-commit");
+    let out = root.join("run");
+    succeed(train_command(&data, &out, &["--epochs", "1"]).current_dir(std::env::temp_dir()));
+    let text = std::fs::read_to_string(out.join("command.txt")).unwrap();
+    let commit = text.lines().find_map(|l| l.strip_prefix("commit  ")).unwrap();
+    match env!("SBFNET_BUILD_COMMIT") {
+        "" => assert!(commit.starts_with("unknown"), "{commit}"),
+        built => assert_eq!(commit, built),
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A resumed run evaluates as it did before: `--eval-every` and `--tta` are saved in its
 /// checkpoint, so a plain `--resume` neither evaluates the epochs the run skipped nor drops its
 /// test-time augmentation (before, it fell back to every epoch and plain views).
