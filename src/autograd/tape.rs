@@ -164,8 +164,28 @@ impl<'s> Tape<'s> {
     }
 
     /// The forward value of `var`.
+    ///
+    /// # Panics
+    /// If `var` was released ([`Tape::release`]).
     pub fn value(&self, var: Var) -> &Tensor {
-        &self.values[var.0]
+        let value = &self.values[var.0];
+        assert!(
+            !value.data.is_empty() || value.shape.contains(&0),
+            "tape value {} ({:?}) was released: evaluation frees the activations no later op reads",
+            var.0,
+            value.shape
+        );
+        value
+    }
+
+    /// Evaluation mode: frees the value of `var`, which no later op reads, so that a forward
+    /// pass keeps a few activations in memory instead of all of them (and the allocator hands
+    /// the freed, cache-warm buffers to the next ops). Does nothing in training mode, where the
+    /// backward pass reads them.
+    pub fn release(&mut self, var: Var) {
+        if self.mode == Mode::Eval {
+            self.values[var.0].data = Vec::new();
+        }
     }
 
     /// The gradient of `var` after `backward` (None if it got none).
@@ -330,6 +350,28 @@ mod tests {
         tape.backward_with(y, Tensor::from_vec(&[3], vec![1.0, 10.0, 100.0]));
         assert_eq!(tape.grad(a).unwrap().data, vec![2.0, 30.0, 300.0]);
         assert!(tape.grad(c).is_none(), "an input needs no gradient");
+    }
+
+    /// `release` frees a value in evaluation mode (a later read panics, naming it) and keeps it
+    /// in training mode, where backward needs it.
+    #[test]
+    fn release_frees_in_evaluation_and_keeps_in_training() {
+        let store = ParamStore::default();
+        let mut train = Tape::new(&store, Mode::Train);
+        let a = train.leaf(Tensor::from_vec(&[2], vec![-1.0, 2.0]));
+        let y = crate::ops::relu::relu(&mut train, a);
+        train.release(a);
+        train.backward_with(y, Tensor::from_vec(&[2], vec![1.0, 1.0]));
+        assert_eq!(train.grad(a).unwrap().data, vec![0.0, 1.0]);
+
+        let mut eval = Tape::new(&store, Mode::Eval);
+        let a = eval.input(Tensor::from_vec(&[2], vec![-1.0, 2.0]));
+        let y = crate::ops::relu::relu(&mut eval, a);
+        eval.release(a);
+        assert_eq!(eval.value(y).data, vec![0.0, 2.0]);
+        assert!(eval.values[a.0].data.capacity() == 0);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eval.value(a).data.len()));
+        assert!(read.is_err(), "a released value must not be read");
     }
 
     #[test]

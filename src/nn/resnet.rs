@@ -80,17 +80,25 @@ impl BasicBlock {
 
     /// x [N, C, H, W] → y [N, F, H/s, W/s]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
-        let h = self.conv1.forward(tape, x);
-        let h = self.bn1.forward_with(tape, h, Epilogue::RELU); // relu(bn1(conv1(x)))
-        let h = self.conv2.forward(tape, h);
+        let h1 = self.conv1.forward(tape, x);
+        let a1 = self.bn1.forward_with(tape, h1, Epilogue::RELU); // relu(bn1(conv1(x)))
+        let h2 = self.conv2.forward(tape, a1);
         let out_channels = self.conv2.out_channels();
         let shortcut = if self.stride != 1 || self.conv1.in_channels() != out_channels {
             ops::shortcut_option_a(tape, x, out_channels, self.stride)
         } else {
             x
         };
-        // relu(bn2(h) + shortcut), in one pass
-        self.bn2.forward_with(tape, h, Epilogue::residual_relu(shortcut))
+        // relu(bn2(h2) + shortcut), in one pass
+        let out = self.bn2.forward_with(tape, h2, Epilogue::residual_relu(shortcut));
+        // Evaluation keeps only what later ops read (the block's input is the caller's).
+        for dead in [h1, a1, h2] {
+            tape.release(dead);
+        }
+        if shortcut != x {
+            tape.release(shortcut);
+        }
+        out
     }
 }
 
@@ -166,12 +174,16 @@ impl ResNet {
 
     /// image [N, 3, 32, 32] → logits [N, classes]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
-        let h = self.stem.forward(tape, x);
-        let mut h = self.stem_bn.forward_with(tape, h, Epilogue::RELU);
+        let stem = self.stem.forward(tape, x);
+        let mut h = self.stem_bn.forward_with(tape, stem, Epilogue::RELU);
+        tape.release(stem); // (evaluation only, as every release below)
         for block in self.stages.iter().flatten() {
-            h = block.forward(tape, h);
+            let next = block.forward(tape, h);
+            tape.release(h);
+            h = next;
         }
         let pooled = ops::global_avg_pool(tape, h); // [N, 4w]
+        tape.release(h);
         self.fc.forward(tape, pooled)
     }
 }

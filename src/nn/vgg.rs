@@ -114,13 +114,19 @@ impl Vgg {
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
         let mut h = x;
         for layer in &self.features {
-            h = match layer {
+            let next = match layer {
                 VggLayer::Conv { conv, bn } => {
                     let c = conv.forward(tape, h);
-                    bn.forward_with(tape, c, Epilogue::RELU) // relu(bn(conv(h)))
+                    let out = bn.forward_with(tape, c, Epilogue::RELU); // relu(bn(conv(h)))
+                    tape.release(c); // (evaluation only)
+                    out
                 }
                 VggLayer::Pool => ops::max_pool(tape, h, 2),
             };
+            if h != x {
+                tape.release(h); // the layer's input, unless it is the caller's
+            }
+            h = next;
         }
         let flat = ops::flatten(tape, h); // [N, C·1·1]
         self.classifier.forward(tape, flat)
