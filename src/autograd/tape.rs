@@ -178,6 +178,14 @@ impl<'s> Tape<'s> {
         value
     }
 
+    /// `op(input)`, after which `input` is released ([`Tape::release`]): one link of a chain
+    /// of ops whose values each feed only the next (airbench94's layers).
+    pub fn chain(&mut self, input: Var, op: impl FnOnce(&mut Tape<'s>, Var) -> Var) -> Var {
+        let output = op(self, input);
+        self.release(input);
+        output
+    }
+
     /// Evaluation mode: frees the value of `var`, which no later op reads, so that a forward
     /// pass keeps a few activations in memory instead of all of them (and the allocator hands
     /// the freed, cache-warm buffers to the next ops). Does nothing in training mode, where the

@@ -157,21 +157,22 @@ impl Airbench {
 
     /// image [N, 3, 32, 32] → logits [N, classes]
     pub fn forward(&self, tape: &mut Tape, x: Var) -> Var {
+        // A chain: each value feeds only the next op (`tape.chain` frees it in evaluation).
         let h = self.whiten.forward(tape, x);
-        let mut h = ops::gelu(tape, h);
+        let mut h = tape.chain(h, ops::gelu);
         for group in &self.groups {
-            h = group.conv1.forward(tape, h);
-            h = ops::max_pool(tape, h, 2);
-            h = group.norm1.forward(tape, h);
-            h = ops::gelu(tape, h);
-            h = group.conv2.forward(tape, h);
-            h = group.norm2.forward(tape, h);
-            h = ops::gelu(tape, h);
+            h = tape.chain(h, |t, v| group.conv1.forward(t, v));
+            h = tape.chain(h, |t, v| ops::max_pool(t, v, 2));
+            h = tape.chain(h, |t, v| group.norm1.forward(t, v));
+            h = tape.chain(h, ops::gelu);
+            h = tape.chain(h, |t, v| group.conv2.forward(t, v));
+            h = tape.chain(h, |t, v| group.norm2.forward(t, v));
+            h = tape.chain(h, ops::gelu);
         }
-        let h = ops::max_pool(tape, h, 3);
-        let h = ops::flatten(tape, h);
-        let logits = self.head.forward(tape, h);
-        ops::scale(tape, logits, OUTPUT_SCALE)
+        let h = tape.chain(h, |t, v| ops::max_pool(t, v, 3));
+        let h = tape.chain(h, ops::flatten);
+        let logits = tape.chain(h, |t, v| self.head.forward(t, v));
+        tape.chain(logits, |t, v| ops::scale(t, v, OUTPUT_SCALE))
     }
 }
 
