@@ -456,6 +456,15 @@ mod tests {
         .unwrap();
     }
 
+    /// The running statistics `mean`, `var` if `running`, else the batch's.
+    fn statistics_of<'a>(running: bool, mean: &'a [f32], var: &'a [f32]) -> Statistics<'a> {
+        if running {
+            Statistics::Running { mean, var }
+        } else {
+            Statistics::Batch
+        }
+    }
+
     type BatchNormOp = fn(&mut Tape, Var, Var, Var, f32, Statistics) -> (Var, Option<MeasuredStatistics>);
 
     /// The fast op against the naive oracle: values, statistics and every
@@ -475,14 +484,7 @@ mod tests {
             let grad_y = Tensor::normal(&shape, 1.0, &mut rng);
             let (mean, var): (Vec<f32>, Vec<f32>) = (0..c).map(|k| (k as f32 * 0.1, 1.0 + k as f32)).unzip();
             for running in [false, true] {
-                let statistics = if running {
-                    Statistics::Running {
-                        mean: &mean,
-                        var: &var,
-                    }
-                } else {
-                    Statistics::Batch
-                };
+                let statistics = statistics_of(running, &mean, &var);
                 let run = |op: BatchNormOp| {
                     let store = crate::autograd::ParamStore::default();
                     let mut tape = Tape::new(&store, crate::autograd::Mode::Train);
@@ -528,14 +530,7 @@ mod tests {
         let grad_y = Tensor::normal(&shape, 1.0, &mut rng);
         let (mean, var) = ([0.3f32, -0.2, 0.1, 0.0], [1.5f32, 0.7, 2.0, 1.0]);
         for running in [false, true] {
-            let statistics = if running {
-                Statistics::Running {
-                    mean: &mean,
-                    var: &var,
-                }
-            } else {
-                Statistics::Batch
-            };
+            let statistics = statistics_of(running, &mean, &var);
             for with_residual in [false, true] {
                 let run = |fused: bool| {
                     let store = crate::autograd::ParamStore::default();
