@@ -53,12 +53,13 @@ pub fn record_command(out: &Path, threads: usize) -> Result<()> {
     });
     let command = std::iter::once(program).chain(args).collect::<Vec<_>>().join(" ");
     let [year, month, day, hour, minute, second] = utc_now();
-    // The commit the binary was built from (build.rs); where that is unknown (sources outside a
-    // git checkout), the working directory's, said to be so.
+    // The commit the binary was built from (build.rs); where git named none then (sources
+    // outside a checkout, no git), the working directory's, said to be so.
     let commit = match env!("SBFNET_BUILD_COMMIT") {
-        "" => checkout_commit().map_or("unknown (built outside a git checkout)".into(), |commit| {
-            format!("{commit} (the working directory's; the binary's build is unknown)")
-        }),
+        "" => checkout_commit().map_or(
+            "unknown (git named no commit when the binary was built)".into(),
+            |commit| format!("{commit} (the working directory's; the binary's build is unknown)"),
+        ),
         built => built.to_string(),
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
